@@ -1,0 +1,57 @@
+"""Raw ingestion: each dataset read exactly as its download is laid out."""
+
+
+import dagster as dg
+import pandas as pd
+
+from fashion_pipeline import metadata as md
+from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
+from fashion_pipeline.core.reports import DropReport
+from fashion_pipeline.resources.data import RawDataResource
+
+GROUP = "ingest"
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
+          description="Kaggle Fashion Product Images: styles.csv rows enriched from styles/<id>.json when present.")
+def kaggle_products_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource) -> dg.Output[pd.DataFrame]:
+    report = DropReport()
+    root = raw_data.kaggle_root()
+    context.log.info(f"reading Kaggle products from {root}")
+    df = read_kaggle_products(root, report, check_image_files=raw_data.check_images, log=context.log.info)
+    context.log.info(f"{len(df)} Kaggle rows; problems: {report.as_dict()}")
+    return dg.Output(df, metadata={
+        "source_path": dg.MetadataValue.path(str(root)),
+        "json_status": md.counts_table(df["json_status"], "json_status"),
+        "preview": md.preview(df[["id", "title", "brand", "price_raw", "article_type", "image_path"]]),
+        **md.drops(report, "problems"),
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
+          description="H&M articles.csv with article_id kept as a zero-padded 10-digit string.")
+def hm_articles_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource) -> dg.Output[pd.DataFrame]:
+    report = DropReport()
+    root = raw_data.hm_root()
+    context.log.info(f"reading H&M articles from {root}")
+    df = read_hm_articles(root, report, check_image_files=raw_data.check_images)
+    return dg.Output(df, metadata={
+        "source_path": dg.MetadataValue.path(str(root)),
+        "preview": md.preview(df[["article_id", "prod_name", "product_type_name", "index_name", "image_path"]]),
+        **md.drops(report, "problems"),
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
+          description="One price per H&M article: the median of its transaction prices (normalised units).")
+def hm_article_prices(context: dg.AssetExecutionContext, raw_data: RawDataResource,
+                      hm_articles_raw: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    report = DropReport()
+    prices = read_hm_prices(raw_data.hm_root(), hm_articles_raw["article_id"], report)
+    return dg.Output(prices, metadata={
+        "statistic": "median transaction price per article",
+        "articles_with_price": dg.MetadataValue.int(len(prices)),
+        "articles_without_price": dg.MetadataValue.int(int(len(hm_articles_raw) - len(prices))),
+        "preview": md.preview(prices),
+        **md.drops(report, "dropped_transactions"),
+    })

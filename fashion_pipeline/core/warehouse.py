@@ -1,0 +1,111 @@
+"""The DuckDB warehouse file: one writer at a time, atomic table replacement.
+
+DuckDB allows one read-write process per file. Parallel steps of a run (multiprocess
+executor) and overlapping runs would otherwise fail on its lock. Every access therefore
+goes through :func:`connect`, which holds an exclusive ``fcntl`` lock on ``<file>.lock`` for
+the (short) life of the connection: processes queue instead of failing, and the lock dies
+with its process, so a SIGKILLed writer never leaves the warehouse locked. Each table is
+replaced inside one transaction, so readers see the old table or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class WarehouseLockTimeout(TimeoutError):
+    pass
+
+
+def quote_ident(name: str) -> str:
+    if not _IDENT.match(name):
+        raise ValueError(f"not a valid table name: {name!r}")
+    return f'"{name}"'
+
+
+@contextlib.contextmanager
+def connect(path: str | Path, timeout_s: float = 600.0, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection to ``path`` held under the warehouse's inter-process lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    deadline = time.monotonic() + timeout_s
+    with open(lock_path, "a+") as lock:
+        delay = 0.05
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise WarehouseLockTimeout(f"warehouse {path} stayed locked for {timeout_s:.0f} s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            if read_only and not path.exists():
+                raise FileNotFoundError(f"warehouse file not found: {path}")
+            con = duckdb.connect(str(path), read_only=read_only)
+            try:
+                yield con
+            finally:
+                con.close()
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def write_table(path: str | Path, name: str, df: pd.DataFrame) -> int:
+    """Replace table ``name`` with ``df`` atomically; returns the row count written."""
+    table = quote_ident(name)
+    with connect(path) as con:
+        con.register("_incoming", df)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _incoming")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_incoming")
+        return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+
+
+def read_table(path: str | Path, name: str) -> pd.DataFrame:
+    table = quote_ident(name)
+    with connect(path) as con:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+        ).fetchall()[0][0]
+        if not exists:
+            raise LookupError(f"table {name} not found in warehouse {path}: materialize the asset '{name}' first")
+        return con.execute(f"SELECT * FROM {table}").df()
+
+
+def create_parquet_view(path: str | Path, name: str, parquet_path: str | Path) -> None:
+    """A view over a Parquet file, so large arrays stay in Parquet yet are queryable in SQL."""
+    view = quote_ident(name)
+    with connect(path) as con:
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet(?)", [str(Path(parquet_path).resolve())])
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    """Write to a temporary sibling then rename: a crash leaves the old file or the new one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)

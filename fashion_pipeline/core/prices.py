@@ -38,7 +38,8 @@ def parse_price(value: object) -> tuple[float | None, str]:
 
 
 def price_outliers(
-    prices: pd.Series, groups: pd.DataFrame, k: float = 3.0, min_group_size: int = 20
+    prices: pd.Series, groups: pd.DataFrame, k: float = 3.0, min_group_size: int = 20,
+    min_log_iqr: float = 0.1,
 ) -> pd.Series:
     """Boolean mask of extreme prices, judged on log price within each group.
 
@@ -46,7 +47,9 @@ def price_outliers(
     the quartiles of its group (Tukey's fences on the log scale: prices are multiplicative).
     Groups are the columns of ``groups`` (e.g. source + category); groups smaller than
     ``min_group_size`` fall back to the first column alone, so a rare category is judged
-    against its source rather than not at all. NaN prices are never outliers.
+    against its source rather than not at all. The IQR is floored at ``min_log_iqr`` (about
+    10%): a group sold at one price point would otherwise flag every other price. NaN prices
+    are never outliers.
     """
     logp = np.log(prices.astype(float))
     valid = logp.notna()
@@ -61,7 +64,7 @@ def price_outliers(
     def fences(values: pd.Series, by: list[pd.Series]) -> tuple[pd.Series, pd.Series]:
         q1 = values.groupby(by).transform(lambda s: s.quantile(0.25))
         q3 = values.groupby(by).transform(lambda s: s.quantile(0.75))
-        iqr = q3 - q1
+        iqr = (q3 - q1).clip(lower=min_log_iqr)
         return q1 - k * iqr, q3 + k * iqr
 
     fine = valid & ~small

@@ -1,0 +1,292 @@
+"""Benchmark the whole pipeline on growing subsets of the full development data.
+
+    .venv/bin/python benchmarks/pipeline.py --data ../shared/data --sizes 1000,5000,20000,all
+
+For each size it builds a subset in the datasets' own layouts (CSV rows chosen by a stable
+hash; the per-product JSON and image folders are symlinked, not copied), materializes every
+asset of the code location in process, and records per stage: wall time, rows/s and peak
+memory (RSS sampled every 50 ms while the stage runs). It then adds 1% new products and
+re-runs, to measure what incremental caches save. Model quality tables found in the
+warehouse are compared with the reference baselines. The report (Markdown + PNG plots) goes
+to ``--out`` (default benchmarks/out/<timestamp>/report.md); the latest is copied to
+benchmarks/results/pipeline.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KAGGLE = "fashion-product-images"
+HM = "h-and-m-personalized-fashion-recommendations"
+
+# Reference results (../shared/docs/environment.md and the original study).
+BASELINES = {
+    "classification (TF-IDF + LinearSVC, Kaggle full listings)": "gender acc 0.996; usage macro-F1 0.698; subCategory acc 0.993",
+    "classification (original study, CLIP fusion F1)": "gender 0.86, category 0.83, usage 0.50",
+    "price (text ridge)": "Kaggle log R² 0.924 / RMSLE 0.246; H&M log R² 0.672 / RMSLE 0.337",
+    "price (original study R²)": "MLP 0.8904, LightGBM 0.8364, linear 0.7456; MLP 190 s on GPU vs LightGBM 2,133 s",
+}
+QUALITY_TABLES = ["extraction_quality", "clustering_metrics", "classifier_leaderboard", "regressor_metrics"]
+
+
+def _rank(key: str) -> str:
+    return hashlib.sha1(f"bench:{key}".encode()).hexdigest()
+
+
+def _read_rows(path: Path) -> tuple[str, list[tuple[str, str]]]:
+    """(header line, [(id, raw line)]) keeping each raw line byte for byte."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    out = []
+    for line in lines[1:]:
+        first = next(csv.reader([line]), [""])
+        if first and first[0].strip():
+            out.append((first[0].strip(), line))
+    return lines[0], out
+
+
+def build_subset(src: Path, dst: Path, n_total: int | None, drop_fraction: float = 0.0) -> dict:
+    """A subset of ``n_total`` products (both sources in proportion), minus the last
+    ``drop_fraction`` of them by rank (to add them back later as the 'new' products)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    k_header, k_rows = _read_rows(src / KAGGLE / "styles.csv")
+    h_header, h_rows = _read_rows(src / HM / "articles.csv")
+    total = len(k_rows) + len(h_rows)
+    n_total = total if n_total is None else min(n_total, total)
+    n_k = round(n_total * len(k_rows) / total)
+    n_h = n_total - n_k
+    chosen = {}
+    for name, header, rows, n in ((KAGGLE, k_header, k_rows, n_k), (HM, h_header, h_rows, n_h)):
+        ranked = sorted(rows, key=lambda r: _rank(r[0]))[:n]
+        keep = ranked[: len(ranked) - int(round(len(ranked) * drop_fraction))]
+        (dst / name).mkdir(parents=True)
+        fname = "styles.csv" if name == KAGGLE else "articles.csv"
+        (dst / name / fname).write_text(header + "".join(line for _, line in keep), encoding="utf-8")
+        for item in ("styles", "images", "transactions_train.csv"):
+            if (src / name / item).exists():
+                os.symlink((src / name / item).resolve(), dst / name / item)
+        chosen[name] = len(keep)
+    return chosen
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, period: float = 0.05):
+        super().__init__(daemon=True)
+        self.period, self.samples, self._stop_evt = period, [], threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def run(self) -> None:
+        while not self._stop_evt.is_set():
+            self.samples.append((time.time(), self.rss_mb()))
+            time.sleep(self.period)
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join()
+
+    def peak(self, start: float, end: float) -> float:
+        values = [m for t, m in self.samples if start <= t <= end]
+        return max(values) if values else float("nan")
+
+
+def materialize_all(data_root: Path, var_dir: Path) -> tuple[list[dict], float]:
+    """Materialize every asset in process; per-step timings and peak RSS."""
+    os.environ["FASHION_DATA_ROOT"] = str(data_root)
+    os.environ["FASHION_VAR_DIR"] = str(var_dir)
+    import dagster as dg
+
+    from fashion_pipeline.definitions import defs
+    from fashion_pipeline.resources import build_resources
+
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    instance = dg.DagsterInstance.ephemeral()
+    sampler = RssSampler()
+    sampler.start()
+    t0 = time.time()
+    try:
+        result = dg.materialize(assets, resources=build_resources(), instance=instance, raise_on_error=False)
+    finally:
+        wall = time.time() - t0
+        sampler.stop()
+    starts, rows = {}, []
+    for entry in instance.all_logs(result.run_id):
+        ev = entry.dagster_event
+        if ev is None or not ev.step_key:
+            continue
+        if ev.event_type_value == "STEP_START":
+            starts[ev.step_key] = entry.timestamp
+        elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            start = starts.get(ev.step_key, entry.timestamp)
+            rows.append({"stage": ev.step_key, "status": "ok" if ev.event_type_value == "STEP_SUCCESS" else "FAILED",
+                         "wall_s": entry.timestamp - start, "peak_rss_mb": sampler.peak(start, entry.timestamp)})
+    if not result.success:
+        failed = [r["stage"] for r in rows if r["status"] != "ok"]
+        print(f"  run failed at {failed}", flush=True)
+    return rows, wall
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = f"{int(Path('/proc/meminfo').read_text().split()[1]) / 1024**2:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = {}
+    for pkg in ("dagster", "duckdb", "pandas", "torch", "scikit-learn", "lightgbm", "xgboost-cpu", "open_clip_torch", "transformers"):
+        try:
+            versions[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
+            "platform": platform.platform(), "load_avg_at_start": os.getloadavg(), "versions": versions}
+
+
+def run_size(src: Path, out: Path, size: int | None, incremental: bool) -> dict:
+    label = "all" if size is None else str(size)
+    data = out / "data" / label
+    var = out / "var" / label
+    counts = build_subset(src, data, size, drop_fraction=0.01 if incremental else 0.0)
+    print(f"[{label}] {counts} products -> materializing", flush=True)
+    stages, wall = materialize_all(data, var)
+    import duckdb
+
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        n_clean = con.execute("select count(*) from clean_products").fetchall()[0][0]
+    res = {"size": label, "input_products": sum(counts.values()), "clean_rows": n_clean, "wall_s": wall, "stages": stages}
+    if incremental:
+        build_subset(src, data, size, drop_fraction=0.0)
+        print(f"[{label}] +1% new products -> re-run", flush=True)
+        stages2, wall2 = materialize_all(data, var)
+        res["incremental"] = {"wall_s": wall2, "stages": stages2}
+    res["warehouse"] = str(var / "warehouse.duckdb")
+    return res
+
+
+def quality_tables(warehouse: str) -> dict[str, str]:
+    import duckdb
+
+    out = {}
+    with duckdb.connect(warehouse, read_only=True) as con:
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        for name in QUALITY_TABLES:
+            if name in tables:
+                out[name] = con.execute(f'select * from "{name}"').df().to_markdown(index=False, floatfmt=".4g")
+    return out
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    stages = sorted({s["stage"] for r in results for s in r["stages"]})
+    xs = [r["clean_rows"] for r in results]
+    for stage in stages:
+        ys = [next((s["wall_s"] for s in r["stages"] if s["stage"] == stage), float("nan")) for r in results]
+        ax[0].plot(xs, ys, marker="o", label=stage)
+        ms = [next((s["peak_rss_mb"] for s in r["stages"] if s["stage"] == stage), float("nan")) for r in results]
+        ax[1].plot(xs, ms, marker="o", label=stage)
+    for a, title in ((ax[0], "wall time per stage (s)"), (ax[1], "peak RSS during stage (MB)")):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("products")
+        a.set_title(title)
+        a.grid(True, which="both", alpha=0.3)
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: list[dict], info: dict, out: Path) -> Path:
+    plot(results, out / "stages.png")
+    lines = ["# Pipeline benchmark", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; Python {info['python']}; "
+             f"load average at start {tuple(round(x, 1) for x in info['load_avg_at_start'])} (shared machine).",
+             "", "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), "",
+             "Command: `" + " ".join([Path(sys.executable).name, *sys.argv]) + "`", "",
+             "## Whole pipeline", "", "| products | clean rows | wall (s) | rows/s | peak RSS (MB) | +1% re-run (s) | re-run / full |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        peak = max((s["peak_rss_mb"] for s in r["stages"]), default=float("nan"))
+        inc = r.get("incremental", {}).get("wall_s")
+        lines.append(f"| {r['size']} | {r['clean_rows']} | {r['wall_s']:.1f} | {r['clean_rows'] / r['wall_s']:.0f} | {peak:.0f} | "
+                     + (f"{inc:.1f} | {inc / r['wall_s']:.1%} |" if inc else "– | – |"))
+    lines += ["", "## Per stage", "", "![stages](stages.png)", "",
+              "| products | stage | status | wall (s) | rows/s | peak RSS (MB) | +1% re-run (s) |", "|---:|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        inc = {s["stage"]: s["wall_s"] for s in r.get("incremental", {}).get("stages", [])}
+        for s in r["stages"]:
+            rate = r["clean_rows"] / s["wall_s"] if s["wall_s"] > 0 else float("nan")
+            lines.append(f"| {r['size']} | {s['stage']} | {s['status']} | {s['wall_s']:.2f} | {rate:.0f} | {s['peak_rss_mb']:.0f} | "
+                         + (f"{inc[s['stage']]:.2f} |" if s["stage"] in inc else "– |"))
+    lines += ["", "## Model quality on the largest size (test split)", ""]
+    quality = quality_tables(results[-1]["warehouse"])
+    if not quality:
+        lines.append("_no model tables in the warehouse_")
+    for name, table in quality.items():
+        lines += [f"### {name}", "", table, ""]
+    lines += ["## Reference results", "", "| reference | figures |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in BASELINES.items()]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2, default=str))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="full data folder (both datasets)")
+    ap.add_argument("--sizes", default="1000,5000,20000,all", help="comma-separated product counts; 'all' = everything")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-incremental", action="store_true", help="skip the +1%% re-run")
+    args = ap.parse_args(argv)
+    out = args.out or ROOT / "benchmarks" / "out" / time.strftime("%Y%m%dT%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    results = []
+    for token in args.sizes.split(","):
+        size = None if token.strip() == "all" else int(token)
+        results.append(run_size(args.data, out, size, incremental=not args.no_incremental))
+        write_report(results, info, out)  # a partial report survives an interrupted run
+    report = write_report(results, info, out)
+    results_dir = ROOT / "benchmarks" / "results"
+    results_dir.mkdir(exist_ok=True)
+    shutil.copyfile(report, results_dir / "pipeline.md")
+    shutil.copyfile(out / "stages.png", results_dir / "pipeline_stages.png")
+    print(f"report: {report} (copied to {results_dir / 'pipeline.md'})")
+    shutil.rmtree(out / "data", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

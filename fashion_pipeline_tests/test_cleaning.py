@@ -54,3 +54,22 @@ def test_clean_drops_duplicates_and_flags_bad_prices_with_reasons():
     assert len(out) + dropped == len(merged) + 4
     assert (out["price_usd"].notna() == (out["price_status"] == "ok")).all()
     assert set(out["split"]) == {"train", "validation", "test"}
+
+
+def test_a_non_numeric_json_price_is_kept_as_an_unpriced_row(sample_copy):
+    import json
+
+    from fashion_pipeline.core.cleaning import kaggle_to_products
+
+    styles = sample_copy / KAGGLE / "styles"
+    victim = sorted(styles.glob("*.json"))[0]
+    doc = json.loads(victim.read_text())
+    doc["data"]["price"] = "twelve hundred"
+    victim.write_text(json.dumps(doc))
+    report = DropReport()
+    k = read_kaggle_products(sample_copy / KAGGLE, report, check_image_files=False)
+    products = kaggle_to_products(k, CleaningSettings(), report)
+    row = products.set_index("product_id").loc[f"kaggle-{victim.stem}"]
+    assert row["price_status"] == "invalid" and pd.isna(row["price_usd"])
+    out = clean_products(products, CleaningSettings(), DropReport())
+    assert f"kaggle-{victim.stem}" in set(out["product_id"])

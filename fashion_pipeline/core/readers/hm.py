@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import csv
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +95,28 @@ def read_hm_articles(root: Path, report: DropReport, check_image_files: bool = T
     return df
 
 
-def read_hm_prices(root: Path, known_article_ids: pd.Series, report: DropReport) -> pd.DataFrame:
+def _csv_header(path: Path) -> tuple[list[str], str]:
+    """The header's column names and the file's encoding as DuckDB names it."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    encoding = "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8"
+    text = head.decode("utf-16" if encoding == "utf-16" else "utf-8-sig", errors="replace")
+    first = text.split("\n", 1)[0].rstrip("\r").replace("\x00", "")
+    try:
+        names = [h.strip() for h in next(csv.reader([first]), [])]
+    except csv.Error as exc:
+        raise MissingColumnError(f"{path}: unreadable header row ({exc})") from None
+    return names, encoding
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def read_hm_prices(
+    root: Path, known_article_ids: pd.Series, report: DropReport,
+    memory_limit: str | None = None, temp_directory: str | Path | None = None, threads: int | None = None,
+) -> pd.DataFrame:
     """One price per article: the **median** of its transaction prices.
 
     The median, not the mean, because H&M transactions include sale prices; the median is the
@@ -103,6 +126,12 @@ def read_hm_prices(root: Path, known_article_ids: pd.Series, report: DropReport)
     (``tx_non_positive_price``), bad article ids (``tx_bad_article_id``) and transactions
     for articles not in articles.csv (``tx_unknown_article``). A missing file means no prices
     (counted as ``tx_file_missing``): articles are still usable for classification.
+
+    The CSV dialect is fixed (comma, no quoting: the download quotes nothing), not sniffed, so a
+    damaged line can neither change how the whole file is read nor, through a stray quote, swallow
+    the lines after it. ``memory_limit`` (DuckDB syntax, e.g. ``'2GB'``) caps the scan's memory;
+    above it DuckDB spills to ``temp_directory`` (default: the system temporary folder), so a
+    file larger than memory still aggregates.
     """
     layout = HMLayout(Path(root))
     empty = pd.DataFrame({"article_id": pd.Series(dtype=str), "price_median": pd.Series(dtype=float),
@@ -110,30 +139,37 @@ def read_hm_prices(root: Path, known_article_ids: pd.Series, report: DropReport)
     if not layout.transactions_csv.is_file():
         report.add("tx_file_missing", layout.transactions_csv)
         return empty
+    path = str(layout.transactions_csv)
+    header, encoding = _csv_header(layout.transactions_csv)
+    missing = [c for c in TRANSACTION_COLUMNS if c not in header]
+    if missing:
+        raise MissingColumnError(f"{path}: required column(s) {missing} missing; found columns {header[:40]}")
+    # Unnamed or repeated header cells still need distinct names for DuckDB.
+    names = [h if h and h not in header[:i] else f"column{i}" for i, h in enumerate(header)]
+    columns = "{" + ", ".join(f"{_sql_str(c)}: 'VARCHAR'" for c in names) + "}"
     con = duckdb.connect()
     try:
-        path = str(layout.transactions_csv)
-        con.execute(
-            "CREATE TEMP TABLE tx AS SELECT * FROM read_csv(?, header=true, all_varchar=true, "
-            "ignore_errors=true, store_rejects=true, rejects_table='tx_rejects', "
-            "rejects_scan='tx_scan', parallel=false)",
-            [path],
-        )
-        cols = [r[0] for r in con.execute("DESCRIBE tx").fetchall()]
-        missing = [c for c in TRANSACTION_COLUMNS if c not in cols]
-        if missing:
-            raise MissingColumnError(f"{path}: required column(s) {missing} missing; found columns {cols}")
-        n_rejected = con.execute("SELECT count(DISTINCT line) FROM tx_rejects").fetchall()[0][0]
-        if n_rejected:
-            report.add("tx_malformed_row", path, n=int(n_rejected))
-        con.register("known", pd.DataFrame({"article_id": known_article_ids.astype(str)}))
+        if memory_limit:
+            con.execute(f"SET memory_limit = {_sql_str(memory_limit)}")
+        con.execute(f"SET temp_directory = {_sql_str(str(temp_directory or tempfile.gettempdir()))}")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        con.execute("SET preserve_insertion_order = false")  # lets the scan stream within the limit
         con.execute(
             f"""CREATE TEMP TABLE txn AS SELECT
                   CASE WHEN regexp_full_match(trim(article_id), '[0-9]{{1,{ARTICLE_ID_WIDTH}}}')
                        THEN lpad(trim(article_id), {ARTICLE_ID_WIDTH}, '0') END AS aid,
                   TRY_CAST(trim(price) AS DOUBLE) AS p
-                FROM tx"""
+                FROM read_csv(?, header=true, auto_detect=false, delim=',', quote='', escape='',
+                              columns={columns}, encoding='{encoding}', strict_mode=false,
+                              ignore_errors=true, store_rejects=true, rejects_table='tx_rejects',
+                              rejects_scan='tx_scan', parallel=false)""",
+            [path],
         )
+        n_rejected = con.execute("SELECT count(DISTINCT line) FROM tx_rejects").fetchall()[0][0]
+        if n_rejected:
+            report.add("tx_malformed_row", path, n=int(n_rejected))
+        con.register("known", pd.DataFrame({"article_id": known_article_ids.astype(str)}))
         counts = con.execute(
             """SELECT
                  count(*) FILTER (WHERE aid IS NULL),

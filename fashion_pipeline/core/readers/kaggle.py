@@ -75,7 +75,7 @@ def _json_fields(path: Path) -> tuple[str, dict]:
         data = doc["data"]
         if not isinstance(data, dict):
             raise TypeError("data is not an object")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: absurdly deep nesting
         return "invalid", {}
 
     def text(value: object) -> str | None:

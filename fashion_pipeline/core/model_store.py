@@ -3,12 +3,21 @@
 Layout: ``<root>/<name>/<version>/model.joblib`` + ``info.json``, and
 ``<root>/<name>/PUBLISHED`` naming the version that scoring uses. Writes are atomic
 (temporary folder, then rename), so a killed training run never leaves a half model.
+
+Integrity: ``info.json`` records the SHA-256 of ``model.joblib``; loading verifies it. A
+damaged artefact (disk error, a hand-copied partial file) is never unpickled and served:
+- an explicitly requested or the PUBLISHED version raises :class:`ModelCorruptError` (scoring
+  must not silently switch to a model nobody published);
+- with nothing published, "latest" means the newest version that verifies; damaged newer
+  versions are skipped with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -16,11 +25,24 @@ from typing import Any
 
 import joblib
 
-from fashion_pipeline.core.warehouse import atomic_write_bytes
+from fashion_pipeline.core.atomic import CorruptFileError, _fsync_dir, atomic_write_bytes, remove_stale_temps, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 class ModelNotFoundError(LookupError):
     pass
+
+
+class ModelCorruptError(CorruptFileError):
+    """A saved model version is damaged (bad info.json, checksum mismatch, unpicklable)."""
+
+
+def _new_version() -> str:
+    # Seconds and microseconds from ONE clock reading, so versions sort in save order
+    # (the sub-second part used to be time_ns() % 10**6, i.e. nanoseconds, which does not).
+    ns = time.time_ns()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 1_000_000_000)) + f"-{ns // 1000 % 1_000_000:06d}"
 
 
 class ModelStore:
@@ -35,15 +57,25 @@ class ModelStore:
     def save(self, name: str, model: Any, metrics: dict, features_spec: dict) -> str:
         base = self._dir(name)
         base.mkdir(parents=True, exist_ok=True)
-        version = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+        remove_stale_temps(base)  # folders of training runs that were killed mid-save
+        version = _new_version()
+        while (base / version).exists():  # same microsecond: keep names unique and ordered
+            time.sleep(1e-6)
+            version = _new_version()
         tmp = base / f".{version}.tmp-{os.getpid()}"
         tmp.mkdir()
         try:
             joblib.dump(model, tmp / "model.joblib")
             info = {"name": name, "version": version, "created_at": time.time(),
-                    "metrics": metrics, "features_spec": features_spec}
+                    "metrics": metrics, "features_spec": features_spec,
+                    "artefact_sha256": sha256_file(tmp / "model.joblib"),
+                    "artefact_bytes": (tmp / "model.joblib").stat().st_size}
             (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
+            for f in ("model.joblib", "info.json"):  # durable before the rename publishes them
+                with open(tmp / f, "rb+") as fh:
+                    os.fsync(fh.fileno())
             os.replace(tmp, base / version)
+            _fsync_dir(base)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -59,10 +91,39 @@ class ModelStore:
         path = self._dir(name) / version / "info.json"
         if not path.is_file():
             raise ModelNotFoundError(f"model {name} has no version {version} in {self.root}")
-        return json.loads(path.read_text())
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelCorruptError(f"{path}: unreadable info.json ({exc}); retrain or delete this version") from exc
+        if not isinstance(info, dict) or info.get("version") != version:
+            raise ModelCorruptError(f"{path}: info.json does not describe version {version}")
+        return info
+
+    def verify(self, name: str, version: str) -> dict:
+        """The version's info after checking its artefact against the recorded checksum."""
+        info = self.info(name, version)
+        artefact = self._dir(name) / version / "model.joblib"
+        if not artefact.is_file():
+            raise ModelCorruptError(f"{artefact} is missing")
+        expected = info.get("artefact_sha256")
+        if expected is not None and sha256_file(artefact) != expected:
+            raise ModelCorruptError(
+                f"{artefact}: checksum mismatch ({artefact.stat().st_size} bytes, "
+                f"{info.get('artefact_bytes')} saved); the file is damaged: retrain or publish another version"
+            )
+        return info
+
+    def _load_verified(self, name: str, version: str) -> tuple[Any, dict]:
+        info = self.verify(name, version)
+        artefact = self._dir(name) / version / "model.joblib"
+        try:
+            return joblib.load(artefact), info
+        except (EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError, ImportError, OSError) as exc:
+            raise ModelCorruptError(f"{artefact}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
 
     def publish(self, name: str, version: str) -> None:
-        self.info(name, version)  # must exist
+        self.verify(name, version)  # must exist and be intact
         atomic_write_bytes(self._dir(name) / "PUBLISHED", version.encode())
 
     def published(self, name: str) -> dict | None:
@@ -72,17 +133,23 @@ class ModelStore:
         return self.info(name, marker.read_text().strip())
 
     def load(self, name: str, version: str | None = None) -> tuple[Any, dict]:
-        """Load a version; ``None`` means the published one, else the latest saved."""
-        if version is None:
-            published = self.published(name)
-            if published is not None:
-                version = published["version"]
-            else:
-                versions = self.versions(name)
-                if not versions:
-                    raise ModelNotFoundError(
-                        f"no model '{name}' in {self.root}: materialize the asset that trains it first"
-                    )
-                version = versions[-1]
-        info = self.info(name, version)
-        return joblib.load(self._dir(name) / version / "model.joblib"), info
+        """Load a version; ``None`` means the published one, else the newest intact one.
+
+        Raises :class:`ModelCorruptError` for a damaged explicit or published version.
+        """
+        if version is not None:
+            return self._load_verified(name, version)
+        marker = self._dir(name) / "PUBLISHED"
+        if marker.is_file():
+            return self._load_verified(name, marker.read_text().strip())
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFoundError(f"no model '{name}' in {self.root}: materialize the asset that trains it first")
+        errors = []
+        for candidate in reversed(versions):
+            try:
+                return self._load_verified(name, candidate)
+            except ModelCorruptError as exc:
+                log.warning("skipping damaged model version: %s", exc)
+                errors.append(str(exc))
+        raise ModelCorruptError(f"every saved version of '{name}' is damaged: {errors}")

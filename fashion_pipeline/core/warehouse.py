@@ -21,6 +21,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+# Re-exported: the atomic helpers live in core.atomic (temp sibling + fsync + os.replace).
+from fashion_pipeline.core.atomic import atomic_write_bytes  # noqa: F401
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -34,13 +37,29 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
+def _duckdb_lock_conflict(exc: Exception) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
 @contextlib.contextmanager
 def connect(path: str | Path, timeout_s: float = 600.0, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB connection to ``path`` held under the warehouse's inter-process lock."""
+    """A DuckDB connection to ``path`` held under the warehouse's inter-process lock.
+
+    Waits up to ``timeout_s`` for the lock, then raises :class:`WarehouseLockTimeout`. A
+    process outside the project holding DuckDB's own file lock (the duckdb CLI, a notebook)
+    is waited for in the same way instead of failing at once.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
     deadline = time.monotonic() + timeout_s
+
+    def wait(delay: float, holder: str) -> float:
+        if time.monotonic() > deadline:
+            raise WarehouseLockTimeout(f"warehouse {path} stayed locked ({holder}) for {timeout_s:.0f} s")
+        time.sleep(delay)
+        return min(delay * 2, 1.0)
+
     with open(lock_path, "a+") as lock:
         delay = 0.05
         while True:
@@ -48,14 +67,19 @@ def connect(path: str | Path, timeout_s: float = 600.0, read_only: bool = False)
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise WarehouseLockTimeout(f"warehouse {path} stayed locked for {timeout_s:.0f} s") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = wait(delay, "by another pipeline process")
         try:
             if read_only and not path.exists():
                 raise FileNotFoundError(f"warehouse file not found: {path}")
-            con = duckdb.connect(str(path), read_only=read_only)
+            delay = 0.05
+            while True:
+                try:
+                    con = duckdb.connect(str(path), read_only=read_only)
+                    break
+                except duckdb.IOException as exc:
+                    if not _duckdb_lock_conflict(exc):
+                        raise
+                    delay = wait(delay, f"by a process outside the pipeline: {exc}")
             try:
                 yield con
             finally:
@@ -64,10 +88,10 @@ def connect(path: str | Path, timeout_s: float = 600.0, read_only: bool = False)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def write_table(path: str | Path, name: str, df: pd.DataFrame) -> int:
+def write_table(path: str | Path, name: str, df: pd.DataFrame, timeout_s: float = 600.0) -> int:
     """Replace table ``name`` with ``df`` atomically; returns the row count written."""
     table = quote_ident(name)
-    with connect(path) as con:
+    with connect(path, timeout_s=timeout_s) as con:
         con.register("_incoming", df)
         con.execute("BEGIN TRANSACTION")
         try:
@@ -81,9 +105,11 @@ def write_table(path: str | Path, name: str, df: pd.DataFrame) -> int:
         return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 
-def read_table(path: str | Path, name: str) -> pd.DataFrame:
+def read_table(path: str | Path, name: str, timeout_s: float = 600.0) -> pd.DataFrame:
     table = quote_ident(name)
-    with connect(path) as con:
+    if not Path(path).exists():  # do not create an empty warehouse just to report a missing table
+        raise LookupError(f"warehouse {path} does not exist: materialize the asset '{name}' first")
+    with connect(path, timeout_s=timeout_s) as con:
         exists = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
         ).fetchall()[0][0]
@@ -97,15 +123,3 @@ def create_parquet_view(path: str | Path, name: str, parquet_path: str | Path) -
     view = quote_ident(name)
     with connect(path) as con:
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet(?)", [str(Path(parquet_path).resolve())])
-
-
-def atomic_write_bytes(target: str | Path, data: bytes) -> None:
-    """Write to a temporary sibling then rename: a crash leaves the old file or the new one."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)

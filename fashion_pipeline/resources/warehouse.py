@@ -38,7 +38,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"the warehouse stores pandas DataFrames, got {type(obj).__name__}")
         table = self._table(context)
-        n = wh.write_table(warehouse_file(self.path), table, obj)
+        n = wh.write_table(warehouse_file(self.path), table, obj, timeout_s=self.lock_timeout_s)
         context.add_output_metadata({
             "dagster/row_count": n,
             "dagster/column_schema": column_schema(obj),
@@ -47,7 +47,8 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         })
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        return wh.read_table(warehouse_file(self.path), self._table(context.upstream_output))
+        return wh.read_table(warehouse_file(self.path), self._table(context.upstream_output),
+                             timeout_s=self.lock_timeout_s)
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -26,7 +26,7 @@ from fashion_pipeline.core.readers.kaggle import _json_fields
 from fashion_pipeline.core.reports import DropReport
 from fashion_pipeline_tests.conftest import HM, KAGGLE, SAMPLE_ROOT
 
-FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 STYLES = (SAMPLE_ROOT / KAGGLE / "styles.csv").read_bytes()
 ARTICLES = (SAMPLE_ROOT / HM / "articles.csv").read_bytes()

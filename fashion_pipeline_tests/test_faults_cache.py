@@ -125,3 +125,25 @@ def test_parquet_missing_a_required_column_is_a_corrupt_file_error(tmp_path):
     assert read_parquet_checked(path, ["product_id"]).num_rows == 1
     with pytest.raises(CorruptFileError, match="text_embedding"):
         read_parquet_checked(path, ["product_id", "text_embedding"])
+
+
+# ---------------------------------------------------------------- the warehouse file itself
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_warehouse_file_stops_the_step_naming_it_and_is_never_replaced_silently(tmp_path, damage):
+    from fashion_pipeline.core import warehouse as wh
+    from fashion_pipeline_tests.conftest import SAMPLE_ROOT
+    from fashion_pipeline_tests.helpers import materialize
+
+    var = tmp_path / "var"
+    path = var / "warehouse.duckdb"
+    wh.write_table(path, "keep", pd.DataFrame({"i": np.arange(100_000)}))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 3] if damage == "truncated" else b"\x00garbage" * 500)
+    before = path.read_bytes()
+    result = materialize(["hm_articles_raw"], SAMPLE_ROOT, var, raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    message = failure.event_specific_data.error.to_string()
+    assert str(path) in message and "IOException" in message
+    assert path.read_bytes() == before       # left as found, for inspection; derived data: move it aside and re-run

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ if __name__ == "__main__":
     sys.exit(0 if materialize(FULL_RUN, data_root, var).success else 1)
 
 
+@pytest.mark.slow
 def test_a_second_run_elsewhere_with_another_hash_seed_gives_identical_outputs(tmp_path):
     reference = reference_run()
     data = tmp_path / "moved" / "data"                  # the same files at another path

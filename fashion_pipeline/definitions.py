@@ -21,14 +21,17 @@ EXECUTOR_ENV = "FASHION_EXECUTOR"
 
 
 def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
-    """multiprocess (default: one process per step), in_process, or k8s (one pod per step).
+    """multiprocess (default), in_process, or k8s (one pod per step).
+
+    "multiprocess" is Dagster's default executor: one process per step, and a run may still
+    choose ``execution: {config: {in_process: {}}}`` in the launchpad (one process, faster start).
 
     k8s needs the dagster-k8s package (the `dev` extra here; install it in the cluster image);
     per-step pod resources come from each op's ``dagster-k8s/config`` tag (fashion_pipeline.gpu).
     """
     name = (name or os.environ.get(EXECUTOR_ENV, "multiprocess")).strip()
     if name == "multiprocess":
-        return dg.multiprocess_executor
+        return dg.multi_or_in_process_executor
     if name == "in_process":
         return dg.in_process_executor
     if name == "k8s":

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+import duckdb
+import pandas as pd
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from fashion_pipeline.paths import PROJECT_ROOT
 from fashion_pipeline.resources import build_resources
 from fashion_pipeline.resources.compute import ComputeResource
 from fashion_pipeline.resources.data import RawDataResource
+from fashion_pipeline.resources.lineage import LineageWarehouseIOManager
 from fashion_pipeline.schedules import build_retraining_schedule
 from fashion_pipeline.sensors import new_raw_files, with_scoring_automation
 from fashion_pipeline_tests.conftest import KAGGLE
@@ -105,9 +108,10 @@ def test_compute_resource_resolves_devices_without_a_gpu():
 # --- the new-raw-files sensor ---------------------------------------------------------------------
 
 def _tick(instance, root: Path, cursor: str | None):
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"raw_data": RawDataResource(root=str(root))})
-    data = new_raw_files.evaluate_tick(ctx)
+    # As context managers: the contexts hold resources and the instance on an exit stack.
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources={"raw_data": RawDataResource(root=str(root))}) as ctx:
+        data = new_raw_files.evaluate_tick(ctx)
     return data.run_requests or [], data.cursor, data.skip_message
 
 
@@ -162,9 +166,9 @@ def test_schedule_requests_a_retraining_run(monkeypatch):
     assert (sched.cron_schedule, sched.execution_timezone, sched.job_name) == ("0 3 * * 1", "UTC", "retraining_job")
     assert sched.default_status == dg.DefaultScheduleStatus.STOPPED
     with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance,
-                                        scheduled_execution_time=datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc))
-        data = sched.evaluate_tick(ctx)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(
+                2026, 11, 30, 3, 0, tzinfo=timezone.utc)) as ctx:
+            data = sched.evaluate_tick(ctx)
     assert len(data.run_requests) == 1
     assert data.run_requests[0].tags["fashion/trigger"] == "weekly-retraining"
 
@@ -257,3 +261,36 @@ def test_shipped_instance_config_limits_the_gpu_pool(tmp_path, monkeypatch):
         assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1
     finally:
         instance.dispose()
+
+
+# --- the _lineage warehouse table -------------------------------------------------------------------
+
+@dg.asset
+def lineage_src() -> pd.DataFrame:
+    return pd.DataFrame({"id": [1, 2], "price": [3.0, 4.0]})
+
+
+@dg.asset
+def lineage_dst(lineage_src):
+    src = dg.AssetKey("lineage_src")
+    out = lineage_src.assign(price_x2=lineage_src["price"] * 2)
+    return dg.Output(out, metadata={"dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
+        "id": [dg.TableColumnDep(asset_key=src, column_name="id")],
+        "price_x2": [dg.TableColumnDep(asset_key=src, column_name="price")],
+    })})
+
+
+def test_the_io_manager_records_table_and_column_lineage_in_sql(tmp_path):
+    path = str(tmp_path / "wh.duckdb")
+    for _ in range(2):  # a re-materialization replaces the rows instead of adding to them
+        result = dg.materialize([lineage_src, lineage_dst], resources={"io_manager": LineageWarehouseIOManager(path=path)})
+        assert result.success
+    with duckdb.connect(path, read_only=True) as con:
+        rows = con.execute("select asset, column_name, upstream_asset, upstream_column, run_id from _lineage "
+                           "order by all").fetchall()
+    run = result.run_id
+    assert rows == [
+        ("lineage_dst", "id", "lineage_src", "id", run),
+        ("lineage_dst", "price_x2", "lineage_src", "price", run),
+        ("lineage_dst", None, "lineage_src", None, run),
+    ]

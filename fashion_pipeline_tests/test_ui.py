@@ -203,7 +203,14 @@ def test_a_run_launched_through_the_ui_api_materializes_the_sample(dagster_dev):
     assert all(materialized_by[tuple(k)] == [run_id] for k in keys), materialized_by
     with duckdb.connect(str(dagster_dev.var / "warehouse.duckdb"), read_only=True) as con:
         n = con.execute("select count(*) from clean_products").fetchone()[0]
+        price_from = con.execute("select upstream_asset, upstream_column from _lineage "
+                                 "where asset = 'clean_products' and column_name = 'price_usd'").fetchall()
+        merged_from = {r[0] for r in con.execute("select upstream_asset from _lineage "
+                                                 "where asset = 'merged_products' and column_name is null").fetchall()}
     assert n > 1000  # 800 Kaggle + 450 H&M sample products, less the counted drops
+    # The code location's IO manager recorded where tables and columns came from.
+    assert ("merged_products", "price_usd") in price_from
+    assert merged_from == {"kaggle_products_raw", "hm_articles_raw", "hm_article_prices"}
 
 
 def _visible_text(dom: str) -> str:

@@ -9,8 +9,9 @@ import dagster as dg
 from fashion_pipeline.profiles import DATA_ROOT_ENV, PROFILE_ENV, PROFILES, get_profile
 from fashion_pipeline.resources.compute import ComputeResource
 from fashion_pipeline.resources.data import RawDataResource
+from fashion_pipeline.resources.lineage import LineageWarehouseIOManager
 from fashion_pipeline.resources.model_store import ModelStoreResource
-from fashion_pipeline.resources.warehouse import WarehouseIOManager, WarehouseResource
+from fashion_pipeline.resources.warehouse import WarehouseResource
 
 __all__ = ["PROFILE_ENV", "PROFILES", "build_resources", "current_profile"]
 
@@ -37,7 +38,7 @@ def build_resources(profile: str | None = None) -> dict:
         return dict(p.resource_config.get(name, {}))
 
     resources: dict = {
-        "io_manager": WarehouseIOManager(**cfg("io_manager")),
+        "io_manager": LineageWarehouseIOManager(**cfg("io_manager")),
         "warehouse": WarehouseResource(**cfg("warehouse")),
         "raw_data": RawDataResource(root=_data_root(p), **cfg("raw_data")),
         "model_store": ModelStoreResource(**cfg("model_store")),

@@ -42,9 +42,12 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
 
 
 all_assets = with_scoring_automation(dg.load_assets_from_package_module(assets))
+# Standalone @dg.asset_check functions in the asset modules (load_assets_... does not return them).
+all_asset_checks = dg.load_asset_checks_from_package_module(assets)
 
 defs = dg.Definitions(
     assets=all_assets,
+    asset_checks=all_asset_checks,
     jobs=ALL_JOBS,
     schedules=[build_retraining_schedule()],
     sensors=[new_raw_files, scoring_automation],

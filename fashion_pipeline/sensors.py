@@ -77,8 +77,14 @@ def _eager_if_unset(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 def with_scoring_automation(assets: list) -> list:
     """Scoring assets get AutomationCondition.eager() unless they chose a condition themselves."""
-    return [dg.map_asset_specs(_eager_if_unset, [a])[0] if isinstance(a, (dg.AssetsDefinition, dg.AssetSpec)) else a
-            for a in assets]
+    def apply(a):
+        if isinstance(a, dg.AssetChecksDefinition):  # checks carry no asset specs to change
+            return a
+        if isinstance(a, (dg.AssetsDefinition, dg.AssetSpec)):
+            return dg.map_asset_specs(_eager_if_unset, [a])[0]
+        return a
+
+    return [apply(a) for a in assets]
 
 
 scoring_automation = dg.AutomationConditionSensorDefinition(

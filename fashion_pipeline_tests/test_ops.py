@@ -211,14 +211,21 @@ def scoring_report_stub(scored_listings_stub):
     return scored_listings_stub
 
 
+@dg.asset_check(asset=scored_listings_stub)
+def scored_listings_stub_check():
+    return dg.AssetCheckResult(passed=True)
+
+
 def _job_keys(d: dg.Definitions, name: str) -> set[str]:
     return {k.path[-1] for k in d.resolve_job_def(name).asset_layer.executable_asset_keys}
 
 
 def test_jobs_pick_up_assets_of_later_groups_without_edits():
-    later = with_scoring_automation([product_embeddings_stub, price_model_stub, scored_listings_stub,
-                                     scoring_report_stub])
-    d = dg.Definitions(assets=[*all_assets, *later], jobs=ALL_JOBS, resources=build_resources("local"))
+    *later, check = with_scoring_automation([product_embeddings_stub, price_model_stub, scored_listings_stub,
+                                             scoring_report_stub, scored_listings_stub_check])
+    assert isinstance(check, dg.AssetChecksDefinition)  # passed through untouched
+    d = dg.Definitions(assets=[*all_assets, *later], asset_checks=[check], jobs=ALL_JOBS,
+                       resources=build_resources("local"))
     ingest = {"kaggle_products_raw", "hm_articles_raw", "hm_article_prices", "merged_products", "clean_products"}
     assert _job_keys(d, "ingest_job") == ingest
     assert _job_keys(d, "retraining_job") == {"product_embeddings_stub", "price_model_stub"}

@@ -1,15 +1,56 @@
-"""The Dagster code location: assembles assets, checks, jobs, schedules, sensors and resources."""
+"""The Dagster code location: assembles assets, checks, jobs, schedules, sensors and resources.
+
+Everything here selects by group or tag, so a new module under fashion_pipeline/assets/ joins
+the jobs, the automation and the UI without an edit in this file. FASHION_PROFILE picks the
+resources (fashion_pipeline.profiles); FASHION_EXECUTOR picks how a run executes its steps.
+"""
 
 from __future__ import annotations
+
+import os
 
 import dagster as dg
 
 from fashion_pipeline import assets
+from fashion_pipeline.jobs import ALL_JOBS
 from fashion_pipeline.resources import build_resources
+from fashion_pipeline.schedules import build_retraining_schedule
+from fashion_pipeline.sensors import new_raw_files, scoring_automation, with_scoring_automation
 
-all_assets = dg.load_assets_from_package_module(assets)
+EXECUTOR_ENV = "FASHION_EXECUTOR"
+
+
+def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
+    """multiprocess (default), in_process, or k8s (one pod per step).
+
+    "multiprocess" is Dagster's default executor: one process per step, and a run may still
+    choose ``execution: {config: {in_process: {}}}`` in the launchpad (one process, faster start).
+
+    k8s needs the dagster-k8s package (the `dev` extra here; install it in the cluster image);
+    per-step pod resources come from each op's ``dagster-k8s/config`` tag (fashion_pipeline.gpu).
+    """
+    name = (name or os.environ.get(EXECUTOR_ENV, "multiprocess")).strip()
+    if name == "multiprocess":
+        return dg.multi_or_in_process_executor
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected multiprocess, in_process or k8s")
+
+
+all_assets = with_scoring_automation(dg.load_assets_from_package_module(assets))
+# Standalone @dg.asset_check functions in the asset modules (load_assets_... does not return them).
+all_asset_checks = dg.load_asset_checks_from_package_module(assets)
 
 defs = dg.Definitions(
     assets=all_assets,
+    asset_checks=all_asset_checks,
+    jobs=ALL_JOBS,
+    schedules=[build_retraining_schedule()],
+    sensors=[new_raw_files, scoring_automation],
     resources=build_resources(),
+    executor=build_executor(),
 )

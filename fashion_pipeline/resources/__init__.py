@@ -4,30 +4,44 @@
 
 import os
 
-from fashion_pipeline.resources.data import RawDataResource
-from fashion_pipeline.resources.model_store import ModelStoreResource
-from fashion_pipeline.resources.warehouse import WarehouseIOManager, WarehouseResource
+import dagster as dg
 
-PROFILE_ENV = "FASHION_PROFILE"
-PROFILES = ("local", "gpu")
+from fashion_pipeline.profiles import DATA_ROOT_ENV, PROFILE_ENV, PROFILES, get_profile
+from fashion_pipeline.resources.compute import ComputeResource
+from fashion_pipeline.resources.data import RawDataResource
+from fashion_pipeline.resources.lineage import LineageWarehouseIOManager
+from fashion_pipeline.resources.model_store import ModelStoreResource
+from fashion_pipeline.resources.warehouse import WarehouseResource
+
+__all__ = ["PROFILE_ENV", "PROFILES", "build_resources", "current_profile"]
 
 
 def current_profile() -> str:
-    profile = os.environ.get(PROFILE_ENV, "local")
-    if profile not in PROFILES:
-        raise ValueError(f"{PROFILE_ENV}={profile!r}: expected one of {PROFILES}")
-    return profile
+    return get_profile().name
+
+
+def _data_root(profile) -> str | dg.EnvVar:
+    if profile.data_root_env_required:
+        return dg.EnvVar(DATA_ROOT_ENV)
+    return os.environ.get(DATA_ROOT_ENV, "data")
 
 
 def build_resources(profile: str | None = None) -> dict:
-    profile = profile or current_profile()
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: expected one of {PROFILES}")
-    data_root = os.environ.get("FASHION_DATA_ROOT", "data")
+    """The resources of ``profile`` (default: FASHION_PROFILE, else 'local').
+
+    One line per resource. A stage resource takes its backend from the profile, e.g.
+    ``"extractor": ExtractorResource(backend=p.extractor_backend, **cfg("extractor"))``.
+    """
+    p = get_profile(profile)
+
+    def cfg(name: str) -> dict:
+        return dict(p.resource_config.get(name, {}))
+
     resources: dict = {
-        "io_manager": WarehouseIOManager(),
-        "warehouse": WarehouseResource(),
-        "raw_data": RawDataResource(root=data_root),
-        "model_store": ModelStoreResource(),
+        "io_manager": LineageWarehouseIOManager(**cfg("io_manager")),
+        "warehouse": WarehouseResource(**cfg("warehouse")),
+        "raw_data": RawDataResource(root=_data_root(p), **cfg("raw_data")),
+        "model_store": ModelStoreResource(**cfg("model_store")),
+        "compute": ComputeResource(device=p.device, batch_size=p.encoder_batch_size, **cfg("compute")),
     }
     return resources

@@ -1,0 +1,64 @@
+"""Input hygiene for extraction: HTML to text, length budget, rough language check."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+_BLOCK_TAGS = re.compile(r"<\s*(?:br|/p|p|/div|div|li|/li|tr|/h\d|h\d)\b[^>]*>", re.I)
+_TAG = re.compile(r"<[^>]+>")
+_WS = re.compile(r"[ \t\r\f\v\u00a0]+")
+
+# Common English function words; a text of some length with none of them is probably not English.
+_EN_WORDS = frozenset(
+    "a an the and or of in on with for to is are this that from your you it its has have made by at "
+    "as be can will into fit wear wash do not".split())
+
+
+def html_to_text(s: str | None) -> str:
+    """Strip tags keeping block boundaries as newlines (section parsing relies on them)."""
+    if not s:
+        return ""
+    if "<" in s and ">" in s:
+        s = _BLOCK_TAGS.sub("\n", s)
+        s = _TAG.sub(" ", s)
+    s = html.unescape(s)
+    lines = [_WS.sub(" ", line).strip() for line in s.split("\n")]
+    return "\n".join(line for line in lines if line)
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    title: str
+    description: str
+    truncated: bool
+    empty_description: bool
+    non_english: bool
+
+
+def looks_non_english(text: str) -> bool:
+    """Heuristic: mostly non-ASCII letters, or 8+ words with no common English word."""
+    letters = [c for c in text if c.isalpha()]
+    if len(letters) >= 20 and sum(c.isascii() for c in letters) / len(letters) < 0.7:
+        return True
+    words = re.findall(r"[a-zA-Z]+", text.lower())
+    return len(words) >= 8 and not any(w in _EN_WORDS for w in words)
+
+
+def prepare(title: str | None, description: str | None, max_chars: int) -> PreparedText:
+    """Clean title/description and cut the description to `max_chars` (at a word boundary)."""
+    t = " ".join(html_to_text(title).split())
+    d = html_to_text(description)
+    truncated = len(d) > max_chars
+    if truncated:
+        cut = d[:max_chars]
+        space = cut.rfind(" ")
+        d = cut[:space] if space > max_chars * 0.8 else cut
+    return PreparedText(
+        title=t,
+        description=d,
+        truncated=truncated,
+        empty_description=not d.strip(),
+        non_english=looks_non_english(f"{t} {d}"),
+    )

@@ -93,8 +93,14 @@ def _negated(text: str, start: int) -> bool:
     return bool(_NEGATION.search(text, clause_start, start))
 
 
+_STYLING = re.compile(r"\b(?:team|pair|wear|style|match|combine)\s+(?:it|this|them|these|those|the\s+\w+(?:\s+\w+)?)"
+                      r"\s+with\b[^.\n]*")
+
+
 def _materials_in(text: str) -> list[tuple[int, str]]:
-    """(position, canonical) for material mentions; percentages reorder by share."""
+    """(position, canonical) for material mentions; percentages reorder by share. Styling advice
+    ("pair it with leather boots") names other garments' materials and is blanked out first."""
+    text = _STYLING.sub(lambda m: " " * len(m.group(0)), text)
     found = [(m.start(), vocab.MATERIAL_INDEX[m.group(1)]) for m in _MATERIAL_RE.finditer(text)]
     found += [(m.start(), "lace") for m in _LACE_RE.finditer(text)]
     shares: dict[str, float] = {}
@@ -150,7 +156,8 @@ class RulesExtractor:
         title = text.title.lower()
         sections = [(r, t.lower()) for r, t in split_sections(text.description)]
         # Materials: material sections first, then body/details, never sole sections.
-        mat_order = {"material": 0, "material_care": 0, "details": 1, "body": 2, "fit": 3, "care": 4}
+        # Care sections are skipped: Myntra's styling paragraph ("team it with denim shorts") follows them.
+        mat_order = {"material": 0, "material_care": 0, "details": 1, "body": 2, "fit": 3}
         mats: list[tuple[int, int, str]] = []
         for i, (role, t) in enumerate(sections):
             if role in mat_order:

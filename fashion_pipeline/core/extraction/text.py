@@ -12,7 +12,7 @@ _WS = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 # Common English function words; a text of some length with none of them is probably not English.
 _EN_WORDS = frozenset(
-    "a an the and or of in on with for to is are this that from your you it its has have made by at "
+    "an the and or of in on with for to is are this that from your you it its has have made by at "
     "as be can will into fit wear wash do not".split())
 
 
@@ -38,12 +38,12 @@ class PreparedText:
 
 
 def looks_non_english(text: str) -> bool:
-    """Heuristic: mostly non-ASCII letters, or 8+ words with no common English word."""
+    """Heuristic: mostly non-ASCII letters, or 8+ words of which under 4% are common English words."""
     letters = [c for c in text if c.isalpha()]
     if len(letters) >= 20 and sum(c.isascii() for c in letters) / len(letters) < 0.7:
         return True
-    words = re.findall(r"[a-zA-Z]+", text.lower())
-    return len(words) >= 8 and not any(w in _EN_WORDS for w in words)
+    words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) > 1]
+    return len(words) >= 8 and sum(w in _EN_WORDS for w in words) / len(words) < 0.04
 
 
 def prepare(title: str | None, description: str | None, max_chars: int) -> PreparedText:

@@ -36,8 +36,9 @@ def product_attributes(context: dg.AssetExecutionContext, clean_products: pd.Dat
                        extractor: ExtractorResource) -> dg.Output[pd.DataFrame]:
     brands = clean_products["brand"].dropna().unique().tolist()
     runner = extractor.build(brands)
-    products = [ProductText(pid, title, desc or "") for pid, title, desc in
-                zip(clean_products["product_id"], clean_products["title"], clean_products["description"].fillna(""))]
+    products = [ProductText(pid, title, desc or "", brand if isinstance(brand, str) and brand else None)
+                for pid, title, desc, brand in zip(clean_products["product_id"], clean_products["title"],
+                                                   clean_products["description"].fillna(""), clean_products["brand"])]
 
     def progress(done: int, total: int) -> None:
         if done == total or done % (runner.batch_size * 10) == 0:

@@ -32,6 +32,7 @@ class ProductText:
     product_id: str
     title: str
     description: str
+    known_brand: str | None = None  # the catalogue's own brand field (Kaggle brandName, "H&M"), when present
 
 
 @dataclass
@@ -195,7 +196,11 @@ class Extractor:
         results = []
         for p, k, title in zip(products, keys, titles):
             a = Attributes.from_dict(found[k]["attributes"])
-            if self.llm is None or found[k]["status"] != "ok":
+            if p.known_brand:
+                # A brand the catalogue states beats one read from the title (H&M names its
+                # products "Roxy", "Tilda", ...; the title carries no brand there).
+                a.brand = p.known_brand
+            elif self.llm is None or found[k]["status"] != "ok":
                 # Rules brands come from the current brand lexicon, not the cache: adding products
                 # with new brands must not invalidate every cached row.
                 a.brand = self.rules.brand(title)

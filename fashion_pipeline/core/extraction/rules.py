@@ -156,8 +156,8 @@ class RulesExtractor:
         title = text.title.lower()
         sections = [(r, t.lower()) for r, t in split_sections(text.description)]
         # Materials: material sections first, then body/details, never sole sections.
-        # Care sections are skipped: Myntra's styling paragraph ("team it with denim shorts") follows them.
-        mat_order = {"material": 0, "material_care": 0, "details": 1, "body": 2, "fit": 3}
+        # Care sections come last: Myntra's free-text paragraph (often naming the fabric) follows them.
+        mat_order = {"material": 0, "material_care": 0, "details": 1, "body": 2, "fit": 3, "care": 4}
         mats: list[tuple[int, int, str]] = []
         for i, (role, t) in enumerate(sections):
             if role in mat_order:

@@ -15,15 +15,14 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", num_threads: int | None = None):
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"transformers model folder does not exist or has no config.json: {model_dir}")
         import torch
         import xgrammar as xgr
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"transformers model folder does not exist or has no config.json: {model_dir}")
-        if num_threads:
-            torch.set_num_threads(num_threads)
+        self.num_threads = num_threads
         self.model = str(model_dir)
         self._torch = torch
         self.tok = AutoTokenizer.from_pretrained(model_dir)
@@ -43,9 +42,15 @@ class TransformersBackend:
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         # xgrammar's HF processor keeps per-sequence matcher state: a new one per generate call.
         processor = self._xgr.contrib.hf.LogitsProcessor(self._grammar)
-        with torch.inference_mode():
-            out = self.lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                   logits_processor=[processor], pad_token_id=self.tok.pad_token_id)
+        before = torch.get_num_threads()
+        if self.num_threads:  # e.g. 1 on an oversubscribed CPU, where OpenMP spin-waits cost 10-30x
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.inference_mode():
+                out = self.lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                       logits_processor=[processor], pad_token_id=self.tok.pad_token_id)
+        finally:
+            torch.set_num_threads(before)
         new = out[:, enc["input_ids"].shape[1]:]
         gens = []
         for i, row in enumerate(new.tolist()):

@@ -86,3 +86,10 @@ def ensure_hf_from_gguf(gguf: Path, model_cache_dir: str | os.PathLike) -> Path:
     if (out / "config.json").is_file():
         return out
     return convert_gguf_to_hf(gguf, out)
+
+
+if __name__ == "__main__":  # python -m fashion_pipeline.core.extraction.model_files [model_cache_dir]
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    print(ensure_smollm2_hf(sys.argv[1] if len(sys.argv) > 1 else "var/cache/models"))

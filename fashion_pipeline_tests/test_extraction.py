@@ -252,3 +252,15 @@ def test_resource_builds_backends_and_declares_gpu_needs(tmp_path):
         ExtractorResource(backend="transformers", model=str(missing), cache_dir=str(tmp_path / "c")).build()
     with pytest.raises(FileNotFoundError, match=str(missing)):
         ExtractorResource(backend="vllm", model=str(missing), cache_dir=str(tmp_path / "c")).build()
+
+
+def test_many_small_runs_are_compacted_without_losing_entries(tmp_path):
+    from fashion_pipeline.core.extraction.cache import MAX_SEGMENTS
+
+    products = _products(MAX_SEGMENTS + 2)
+    for i in range(len(products)):  # one new product per run -> one new segment per run
+        Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products[: i + 1])
+    assert len(list((tmp_path / "c").glob("seg-*.jsonl"))) <= MAX_SEGMENTS
+    assert not list((tmp_path / "c").glob(".tmp-*"))  # no temp files left behind
+    _, stats = Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products)
+    assert stats.cached == len(products)

@@ -37,8 +37,9 @@ class ExtractionCache:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._data: dict[str, dict] = {}
-        self.corrupted = 0
+        self.corrupted = 0  # bad entries found when loading (reported; those rows are recomputed)
         self._load()
+        self._dirty = self.corrupted > 0  # rewrite without the bad lines on the next put
 
     def _segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.jsonl"))
@@ -88,7 +89,7 @@ class ExtractionCache:
             return
         self._write_segment(items)
         self._data.update(items)
-        if len(self._segments()) > MAX_SEGMENTS or self.corrupted:
+        if len(self._segments()) > MAX_SEGMENTS or self._dirty:
             self.compact()
 
     def compact(self) -> None:
@@ -98,3 +99,4 @@ class ExtractionCache:
         for seg in old:
             if seg != new:
                 seg.unlink(missing_ok=True)
+        self._dirty = False

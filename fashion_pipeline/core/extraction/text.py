@@ -13,7 +13,13 @@ _WS = re.compile(r"[ \t\r\f\v\u00a0]+")
 # Common English function words; a text of some length with none of them is probably not English.
 _EN_WORDS = frozenset(
     "an the and or of in on with for to is are this that from your you it its has have made by at "
-    "as be can will into fit wear wash do not".split())
+    "as be can will into fit wear wash do not".split()
+    # Listing English is telegraphic ("Navy jacket, long sleeves, zip closure"): common catalogue
+    # words count as English too, so terse listings are not flagged.
+    + "men women boys girls unisex kids black white blue navy red green grey pink brown yellow "
+    "shirt shirts top tops dress shoes shoe bag jacket jeans trousers shorts socks watch sleeves "
+    "sleeve neck collar pocket pockets zip closure front back casual sports solid printed striped "
+    "cotton polyester leather lining strap straps sole upper round long short".split())
 
 
 def html_to_text(s: str | None) -> str:
@@ -28,6 +34,11 @@ def html_to_text(s: str | None) -> str:
     return "\n".join(line for line in lines if line)
 
 
+_FOREIGN_WORDS = frozenset(
+    "de la el los las del con para por una unos une des et avec pour sur dans le les du und mit der die "
+    "das für aus ein eine den dem il della delle per che sono em com uma os da do".split()) - _EN_WORDS
+
+
 @dataclass(frozen=True)
 class PreparedText:
     title: str
@@ -38,12 +49,16 @@ class PreparedText:
 
 
 def looks_non_english(text: str) -> bool:
-    """Heuristic: mostly non-ASCII letters, or 8+ words of which under 4% are common English words."""
-    letters = [c for c in text if c.isalpha()]
+    """Heuristic: mostly non-ASCII letters, or more Spanish/French/German/Italian/Portuguese function
+    words than English (catalogue) words. Telegraphic English listings have few function words,
+    so the absence of English words alone is not evidence."""
+    # "Ã", "Â" are mojibake (UTF-8 read as Latin-1) in these catalogues, not a foreign language.
+    letters = [c for c in text if c.isalpha() and c not in "ÃÂ"]
     if len(letters) >= 20 and sum(c.isascii() for c in letters) / len(letters) < 0.7:
         return True
     words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) > 1]
-    return len(words) >= 8 and sum(w in _EN_WORDS for w in words) / len(words) < 0.04
+    foreign = sum(w in _FOREIGN_WORDS for w in words)
+    return foreign >= 2 and foreign > sum(w in _EN_WORDS for w in words)
 
 
 def prepare(title: str | None, description: str | None, max_chars: int) -> PreparedText:
@@ -60,5 +75,6 @@ def prepare(title: str | None, description: str | None, max_chars: int) -> Prepa
         description=d,
         truncated=truncated,
         empty_description=not d.strip(),
-        non_english=looks_non_english(f"{t} {d}"),
+        # The description decides when it has a few words: titles are brand + product-type English.
+        non_english=looks_non_english(d if len(d.split()) >= 5 else f"{t} {d}"),
     )

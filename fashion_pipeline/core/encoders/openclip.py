@@ -162,8 +162,14 @@ def save_open_clip_dir(model: torch.nn.Module, model_cfg: dict, folder: str | os
     from open_clip.push_to_hf_hub import save_config_for_hf
     from safetensors.torch import save_file
 
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # create_model() sets these; a model built with the class constructor lacks them.
+    for attr, default in (("image_mean", OPENAI_DATASET_MEAN), ("image_std", OPENAI_DATASET_STD)):
+        if getattr(model.visual, attr, None) is None:
+            setattr(model.visual, attr, default)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     save_config_for_hf(model, folder / "open_clip_config.json", model_config=model_cfg)
     json.loads((folder / "open_clip_config.json").read_text())  # fail early on a bad write

@@ -5,6 +5,7 @@
 import os
 
 from fashion_pipeline.resources.data import RawDataResource
+from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseIOManager, WarehouseResource
 
@@ -29,5 +30,6 @@ def build_resources(profile: str | None = None) -> dict:
         "warehouse": WarehouseResource(),
         "raw_data": RawDataResource(root=data_root),
         "model_store": ModelStoreResource(),
+        "encoder": EncoderResource(),
     }
     return resources

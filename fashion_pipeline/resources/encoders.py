@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from fashion_pipeline.core.encoders import EmbeddingBackend, build_backend
+from fashion_pipeline.paths import default_var_path, resolve
 
 
 def gpu_requirements(config: Mapping[str, Any] | "EncoderResource") -> dict[str, Any]:
@@ -49,10 +50,19 @@ class EncoderResource(dg.ConfigurableResource):
     loader_workers: int = Field(
         default=1, ge=0, description="DataLoader worker processes decoding/preprocessing images (0 = in-process)."
     )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op CPU threads for this process (None = torch default). On a busy shared CPU, "
+        "1 thread + 1 loader worker was ~2.5x faster than 2 spinning threads (benchmarks/results/embeddings.md).",
+    )
     offline_image_resolution: int = Field(
         default=112,
         description="Offline backend input side in px (images are letterboxed on white). 112 was chosen from the "
         "speed/quality sweep in benchmarks/results/embeddings.md; raise for quality, lower for speed.",
+    )
+    offline_text_max_tokens: int = Field(
+        default=128, description="Offline text encoder truncation in word pieces (MiniLM was trained on 128)."
     )
     open_clip_model: str = Field(
         default="ViT-B-32",
@@ -67,15 +77,23 @@ class EncoderResource(dg.ConfigurableResource):
     open_clip_resize_mode: str | None = Field(
         default=None, description="open_clip inference resize: 'shortest' (crop), 'longest' (pad), 'squash'; None = checkpoint's."
     )
-    output_dir: str = Field(default="var/embeddings", description="Folder of the product_embeddings Parquet file.")
-    cache_dir: str = Field(default="var/cache/embeddings", description="Content-addressed embedding cache folder.")
+    output_dir: str | None = Field(
+        default=None, description="Folder of the product_embeddings Parquet file; default <var dir>/embeddings."
+    )
+    cache_dir: str | None = Field(
+        default=None, description="Content-addressed embedding cache; default <var dir>/cache/embeddings."
+    )
     chunk_rows: int = Field(default=4096, ge=1, description="Rows per Parquet row group (bounds memory).")
 
     def build_backend(self) -> EmbeddingBackend:
         """Load the configured encoders (seconds: weights are read and checksummed)."""
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         if self.backend == "offline":
             return build_backend("offline", device=self.device, resolution=self.offline_image_resolution,
-                                 precision=self.precision)
+                                 precision=self.precision, text_max_tokens=self.offline_text_max_tokens)
         return build_backend(
             "open_clip",
             model_name=self.open_clip_model,
@@ -86,7 +104,12 @@ class EncoderResource(dg.ConfigurableResource):
         )
 
     def output_path(self, name: str = "product_embeddings") -> Path:
-        return Path(self.output_dir) / f"{name}.parquet"
+        """Where the Parquet file goes (relative paths resolve against the project root)."""
+        folder = resolve(self.output_dir) if self.output_dir else resolve(default_var_path("embeddings"))
+        return Path(folder) / f"{name}.parquet"
+
+    def cache_path(self) -> Path:
+        return Path(resolve(self.cache_dir) if self.cache_dir else resolve(default_var_path("cache", "embeddings")))
 
     def gpu_requirements(self) -> dict[str, Any]:
         return gpu_requirements(self)

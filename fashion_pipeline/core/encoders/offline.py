@@ -31,6 +31,12 @@ LITE_MEAN = (0.498, 0.498, 0.498)
 LITE_STD = (0.502, 0.502, 0.502)
 # Default input side in pixels; benchmarks/results/embeddings.md holds the measurements behind it.
 DEFAULT_RESOLUTION = 112
+# all-MiniLM-L6-v2 was trained on 128 word pieces; its config allows 256, which doubles the cost on
+# long catalogue descriptions (whose tails are wash-care boilerplate) for little signal.
+DEFAULT_TEXT_MAX_TOKENS = 128
+# Inner batch for sentence-transformers: it sorts a call's texts by length, so small inner batches
+# pad little; one big padded batch of long descriptions was ~10x slower here.
+_TEXT_INNER_BATCH = 32
 
 
 def _pkg_version(name: str) -> str:
@@ -44,7 +50,13 @@ class OfflineBackend(EmbeddingBackend):
     name = "offline"
     aligned = False
 
-    def __init__(self, device: str = "cpu", resolution: int = DEFAULT_RESOLUTION, precision: str = "auto"):
+    def __init__(
+        self,
+        device: str = "cpu",
+        resolution: int = DEFAULT_RESOLUTION,
+        precision: str = "auto",
+        text_max_tokens: int = DEFAULT_TEXT_MAX_TOKENS,
+    ):
         if not 32 <= int(resolution) <= 512 or int(resolution) % 8:
             # The static "same" padding is computed from the input size; odd sizes silently misalign.
             raise EncoderConfigError(f"offline image resolution must be a multiple of 8 in [32, 512], got {resolution}")
@@ -74,6 +86,9 @@ class OfflineBackend(EmbeddingBackend):
 
         self._text_model = minilm.load_model(device=self.device)
         self._text_model.eval()
+        if not 8 <= int(text_max_tokens) <= 512:
+            raise EncoderConfigError(f"text_max_tokens must be in [8, 512], got {text_max_tokens}")
+        self._text_model.max_seq_length = int(text_max_tokens)
         text_weights = minilm.get_model_path() / "model.safetensors"
         self.text = ModalityInfo(
             model=TEXT_MODEL,
@@ -104,7 +119,7 @@ class OfflineBackend(EmbeddingBackend):
         with torch.inference_mode(), autocast(self.device, self.precision):
             out = self._text_model.encode(
                 list(texts),
-                batch_size=len(texts),
+                batch_size=_TEXT_INNER_BATCH,
                 convert_to_numpy=True,
                 normalize_embeddings=True,
                 show_progress_bar=False,

@@ -183,7 +183,8 @@ def embed_products(
                 text_todo.setdefault(k, t)
         say(f"texts: {len(txt_cached)} cached, {len(text_todo)} to encode")
         t0, c0 = time.perf_counter(), time.process_time()
-        todo_items = list(text_todo.items())
+        # Longest first, so each batch holds texts of similar length (less padding) and any slow batch shows early.
+        todo_items = sorted(text_todo.items(), key=lambda kv: -len(kv[1]))
         text_failed: dict[str, str] = {}
         for b in range(0, len(todo_items), text_batch_size):
             batch = todo_items[b : b + text_batch_size]

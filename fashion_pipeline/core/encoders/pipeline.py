@@ -87,10 +87,9 @@ class EmbeddingReport:
 class _ImageDataset(Dataset):
     """(key, path) pairs -> (key, pixels, conversion, error); decoding happens in loader workers."""
 
-    def __init__(self, items: list[tuple[str, str]], transform, pixel_shape: tuple[int, ...] | None):
+    def __init__(self, items: list[tuple[str, str]], transform):
         self.items = items
         self.transform = transform
-        self.pixel_shape = pixel_shape
 
     def __len__(self) -> int:
         return len(self.items)
@@ -107,8 +106,7 @@ class _ImageDataset(Dataset):
 
 
 def _collate(batch):
-    keys, pixels, conversions, errors = [], [], [], []
-    failed = []
+    keys, pixels, conversions, failed = [], [], [], []
     for key, px, conv, err in batch:
         if err is not None:
             failed.append((key, err))
@@ -209,7 +207,7 @@ def embed_products(
         t0, c0 = time.perf_counter(), time.process_time()
         if image_todo:
             loader = DataLoader(
-                _ImageDataset(list(image_todo.items()), backend.image_transform(), None),
+                _ImageDataset(list(image_todo.items()), backend.image_transform()),
                 batch_size=image_batch_size,
                 num_workers=loader_workers,
                 collate_fn=_collate,

@@ -178,6 +178,10 @@ def throughput(products: pd.DataFrame, n: int, tmp: Path) -> list[dict]:
     return out
 
 
+def _stamp(message: str) -> None:
+    print(time.strftime("%H:%M:%S"), message, flush=True)
+
+
 def full(products: pd.DataFrame, tmp: Path, resolution: int) -> dict:
     """Cold run on 99% of the products, then the incremental run after adding the last 1%."""
     backend = build_backend("offline", resolution=resolution)
@@ -186,9 +190,9 @@ def full(products: pd.DataFrame, tmp: Path, resolution: int) -> dict:
     base, everything = shuffled.iloc[:-n_new], shuffled
     cache = tmp / "cache-full"
     c0 = time.process_time()
-    cold = embed_products(base, backend, tmp / "full.parquet", cache, progress=lambda m: print(" ", m, flush=True))
+    cold = embed_products(base, backend, tmp / "full.parquet", cache, progress=_stamp)
     cold_cpu = time.process_time() - c0
-    inc = embed_products(everything, backend, tmp / "full.parquet", cache, progress=lambda m: print(" ", m, flush=True))
+    inc = embed_products(everything, backend, tmp / "full.parquet", cache, progress=_stamp)
     noop = embed_products(everything, backend, tmp / "full.parquet", cache, progress=lambda m: None)
     res = {
         "resolution": resolution,
@@ -248,6 +252,9 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch intra-op threads (0 = torch default). On a shared, loaded 2-core machine 1 thread "
                     "plus 1 loader worker beat 2 spinning threads by ~2.5x in wall time.")
+    ap.add_argument("--work-dir", type=Path, default=None,
+                    help="keep Parquet + caches here (e.g. benchmarks/out/embeddings) instead of a deleted temp dir; "
+                    "a killed cold run then resumes from its cache (its 'reused' counts say so)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "embeddings.md")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -261,7 +268,9 @@ def main() -> None:
     info["load_products_s"] = round(time.perf_counter() - t, 1)
     print(info, flush=True)
     results: dict = {}
-    tmp = Path(tempfile.mkdtemp(prefix="emb-bench-"))
+    keep = args.work_dir is not None
+    tmp = args.work_dir.resolve() if keep else Path(tempfile.mkdtemp(prefix="emb-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         if "sweep" in parts:
             results["sweep"] = sweep(products, args.sweep_n, [int(x) for x in args.sweep_resolutions.split(",")])
@@ -274,7 +283,8 @@ def main() -> None:
         info["load_avg_at_end"] = os.getloadavg()
         write_report(args.out, info, results)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {args.out}")
 
 

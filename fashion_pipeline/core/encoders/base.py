@@ -1,0 +1,156 @@
+"""The encoder interface shared by every backend, plus small helpers they all need."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class EncoderConfigError(ValueError):
+    """A model name, weights path or option that cannot work; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class ModalityInfo:
+    """What produced one modality's vectors.
+
+    ``identity`` is the cache key part: it changes whenever the vectors would change
+    (model, weights checksum, preprocessing, precision), so a changed encoder never reuses
+    stale vectors.
+    """
+
+    model: str
+    version: str
+    dim: int
+    identity: str
+    normalized: bool
+
+
+class EmbeddingBackend(ABC):
+    """An image encoder and a text encoder loaded together (one backend of EncoderResource)."""
+
+    name: str
+    device: str
+    precision: str
+    aligned: bool
+    image: ModalityInfo
+    text: ModalityInfo
+
+    @abstractmethod
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL RGB image -> CHW float tensor; runs in loader workers, so it must be picklable."""
+
+    @abstractmethod
+    def encode_image_batch(self, pixels: torch.Tensor) -> np.ndarray:
+        """[B, 3, H, W] preprocessed pixels -> float32 [B, image.dim]."""
+
+    @abstractmethod
+    def encode_text_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Non-empty texts -> float32 [B, text.dim]."""
+
+    def describe(self) -> dict[str, str]:
+        """Flat string metadata (Parquet schema metadata and Dagster metadata)."""
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "aligned": str(self.aligned).lower(),
+            "image_model": self.image.model,
+            "image_model_version": self.image.version,
+            "image_dim": str(self.image.dim),
+            "image_normalized": str(self.image.normalized).lower(),
+            "image_identity": self.image.identity,
+            "text_model": self.text.model,
+            "text_model_version": self.text.version,
+            "text_dim": str(self.text.dim),
+            "text_normalized": str(self.text.normalized).lower(),
+            "text_identity": self.text.identity,
+        }
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a weights file, memoised per (path, size, mtime): weights are read once per process."""
+    st = os.stat(path)
+    memo_key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if memo_key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_MEMO[memo_key] = h.hexdigest()
+    return _SHA_MEMO[memo_key]
+
+
+def resolve_device(device: str) -> str:
+    """Validate a torch device string; 'cuda' on a machine without CUDA is a clear error, not a fallback."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise EncoderConfigError(f"Unknown torch device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderConfigError(
+            f"Encoder device {device!r} requested but CUDA is not available on this machine; "
+            "use device='cpu' or run on a GPU node (see gpu_requirements)."
+        )
+    return str(dev)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> fp16 on CUDA, fp32 elsewhere. Half precision on CPU is refused (slow and lossy)."""
+    precision = precision.lower()
+    if precision not in {"auto", "fp32", "fp16", "bf16"}:
+        raise EncoderConfigError(f"Unknown precision {precision!r}; expected auto, fp32, fp16 or bf16")
+    is_cuda = device.startswith("cuda")
+    if precision == "auto":
+        return "fp16" if is_cuda else "fp32"
+    if precision != "fp32" and not is_cuda:
+        raise EncoderConfigError(f"precision {precision!r} needs a CUDA device; device is {device!r}")
+    return precision
+
+
+def autocast(device: str, precision: str):
+    """Mixed precision context: autocast on CUDA (GPU path), a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    # GPU code path: only reached with a CUDA device (resolve_precision enforces it).
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+class LetterboxTransform:
+    """Resize to fit a square, pad with white, normalise; keeps the whole garment.
+
+    Catalogue photos are portrait (60x80, 120x180) on white; a centre crop would cut off
+    collars and hems, and a squash distorts proportions, so pad with the photo's own white.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], fill: int = 255):
+        self.size = int(size)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, -1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(1, 1, -1)
+        self.fill = int(fill)
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        w, h = im.size
+        scale = self.size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = im.resize((nw, nh), Image.BICUBIC)
+        canvas = Image.new("RGB", (self.size, self.size), (self.fill,) * 3)
+        canvas.paste(resized, ((self.size - nw) // 2, (self.size - nh) // 2))
+        arr = np.asarray(canvas, dtype=np.float32) / 255.0
+        arr = (arr - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def describe(self) -> str:
+        return f"letterbox{self.size}-fill{self.fill}-mean{self.mean.ravel().tolist()}-std{self.std.ravel().tolist()}"

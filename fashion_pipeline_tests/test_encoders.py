@@ -1,0 +1,301 @@
+"""Core encoder tests: image decoding, text building, cache, Parquet IO and the embedding driver,
+with the real offline encoders (EfficientNet-Lite0 + all-MiniLM-L6-v2) on real sample photos."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fashion_pipeline.core.encoders import (
+    EncoderConfigError,
+    build_backend,
+    create_duckdb_view,
+    embed_products,
+    read_embedding_metadata,
+    read_embeddings,
+)
+from fashion_pipeline.core.encoders import images as imgs
+from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file
+from fashion_pipeline.core.encoders.io import EmbeddingsWriter
+from fashion_pipeline.core.encoders.text import build_product_text, build_texts
+from fashion_pipeline_tests.fixtures.encoders import damaged
+
+# ---------------------------------------------------------------- images
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return damaged.real_images(6, hm=2)
+
+
+def test_real_jpeg_decodes_to_rgb_without_conversion(photos):
+    raw = imgs.read_image_bytes(photos[0])
+    im, conv, err = imgs.decode_image(raw.data)
+    assert err is None and conv is None
+    assert im.mode == "RGB" and im.size == Image.open(photos[0]).size
+    assert len(raw.sha256) == 64
+
+
+def test_truncated_and_garbage_files_are_reported_not_raised(photos, tmp_path):
+    for bad in (damaged.truncated_copy(photos[0], tmp_path / "t.jpg"), damaged.garbage_file(tmp_path / "g.jpg")):
+        im, conv, err = imgs.decode_image(imgs.read_image_bytes(bad).data)
+        assert im is None and err == imgs.CORRUPT_IMAGE
+
+
+def test_missing_paths_have_distinct_reasons(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert imgs.read_image_bytes(None).error == imgs.NO_IMAGE_PATH
+    assert imgs.read_image_bytes(float("nan")).error == imgs.NO_IMAGE_PATH
+    assert imgs.read_image_bytes(pd.NA).error == imgs.NO_IMAGE_PATH
+    assert imgs.read_image_bytes(tmp_path / "nope.jpg").error == imgs.FILE_NOT_FOUND
+    assert imgs.read_image_bytes(tmp_path / "empty.jpg").error == imgs.EMPTY_FILE
+    assert imgs.read_image_bytes(tmp_path).error == imgs.UNREADABLE_FILE  # a directory
+
+
+def test_grayscale_and_cmyk_are_converted_to_rgb_and_counted(photos, tmp_path):
+    original = np.asarray(Image.open(photos[1]).convert("RGB"), dtype=np.float32)
+    g = imgs.decode_image(damaged.grayscale_copy(photos[1], tmp_path / "g.jpg").read_bytes())
+    c = imgs.decode_image(damaged.cmyk_copy(photos[1], tmp_path / "c.jpg").read_bytes())
+    assert g[1] == imgs.CONVERTED_GRAYSCALE and g[0].mode == "RGB"
+    assert c[1] == imgs.CONVERTED_CMYK and c[0].mode == "RGB"
+    # The CMYK round trip keeps the colours (JPEG loss only), i.e. it is not inverted or garbled.
+    assert np.abs(np.asarray(c[0], dtype=np.float32) - original).mean() < 12
+
+
+def test_transparent_pixels_become_white_not_black(photos, tmp_path):
+    png = damaged.alpha_png_copy(photos[2], tmp_path / "a.png")
+    im, conv, err = imgs.decode_image(png.read_bytes())
+    assert err is None and conv == imgs.CONVERTED_ALPHA and im.mode == "RGB"
+    arr = np.asarray(im)
+    assert (arr[:, : arr.shape[1] // 2] == 255).all()  # transparent half composited on white
+    pal = Image.open(png).convert("RGB").quantize(16)
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "p.png", transparency=0)
+    assert imgs.decode_image((tmp_path / "p.png").read_bytes())[1] == imgs.CONVERTED_ALPHA
+
+
+# ---------------------------------------------------------------- text
+
+
+def test_product_text_puts_attributes_before_description_and_skips_empties():
+    text = build_product_text(
+        "Nike Men Blue Tee",
+        "  Soft   cotton tee. ",
+        {"brand": "Nike", "materials": '["cotton", "elastane"]', "fit": None, "pattern": float("nan"), "colour": ""},
+    )
+    assert text == "Nike Men Blue Tee. brand: Nike; materials: cotton, elastane. Soft cotton tee."
+    assert build_product_text("", None, {"fit": None}) == ""
+    assert build_product_text(None, "desc only") == "desc only"
+
+
+def test_build_texts_uses_attributes_when_available_and_works_without():
+    products = pd.DataFrame(
+        {"product_id": ["a", "b"], "title": ["Red dress", "Black jeans"], "description": ["", "Slim."],
+         "colour": ["Red", None]}
+    )
+    attrs = pd.DataFrame({"product_id": ["b", "zzz"], "materials": ['["denim"]', '["silk"]'], "fit": ["slim", None],
+                          "status": ["ok", "ok"]})
+    assert build_texts(products) == ["Red dress. colour: Red", "Black jeans. Slim."]
+    assert build_texts(products, attrs) == ["Red dress. colour: Red", "Black jeans. materials: denim; fit: slim. Slim."]
+    assert build_texts(products, attrs[["product_id", "status"]]) == build_texts(products)  # no usable columns
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_cache_round_trip_and_corrupt_entries_are_never_served(tmp_path):
+    vecs = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with EmbeddingCache(tmp_path, "image", "enc-A", 4) as c:
+        c.put_many(["k1", "k2", "k3"], vecs)
+        assert np.array_equal(c.get_many(["k2"])["k2"], vecs[1])
+    con = sqlite3.connect(cache_file(tmp_path, "image", "enc-A"))
+    con.execute("UPDATE vectors SET vec = ? WHERE key = 'k1'", (np.ones(4, np.float32).tobytes(),))  # checksum mismatch
+    con.execute("UPDATE vectors SET vec = ? WHERE key = 'k2'", (b"\x00" * 8,))  # wrong length
+    con.commit()
+    con.close()
+    with EmbeddingCache(tmp_path, "image", "enc-A", 4) as c:
+        assert set(c.get_many(["k1", "k2", "k3"])) == {"k3"}
+        valid, corrupt = c.validate(["k1", "k2", "k3", "k4"])
+        assert valid == {"k3"} and corrupt == 2
+        assert len(c) == 1  # corrupt rows deleted so they are recomputed
+    with EmbeddingCache(tmp_path, "image", "enc-B", 4) as c:  # another encoder never sees enc-A's vectors
+        assert c.get_many(["k3"]) == {}
+
+
+def test_unreadable_cache_file_is_moved_aside_and_restarted(tmp_path):
+    path = cache_file(tmp_path, "text", "enc")
+    path.write_bytes(b"not a sqlite database" * 100)
+    with EmbeddingCache(tmp_path, "text", "enc", 3) as c:
+        assert c.reset_reason and len(c) == 0
+        c.put_many(["x"], np.ones((1, 3), np.float32))
+    assert list(tmp_path.glob("*.corrupt-*"))
+
+
+# ---------------------------------------------------------------- Parquet IO
+
+
+def test_parquet_round_trip_with_nulls_and_duckdb_view(tmp_path):
+    path = tmp_path / "e.parquet"
+    w = EmbeddingsWriter(path, {"image_dim": "3", "text_dim": "2", "backend": "test"})
+    img = np.array([[1, 2, 3], [0, 0, 0]], np.float32)
+    txt = np.array([[0.5, 0.5], [1, 0]], np.float32)
+    w.write(["a", "b"], img, [True, False], txt, [True, True], ["ok", "file_not_found"], ["ok", "ok"])
+    w.write(["c"], np.zeros((1, 3), np.float32), [False], np.zeros((1, 2), np.float32), [False], ["x"], ["empty_text"])
+    w.commit({"rows": "3"})
+    ids, image, text = read_embeddings(path)
+    assert ids == ["a", "b", "c"]
+    assert image.dtype == np.float32 and image.shape == (3, 3) and text.shape == (3, 2)
+    assert np.array_equal(image[0], [1, 2, 3]) and np.isnan(image[1:]).all()
+    assert np.array_equal(text[1], [1, 0]) and np.isnan(text[2]).all()
+    assert read_embedding_metadata(path)["rows"] == "3"
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2
+    con = duckdb.connect()
+    create_duckdb_view(con, path)
+    assert con.execute("SELECT count(*), count(image_embedding) FROM product_embeddings").fetchone() == (3, 1)
+
+
+def test_aborted_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "e.parquet"
+    w = EmbeddingsWriter(path, {"image_dim": "1", "text_dim": "1"})
+    w.write(["a"], np.ones((1, 1), np.float32), [True], np.ones((1, 1), np.float32), [True], ["ok"], ["ok"])
+    w.commit()
+    w2 = EmbeddingsWriter(path, {"image_dim": "1", "text_dim": "1"})
+    w2.write(["zzz"], np.ones((1, 1), np.float32), [True], np.ones((1, 1), np.float32), [True], ["ok"], ["ok"])
+    w2.abort()
+    assert read_embeddings(path)[0] == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]
+
+
+# ---------------------------------------------------------------- real offline encoders end to end
+
+
+@pytest.fixture(scope="module")
+def offline():
+    return build_backend("offline", resolution=64)
+
+
+@pytest.fixture()
+def catalogue(tmp_path):
+    """Real photos (Kaggle + H&M) plus damaged variants, as a products frame."""
+    real = damaged.real_images(8, hm=2)
+    d = tmp_path / "img"
+    d.mkdir()
+    rows = [(f"p{i}", f"Real product {i}", "", str(p)) for i, p in enumerate(real)]
+    rows += [
+        ("dup", "Same photo as p0", "", str(damaged.copy(real[0], d / "dup.jpg"))),
+        ("trunc", "Truncated photo", "", str(damaged.truncated_copy(real[1], d / "t.jpg"))),
+        ("gray", "Grey photo", "", str(damaged.grayscale_copy(real[2], d / "g.jpg"))),
+        ("cmyk", "CMYK photo", "", str(damaged.cmyk_copy(real[3], d / "c.jpg"))),
+        ("alpha", "Alpha photo", "", str(damaged.alpha_png_copy(real[4], d / "a.png"))),
+        ("noimg", "No photo", "a description", None),
+        ("gone", "Deleted photo", "", str(d / "deleted.jpg")),
+        ("notext", "", "   ", str(real[5])),
+    ]
+    return pd.DataFrame(rows, columns=["product_id", "title", "description", "image_path"])
+
+
+def _cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_offline_backend_declares_real_models(offline):
+    meta = offline.describe()
+    assert meta["backend"] == "offline" and meta["aligned"] == "false"
+    assert meta["image_dim"] == "1280" and meta["text_dim"] == "384"
+    assert "efficientnet-lite0" in meta["image_model"] and "all-MiniLM-L6-v2" in meta["text_model"]
+
+
+def test_offline_text_embeddings_are_semantic(offline):
+    v = offline.encode_text_batch(["slim fit blue denim jeans", "dark blue skinny jeans for men", "gold wrist watch"])
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    assert _cos(v[0], v[1]) > _cos(v[0], v[2]) + 0.2
+
+
+def test_embed_products_counts_every_kind_of_bad_input(offline, catalogue, tmp_path):
+    out = tmp_path / "out" / "e.parquet"
+    rep = embed_products(catalogue, offline, out, tmp_path / "cache", image_batch_size=4, loader_workers=1, chunk_rows=5)
+    ids, image, text = read_embeddings(out)
+    assert ids == catalogue.product_id.tolist()
+    status = dict(zip(ids, pq.read_table(out, columns=["image_status"]).column(0).to_pylist()))
+    assert rep.image.failed_rows == {"corrupt_image": 1, "no_image_path": 1, "file_not_found": 1}
+    assert status["trunc"] == "corrupt_image" and status["noimg"] == "no_image_path" and status["gone"] == "file_not_found"
+    assert rep.image.converted_rows == {"grayscale": 1, "cmyk": 1, "alpha": 1}
+    assert rep.text.failed_rows == {"empty_text": 1}
+    row = {pid: i for i, pid in enumerate(ids)}
+    for pid in ("trunc", "noimg", "gone"):
+        assert np.isnan(image[row[pid]]).all()
+        assert not np.isnan(text[row[pid]]).any()  # text still embedded for products without an image
+    assert np.isnan(text[row["notext"]]).all() and not np.isnan(image[row["notext"]]).any()
+    # identical bytes -> one encode, identical vectors
+    encoded = catalogue[~catalogue.product_id.isin(["trunc", "noimg", "gone"])]
+    distinct = {imgs.read_image_bytes(path).sha256 for path in encoded.image_path}
+    assert rep.image.encoded_rows == len(encoded) and rep.image.unique_encoded == len(distinct) < len(encoded)
+    assert np.array_equal(image[row["dup"]], image[row["p0"]])
+    # converted images still look like their originals to the model
+    assert _cos(image[row["cmyk"]], image[row["p3"]]) > 0.9
+    assert _cos(image[row["gray"]], image[row["p2"]]) > 0.7
+    meta = read_embedding_metadata(out)
+    assert meta["image_dim"] == "1280" and meta["backend"] == "offline" and meta["aligned"] == "false"
+    assert pq.ParquetFile(out).metadata.num_row_groups == 4  # 18 rows in chunks of 5
+
+
+def test_incremental_run_encodes_only_new_products(offline, catalogue, tmp_path):
+    out, cache = tmp_path / "e.parquet", tmp_path / "cache"
+    base = catalogue[catalogue.product_id.str.startswith("p")]
+    embed_products(base.iloc[:7], offline, out, cache, loader_workers=0)
+    _, first_img, first_txt = read_embeddings(out)
+    rep = embed_products(base, offline, out, cache, loader_workers=0)
+    assert rep.image.reused_rows == 7 and rep.image.encoded_rows == 3 and rep.image.unique_encoded == 3
+    assert rep.text.reused_rows == 7 and rep.text.unique_encoded == 3
+    ids, img, txt = read_embeddings(out)
+    assert len(ids) == 10
+    assert np.allclose(img[:7], first_img, atol=1e-5) and np.allclose(txt[:7], first_txt, atol=1e-5)
+
+
+def test_changed_encoder_recomputes_everything(offline, catalogue, tmp_path):
+    base = catalogue[catalogue.product_id.str.startswith("p")].iloc[:4]
+    embed_products(base, offline, tmp_path / "a.parquet", tmp_path / "cache", loader_workers=0)
+    other = build_backend("offline", resolution=96)
+    assert other.image.identity != offline.image.identity
+    rep = embed_products(base, other, tmp_path / "b.parquet", tmp_path / "cache", loader_workers=0)
+    assert rep.image.reused_rows == 0 and rep.image.unique_encoded == 4
+    _, a, _ = read_embeddings(tmp_path / "a.parquet")
+    _, b, _ = read_embeddings(tmp_path / "b.parquet")
+    assert not np.allclose(a, b)
+
+
+def test_corrupted_cache_entry_is_recomputed_not_served(offline, catalogue, tmp_path):
+    base = catalogue[catalogue.product_id.str.startswith("p")].iloc[:3]
+    out, cache = tmp_path / "e.parquet", tmp_path / "cache"
+    embed_products(base, offline, out, cache, loader_workers=0)
+    _, good, _ = read_embeddings(out)
+    con = sqlite3.connect(cache_file(cache, "image", offline.image.identity))
+    key = imgs.read_image_bytes(base.image_path.iloc[1]).sha256
+    con.execute("UPDATE vectors SET vec = ? WHERE key = ?", (np.zeros(1280, np.float32).tobytes(), key))
+    con.commit()
+    con.close()
+    rep = embed_products(base, offline, out, cache, loader_workers=0)
+    assert rep.image.corrupt_cache_entries == 1 and rep.image.unique_encoded == 1 and rep.image.reused_rows == 2
+    _, again, _ = read_embeddings(out)
+    assert np.allclose(again, good, atol=1e-5)
+
+
+def test_bad_configuration_is_a_clear_error(catalogue, tmp_path):
+    with pytest.raises(EncoderConfigError, match="'nonsense'"):
+        build_backend("nonsense")
+    with pytest.raises(EncoderConfigError, match="resolution"):
+        build_backend("offline", resolution=100)
+    with pytest.raises(EncoderConfigError, match="fp16"):
+        build_backend("offline", precision="fp16")
+
+
+def test_duplicate_product_ids_are_refused(offline, catalogue, tmp_path):
+    dup = pd.concat([catalogue.iloc[:2], catalogue.iloc[:1]])
+    with pytest.raises(ValueError, match="duplicated product_id"):
+        embed_products(dup, offline, tmp_path / "e.parquet", tmp_path / "c")

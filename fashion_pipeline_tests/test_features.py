@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -30,8 +31,9 @@ def test_vocabulary_comes_from_train_rows_only(frame):
     train_text = " ".join(train["title"] + " " + train["description"] + " " + train["brand"].fillna(""))
     train_words = set(re.findall(r"[a-z0-9]+", train_text.lower()))
     # A real word that occurs only in validation/test titles (twice, so min_df would keep it).
-    words = [w for w in " ".join(other["title"]).lower().split() if w.isalpha() and w not in train_words]
-    unseen = next(w for w in words if words.count(w) >= 2)
+    doc_words = [set(re.findall(r"[a-z0-9]+", t.lower())) - train_words for t in other["title"]]
+    df_count = Counter(w for ws in doc_words for w in ws if w.isalpha() and len(w) > 2)
+    unseen = next(w for w, c in df_count.most_common() if c >= 2)
     fz = ProductFeaturizer("full").fit(train)
     assert unseen not in fz.vectorizers_["title_word"].vocabulary_
     assert fz.n_fit_rows_ == len(train)

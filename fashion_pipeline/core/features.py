@@ -159,10 +159,10 @@ class ProductFeaturizer:
 
     ``transform(frame, kind)`` returns
 
-    - ``"sparse"``: CSR [tfidf blocks | image (L2) | text emb (L2) | attributes | has_image] for
+    - ``"sparse"``: CSR [tfidf blocks | PCA(image) | has_image | text emb (L2) | attributes] for
       linear models;
-    - ``"nonneg"``: the sparse matrix without the text-embedding block (which has negative
-      values), for naive Bayes (EfficientNet's pooled features are post-ReLU, so non-negative);
+    - ``"nonneg"``: tfidf, the raw L2 image embedding (EfficientNet's pooled features are
+      post-ReLU, so non-negative), attributes; no text embedding (negative values): naive Bayes;
     - ``"dense"``: float32 [TruncatedSVD(tfidf) | PCA(image) | PCA(text emb) | attributes |
       has_image] for tree ensembles and kNN;
     - ``"wide"``: like dense but with the full L2-normalised image and text embeddings (no PCA),
@@ -176,7 +176,7 @@ class ProductFeaturizer:
         char_max_features: int = 50_000,
         desc_max_features: int = 30_000,
         svd_components: int = 128,
-        image_components: int = 96,
+        image_components: int = 128,
         text_components: int = 64,
         image_weight: float = 1.0,
         seed: int = 0,
@@ -241,7 +241,8 @@ class ProductFeaturizer:
             k = min(self.image_components, img.shape[1], max(int(present.sum()) - 1, 1))
             if present.sum() > k:
                 self.image_pca_ = PCA(k, random_state=self.seed).fit(imgn[present])
-        if r.text_embedding and "text_embedding" in frame.columns:
+        has_text = "text_embedding" in frame.columns and frame["text_embedding"].notna().any()
+        if r.text_embedding and has_text:  # no text embeddings at all: the regime runs without them
             txt, present = embedding_matrix(frame, "text_embedding")
             self.text_dim_ = txt.shape[1]
             self.text_pca_ = None
@@ -292,15 +293,35 @@ class ProductFeaturizer:
         return out
 
     def transform(self, frame: pd.DataFrame, kind: str = "sparse"):
+        return self.transform_kinds(frame, (kind,))[kind]
+
+    def transform_kinds(self, frame: pd.DataFrame, kinds) -> dict:
+        """Several feature kinds from one pass over the raw blocks (TF-IDF is computed once)."""
         if not hasattr(self, "regime_"):
             raise RuntimeError("ProductFeaturizer is not fitted")
         b = self.blocks(frame)
+        return {k: self._assemble(b, k) for k in kinds}
+
+    def _image_projection(self, b: dict) -> np.ndarray:
+        img = b["image"]
+        if self.image_pca_ is None:
+            return img
+        proj = self.image_pca_.transform(img)
+        proj[b["has_image"][:, 0] == 0] = 0.0  # a missing image is "no signal", not the mean image
+        return proj
+
+    def _assemble(self, b: dict, kind: str):
         if kind in ("sparse", "nonneg"):
             parts = []
             if "tfidf" in b:
                 parts.append(b["tfidf"])
             if "image" in b:
-                parts.append(sp.csr_matrix(b["image"] * self.image_weight))
+                # PCA-projected image for linear models: 1280 dense columns in a CSR matrix would make
+                # the linear solvers ~10x slower for little gain over the leading components.
+                img = self._image_projection(b)
+                if kind == "nonneg":
+                    img = b["image"]  # NB needs the raw, non-negative (post-ReLU) features
+                parts.append(sp.csr_matrix(img * self.image_weight))
                 parts.append(sp.csr_matrix(b["has_image"]))
             if "text_embedding" in b and kind == "sparse":
                 parts.append(sp.csr_matrix(b["text_embedding"]))
@@ -315,13 +336,7 @@ class ProductFeaturizer:
             elif "tfidf" in b:
                 parts.append(b["tfidf"].toarray())
             if "image" in b:
-                img = b["image"]
-                if self.image_pca_ is not None and not wide:
-                    proj = self.image_pca_.transform(img)
-                    proj[b["has_image"][:, 0] == 0] = 0.0  # a missing image is "no signal", not the mean image
-                    parts.append(proj)
-                else:
-                    parts.append(img)
+                parts.append(b["image"] if wide else self._image_projection(b))
                 parts.append(b["has_image"])
             if "text_embedding" in b:
                 te = b["text_embedding"]
@@ -383,3 +398,36 @@ class TokenSequencer:
             ids = [self.vocab_.get(w, 1) for w in toks[: self.max_len]]
             out[i, : len(ids)] = ids
         return out
+
+
+def read_embeddings_file(path) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
+    """(ids, image [n,d] with NaN rows for missing, text [n,d]) from a product_embeddings Parquet.
+
+    Delegates to the embedding stage's own reader when it is installed; otherwise reads the same
+    documented schema (product_id, image_embedding, text_embedding as list<float32>|null).
+    """
+    try:
+        from fashion_pipeline.core.encoders.io import read_embeddings  # the embedding stage's reader
+    except ImportError:
+        read_embeddings = None
+    if read_embeddings is not None:
+        return read_embeddings(path)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    ids = table.column("product_id").to_pylist()
+
+    def dense(col: str) -> np.ndarray | None:
+        if col not in table.column_names:
+            return None
+        vals = table.column(col).to_pylist()
+        dim = next((len(v) for v in vals if v is not None), None)
+        if dim is None:
+            return None
+        out = np.full((len(vals), dim), np.nan, np.float32)
+        for i, v in enumerate(vals):
+            if v is not None:
+                out[i] = v
+        return out
+
+    return ids, dense("image_embedding"), dense("text_embedding")

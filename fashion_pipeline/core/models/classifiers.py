@@ -70,7 +70,7 @@ def _xgboost(seed, n_threads):
     import xgboost as xgb
 
     return xgb.XGBClassifier(
-        n_estimators=120, max_depth=6, learning_rate=0.2, subsample=0.9, colsample_bytree=0.5,
+        n_estimators=80, max_depth=6, learning_rate=0.25, subsample=0.9, colsample_bytree=0.5,
         tree_method="hist", max_bin=64, n_jobs=n_threads, random_state=seed, verbosity=0,
     )
 
@@ -79,7 +79,7 @@ def _lightgbm(seed, n_threads):
     import lightgbm as lgb
 
     return lgb.LGBMClassifier(
-        n_estimators=200, learning_rate=0.1, num_leaves=31, colsample_bytree=0.5, subsample=0.9,
+        n_estimators=120, learning_rate=0.12, num_leaves=31, colsample_bytree=0.5, subsample=0.9,
         subsample_freq=1, max_bin=63, class_weight="balanced", n_jobs=n_threads, random_state=seed, verbose=-1,
     )
 
@@ -88,7 +88,7 @@ def _extra_trees(seed, n_threads):
     from sklearn.ensemble import ExtraTreesClassifier
 
     return ExtraTreesClassifier(
-        n_estimators=150, min_samples_leaf=1, max_features="sqrt", class_weight="balanced_subsample",
+        n_estimators=100, min_samples_leaf=1, max_features="sqrt", class_weight="balanced_subsample",
         n_jobs=n_threads, random_state=seed,
     )
 

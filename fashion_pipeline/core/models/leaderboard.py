@@ -113,7 +113,9 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
         kinds_needed = {CLASSICAL[m].kind for m in cfg.classical}
         if any(regime in NEURAL_REGIMES[a] for a in cfg.neural):
             kinds_needed.add("wide")
-        feats = {k: {s: fz.transform(parts[s], k) for s in SPLITS} for k in kinds_needed}
+        by_split = {s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS}
+        feats = {k: {s: by_split[s][k] for s in SPLITS} for k in kinds_needed}
+        del by_split
         timings["featurizer_seconds"][regime] = round(time.perf_counter() - t0, 2)
         say(f"[{regime}] features built in {timings['featurizer_seconds'][regime]} s: "
             + ", ".join(f"{k} {feats[k]['train'].shape[1]} cols" for k in sorted(feats)))
@@ -146,8 +148,16 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
                 serving[key] = make_serving()
             return val_f1
 
+        # Image-only models learn nothing from a product without an image: train on those with one.
+        has_img = {s: parts[s]["image_embedding"].notna().to_numpy() if "image_embedding" in parts[s] else
+                   np.zeros(len(parts[s]), bool) for s in SPLITS}
+        image_only = not (fz.regime_.title or fz.regime_.description or fz.regime_.brand)
+        if image_only:
+            timings.setdefault("train_rows_without_image_excluded", {})[regime] = int((~has_img["train"]).sum())
         for task in cfg.tasks:
             tr = masks[task]["train"] & (codes[task]["train"] >= 0)
+            if image_only:
+                tr &= has_img["train"]
             for name in cfg.classical:
                 spec = CLASSICAL[name]
                 x_tr = feats[spec.kind]["train"][tr]
@@ -182,8 +192,9 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             xs = {s: (x_fz.transform(parts[s], "wide") if x_fz is not fz else feats["wide"][s]) for s in SPLITS}
             toks = {s: seq.transform(parts[s]) for s in SPLITS} if seq is not None else {s: None for s in SPLITS}
             n_classes = {t: len(classes[t]) for t in cfg.tasks}
+            y_train = {t: np.where(has_img["train"] | (not image_only), codes[t]["train"], -1) for t in cfg.tasks}
             net, info = train_multitask(
-                xs["train"], {t: codes[t]["train"] for t in cfg.tasks},
+                xs["train"], y_train,
                 xs["validation"], {t: codes[t]["validation"] for t in cfg.tasks},
                 n_classes, nc, toks["train"], toks["validation"], seq.vocab_size if seq else None,
             )
@@ -192,7 +203,7 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             say(f"[{regime}] {arch}: {info['seconds']:.1f} s, {info['epochs_run']} epochs (multitask)")
             for task in cfg.tasks:
                 record(task, arch, "neural", regime, pv[task], pt[task], info["seconds"],
-                       int(masks[task]["train"].sum()),
+                       int((y_train[task] >= 0).sum()),
                        lambda task=task, arch=arch, x_fz=x_fz, seq=seq, net=net: NeuralTaskClassifier(
                            task, arch, x_fz, classes[task], net, seq, "wide"))
     timings["total_seconds"] = round(time.perf_counter() - t_all, 2)

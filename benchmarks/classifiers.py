@@ -23,6 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# Thread count for BLAS/OpenMP/torch, fixed before numpy/torch load: on a shared, oversubscribed
+# machine spinning OpenMP threads were measured 5x slower than one thread (DEC: 149 s vs 27 s).
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, str(THREADS))
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -91,7 +97,12 @@ def main(argv=None) -> int:
     ap.add_argument("--neural", default=",".join(ARCHITECTURES))
     ap.add_argument("--neural-epochs", type=int, default=20)
     ap.add_argument("--clustering", default="kmeans,gmm,dec", help="'' to skip clustering")
-    ap.add_argument("--max-train-rows", default="knn=15000,extra_trees=15000",
+    ap.add_argument("--limit-products", type=int, default=0, help="smoke runs: use about this many products")
+    ap.add_argument("--smoke-resplit", action="store_true", help="smoke runs: only products with an image, re-split")
+    ap.add_argument("--dec-pretrain-epochs", type=int, default=10)
+    ap.add_argument("--dec-max-iter", type=int, default=2000)
+    ap.add_argument("--neural-patience", type=int, default=3)
+    ap.add_argument("--max-train-rows", default="xgboost=8000,lightgbm=10000,extra_trees=10000,knn=15000",
                     help="per-model caps on training rows, name=n,...")
     ap.add_argument("--embeddings-note", default="", help="how the embeddings were produced (goes into the report)")
     args = ap.parse_args(argv)
@@ -99,20 +110,35 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     load0 = machine()
     products = build_clean_products(args.data_root, args.cache)
+    if args.limit_products:  # smoke runs only: a seeded sample of whole groups
+        groups = products["group_id"].drop_duplicates().sample(frac=1, random_state=0)
+        keep = set(groups.head(max(1, int(len(groups) * args.limit_products / len(products)))))
+        products = products[products["group_id"].isin(keep)].reset_index(drop=True)
     ids, image, text = read_embeddings_file(args.embeddings)
     frame = with_embeddings(products, ids, image, text)
+    if args.smoke_resplit:  # smoke runs only: products with an image, re-split 60/20/20 by group hash
+        frame = frame[frame["image_embedding"].notna()].copy()
+        h = pd.util.hash_pandas_object(frame["group_id"], index=False).to_numpy() % 10
+        frame["split"] = np.where(h < 6, "train", np.where(h < 8, "validation", "test"))
+        products = products[products["product_id"].isin(frame["product_id"])].reset_index(drop=True)
+        frame = frame.set_index("product_id").loc[products["product_id"]].reset_index()
     n_img = int(frame["image_embedding"].notna().sum())
     print(f"{len(products)} products, {n_img} with an image embedding", flush=True)
 
     sections = []
     clust_md = ""
     if args.clustering:
-        cfg = ClusteringConfig(methods=tuple(args.clustering.split(",")), dec_pretrain_epochs=15, dec_max_iter=3000)
+        inputs = "both" if text is not None else "image"
+        cfg = ClusteringConfig(methods=tuple(args.clustering.split(",")), inputs=inputs,
+                               dec_pretrain_epochs=args.dec_pretrain_epochs, dec_max_iter=args.dec_max_iter,
+                               n_threads=THREADS)
         pos = {p: i for i, p in enumerate(ids)}
         rows = products["product_id"].map(pos)
         ok = rows.notna().to_numpy()
 
         def align(a):
+            if a is None:
+                return None
             out = np.full((len(products), a.shape[1]), np.nan, np.float32)
             out[ok] = a[rows[ok].astype(int).to_numpy()]
             return out
@@ -120,7 +146,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         _, cm, extras = cluster_products(products["product_id"].tolist(), align(image), align(text),
                                          products["category"], cfg, lambda m: print(m, flush=True))
-        clust_md = (f"## Clustering on embeddings alone (image + text, PCA {cfg.pca_components}, k = {cfg.n_clusters})\n\n"
+        clust_md = (f"## Clustering on embeddings alone ({inputs} embeddings, PCA {cfg.pca_components}, k = {cfg.n_clusters})\n\n"
                     f"{int(extras['kept'].sum())} products clustered ({extras['dropped_missing_embedding']} without "
                     f"both embeddings dropped); metrics against the 11 known categories; silhouette on a "
                     f"{cfg.silhouette_sample}-product sample. Wall time {time.perf_counter() - t0:.0f} s.\n\n"
@@ -131,7 +157,9 @@ def main(argv=None) -> int:
     lcfg = LeaderboardConfig(
         regimes=tuple(args.regimes.split(",")), classical=tuple(m for m in args.classical.split(",") if m),
         neural=tuple(m for m in args.neural.split(",") if m),
-        neural_config=NeuralConfig(epochs=args.neural_epochs, patience=3, hidden=512), max_train_rows=caps,
+        neural_config=NeuralConfig(epochs=args.neural_epochs, patience=args.neural_patience, hidden=512,
+                                   n_threads=THREADS),
+        max_train_rows=caps, n_threads=THREADS,
     )
     res = run_leaderboard(frame, lcfg, lambda m: print(m, flush=True))
     lb = res.leaderboard
@@ -164,7 +192,8 @@ def main(argv=None) -> int:
 
 Command: `nice -n 10 python benchmarks/classifiers.py {' '.join(sys.argv[1:] if argv is None else argv)}`
 
-- Machine: {load0} (shared with other developers: timings are wall-clock under that load).
+- Machine: {load0} (shared with other developers: timings are wall-clock under that load);
+  {THREADS} thread(s) for BLAS / OpenMP / torch / tree libraries.
 - Versions: {json.dumps(versions())}
 - Data: {len(products)} clean products ({', '.join(f'{k} {v}' for k, v in products['source'].value_counts().items())});
   split {', '.join(f'{k} {v}' for k, v in products['split'].value_counts().items())};

@@ -11,7 +11,8 @@ import pytest
 
 from fashion_pipeline.core.features import read_embeddings_file, with_embeddings
 from fashion_pipeline.core.model_store import ModelStore
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, SAMPLE_ROOT, defs, materialize
+from fashion_pipeline_tests.conftest import SAMPLE_ROOT
+from fashion_pipeline_tests.helpers import INGEST_CHAIN, defs, materialize
 from fashion_pipeline_tests.test_classifiers_fixtures import encode
 
 pytestmark = pytest.mark.slow

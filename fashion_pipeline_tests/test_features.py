@@ -34,12 +34,12 @@ def test_vocabulary_comes_from_train_rows_only(frame):
     doc_words = [set(re.findall(r"[a-z0-9]+", t.lower())) - train_words for t in other["title"]]
     df_count = Counter(w for ws in doc_words for w in ws if w.isalpha() and len(w) > 2)
     unseen = next(w for w, c in df_count.most_common() if c >= 2)
-    fz = ProductFeaturizer("full").fit(train)
+    fz = ProductFeaturizer("full", svd_components=8, image_components=8).fit(train)
     assert unseen not in fz.vectorizers_["title_word"].vocabulary_
     assert fz.n_fit_rows_ == len(train)
     # ...and the same featurizer does pick it up once those rows are (wrongly) relabelled train.
     leaked = frame.assign(split="train")
-    assert unseen in ProductFeaturizer("full").fit(leaked).vectorizers_["title_word"].vocabulary_
+    assert unseen in ProductFeaturizer("full", svd_components=8, image_components=8).fit(leaked).vectorizers_["title_word"].vocabulary_
     seq = TokenSequencer("full").fit(train)
     assert unseen not in seq.vocab_
 
@@ -51,9 +51,14 @@ def _changed(fz, a, b, kind):
     return not np.allclose(xa, xb)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "dense", "wide"])
-def test_regimes_drop_the_right_inputs(frame, kind):
+@pytest.fixture(scope="module")
+def fitted(frame):
     train = frame[frame["split"] == "train"]
+    return {r: ProductFeaturizer(r).fit(train) for r in ("full", "sparse", "image")}
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense", "wide"])
+def test_regimes_drop_the_right_inputs(frame, fitted, kind):
     rows = frame[frame["split"] == "test"].head(20)
     other_desc = rows.assign(description="machine wash cotton polyester blend slim fit party wear")
     other_brand = rows.assign(brand="Puma")
@@ -61,9 +66,7 @@ def test_regimes_drop_the_right_inputs(frame, kind):
     other_text_emb = rows.assign(text_embedding=list(frame["text_embedding"].iloc[::-1].head(20)))
     other_image = rows.assign(image_embedding=list(frame["image_embedding"].iloc[::-1].head(20)))
 
-    full = ProductFeaturizer("full").fit(train)
-    sparse = ProductFeaturizer("sparse").fit(train)
-    image = ProductFeaturizer("image").fit(train)
+    full, sparse, image = fitted["full"], fitted["sparse"], fitted["image"]
 
     for changed_rows in (other_desc, other_brand, other_title, other_text_emb, other_image):
         assert _changed(full, rows, changed_rows, kind)
@@ -79,9 +82,8 @@ def test_regimes_drop_the_right_inputs(frame, kind):
     assert _changed(image, rows, other_image, kind)
 
 
-def test_missing_image_is_zero_with_flag(frame):
-    train = frame[frame["split"] == "train"]
-    fz = ProductFeaturizer("image").fit(train)
+def test_missing_image_is_zero_with_flag(frame, fitted):
+    fz = fitted["image"]
     rows = frame.head(4).copy()
     rows["image_embedding"] = [None, rows["image_embedding"].iloc[1], None, rows["image_embedding"].iloc[3]]
     x = fz.transform(rows, "dense")

@@ -51,7 +51,7 @@ def _logreg(seed, n_threads):
     from sklearn.linear_model import LogisticRegression
 
     # lbfgs multinomial on sparse input: one model for all classes, probabilities for free.
-    return LogisticRegression(C=20.0, class_weight="balanced", max_iter=300, random_state=seed)
+    return LogisticRegression(C=20.0, class_weight="balanced", max_iter=200, random_state=seed)
 
 
 def _ridge(seed, n_threads):

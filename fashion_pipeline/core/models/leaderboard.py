@@ -139,7 +139,7 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             preds[(task, model, regime)] = pd.DataFrame({
                 "product_id": test["product_id"].to_numpy(), "source": test["source"].to_numpy(),
                 "y_true": test[task].astype(str).to_numpy(), "y_pred": y_pred})
-            val_m = masks[task]["validation"]
+            val_m = masks[task]["validation"] & (has_img["validation"] | (not image_only))
             val_pred = np.asarray(classes[task], dtype=object)[proba_val[val_m].argmax(axis=1)]
             val_f1 = classification_metrics(parts["validation"][task][val_m].astype(str).to_numpy(), val_pred)["macro_f1"]
             key = (task, regime)
@@ -158,6 +158,9 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             tr = masks[task]["train"] & (codes[task]["train"] >= 0)
             if image_only:
                 tr &= has_img["train"]
+            if len(np.unique(codes[task]["train"][tr])) < 2:
+                say(f"[{regime}] {task}: fewer than two classes among {int(tr.sum())} training rows; skipped")
+                continue
             for name in cfg.classical:
                 spec = CLASSICAL[name]
                 x_tr = feats[spec.kind]["train"][tr]
@@ -195,7 +198,8 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             y_train = {t: np.where(has_img["train"] | (not image_only), codes[t]["train"], -1) for t in cfg.tasks}
             net, info = train_multitask(
                 xs["train"], y_train,
-                xs["validation"], {t: codes[t]["validation"] for t in cfg.tasks},
+                xs["validation"], {t: np.where(has_img["validation"] | (not image_only), codes[t]["validation"], -1)
+                                   for t in cfg.tasks},
                 n_classes, nc, toks["train"], toks["validation"], seq.vocab_size if seq else None,
             )
             pv = predict_multitask(net, xs["validation"], toks["validation"])
@@ -212,7 +216,7 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
         sel = (lb["task"] == key[0]) & (lb["regime"] == key[1]) & (lb["model"] == model)
         lb.loc[sel, "serving"] = True
     if len(lb):
-        lb["serving"] = lb["serving"].fillna(False).astype(bool) if "serving" in lb else False
+        lb["serving"] = lb["serving"].eq(True) if "serving" in lb else False
     return LeaderboardResult(lb, label_counts(frame, cfg.tasks), serving, preds, timings)
 
 

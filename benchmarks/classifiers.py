@@ -19,6 +19,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -125,33 +126,35 @@ def main(argv=None) -> int:
     n_img = int(frame["image_embedding"].notna().sum())
     print(f"{len(products)} products, {n_img} with an image embedding", flush=True)
 
-    sections = []
-    clust_md = ""
-    if args.clustering:
-        inputs = "both" if text is not None else "image"
-        cfg = ClusteringConfig(methods=tuple(args.clustering.split(",")), inputs=inputs,
-                               dec_pretrain_epochs=args.dec_pretrain_epochs, dec_max_iter=args.dec_max_iter,
-                               n_threads=THREADS)
-        pos = {p: i for i, p in enumerate(ids)}
-        rows = products["product_id"].map(pos)
-        ok = rows.notna().to_numpy()
+    def run_clustering() -> str:
+        clust_md = ''
+        if args.clustering:
+            inputs = "both" if text is not None else "image"
+            cfg = ClusteringConfig(methods=tuple(args.clustering.split(",")), inputs=inputs,
+                                   dec_pretrain_epochs=args.dec_pretrain_epochs, dec_max_iter=args.dec_max_iter,
+                                   n_threads=THREADS)
+            pos = {p: i for i, p in enumerate(ids)}
+            rows = products["product_id"].map(pos)
+            ok = rows.notna().to_numpy()
 
-        def align(a):
-            if a is None:
-                return None
-            out = np.full((len(products), a.shape[1]), np.nan, np.float32)
-            out[ok] = a[rows[ok].astype(int).to_numpy()]
-            return out
+            def align(a):
+                if a is None:
+                    return None
+                out = np.full((len(products), a.shape[1]), np.nan, np.float32)
+                out[ok] = a[rows[ok].astype(int).to_numpy()]
+                return out
 
-        t0 = time.perf_counter()
-        _, cm, extras = cluster_products(products["product_id"].tolist(), align(image), align(text),
-                                         products["category"], cfg, lambda m: print(m, flush=True))
-        clust_md = (f"## Clustering on embeddings alone ({inputs} embeddings, PCA {cfg.pca_components}, k = {cfg.n_clusters})\n\n"
-                    f"{int(extras['kept'].sum())} products clustered ({extras['dropped_missing_embedding']} without "
-                    f"both embeddings dropped); metrics against the 11 known categories; silhouette on a "
-                    f"{cfg.silhouette_sample}-product sample. Wall time {time.perf_counter() - t0:.0f} s.\n\n"
-                    + md_table(cm.drop(columns=["inputs"])) + "\n")
-        print(cm, flush=True)
+            t0 = time.perf_counter()
+            _, cm, extras = cluster_products(products["product_id"].tolist(), align(image), align(text),
+                                             products["category"], cfg, lambda m: print(m, flush=True))
+            clust_md = (f"## Clustering on embeddings alone ({inputs} embeddings, PCA {cfg.pca_components}, k = {cfg.n_clusters})\n\n"
+                        f"{int(extras['kept'].sum())} products clustered ({extras['dropped_missing_embedding']} without "
+                        f"both embeddings dropped); metrics against the 11 known categories; silhouette on a "
+                        f"{cfg.silhouette_sample}-product sample. Wall time {time.perf_counter() - t0:.0f} s.\n\n"
+                        + md_table(cm.drop(columns=["inputs"])) + "\n")
+            print(cm, flush=True)
+
+        return clust_md
 
     caps = dict((kv.split("=")[0], int(kv.split("=")[1])) for kv in args.max_train_rows.split(",") if kv)
     lcfg = LeaderboardConfig(
@@ -161,84 +164,109 @@ def main(argv=None) -> int:
                                    n_threads=THREADS),
         max_train_rows=caps, n_threads=THREADS,
     )
-    res = run_leaderboard(frame, lcfg, lambda m: print(m, flush=True))
-    lb = res.leaderboard
-    out_dir = args.out.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lb.to_csv(out_dir / "classifiers_leaderboard.csv", index=False)
 
-    best = best_per_task(lb)
-    best_src = pd.concat([best_per_task(lb, source=s).assign(source=s) for s in ("kaggle", "hm")])
-    cols = ["task", "regime", "model", "accuracy", "macro_f1", "weighted_f1", "n", "train_seconds"]
-    serving = lb[lb.serving & (lb.source == "all")][cols]
-    plots = []
-    for task in lcfg.tasks:
-        regime = "full" if "full" in lcfg.regimes else lcfg.regimes[0]
-        clf = res.serving[(task, regime)]
-        pred = res.test_predictions[(task, clf.model_name, regime)]
-        name = f"classifiers_confusion_{task}.png"
-        (out_dir / name).write_bytes(confusion_matrix_png(pred.y_true, pred.y_pred, clf.classes,
-                                                          f"{task}: {clf.model_name} ({regime}), test"))
-        plots.append(f"![{task}]({name})")
-    full_tab = lb[lb.source == "all"][["task", "regime", "model", "family", "accuracy", "macro_f1", "weighted_f1",
-                                       "n", "train_seconds", "n_train"]].sort_values(
-        ["task", "regime", "macro_f1"], ascending=[True, True, False])
-    by_source = lb[lb.source != "all"].pivot_table(index=["task", "regime", "model"], columns="source",
-                                                   values=["accuracy", "macro_f1"]).round(4)
-    by_source.columns = [f"{a}_{b}" for a, b in by_source.columns]
-    by_source = by_source.reset_index().sort_values(["task", "regime"])
-    total = time.perf_counter() - t_start
-    report = f"""# Classifier and clustering benchmark (full development data)
+    def write_report(parts, clust_md, final):
+        lb = pd.concat([p.leaderboard for p in parts], ignore_index=True)
+        res = SimpleNamespace(
+            leaderboard=lb, label_counts=parts[0].label_counts,
+            serving={k: v for p in parts for k, v in p.serving.items()},
+            test_predictions={k: v for p in parts for k, v in p.test_predictions.items()},
+            timings={"featurizer_seconds": {k: v for p in parts for k, v in p.timings["featurizer_seconds"].items()},
+                     "total_seconds": sum(p.timings["total_seconds"] for p in parts),
+                     "train_rows_without_image_excluded": {k: v for p in parts for k, v in
+                                                           p.timings.get("train_rows_without_image_excluded", {}).items()}})
+        done_regimes = [p.leaderboard["regime"].iloc[0] for p in parts if len(p.leaderboard)]
+        out_dir = args.out.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lb.to_csv(out_dir / "classifiers_leaderboard.csv", index=False)
 
-Command: `nice -n 10 python benchmarks/classifiers.py {' '.join(sys.argv[1:] if argv is None else argv)}`
+        best = best_per_task(lb)
+        best_src = pd.concat([best_per_task(lb, source=s).assign(source=s) for s in ("kaggle", "hm")])
+        cols = ["task", "regime", "model", "accuracy", "macro_f1", "weighted_f1", "n", "train_seconds"]
+        serving = lb[lb.serving & (lb.source == "all")][cols]
+        plots = []
+        for task in lcfg.tasks:
+            regime = "full" if "full" in done_regimes else done_regimes[0]
+            clf = res.serving[(task, regime)]
+            pred = res.test_predictions[(task, clf.model_name, regime)]
+            name = f"classifiers_confusion_{task}.png"
+            (out_dir / name).write_bytes(confusion_matrix_png(pred.y_true, pred.y_pred, clf.classes,
+                                                              f"{task}: {clf.model_name} ({regime}), test"))
+            plots.append(f"![{task}]({name})")
+        full_tab = lb[lb.source == "all"][["task", "regime", "model", "family", "accuracy", "macro_f1", "weighted_f1",
+                                           "n", "train_seconds", "n_train"]].sort_values(
+            ["task", "regime", "macro_f1"], ascending=[True, True, False])
+        by_source = lb[lb.source != "all"].pivot_table(index=["task", "regime", "model"], columns="source",
+                                                       values=["accuracy", "macro_f1"]).round(4)
+        by_source.columns = [f"{a}_{b}" for a, b in by_source.columns]
+        by_source = by_source.reset_index().sort_values(["task", "regime"])
+        report = f"""# Classifier and clustering benchmark (full development data)
+    {"" if final else "**PARTIAL: written after each regime; regimes done so far: " + ", ".join(done_regimes) + "**"}
 
-- Machine: {load0} (shared with other developers: timings are wall-clock under that load);
-  {THREADS} thread(s) for BLAS / OpenMP / torch / tree libraries.
-- Versions: {json.dumps(versions())}
-- Data: {len(products)} clean products ({', '.join(f'{k} {v}' for k, v in products['source'].value_counts().items())});
-  split {', '.join(f'{k} {v}' for k, v in products['split'].value_counts().items())};
-  {n_img} with an image embedding. Embeddings: {args.embeddings_note or args.embeddings}
-- Test split only for every number below; featurizers and models fitted on train; validation used
-  for neural early stopping and for choosing the serving model. Rows with a null label are excluded per task:
-{md_table(res.label_counts)}
-- Featurizer fit+transform seconds per regime: {res.timings['featurizer_seconds']}; classifier stage
-  {res.timings['total_seconds']:.0f} s; whole benchmark {total:.0f} s.
-- Neural models are multitask (one network for the three tasks): their train_seconds is the whole network's
-  training time, repeated on each task's row. The image CNN is a head on *frozen* EfficientNet-Lite0 features.
+    Command: `nice -n 10 python benchmarks/classifiers.py {' '.join(sys.argv[1:] if argv is None else argv)}`
 
-{clust_md}
-## Best per task and regime (test, all sources, by macro-F1)
+    - Machine: {load0} (shared with other developers: timings are wall-clock under that load);
+      {THREADS} thread(s) for BLAS / OpenMP / torch / tree libraries.
+    - Versions: {json.dumps(versions())}
+    - Data: {len(products)} clean products ({', '.join(f'{k} {v}' for k, v in products['source'].value_counts().items())});
+      split {', '.join(f'{k} {v}' for k, v in products['split'].value_counts().items())};
+      {n_img} with an image embedding. Embeddings: {args.embeddings_note or args.embeddings}
+    - Test split only for every number below; featurizers and models fitted on train; validation used
+      for neural early stopping and for choosing the serving model. Rows with a null label are excluded per task:
 
-{md_table(best[cols])}
+    {md_table(res.label_counts)}
 
-## Best per task and regime, per source
+    - Image-only regime: training rows without an image embedding excluded: {res.timings['train_rows_without_image_excluded']}.
+    - Featurizer fit+transform seconds per regime: {res.timings['featurizer_seconds']}; classifier stage
+      {res.timings['total_seconds']:.0f} s; whole benchmark so far {time.perf_counter() - t_start:.0f} s.
+    - Neural models are multitask (one network for the three tasks): their train_seconds is the whole network's
+      training time, repeated on each task's row. The image CNN is a head on *frozen* EfficientNet-Lite0 features.
 
-{md_table(best_src[['source', *cols]])}
+    {clust_md}
+    ## Best per task and regime (test, all sources, by macro-F1)
 
-## Serving models (chosen on validation macro-F1), their test scores
+    {md_table(best[cols])}
 
-{md_table(serving)}
+    ## Best per task and regime, per source
 
-## Confusion matrices of the full-regime serving models
+    {md_table(best_src[['source', *cols]])}
 
-{' '.join(plots)}
+    ## Serving models (chosen on validation macro-F1), their test scores
 
-## Reference (environment.md): TF-IDF + LinearSVC on Myntra listings
+    {md_table(serving)}
 
-gender accuracy 0.996 (macro-F1 0.986); usage accuracy 0.967 (macro-F1 0.698); subCategory accuracy 0.993.
-Compare with the kaggle-source rows above (the project's 11 categories are close to, not equal to, subCategory).
+    ## Confusion matrices of the full-regime serving models
 
-## Every model (test, all sources)
+    {' '.join(plots)}
 
-{md_table(full_tab)}
+    ## Reference (environment.md): TF-IDF + LinearSVC on Myntra listings
 
-## Every model per source (accuracy / macro-F1)
+    gender accuracy 0.996 (macro-F1 0.986); usage accuracy 0.967 (macro-F1 0.698); subCategory accuracy 0.993.
+    Compare with the kaggle-source rows above (the project's 11 categories are close to, not equal to, subCategory).
 
-{md_table(by_source)}
-"""
-    args.out.write_text(report)
-    print(report)
+    ## Every model (test, all sources)
+
+    {md_table(full_tab)}
+
+    ## Every model per source (accuracy / macro-F1)
+
+    {md_table(by_source)}
+    """
+        report = "\n".join(line[4:] if line.startswith("    ") else line for line in report.splitlines()) + "\n"
+        args.out.write_text(report)
+        print(report if final else f'partial report written ({done_regimes})', flush=True)
+
+    parts = []
+    clust_md = "_(clustering runs after the classifiers; not reached yet)_\n"
+    for regime in lcfg.regimes:
+        one = LeaderboardConfig(**{**lcfg.__dict__, "regimes": (regime,)})
+        r = run_leaderboard(frame, one, lambda m: print(m, flush=True))
+        parts.append(r)
+        write_report(parts, clust_md, final=False)
+    clust_md = run_clustering()
+    write_report(parts, clust_md, final=True)
     return 0
+
 
 
 if __name__ == "__main__":

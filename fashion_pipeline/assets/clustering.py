@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 from pydantic import Field
+from threadpoolctl import threadpool_limits
 
 from fashion_pipeline import metadata as md
 from fashion_pipeline.core.clustering import METHODS, ClusteringConfig, cluster_products
@@ -68,6 +69,8 @@ class ClusteringAssetConfig(dg.Config):
     dec_update_interval: int = Field(default=50, ge=1, description="Steps between DEC target-distribution updates.")
     silhouette_sample: int = Field(default=2000, ge=10, description="Products in the sampled silhouette.")
     seed: int = Field(default=0, description="Random seed for every method.")
+    threads: int = Field(default=1, ge=1, description=(
+        "torch threads for DEC. 1 by default: on shared, busy CPUs spinning threads were measured 5x slower."))
     embeddings_path: str | None = Field(default=None, description=(
         "product_embeddings Parquet; default: the path recorded by the product_embeddings asset."))
 
@@ -88,10 +91,11 @@ def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetC
         n_clusters=config.n_clusters, inputs=config.inputs, pca_components=config.pca_components,
         methods=tuple(config.methods), seed=config.seed, silhouette_sample=config.silhouette_sample,
         dec_pretrain_epochs=config.dec_pretrain_epochs, dec_max_iter=config.dec_max_iter,
-        dec_update_interval=config.dec_update_interval,
+        dec_update_interval=config.dec_update_interval, n_threads=config.threads,
     )
-    assign, metrics, extras = cluster_products(
-        clean_products["product_id"].tolist(), image, text, clean_products["category"], cfg, context.log.info)
+    with threadpool_limits(limits=config.threads):  # BLAS / OpenMP pools too (k-means, PCA)
+        assign, metrics, extras = cluster_products(
+            clean_products["product_id"].tolist(), image, text, clean_products["category"], cfg, context.log.info)
     wide = assign.pivot(index="product_id", columns="method", values="cluster").add_prefix("cluster_").reset_index()
     wide.columns.name = None
     wide = wide.merge(clean_products[["product_id", "source", "category"]], on="product_id", how="left")

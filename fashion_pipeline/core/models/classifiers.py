@@ -122,6 +122,8 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 def estimator_proba(est, x) -> np.ndarray:
     """Class probabilities, or a softmax over decision scores for margin models."""
+    if isinstance(est, ContiguousLabels):
+        est = est.estimator
     if hasattr(est, "predict_proba"):
         return np.asarray(est.predict_proba(x))
     d = np.asarray(est.decision_function(x))
@@ -130,10 +132,29 @@ def estimator_proba(est, x) -> np.ndarray:
     return softmax(d)
 
 
+class ContiguousLabels:
+    """Fits an estimator on labels renumbered 0..k-1 (XGBoost insists on it when a class is absent
+    from the training rows) and exposes the original codes as ``classes_``."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def fit(self, x, y, **kw):
+        self.classes_, yy = np.unique(y, return_inverse=True)
+        self.estimator.fit(x, yy, **kw)
+        return self
+
+    def predict_proba(self, x):
+        return self.estimator.predict_proba(x)
+
+    def predict(self, x):
+        return self.classes_[np.asarray(self.estimator.predict(x), int)]
+
+
 def fit_classical(name: str, x, y_codes: np.ndarray, seed: int = 0, n_threads: int = 2):
     """Fit one classical model on already-featurized training rows. Returns (estimator, seconds)."""
     spec = CLASSICAL[name]
-    est = spec.make(seed, n_threads)
+    est = ContiguousLabels(spec.make(seed, n_threads))
     t0 = time.perf_counter()
     if spec.sample_weight:
         est.fit(x, y_codes, sample_weight=compute_sample_weight("balanced", y_codes))

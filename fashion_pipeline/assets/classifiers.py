@@ -1,0 +1,141 @@
+"""classifier_leaderboard + attribute_classifiers: category / gender / usage classifiers.
+
+Logic: fashion_pipeline.core.models.leaderboard (training + test evaluation),
+core.models.classifiers (classical), core.models.fusion (neural), core.features.
+
+Model store names (what scoring loads)::
+
+    store = ModelStoreResource(...).store()
+    clf, info = store.load("category_classifier")          # published serving model, full regime
+    clf, info = store.load("category_classifier_sparse")   # for listings with a photo + title only
+    clf, info = store.load("category_classifier_image")    # photo only
+    frame = with_embeddings(products, ids, image, text)    # fashion_pipeline.core.features
+    clf.predict(frame)         # DataFrame[product_id, label, confidence]
+    clf.predict_proba(frame)   # DataFrame, one column per class
+    info["features_spec"]      # inputs the model needs, dims, classes; info["metrics"]: its test scores
+
+Same for gender_classifier* and usage_classifier*. Each serving model is the one with the best
+*validation* macro-F1 for its task and regime; the leaderboard reports every model on *test*.
+"""
+
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+from threadpoolctl import threadpool_limits
+
+from fashion_pipeline import metadata as md
+from fashion_pipeline.assets.clustering import load_embeddings
+from fashion_pipeline.core.features import REGIMES, with_embeddings
+from fashion_pipeline.core.models.classifiers import CLASSICAL
+from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig
+from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
+from fashion_pipeline.core.plots import confusion_matrix_png
+from fashion_pipeline.resources.model_store import ModelStoreResource
+
+GROUP = "models"
+
+
+def model_name(task: str, regime: str) -> str:
+    return f"{task}_classifier" if regime == "full" else f"{task}_classifier_{regime}"
+
+
+class ClassifierConfig(dg.Config):
+    regimes: list[str] = Field(default=list(REGIMES), description=(
+        "Input regimes: full (image + title + description + brand), sparse (image + title), image (image only)."))
+    classical_models: list[str] = Field(
+        default=["linear_svc", "logreg", "complement_nb", "lightgbm"],
+        description=f"Classical models to train, any of {list(CLASSICAL)}. The default is sized for the embedded "
+                    "sample; benchmarks/classifiers.py trains all eight on the full data.")
+    neural_models: list[str] = Field(default=list(ARCHITECTURES), description=f"Neural models, any of {list(ARCHITECTURES)}.")
+    neural_epochs: int = Field(default=20, ge=1, description="Maximum epochs (early stopping on validation loss).")
+    neural_patience: int = Field(default=3, ge=1, description="Epochs without validation improvement before stopping.")
+    neural_hidden: int = Field(default=256, ge=8, description="Width of the neural trunk.")
+    svd_components: int = Field(default=64, ge=2, description="TruncatedSVD dimensions of TF-IDF for tree/dense models.")
+    image_components: int = Field(default=64, ge=2, description="PCA dimensions of the image embedding for tree/dense models.")
+    max_train_rows: dict[str, int] = Field(default={}, description=(
+        "Cap training rows per model name (seeded sample), e.g. {'knn': 20000}; reported as n_train."))
+    seed: int = Field(default=0, description="Seed for every model.")
+    threads: int = Field(default=1, ge=1, description=(
+        "Threads for torch and the tree libraries. 1 by default: on shared, busy CPUs spinning threads "
+        "were measured 5x slower; raise it on a dedicated machine."))
+    publish: bool = Field(default=True, description="Publish the new serving models so scoring uses them.")
+    embeddings_path: str | None = Field(default=None, description=(
+        "product_embeddings Parquet; default: the path recorded by the product_embeddings asset."))
+
+
+def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(df.round(4).to_markdown(index=False) if len(df) else "_empty_")
+
+
+@dg.multi_asset(
+    group_name=GROUP,
+    deps=[dg.AssetKey("product_embeddings")],
+    outs={
+        "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, description=(
+            "Test-split accuracy, macro-F1, weighted-F1 per task x model x input regime x source, with training time.")),
+        "attribute_classifiers": dg.AssetOut(kinds={"duckdb"}, description=(
+            "The serving classifier per task and regime saved in the model store: name, version, model, test metrics.")),
+    },
+)
+def classifier_leaderboard(context: dg.AssetExecutionContext, config: ClassifierConfig, clean_products: pd.DataFrame,
+                           model_store: ModelStoreResource):
+    unknown = (set(config.classical_models) - set(CLASSICAL)) | (set(config.neural_models) - set(ARCHITECTURES)) | (
+        set(config.regimes) - set(REGIMES))
+    if unknown:
+        raise ValueError(f"unknown models or regimes in config: {sorted(unknown)}")
+    image, text, no_row, path = load_embeddings(context, clean_products, config.embeddings_path)
+    ids = clean_products["product_id"].tolist()
+    frame = with_embeddings(clean_products, ids, image, text)
+    cfg = LeaderboardConfig(
+        tasks=TASKS, regimes=tuple(config.regimes), classical=tuple(config.classical_models),
+        neural=tuple(config.neural_models),
+        neural_config=NeuralConfig(epochs=config.neural_epochs, patience=config.neural_patience,
+                                   hidden=config.neural_hidden, seed=config.seed, n_threads=config.threads),
+        featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
+        max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=config.threads,
+    )
+    with threadpool_limits(limits=config.threads):  # BLAS / OpenMP pools too, not only torch
+        result = run_leaderboard(frame, cfg, context.log.info)
+    lb = result.leaderboard
+
+    store = model_store.store()
+    stored = []
+    plots = {}
+    for (task, regime), clf in sorted(result.serving.items()):
+        rows = lb[(lb.task == task) & (lb.regime == regime) & (lb.model == clf.model_name)]
+        metrics = {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "weighted_f1": r.weighted_f1, "n": r.n}
+                   for r in rows.itertuples()}
+        name = model_name(task, regime)
+        version = store.save(name, clf, {"test": metrics, "selected_on": "validation macro-F1"}, clf.features_spec())
+        if config.publish:
+            store.publish(name, version)
+        all_row = rows[rows.source == "all"].iloc[0]
+        stored.append({"name": name, "task": task, "regime": regime, "model": clf.model_name, "version": version,
+                       "published": bool(config.publish), "test_accuracy": float(all_row.accuracy),
+                       "test_macro_f1": float(all_row.macro_f1), "n_test": int(all_row.n)})
+        if regime == ("full" if "full" in cfg.regimes else cfg.regimes[0]):
+            pred = result.test_predictions[(task, clf.model_name, regime)]
+            if len(pred):
+                plots[f"confusion/{task}"] = md.png(confusion_matrix_png(
+                    pred.y_true, pred.y_pred, clf.classes,
+                    f"{task}: {clf.model_name} ({regime}), test split, row-normalised"), f"confusion {task}")
+    stored_df = pd.DataFrame(stored)
+    best = best_per_task(lb)
+    counts = result.label_counts
+    yield dg.Output(lb, output_name="classifier_leaderboard", metadata={
+        "best_per_task_and_regime": _table_md(best[["task", "regime", "model", "accuracy", "macro_f1", "weighted_f1",
+                                                   "n", "train_seconds"]]),
+        "leaderboard_all_sources": _table_md(lb[lb.source == "all"].drop(columns=["source"])
+                                             .sort_values(["task", "regime", "macro_f1"], ascending=[True, True, False])),
+        "label_counts": _table_md(counts),
+        **{f"excluded_null_label/{t}": dg.MetadataValue.int(int(counts[counts.task == t].excluded_null_label.sum()))
+           for t in cfg.tasks},
+        "dropped/no_embedding_row": dg.MetadataValue.int(no_row),
+        "featurizer_seconds": dg.MetadataValue.json(result.timings["featurizer_seconds"]),
+        "total_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
+        **plots,
+    })
+    yield dg.Output(stored_df, output_name="attribute_classifiers", metadata={
+        "models": _table_md(stored_df), "model_store": dg.MetadataValue.path(str(store.root)),
+    })

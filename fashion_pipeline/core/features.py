@@ -1,0 +1,433 @@
+"""Feature building shared by the classifiers and by scoring.
+
+A product *frame* is a pandas DataFrame with one row per product and (some of) the columns
+``title``, ``description``, ``brand`` (clean_products), ``image_embedding`` and
+``text_embedding`` (one numpy vector or None per row; see :func:`with_embeddings`), and
+optionally product_attributes columns (``materials`` as a JSON list string, ``pattern``,
+``fit``, ``occasion``, ``style``).
+
+Input regimes say what a listing shows, so a model can be evaluated on what it would really
+see at scoring time:
+
+- ``full``:   image + title + description + brand (+ text embedding, + extracted attributes)
+- ``sparse``: image + title only.  The stored text embedding is dropped because the embedding
+  stage encodes title *and* description together; attributes are dropped because they are
+  extracted from the description.
+- ``image``:  image embedding only.
+
+:class:`ProductFeaturizer` is sklearn-style (``fit`` / ``transform``), fitted on training rows
+only (it refuses a frame whose ``split`` column holds anything but "train"), and picklable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.decomposition import PCA, TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    title: bool
+    description: bool
+    brand: bool
+    image: bool
+    text_embedding: bool
+    attributes: bool
+
+
+REGIMES: dict[str, Regime] = {
+    "full": Regime("full", title=True, description=True, brand=True, image=True, text_embedding=True, attributes=True),
+    "sparse": Regime("sparse", title=True, description=False, brand=False, image=True, text_embedding=False, attributes=False),
+    "image": Regime("image", title=False, description=False, brand=False, image=True, text_embedding=False, attributes=False),
+}
+
+ATTRIBUTE_COLUMNS = ("pattern", "fit", "occasion", "style")
+LIST_ATTRIBUTE_COLUMNS = ("materials",)
+
+
+def get_regime(name: str) -> Regime:
+    try:
+        return REGIMES[name]
+    except KeyError:
+        raise ValueError(f"unknown input regime {name!r}; expected one of {sorted(REGIMES)}") from None
+
+
+def with_embeddings(products: pd.DataFrame, ids, image: np.ndarray | None, text: np.ndarray | None) -> pd.DataFrame:
+    """Join embedding arrays (as returned by ``read_embeddings``) onto products by product_id.
+
+    Products without an embedding row get None; NaN image rows (missing image) become None.
+    """
+    out = products.copy()
+    pos = {pid: i for i, pid in enumerate(ids)}
+    rows = out["product_id"].map(pos)
+    for col, arr in (("image_embedding", image), ("text_embedding", text)):
+        if arr is None:
+            out[col] = None
+            continue
+        vals = []
+        for r in rows:
+            if pd.isna(r):
+                vals.append(None)
+                continue
+            v = arr[int(r)]
+            vals.append(None if not np.all(np.isfinite(v)) else v)
+        out[col] = pd.Series(vals, index=out.index, dtype=object)
+    return out
+
+
+def embedding_matrix(frame: pd.DataFrame, column: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stack an embedding column into float32 [n, d]; missing rows are zeros. Returns (matrix, present mask)."""
+    if column not in frame.columns:
+        if dim is None:
+            raise ValueError(f"frame has no column {column!r} and no dimension was given")
+        return np.zeros((len(frame), dim), np.float32), np.zeros(len(frame), bool)
+    vals = frame[column].tolist()
+    present = np.array([v is not None and not (np.isscalar(v) and pd.isna(v)) for v in vals], bool)
+    if dim is None:
+        first = next((v for v, p in zip(vals, present) if p), None)
+        if first is None:
+            raise ValueError(f"column {column!r} has no embeddings and no dimension was given")
+        dim = len(first)
+    out = np.zeros((len(vals), dim), np.float32)
+    for i, (v, p) in enumerate(zip(vals, present)):
+        if p:
+            a = np.asarray(v, np.float32)
+            if a.shape != (dim,):
+                raise ValueError(f"{column} row {i} has shape {a.shape}, expected ({dim},)")
+            if np.all(np.isfinite(a)):
+                out[i] = a
+            else:
+                present[i] = False
+    return out, present
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-8)
+
+
+def _text(frame: pd.DataFrame, col: str) -> pd.Series:
+    if col not in frame.columns:
+        return pd.Series([""] * len(frame), index=frame.index)
+    return frame[col].fillna("").astype(str)
+
+
+def _attr_tokens(frame: pd.DataFrame) -> list[list[str]]:
+    toks: list[list[str]] = [[] for _ in range(len(frame))]
+    for col in ATTRIBUTE_COLUMNS:
+        if col in frame.columns:
+            for i, v in enumerate(frame[col].tolist()):
+                if isinstance(v, str) and v:
+                    toks[i].append(f"{col}={v.lower()}")
+    for col in LIST_ATTRIBUTE_COLUMNS:
+        if col in frame.columns:
+            for i, v in enumerate(frame[col].tolist()):
+                if isinstance(v, str) and v:
+                    try:
+                        items = json.loads(v)
+                    except ValueError:
+                        items = []
+                    toks[i].extend(f"{col}={str(x).lower()}" for x in items if x)
+    return toks
+
+
+def _brand_token(brand: str) -> str:
+    # One token per brand, so "United Colors of Benetton" is not three unrelated words.
+    return "brand_" + re.sub(r"\W+", "_", brand.lower()) if brand else ""
+
+
+def _require_train_only(frame: pd.DataFrame) -> None:
+    if "split" in frame.columns:
+        bad = frame["split"][frame["split"] != "train"]
+        if len(bad):
+            raise ValueError(
+                f"featurizer fit on {len(bad)} non-train rows (splits {sorted(bad.unique())}); fit on train rows only"
+            )
+
+
+class ProductFeaturizer:
+    """TF-IDF (word + char n-grams) + embeddings + attribute one-hots for one input regime.
+
+    ``transform(frame, kind)`` returns
+
+    - ``"sparse"``: CSR [tfidf blocks | PCA(image) | has_image | text emb (L2) | attributes] for
+      linear models;
+    - ``"nonneg"``: tfidf, the raw L2 image embedding (EfficientNet's pooled features are
+      post-ReLU, so non-negative), attributes; no text embedding (negative values): naive Bayes;
+    - ``"dense"``: float32 [TruncatedSVD(tfidf) | PCA(image) | PCA(text emb) | attributes |
+      has_image] for tree ensembles and kNN;
+    - ``"wide"``: like dense but with the full L2-normalised image and text embeddings (no PCA),
+      for the neural heads.
+    """
+
+    def __init__(
+        self,
+        regime: str = "full",
+        word_max_features: int = 50_000,
+        char_max_features: int = 50_000,
+        desc_max_features: int = 30_000,
+        svd_components: int = 128,
+        image_components: int = 128,
+        text_components: int = 64,
+        image_weight: float = 1.0,
+        seed: int = 0,
+    ):
+        self.regime = regime
+        self.word_max_features = word_max_features
+        self.char_max_features = char_max_features
+        self.desc_max_features = desc_max_features
+        self.svd_components = svd_components
+        self.image_components = image_components
+        self.text_components = text_components
+        self.image_weight = image_weight
+        self.seed = seed
+
+    # -- text views ---------------------------------------------------------------------------
+    def _title_text(self, frame: pd.DataFrame) -> pd.Series:
+        r = get_regime(self.regime)
+        t = _text(frame, "title")
+        if r.brand:
+            t = t + " " + _text(frame, "brand").map(_brand_token)
+        return t
+
+    def fit(self, frame: pd.DataFrame, y=None) -> "ProductFeaturizer":
+        _require_train_only(frame)
+        r = get_regime(self.regime)
+        self.regime_ = r
+        self.n_fit_rows_ = len(frame)
+        self.vectorizers_: dict[str, TfidfVectorizer] = {}
+        if r.title:
+            title = self._title_text(frame)
+            self.vectorizers_["title_word"] = TfidfVectorizer(
+                ngram_range=(1, 2), min_df=2, max_features=self.word_max_features, sublinear_tf=True, dtype=np.float32
+            ).fit(title)
+            self.vectorizers_["title_char"] = TfidfVectorizer(
+                analyzer="char_wb", ngram_range=(2, 5), min_df=3, max_features=self.char_max_features,
+                sublinear_tf=True, dtype=np.float32,
+            ).fit(_text(frame, "title"))
+        if r.description:
+            desc = _text(frame, "description")
+            if (desc.str.len() > 0).sum() >= 2:
+                self.vectorizers_["description_word"] = TfidfVectorizer(
+                    ngram_range=(1, 2), min_df=2, max_features=self.desc_max_features, sublinear_tf=True,
+                    dtype=np.float32,
+                ).fit(desc)
+        self.attr_vocab_: list[str] = []
+        if r.attributes:
+            counts = Counter(t for toks in _attr_tokens(frame) for t in set(toks))
+            self.attr_vocab_ = sorted(t for t, c in counts.items() if c >= 2)
+        self.image_dim_ = None
+        self.text_dim_ = None
+        dense_parts = []
+        tf = self._tfidf(frame)
+        self.svd_ = None
+        if tf is not None and tf.shape[1] > self.svd_components:
+            self.svd_ = TruncatedSVD(self.svd_components, random_state=self.seed, algorithm="randomized", n_iter=4)
+            dense_parts.append(self.svd_.fit_transform(tf))
+        if r.image:
+            img, present = embedding_matrix(frame, "image_embedding")
+            self.image_dim_ = img.shape[1]
+            imgn = _l2(img)
+            self.image_pca_ = None
+            k = min(self.image_components, img.shape[1], max(int(present.sum()) - 1, 1))
+            if present.sum() > k:
+                self.image_pca_ = PCA(k, random_state=self.seed).fit(imgn[present])
+        has_text = "text_embedding" in frame.columns and frame["text_embedding"].notna().any()
+        if r.text_embedding and has_text:  # no text embeddings at all: the regime runs without them
+            txt, present = embedding_matrix(frame, "text_embedding")
+            self.text_dim_ = txt.shape[1]
+            self.text_pca_ = None
+            k = min(self.text_components, txt.shape[1])
+            if present.sum() > k:
+                self.text_pca_ = PCA(k, random_state=self.seed).fit(_l2(txt)[present])
+        return self
+
+    def _tfidf(self, frame: pd.DataFrame):
+        blocks = []
+        for name, vec in self.vectorizers_.items():
+            if name.startswith("title_word"):
+                blocks.append(vec.transform(self._title_text(frame)))
+            elif name == "title_char":
+                blocks.append(vec.transform(_text(frame, "title")))
+            elif name == "description_word":
+                blocks.append(vec.transform(_text(frame, "description")))
+        return sp.hstack(blocks, format="csr", dtype=np.float32) if blocks else None
+
+    def _attrs(self, frame: pd.DataFrame) -> sp.csr_matrix:
+        index = {t: j for j, t in enumerate(self.attr_vocab_)}
+        rows, cols = [], []
+        for i, toks in enumerate(_attr_tokens(frame) if self.attr_vocab_ else []):
+            for t in set(toks):
+                if t in index:
+                    rows.append(i)
+                    cols.append(index[t])
+        return sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(frame), len(self.attr_vocab_)), dtype=np.float32
+        )
+
+    def blocks(self, frame: pd.DataFrame) -> dict[str, object]:
+        """The raw, unreduced feature blocks of this regime (for inspection and tests)."""
+        r = self.regime_
+        out: dict[str, object] = {}
+        tf = self._tfidf(frame)
+        if tf is not None:
+            out["tfidf"] = tf
+        if r.image:
+            img, present = embedding_matrix(frame, "image_embedding", self.image_dim_)
+            out["image"] = _l2(img) * present[:, None]
+            out["has_image"] = present.astype(np.float32)[:, None]
+        if r.text_embedding and self.text_dim_ is not None:
+            txt, present = embedding_matrix(frame, "text_embedding", self.text_dim_)
+            out["text_embedding"] = _l2(txt) * present[:, None]
+        if self.attr_vocab_:
+            out["attributes"] = self._attrs(frame)
+        return out
+
+    def transform(self, frame: pd.DataFrame, kind: str = "sparse"):
+        return self.transform_kinds(frame, (kind,))[kind]
+
+    def transform_kinds(self, frame: pd.DataFrame, kinds) -> dict:
+        """Several feature kinds from one pass over the raw blocks (TF-IDF is computed once)."""
+        if not hasattr(self, "regime_"):
+            raise RuntimeError("ProductFeaturizer is not fitted")
+        b = self.blocks(frame)
+        return {k: self._assemble(b, k) for k in kinds}
+
+    def _image_projection(self, b: dict) -> np.ndarray:
+        img = b["image"]
+        if self.image_pca_ is None:
+            return img
+        proj = self.image_pca_.transform(img)
+        proj[b["has_image"][:, 0] == 0] = 0.0  # a missing image is "no signal", not the mean image
+        return proj
+
+    def _assemble(self, b: dict, kind: str):
+        if kind in ("sparse", "nonneg"):
+            parts = []
+            if "tfidf" in b:
+                parts.append(b["tfidf"])
+            if "image" in b:
+                # PCA-projected image for linear models: 1280 dense columns in a CSR matrix would make
+                # the linear solvers ~10x slower for little gain over the leading components.
+                img = self._image_projection(b)
+                if kind == "nonneg":
+                    img = b["image"]  # NB needs the raw, non-negative (post-ReLU) features
+                parts.append(sp.csr_matrix(img * self.image_weight))
+                parts.append(sp.csr_matrix(b["has_image"]))
+            if "text_embedding" in b and kind == "sparse":
+                parts.append(sp.csr_matrix(b["text_embedding"]))
+            if "attributes" in b:
+                parts.append(b["attributes"])
+            return sp.hstack(parts, format="csr", dtype=np.float32)
+        if kind in ("dense", "wide"):
+            wide = kind == "wide"
+            parts = []
+            if "tfidf" in b and self.svd_ is not None:
+                parts.append(self.svd_.transform(b["tfidf"]))
+            elif "tfidf" in b:
+                parts.append(b["tfidf"].toarray())
+            if "image" in b:
+                parts.append(b["image"] if wide else self._image_projection(b))
+                parts.append(b["has_image"])
+            if "text_embedding" in b:
+                te = b["text_embedding"]
+                parts.append(self.text_pca_.transform(te) if self.text_pca_ is not None and not wide else te)
+            if "attributes" in b:
+                parts.append(b["attributes"].toarray())
+            return np.hstack(parts).astype(np.float32)
+        raise ValueError(f"unknown feature kind {kind!r}; expected sparse, nonneg, dense or wide")
+
+    def spec(self) -> dict:
+        """What a scorer must provide: inputs used, dims, and the featurizer's settings."""
+        r = get_regime(self.regime)
+        return {
+            "regime": self.regime,
+            "inputs": [k for k in ("title", "description", "brand", "image", "text_embedding", "attributes") if getattr(r, k)],
+            "image_dim": getattr(self, "image_dim_", None),
+            "text_dim": getattr(self, "text_dim_", None),
+            "attribute_vocab_size": len(getattr(self, "attr_vocab_", [])),
+            "tfidf_vocab_sizes": {k: len(v.vocabulary_) for k, v in getattr(self, "vectorizers_", {}).items()},
+            "n_fit_rows": getattr(self, "n_fit_rows_", None),
+        }
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+class TokenSequencer:
+    """Word-id sequences for the text CNN: vocabulary from training rows only, 0 = padding, 1 = unknown."""
+
+    def __init__(self, regime: str = "full", max_len: int = 48, min_count: int = 2, max_vocab: int = 30_000):
+        self.regime = regime
+        self.max_len = max_len
+        self.min_count = min_count
+        self.max_vocab = max_vocab
+
+    def _texts(self, frame: pd.DataFrame) -> list[list[str]]:
+        r = get_regime(self.regime)
+        t = _text(frame, "title") if r.title else pd.Series([""] * len(frame), index=frame.index)
+        if r.brand:
+            t = _text(frame, "brand") + " " + t
+        if r.description:
+            t = t + " " + _text(frame, "description")
+        return [_TOKEN.findall(s.lower()) for s in t]
+
+    def fit(self, frame: pd.DataFrame, y=None) -> "TokenSequencer":
+        _require_train_only(frame)
+        counts = Counter(w for toks in self._texts(frame) for w in toks)
+        words = [w for w, c in counts.most_common(self.max_vocab) if c >= self.min_count]
+        self.vocab_ = {w: i + 2 for i, w in enumerate(words)}
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab_) + 2
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        out = np.zeros((len(frame), self.max_len), np.int64)
+        for i, toks in enumerate(self._texts(frame)):
+            ids = [self.vocab_.get(w, 1) for w in toks[: self.max_len]]
+            out[i, : len(ids)] = ids
+        return out
+
+
+def read_embeddings_file(path) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
+    """(ids, image [n,d] with NaN rows for missing, text [n,d]) from a product_embeddings Parquet.
+
+    Delegates to the embedding stage's own reader when it is installed; otherwise reads the same
+    documented schema (product_id, image_embedding, text_embedding as list<float32>|null).
+    """
+    try:
+        from fashion_pipeline.core.encoders.io import read_embeddings  # the embedding stage's reader
+    except ImportError:
+        read_embeddings = None
+    if read_embeddings is not None:
+        return read_embeddings(path)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    ids = table.column("product_id").to_pylist()
+
+    def dense(col: str) -> np.ndarray | None:
+        if col not in table.column_names:
+            return None
+        vals = table.column(col).to_pylist()
+        dim = next((len(v) for v in vals if v is not None), None)
+        if dim is None:
+            return None
+        out = np.full((len(vals), dim), np.nan, np.float32)
+        for i, v in enumerate(vals):
+            if v is not None:
+                out[i] = v
+        return out
+
+    return ids, dense("image_embedding"), dense("text_embedding")

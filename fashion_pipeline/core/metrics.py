@@ -1,0 +1,94 @@
+"""Evaluation metrics shared by the clustering, classification and regression stages.
+
+Plain functions over numpy arrays / sequences; no Dagster, no model code. Every function
+returns plain Python floats/ints so results can go straight into metadata and tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
+    """Accuracy, macro-F1 and weighted-F1 over the labels present in ``y_true`` or ``y_pred``.
+
+    Returns ``{"n": 0, ...: nan}`` for empty input instead of raising, so a source or regime
+    with no evaluable rows shows up as such in a leaderboard.
+    """
+    y_true = np.asarray(y_true, dtype=object)
+    y_pred = np.asarray(y_pred, dtype=object)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.shape} vs {y_pred.shape}")
+    n = int(len(y_true))
+    if n == 0:
+        return {"n": 0, "accuracy": float("nan"), "macro_f1": float("nan"), "weighted_f1": float("nan")}
+    return {
+        "n": n,
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "weighted_f1": float(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+    }
+
+
+def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float], log_space: bool = False) -> dict[str, float]:
+    """R², RMSE, MAE (and, when ``log_space`` is False and values are positive, RMSLE).
+
+    ``log_space=True`` means the inputs already are log-prices: RMSE then *is* the RMSLE.
+    """
+    yt = np.asarray(y_true, dtype=float)
+    yp = np.asarray(y_pred, dtype=float)
+    if yt.shape != yp.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {yt.shape} vs {yp.shape}")
+    n = int(len(yt))
+    if n == 0:
+        return {"n": 0, "r2": float("nan"), "rmse": float("nan"), "mae": float("nan")}
+    out = {
+        "n": n,
+        "r2": float(skm.r2_score(yt, yp)) if n > 1 else float("nan"),
+        "rmse": float(np.sqrt(np.mean((yt - yp) ** 2))),
+        "mae": float(np.mean(np.abs(yt - yp))),
+    }
+    if not log_space and np.all(yt > -1) and np.all(yp > -1):
+        out["rmsle"] = float(np.sqrt(np.mean((np.log1p(yt) - np.log1p(yp)) ** 2)))
+    return out
+
+
+def purity(labels_true: Sequence, labels_pred: Sequence) -> float:
+    """Share of items whose cluster's majority true label equals their own label."""
+    lt = np.asarray(labels_true, dtype=object)
+    lp = np.asarray(labels_pred)
+    if len(lt) == 0:
+        return float("nan")
+    table = skm.cluster.contingency_matrix(lt, lp)
+    return float(table.max(axis=0).sum() / table.sum())
+
+
+def clustering_metrics(labels_true: Sequence, labels_pred: Sequence) -> dict[str, float]:
+    """NMI, ARI and purity of a clustering against known labels (e.g. categories)."""
+    lt = np.asarray(labels_true, dtype=object)
+    lp = np.asarray(labels_pred)
+    return {
+        "n": int(len(lt)),
+        "nmi": float(skm.normalized_mutual_info_score(lt, lp)),
+        "ari": float(skm.adjusted_rand_score(lt, lp)),
+        "purity": purity(lt, lp),
+    }
+
+
+def sampled_silhouette(x: np.ndarray, labels: Sequence, sample_size: int = 2000, seed: int = 0) -> float:
+    """Silhouette on a seeded random sample (the full O(n²) version is too slow for 44k rows).
+
+    Returns nan when fewer than two clusters are present in the sample.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n < 3:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(n, size=min(sample_size, n), replace=False)
+    if len(np.unique(labels[idx])) < 2:
+        return float("nan")
+    return float(skm.silhouette_score(x[idx], labels[idx]))

@@ -1,0 +1,1 @@
+"""Model code: classical and neural attribute classifiers, Deep Embedded Clustering."""

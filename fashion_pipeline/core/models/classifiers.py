@@ -1,0 +1,220 @@
+"""Classical attribute classifiers (category / gender / usage) and the serving wrapper.
+
+Eight models, each fitted per task on one feature *kind* from :class:`ProductFeaturizer`:
+
+==============  ======  ===================================================================
+name            kind    class imbalance
+==============  ======  ===================================================================
+linear_svc      sparse  class_weight="balanced" (n / (k * count))
+logreg          sparse  class_weight="balanced"
+ridge           sparse  class_weight="balanced"
+complement_nb   nonneg  none: Complement NB is built for skewed classes (its own correction)
+xgboost         dense   balanced per-sample weights
+lightgbm        dense   class_weight="balanced"
+extra_trees     dense   class_weight="balanced_subsample"
+knn             dense   none (distance-weighted vote); reported as a plain reference
+==============  ======  ===================================================================
+
+Margin models (SVC, ridge) have no probabilities: :class:`TaskClassifier` turns their
+decision scores into a softmax. Those are *uncalibrated* confidence scores, documented as such.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.class_weight import compute_sample_weight
+
+from fashion_pipeline.core.features import ProductFeaturizer
+
+
+@dataclass(frozen=True)
+class ClassicalSpec:
+    name: str
+    kind: str  # feature kind: sparse | nonneg | dense
+    make: Callable[[int, int], object]  # (seed, n_threads) -> unfitted estimator
+    sample_weight: bool = False  # pass balanced sample weights to fit()
+
+
+def _linear_svc(seed, n_threads):
+    from sklearn.svm import LinearSVC
+
+    return LinearSVC(C=0.5, class_weight="balanced", random_state=seed, max_iter=3000)
+
+
+def _logreg(seed, n_threads):
+    from sklearn.linear_model import LogisticRegression
+
+    # lbfgs multinomial on sparse input: one model for all classes, probabilities for free.
+    return LogisticRegression(C=20.0, class_weight="balanced", max_iter=200, random_state=seed)
+
+
+def _ridge(seed, n_threads):
+    from sklearn.linear_model import RidgeClassifier
+
+    return RidgeClassifier(alpha=1.0, class_weight="balanced", solver="sparse_cg", random_state=seed)
+
+
+def _complement_nb(seed, n_threads):
+    from sklearn.naive_bayes import ComplementNB
+
+    return ComplementNB(alpha=0.3)
+
+
+def _xgboost(seed, n_threads):
+    import xgboost as xgb
+
+    return xgb.XGBClassifier(
+        n_estimators=80, max_depth=6, learning_rate=0.25, subsample=0.9, colsample_bytree=0.5,
+        tree_method="hist", max_bin=64, n_jobs=n_threads, random_state=seed, verbosity=0,
+    )
+
+
+def _lightgbm(seed, n_threads):
+    import lightgbm as lgb
+
+    return lgb.LGBMClassifier(
+        n_estimators=120, learning_rate=0.12, num_leaves=31, colsample_bytree=0.5, subsample=0.9,
+        subsample_freq=1, max_bin=63, class_weight="balanced", n_jobs=n_threads, random_state=seed, verbose=-1,
+    )
+
+
+def _extra_trees(seed, n_threads):
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    return ExtraTreesClassifier(
+        n_estimators=100, min_samples_leaf=1, max_features="sqrt", class_weight="balanced_subsample",
+        n_jobs=n_threads, random_state=seed,
+    )
+
+
+def _knn(seed, n_threads):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=15, weights="distance", metric="cosine", algorithm="brute", n_jobs=n_threads)
+
+
+CLASSICAL: dict[str, ClassicalSpec] = {
+    s.name: s
+    for s in [
+        ClassicalSpec("linear_svc", "sparse", _linear_svc),
+        ClassicalSpec("logreg", "sparse", _logreg),
+        ClassicalSpec("ridge", "sparse", _ridge),
+        ClassicalSpec("complement_nb", "nonneg", _complement_nb),
+        ClassicalSpec("xgboost", "dense", _xgboost, sample_weight=True),
+        ClassicalSpec("lightgbm", "dense", _lightgbm),
+        ClassicalSpec("extra_trees", "dense", _extra_trees),
+        ClassicalSpec("knn", "dense", _knn),
+    ]
+}
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    s = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def estimator_proba(est, x) -> np.ndarray:
+    """Class probabilities, or a softmax over decision scores for margin models."""
+    if isinstance(est, ContiguousLabels):
+        est = est.estimator
+    if hasattr(est, "predict_proba"):
+        return np.asarray(est.predict_proba(x))
+    d = np.asarray(est.decision_function(x))
+    if d.ndim == 1:  # binary margin -> two columns
+        d = np.column_stack([-d, d])
+    return softmax(d)
+
+
+class ContiguousLabels:
+    """Fits an estimator on labels renumbered 0..k-1 (XGBoost insists on it when a class is absent
+    from the training rows) and exposes the original codes as ``classes_``."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def fit(self, x, y, **kw):
+        self.classes_, yy = np.unique(y, return_inverse=True)
+        self.estimator.fit(x, yy, **kw)
+        return self
+
+    def predict_proba(self, x):
+        return self.estimator.predict_proba(x)
+
+    def predict(self, x):
+        return self.classes_[np.asarray(self.estimator.predict(x), int)]
+
+
+def fit_classical(name: str, x, y_codes: np.ndarray, seed: int = 0, n_threads: int = 2):
+    """Fit one classical model on already-featurized training rows. Returns (estimator, seconds)."""
+    spec = CLASSICAL[name]
+    est = ContiguousLabels(spec.make(seed, n_threads))
+    t0 = time.perf_counter()
+    if spec.sample_weight:
+        est.fit(x, y_codes, sample_weight=compute_sample_weight("balanced", y_codes))
+    else:
+        est.fit(x, y_codes)
+    return est, time.perf_counter() - t0
+
+
+class TaskClassifier:
+    """A serving classifier for one task: featurizer + fitted model + label names.
+
+    Usage (what scoring calls)::
+
+        frame = with_embeddings(products, ids, image, text)   # core.features
+        clf.predict(frame)        # DataFrame[product_id?, label, confidence], one row per input row
+        clf.predict_proba(frame)  # DataFrame, one column per class (rows sum to 1)
+
+    ``frame`` needs the columns of ``clf.features_spec()["inputs"]``: ``title``,
+    ``description``, ``brand`` as text (missing -> ""), ``image_embedding`` /
+    ``text_embedding`` as vectors or None. Unknown extra columns are ignored.
+    """
+
+    def __init__(self, task: str, model_name: str, featurizer, classes: list[str], estimator=None, kind: str = "sparse"):
+        self.task = task
+        self.model_name = model_name
+        self.featurizer = featurizer
+        self.classes = list(classes)
+        self.estimator = estimator
+        self.kind = kind
+
+    def _proba_array(self, frame: pd.DataFrame) -> np.ndarray:
+        x = self.featurizer.transform(frame, self.kind)
+        p = estimator_proba(self.estimator, x)
+        # Estimators may have seen only a subset of the label codes.
+        out = np.zeros((len(frame), len(self.classes)), np.float64)
+        out[:, np.asarray(self.estimator.classes_, int)] = p
+        return out
+
+    def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self._proba_array(frame), columns=self.classes, index=frame.index)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        p = self._proba_array(frame)
+        out = pd.DataFrame(
+            {"label": np.asarray(self.classes, dtype=object)[p.argmax(axis=1)], "confidence": p.max(axis=1)},
+            index=frame.index,
+        )
+        if "product_id" in frame.columns:
+            out.insert(0, "product_id", frame["product_id"].to_numpy())
+        return out
+
+    def features_spec(self) -> dict:
+        return {"task": self.task, "model": self.model_name, "kind": self.kind, "classes": self.classes,
+                **self.featurizer.spec()}
+
+
+def encode_labels(y: pd.Series) -> tuple[LabelEncoder, np.ndarray]:
+    le = LabelEncoder().fit(y.astype(str))
+    return le, le.transform(y.astype(str))
+
+
+__all__ = ["CLASSICAL", "ClassicalSpec", "TaskClassifier", "fit_classical", "estimator_proba", "softmax",
+           "encode_labels", "ProductFeaturizer"]

@@ -1,0 +1,230 @@
+"""Neural attribute classifiers (PyTorch, CPU-sized, seeded, early-stopped on validation).
+
+All three are multitask networks: one shared trunk, one softmax head per task (category,
+gender, usage); a product with a null label for a task simply contributes no loss to that head.
+
+- ``image_cnn``: the image CNN classifier. The CNN is ImageNet-pretrained EfficientNet-Lite0
+  kept *frozen*; only the head is trained, on its pooled 1280-d features (fine-tuning the
+  backbone is not affordable on 2 CPU cores). Input: the image embedding only.
+- ``multimodal_cnn``: the same frozen image features through a projection, plus a 1-D text CNN
+  (word embeddings learned from scratch, kernel widths 2/3/4, max-pooled over time) over the
+  listing's words (title [+ brand + description] per regime); the two are concatenated.
+- ``clip_fusion``: late fusion of the image embedding, the sentence embedding of the text, TF-IDF
+  SVD components and attribute one-hots (the featurizer's "wide" matrix) through an MLP. Named
+  after CLIP-style dual-encoder fusion; offline the encoders are EfficientNet-Lite0 + MiniLM
+  (no CLIP weights ship in any registry package); with a CLIP backend the same code applies.
+
+Class imbalance: cross-entropy with balanced class weights (n / (k * count)), clipped to
+[0.1, 10] so a handful of rare-class rows cannot dominate a batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+ARCHITECTURES = ("image_cnn", "multimodal_cnn", "clip_fusion")
+
+
+class TextCNN(nn.Module):
+    def __init__(self, vocab_size: int, emb_dim: int = 64, channels: int = 96, widths=(2, 3, 4)):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
+        self.convs = nn.ModuleList(nn.Conv1d(emb_dim, channels, w, padding=w // 2) for w in widths)
+        self.out_dim = channels * len(widths)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        e = self.emb(tokens).transpose(1, 2)  # [b, emb, len]
+        mask = (tokens == 0).unsqueeze(1)
+        outs = []
+        for conv in self.convs:
+            h = torch.relu(conv(e))[:, :, : tokens.shape[1]]
+            outs.append(h.masked_fill(mask, 0.0).max(dim=2).values)
+        return torch.cat(outs, dim=1)
+
+
+class MultiTaskNet(nn.Module):
+    def __init__(self, in_dim: int, n_classes: dict[str, int], hidden: int = 512, dropout: float = 0.3,
+                 vocab_size: int | None = None):
+        super().__init__()
+        self.text = TextCNN(vocab_size) if vocab_size else None
+        d = in_dim + (self.text.out_dim if self.text else 0)
+        self.trunk = nn.Sequential(
+            nn.Dropout(0.1), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden // 2), nn.GELU(), nn.Dropout(dropout),
+        )
+        self.heads = nn.ModuleDict({t: nn.Linear(hidden // 2, k) for t, k in n_classes.items()})
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.text is not None:
+            x = torch.cat([x, self.text(tokens)], dim=1)
+        h = self.trunk(x)
+        return {t: head(h) for t, head in self.heads.items()}
+
+
+@dataclass
+class NeuralConfig:
+    epochs: int = 30
+    patience: int = 3
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    hidden: int = 512
+    dropout: float = 0.3
+    seed: int = 0
+    n_threads: int = 2
+    history: list = field(default_factory=list)
+
+
+def balanced_weights(codes: np.ndarray, k: int) -> np.ndarray:
+    counts = np.bincount(codes, minlength=k).astype(np.float64)
+    w = len(codes) / (k * np.maximum(counts, 1))
+    return np.clip(w, 0.1, 10.0).astype(np.float32)
+
+
+def _loss(out, ys, crits) -> torch.Tensor:
+    total = 0.0
+    for t, logits in out.items():
+        y = ys[t]
+        m = y >= 0
+        if m.any():
+            total = total + crits[t](logits[m], y[m])
+    return total
+
+
+def train_multitask(
+    x_train: np.ndarray,
+    y_train: dict[str, np.ndarray],
+    x_val: np.ndarray,
+    y_val: dict[str, np.ndarray],
+    n_classes: dict[str, int],
+    cfg: NeuralConfig,
+    tok_train: np.ndarray | None = None,
+    tok_val: np.ndarray | None = None,
+    vocab_size: int | None = None,
+    log=None,
+) -> tuple[MultiTaskNet, dict]:
+    """Train with AdamW; stop when the validation loss has not improved for ``patience`` epochs
+    and restore the best epoch's weights. Labels are int codes, -1 = unknown (no loss)."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.n_threads)
+    try:
+        net = MultiTaskNet(x_train.shape[1], n_classes, cfg.hidden, cfg.dropout, vocab_size if tok_train is not None else None)
+        crits = {
+            t: nn.CrossEntropyLoss(weight=torch.from_numpy(balanced_weights(y_train[t][y_train[t] >= 0], k)))
+            for t, k in n_classes.items()
+        }
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        xt = torch.from_numpy(np.ascontiguousarray(x_train, np.float32))
+        xv = torch.from_numpy(np.ascontiguousarray(x_val, np.float32))
+        yt = {t: torch.from_numpy(np.asarray(v, np.int64)) for t, v in y_train.items()}
+        yv = {t: torch.from_numpy(np.asarray(v, np.int64)) for t, v in y_val.items()}
+        tt = torch.from_numpy(tok_train) if tok_train is not None else None
+        tv = torch.from_numpy(tok_val) if tok_val is not None else None
+        gen = torch.Generator().manual_seed(cfg.seed)
+        best, best_state, bad, history = float("inf"), None, 0, []
+        t0 = time.perf_counter()
+        for epoch in range(cfg.epochs):
+            net.train()
+            perm = torch.randperm(len(xt), generator=gen)
+            tr_loss = 0.0
+            for b in range(0, len(perm), cfg.batch_size):
+                idx = perm[b : b + cfg.batch_size]
+                out = net(xt[idx], tt[idx] if tt is not None else None)
+                loss = _loss(out, {t: v[idx] for t, v in yt.items()}, crits)
+                if not torch.is_tensor(loss):
+                    continue
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                tr_loss += loss.item() * len(idx)
+            net.eval()
+            with torch.no_grad():
+                vl = 0.0
+                for b in range(0, len(xv), 2048):
+                    out = net(xv[b : b + 2048], tv[b : b + 2048] if tv is not None else None)
+                    l = _loss(out, {t: v[b : b + 2048] for t, v in yv.items()}, crits)
+                    vl += float(l) * len(out[next(iter(out))])
+                vl /= max(len(xv), 1)
+            history.append({"epoch": epoch, "train_loss": tr_loss / len(xt), "val_loss": vl})
+            if log:
+                log(f"epoch {epoch}: train {tr_loss / len(xt):.4f} val {vl:.4f}")
+            if vl < best - 1e-4:
+                best, best_state, bad = vl, copy.deepcopy(net.state_dict()), 0
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        return net, {"epochs_run": len(history), "best_val_loss": best, "history": history,
+                     "seconds": time.perf_counter() - t0}
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def predict_multitask(net: MultiTaskNet, x: np.ndarray, tokens: np.ndarray | None = None, batch: int = 2048) -> dict[str, np.ndarray]:
+    """Softmax probabilities per task."""
+    net.eval()
+    outs: dict[str, list] = {t: [] for t in net.heads}
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        tt = torch.from_numpy(tokens) if tokens is not None else None
+        for b in range(0, len(xt), batch):
+            o = net(xt[b : b + batch], tt[b : b + batch] if tt is not None else None)
+            for t, v in o.items():
+                outs[t].append(torch.softmax(v, dim=1).numpy())
+    return {t: np.concatenate(v) if v else np.zeros((0, net.heads[t].out_features)) for t, v in outs.items()}
+
+
+class NeuralTaskClassifier:
+    """Serving wrapper for one head of a multitask network; same interface as TaskClassifier.
+
+    ``predict(frame)`` -> DataFrame[product_id?, label, confidence];
+    ``predict_proba(frame)`` -> DataFrame with one column per class.
+    """
+
+    def __init__(self, task: str, model_name: str, featurizer, classes: list[str], net: MultiTaskNet,
+                 sequencer=None, kind: str = "wide"):
+        self.task = task
+        self.model_name = model_name
+        self.featurizer = featurizer
+        self.classes = list(classes)
+        self.net = net
+        self.sequencer = sequencer
+        self.kind = kind
+
+    def _proba_array(self, frame: pd.DataFrame) -> np.ndarray:
+        x = self.featurizer.transform(frame, self.kind)
+        tok = self.sequencer.transform(frame) if self.sequencer is not None else None
+        return predict_multitask(self.net, x, tok)[self.task]
+
+    def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self._proba_array(frame), columns=self.classes, index=frame.index)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        p = self._proba_array(frame)
+        out = pd.DataFrame(
+            {"label": np.asarray(self.classes, dtype=object)[p.argmax(axis=1)], "confidence": p.max(axis=1)},
+            index=frame.index,
+        )
+        if "product_id" in frame.columns:
+            out.insert(0, "product_id", frame["product_id"].to_numpy())
+        return out
+
+    def features_spec(self) -> dict:
+        spec = {"task": self.task, "model": self.model_name, "kind": self.kind, "classes": self.classes,
+                **self.featurizer.spec()}
+        if self.sequencer is not None:
+            spec["token_vocab_size"] = self.sequencer.vocab_size
+            spec["token_regime"] = self.sequencer.regime
+        return spec

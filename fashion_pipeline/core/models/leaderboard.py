@@ -1,0 +1,227 @@
+"""Train every configured classifier on every input regime and evaluate it on the test split.
+
+The split column decides everything: featurizers, label encoders and models are fitted on
+``split == "train"`` rows only; ``validation`` rows drive neural early stopping and the
+choice of the serving model per task; ``test`` rows are only ever predicted.
+Rows with a null label are excluded per task and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fashion_pipeline.core.features import ProductFeaturizer, TokenSequencer
+from fashion_pipeline.core.metrics import classification_metrics
+from fashion_pipeline.core.models.classifiers import CLASSICAL, TaskClassifier, estimator_proba, fit_classical
+from fashion_pipeline.core.models.fusion import (
+    ARCHITECTURES,
+    NeuralConfig,
+    NeuralTaskClassifier,
+    predict_multitask,
+    train_multitask,
+)
+
+TASKS = ("category", "gender", "usage")
+SPLITS = ("train", "validation", "test")
+
+# Which regimes each neural architecture is evaluated under: the image-only CNN sees only the
+# image by construction; the text-using networks are evaluated where there is text.
+NEURAL_REGIMES = {"image_cnn": ("image",), "multimodal_cnn": ("full", "sparse"), "clip_fusion": ("full", "sparse")}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LeaderboardConfig:
+    tasks: tuple[str, ...] = TASKS
+    regimes: tuple[str, ...] = ("full", "sparse", "image")
+    classical: tuple[str, ...] = tuple(CLASSICAL)
+    neural: tuple[str, ...] = ARCHITECTURES
+    neural_config: NeuralConfig = field(default_factory=NeuralConfig)
+    featurizer: dict = field(default_factory=dict)  # ProductFeaturizer keyword arguments
+    # Models too slow for the full training set are fitted on a seeded sample of it (reported).
+    max_train_rows: dict = field(default_factory=dict)
+    seed: int = 0
+    n_threads: int = 2
+
+
+@dataclass
+class LeaderboardResult:
+    leaderboard: pd.DataFrame  # one row per task x model x regime x source
+    label_counts: pd.DataFrame  # per task x split: rows used / excluded for a null label
+    serving: dict  # (task, regime) -> serving classifier chosen on validation macro-F1
+    test_predictions: dict  # (task, model, regime) -> DataFrame[product_id, source, y_true, y_pred]
+    timings: dict  # featurizer fit seconds per regime, total seconds
+
+
+def _split(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    if "split" not in frame.columns:
+        raise ValueError("products need a 'split' column (train / validation / test)")
+    bad = set(frame["split"].dropna().unique()) - set(SPLITS)
+    if bad:
+        raise ValueError(f"unknown split values {sorted(bad)}")
+    return {s: frame[frame["split"] == s] for s in SPLITS}
+
+
+def label_counts(frame: pd.DataFrame, tasks=TASKS) -> pd.DataFrame:
+    rows = []
+    for t in tasks:
+        for s in SPLITS:
+            part = frame[frame["split"] == s]
+            rows.append({"task": t, "split": s, "labelled": int(part[t].notna().sum()),
+                         "excluded_null_label": int(part[t].isna().sum())})
+    return pd.DataFrame(rows)
+
+
+def _metrics_rows(task, model, family, regime, test: pd.DataFrame, y_pred, train_seconds, n_train) -> list[dict]:
+    rows = []
+    y_true = test[task].astype(str).to_numpy()
+    for source in ["all", *sorted(test["source"].unique())]:
+        m = np.ones(len(test), bool) if source == "all" else (test["source"] == source).to_numpy()
+        met = classification_metrics(y_true[m], np.asarray(y_pred)[m])
+        rows.append({"task": task, "model": model, "family": family, "regime": regime, "source": source,
+                     **met, "train_seconds": round(float(train_seconds), 2), "n_train": int(n_train)})
+    return rows
+
+
+def _sample_rows(n: int, cap: int | None, seed: int) -> np.ndarray:
+    if not cap or n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+
+
+def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, log_fn=None) -> LeaderboardResult:
+    """``frame``: clean_products rows joined with embeddings (``features.with_embeddings``)."""
+    cfg = cfg or LeaderboardConfig()
+    say = log_fn or log.info
+    parts = _split(frame)
+    t_all = time.perf_counter()
+    rows: list[dict] = []
+    serving: dict = {}
+    best_val: dict = {}
+    preds: dict = {}
+    timings: dict = {"featurizer_seconds": {}}
+
+    for regime in cfg.regimes:
+        t0 = time.perf_counter()
+        fz = ProductFeaturizer(regime=regime, seed=cfg.seed, **cfg.featurizer).fit(parts["train"])
+        kinds_needed = {CLASSICAL[m].kind for m in cfg.classical}
+        if any(regime in NEURAL_REGIMES[a] for a in cfg.neural):
+            kinds_needed.add("wide")
+        by_split = {s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS}
+        feats = {k: {s: by_split[s][k] for s in SPLITS} for k in kinds_needed}
+        del by_split
+        timings["featurizer_seconds"][regime] = round(time.perf_counter() - t0, 2)
+        say(f"[{regime}] features built in {timings['featurizer_seconds'][regime]} s: "
+            + ", ".join(f"{k} {feats[k]['train'].shape[1]} cols" for k in sorted(feats)))
+
+        classes: dict[str, list[str]] = {}
+        masks: dict[str, dict[str, np.ndarray]] = {}
+        codes: dict[str, dict[str, np.ndarray]] = {}
+        for task in cfg.tasks:
+            classes[task] = sorted(parts["train"][task].dropna().astype(str).unique())
+            idx = {c: i for i, c in enumerate(classes[task])}
+            masks[task] = {s: parts[s][task].notna().to_numpy() for s in SPLITS}
+            # -1: null label or a label never seen in training (cannot be predicted; still scored).
+            codes[task] = {s: parts[s][task].map(lambda v: idx.get(str(v), -1) if pd.notna(v) else -1).to_numpy()
+                           for s in SPLITS}
+
+        def record(task, model, family, regime, proba_val, proba_test, seconds, n_train, make_serving):
+            test_m = masks[task]["test"]
+            test = parts["test"][test_m]
+            y_pred = np.asarray(classes[task], dtype=object)[proba_test[test_m].argmax(axis=1)]
+            rows.extend(_metrics_rows(task, model, family, regime, test, y_pred, seconds, n_train))
+            preds[(task, model, regime)] = pd.DataFrame({
+                "product_id": test["product_id"].to_numpy(), "source": test["source"].to_numpy(),
+                "y_true": test[task].astype(str).to_numpy(), "y_pred": y_pred})
+            val_m = masks[task]["validation"] & (has_img["validation"] | (not image_only))
+            val_pred = np.asarray(classes[task], dtype=object)[proba_val[val_m].argmax(axis=1)]
+            val_f1 = classification_metrics(parts["validation"][task][val_m].astype(str).to_numpy(), val_pred)["macro_f1"]
+            key = (task, regime)
+            if key not in best_val or (val_f1 > best_val[key][0]):
+                best_val[key] = (val_f1, model)
+                serving[key] = make_serving()
+            return val_f1
+
+        # Image-only models learn nothing from a product without an image: train on those with one.
+        has_img = {s: parts[s]["image_embedding"].notna().to_numpy() if "image_embedding" in parts[s] else
+                   np.zeros(len(parts[s]), bool) for s in SPLITS}
+        image_only = not (fz.regime_.title or fz.regime_.description or fz.regime_.brand)
+        if image_only:
+            timings.setdefault("train_rows_without_image_excluded", {})[regime] = int((~has_img["train"]).sum())
+        for task in cfg.tasks:
+            tr = masks[task]["train"] & (codes[task]["train"] >= 0)
+            if image_only:
+                tr &= has_img["train"]
+            if len(np.unique(codes[task]["train"][tr])) < 2:
+                say(f"[{regime}] {task}: fewer than two classes among {int(tr.sum())} training rows; skipped")
+                continue
+            for name in cfg.classical:
+                spec = CLASSICAL[name]
+                x_tr = feats[spec.kind]["train"][tr]
+                y_tr = codes[task]["train"][tr]
+                sub = _sample_rows(len(y_tr), cfg.max_train_rows.get(name), cfg.seed)
+                est, secs = fit_classical(name, x_tr[sub], y_tr[sub], cfg.seed, cfg.n_threads)
+
+                def full_proba(s, est=est, spec=spec, task=task):
+                    p = estimator_proba(est, feats[spec.kind][s])
+                    out = np.zeros((p.shape[0], len(classes[task])))
+                    out[:, np.asarray(est.classes_, int)] = p
+                    return out
+
+                vf1 = record(task, name, "classical", regime, full_proba("validation"), full_proba("test"), secs,
+                             len(sub), lambda est=est, spec=spec, task=task, name=name: TaskClassifier(
+                                 task, name, fz, classes[task], est, spec.kind))
+                say(f"[{regime}] {task} {name}: {secs:.1f} s, val macro-F1 {vf1:.3f}")
+
+        for arch in cfg.neural:
+            if regime not in NEURAL_REGIMES[arch]:
+                continue
+            nc = cfg.neural_config
+            seq = None
+            if arch == "image_cnn":
+                x_fz = fz
+            elif arch == "multimodal_cnn":
+                # image branch: the image block only; text goes through the CNN.
+                x_fz = ProductFeaturizer(regime="image", seed=cfg.seed).fit(parts["train"])
+                seq = TokenSequencer(regime=regime).fit(parts["train"])
+            else:
+                x_fz = fz
+            xs = {s: (x_fz.transform(parts[s], "wide") if x_fz is not fz else feats["wide"][s]) for s in SPLITS}
+            toks = {s: seq.transform(parts[s]) for s in SPLITS} if seq is not None else {s: None for s in SPLITS}
+            n_classes = {t: len(classes[t]) for t in cfg.tasks}
+            y_train = {t: np.where(has_img["train"] | (not image_only), codes[t]["train"], -1) for t in cfg.tasks}
+            net, info = train_multitask(
+                xs["train"], y_train,
+                xs["validation"], {t: np.where(has_img["validation"] | (not image_only), codes[t]["validation"], -1)
+                                   for t in cfg.tasks},
+                n_classes, nc, toks["train"], toks["validation"], seq.vocab_size if seq else None,
+            )
+            pv = predict_multitask(net, xs["validation"], toks["validation"])
+            pt = predict_multitask(net, xs["test"], toks["test"])
+            say(f"[{regime}] {arch}: {info['seconds']:.1f} s, {info['epochs_run']} epochs (multitask)")
+            for task in cfg.tasks:
+                record(task, arch, "neural", regime, pv[task], pt[task], info["seconds"],
+                       int((y_train[task] >= 0).sum()),
+                       lambda task=task, arch=arch, x_fz=x_fz, seq=seq, net=net: NeuralTaskClassifier(
+                           task, arch, x_fz, classes[task], net, seq, "wide"))
+    timings["total_seconds"] = round(time.perf_counter() - t_all, 2)
+    lb = pd.DataFrame(rows)
+    for key, (vf1, model) in best_val.items():
+        sel = (lb["task"] == key[0]) & (lb["regime"] == key[1]) & (lb["model"] == model)
+        lb.loc[sel, "serving"] = True
+    if len(lb):
+        lb["serving"] = lb["serving"].eq(True) if "serving" in lb else False
+    return LeaderboardResult(lb, label_counts(frame, cfg.tasks), serving, preds, timings)
+
+
+def best_per_task(leaderboard: pd.DataFrame, metric: str = "macro_f1", source: str = "all") -> pd.DataFrame:
+    """Best test row per task and regime (for reporting; the serving choice is made on validation)."""
+    lb = leaderboard[leaderboard["source"] == source]
+    idx = lb.groupby(["task", "regime"])[metric].idxmax()
+    return lb.loc[idx].sort_values(["task", "regime"]).reset_index(drop=True)

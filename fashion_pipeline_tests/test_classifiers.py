@@ -1,0 +1,119 @@
+"""Classifier leaderboard on a tiny real subset: metrics recomputed independently, no leaks,
+and the serving classifier's predict interface (incl. a pickle round trip)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashion_pipeline.core.features import with_embeddings
+from fashion_pipeline.core.models.fusion import NeuralConfig
+from fashion_pipeline.core.models.leaderboard import LeaderboardConfig, run_leaderboard
+from fashion_pipeline_tests.test_classifiers_fixtures import real_products_with_embeddings
+
+TASKS = ("category", "gender", "usage")
+
+
+@pytest.fixture(scope="module")
+def frame():
+    df, image, text = real_products_with_embeddings()
+    return with_embeddings(df, df["product_id"].tolist(), image, text)
+
+
+def _cfg(**kw):
+    base = dict(tasks=TASKS, regimes=("full", "image"), classical=("linear_svc", "complement_nb", "lightgbm"),
+                neural=("clip_fusion", "image_cnn"), neural_config=NeuralConfig(epochs=3, patience=2, hidden=64),
+                featurizer=dict(svd_components=16, image_components=16, text_components=8))
+    base.update(kw)
+    return LeaderboardConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def result(frame):
+    return run_leaderboard(frame, _cfg())
+
+
+def test_leaderboard_metrics_match_an_independent_recount(frame, result):
+    lb = result.leaderboard
+    test = frame[frame["split"] == "test"]
+    for (task, model, regime), pred in result.test_predictions.items():
+        # the evaluated rows are exactly the labelled test rows
+        expected_ids = test.loc[test[task].notna(), "product_id"].tolist()
+        assert pred["product_id"].tolist() == expected_ids
+        truth = test.set_index("product_id").loc[pred["product_id"], task].astype(str).to_numpy()
+        assert (pred["y_true"].to_numpy() == truth).all()
+        for source in ("all", "kaggle", "hm"):
+            part = pred if source == "all" else pred[pred["source"] == source]
+            row = lb[(lb.task == task) & (lb.model == model) & (lb.regime == regime) & (lb.source == source)]
+            if len(part) == 0:
+                assert row.empty or row["n"].iloc[0] == 0
+                continue
+            assert len(row) == 1
+            acc = sum(a == b for a, b in zip(part["y_true"], part["y_pred"])) / len(part)
+            assert row["n"].iloc[0] == len(part)
+            assert row["accuracy"].iloc[0] == pytest.approx(acc)
+            # macro-F1 by hand: mean over labels present in truth or prediction
+            labels = sorted(set(part["y_true"]) | set(part["y_pred"]))
+            f1s = []
+            for lab in labels:
+                tp = ((part.y_true == lab) & (part.y_pred == lab)).sum()
+                fp = ((part.y_true != lab) & (part.y_pred == lab)).sum()
+                fn = ((part.y_true == lab) & (part.y_pred != lab)).sum()
+                f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+            assert row["macro_f1"].iloc[0] == pytest.approx(np.mean(f1s))
+
+
+def test_leaderboard_covers_every_model_regime_and_counts_null_labels(frame, result):
+    lb = result.leaderboard
+    got = set(map(tuple, lb[lb.source == "all"][["task", "model", "regime"]].to_numpy()))
+    want = {(t, m, r) for t in TASKS for m in ("linear_svc", "complement_nb", "lightgbm") for r in ("full", "image")}
+    want |= {(t, "clip_fusion", "full") for t in TASKS} | {(t, "image_cnn", "image") for t in TASKS}
+    assert got == want
+    counts = result.label_counts.set_index(["task", "split"])
+    n_usage_null_test = int(frame.loc[frame.split == "test", "usage"].isna().sum())
+    assert n_usage_null_test > 0  # H&M rows have no usage: they must be counted, not scored
+    assert counts.loc[("usage", "test"), "excluded_null_label"] == n_usage_null_test
+    assert (lb[(lb.task == "usage") & (lb.source == "hm")]["n"] == 0).all() or lb[
+        (lb.task == "usage") & (lb.source == "hm")].empty
+    # one serving model per task and regime, flagged in the table
+    assert set(result.serving) == {(t, r) for t in TASKS for r in ("full", "image")}
+    flagged = lb[lb.serving & (lb.source == "all")].groupby(["task", "regime"]).size()
+    assert (flagged == 1).all() and len(flagged) == 6
+
+
+def test_test_labels_never_influence_training(frame):
+    """Scrambling every test label must leave the fitted models' predictions unchanged."""
+    cfg = _cfg(regimes=("full",), classical=("linear_svc",), neural=("clip_fusion",))
+    a = run_leaderboard(frame, cfg)
+    scrambled = frame.copy()
+    test = scrambled["split"] == "test"
+    for t in TASKS:
+        vals = scrambled.loc[test, t].to_numpy()
+        scrambled.loc[test, t] = np.roll(vals, 1)
+    b = run_leaderboard(scrambled, cfg)
+    for key, pa in a.test_predictions.items():
+        pb = b.test_predictions[key].set_index("product_id")["y_pred"]
+        # predictions for products evaluated in both runs (labelled in both) are identical
+        common = pa[pa["product_id"].isin(pb.index)]
+        assert len(common) > 0
+        assert (common["y_pred"].to_numpy() == pb.loc[common["product_id"]].to_numpy()).all()
+    fz = a.serving[("category", "full")].featurizer
+    assert fz.n_fit_rows_ == int((frame["split"] == "train").sum())
+
+
+def test_serving_classifier_predicts_labels_and_probabilities(frame, result):
+    rows = frame[frame["split"] == "test"].head(10)
+    for (task, regime), clf in result.serving.items():
+        out = clf.predict(rows)
+        assert out["product_id"].tolist() == rows["product_id"].tolist()
+        assert set(out["label"]) <= set(clf.classes)
+        proba = clf.predict_proba(rows)
+        assert list(proba.columns) == clf.classes
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+        assert (proba.idxmax(axis=1).to_numpy() == out["label"].to_numpy()).all()
+        again = pickle.loads(pickle.dumps(clf))
+        pd.testing.assert_frame_equal(again.predict(rows), out)
+        assert clf.features_spec()["regime"] in ("full", "image")

@@ -1,0 +1,46 @@
+"""Shared metric and plot helpers (also used by the price regressors)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fashion_pipeline.core.metrics import classification_metrics, regression_metrics, sampled_silhouette
+from fashion_pipeline.core.plots import confusion_matrix_png, png_markdown, predicted_vs_true_png, scatter_2d_png
+
+
+def test_classification_metrics_by_hand():
+    m = classification_metrics(["a", "a", "b", "c"], ["a", "b", "b", "c"])
+    assert m["n"] == 4 and m["accuracy"] == 0.75
+    # F1: a = 2/3, b = 2/3, c = 1
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert m["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 / 3 + 1) / 4)
+    assert math.isnan(classification_metrics([], [])["accuracy"])
+    with pytest.raises(ValueError):
+        classification_metrics(["a"], ["a", "b"])
+
+
+def test_regression_metrics_by_hand():
+    m = regression_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
+    assert m["rmse"] == pytest.approx(math.sqrt(4 / 3))
+    assert m["mae"] == pytest.approx(2 / 3)
+    assert m["r2"] == pytest.approx(1 - 4 / 2)
+    assert m["rmsle"] == pytest.approx(math.sqrt((math.log(6) - math.log(4)) ** 2 / 3))
+    assert "rmsle" not in regression_metrics([0.1, 0.2], [0.1, 0.3], log_space=True)
+
+
+def test_silhouette_is_seeded_and_bounded():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))])
+    labels = np.repeat([0, 1], 50)
+    s = sampled_silhouette(x, labels, sample_size=40, seed=1)
+    assert s == sampled_silhouette(x, labels, sample_size=40, seed=1) and 0.9 < s <= 1.0
+
+
+def test_plots_are_png():
+    for png in (confusion_matrix_png(["a", "b"], ["a", "a"]), scatter_2d_png(np.eye(3)[:, :2], ["x", "y", "x"]),
+                predicted_vs_true_png([1, 2, 3], [1, 2, 4])):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png_markdown(b"\x89PNG").startswith("![plot](data:image/png;base64,")

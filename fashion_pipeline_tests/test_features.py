@@ -1,0 +1,102 @@
+"""Feature building: fitted on train rows only, and each regime sees only its inputs."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fashion_pipeline.core.features import ProductFeaturizer, TokenSequencer, with_embeddings
+from fashion_pipeline_tests.test_classifiers_fixtures import load_products, real_products_with_embeddings
+
+
+@pytest.fixture(scope="module")
+def frame():
+    df, image, text = real_products_with_embeddings()
+    return with_embeddings(df, df["product_id"].tolist(), image, text)
+
+
+def test_fit_refuses_non_train_rows(frame):
+    with pytest.raises(ValueError, match="non-train"):
+        ProductFeaturizer("full").fit(frame)
+    with pytest.raises(ValueError, match="non-train"):
+        TokenSequencer("full").fit(frame)
+
+
+def test_vocabulary_comes_from_train_rows_only(frame):
+    train = frame[frame["split"] == "train"]
+    other = frame[frame["split"] != "train"]
+    train_text = " ".join(train["title"] + " " + train["description"] + " " + train["brand"].fillna(""))
+    train_words = set(re.findall(r"[a-z0-9]+", train_text.lower()))
+    # A real word that occurs only in validation/test titles (twice, so min_df would keep it).
+    doc_words = [set(re.findall(r"[a-z0-9]+", t.lower())) - train_words for t in other["title"]]
+    df_count = Counter(w for ws in doc_words for w in ws if w.isalpha() and len(w) > 2)
+    unseen = next(w for w, c in df_count.most_common() if c >= 2)
+    fz = ProductFeaturizer("full", svd_components=8, image_components=8).fit(train)
+    assert unseen not in fz.vectorizers_["title_word"].vocabulary_
+    assert fz.n_fit_rows_ == len(train)
+    # ...and the same featurizer does pick it up once those rows are (wrongly) relabelled train.
+    leaked = frame.assign(split="train")
+    assert unseen in ProductFeaturizer("full", svd_components=8, image_components=8).fit(leaked).vectorizers_["title_word"].vocabulary_
+    seq = TokenSequencer("full").fit(train)
+    assert unseen not in seq.vocab_
+
+
+def _changed(fz, a, b, kind):
+    xa, xb = fz.transform(a, kind), fz.transform(b, kind)
+    if hasattr(xa, "toarray"):
+        xa, xb = xa.toarray(), xb.toarray()
+    return not np.allclose(xa, xb)
+
+
+@pytest.fixture(scope="module")
+def fitted(frame):
+    train = frame[frame["split"] == "train"]
+    return {r: ProductFeaturizer(r).fit(train) for r in ("full", "sparse", "image")}
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense", "wide"])
+def test_regimes_drop_the_right_inputs(frame, fitted, kind):
+    rows = frame[frame["split"] == "test"].head(20)
+    other_desc = rows.assign(description="machine wash cotton polyester blend slim fit party wear")
+    other_brand = rows.assign(brand="Puma")
+    other_title = rows.assign(title="Leather watch strap")
+    other_text_emb = rows.assign(text_embedding=list(frame["text_embedding"].iloc[::-1].head(20)))
+    other_image = rows.assign(image_embedding=list(frame["image_embedding"].iloc[::-1].head(20)))
+
+    full, sparse, image = fitted["full"], fitted["sparse"], fitted["image"]
+
+    for changed_rows in (other_desc, other_brand, other_title, other_text_emb, other_image):
+        assert _changed(full, rows, changed_rows, kind)
+    # sparse listings: image + title only
+    assert not _changed(sparse, rows, other_desc, kind)
+    assert not _changed(sparse, rows, other_brand, kind)
+    assert not _changed(sparse, rows, other_text_emb, kind)
+    assert _changed(sparse, rows, other_title, kind)
+    assert _changed(sparse, rows, other_image, kind)
+    # image only
+    for changed_rows in (other_desc, other_brand, other_title, other_text_emb):
+        assert not _changed(image, rows, changed_rows, kind)
+    assert _changed(image, rows, other_image, kind)
+
+
+def test_missing_image_is_zero_with_flag(frame, fitted):
+    fz = fitted["image"]
+    rows = frame.head(4).copy()
+    rows["image_embedding"] = [None, rows["image_embedding"].iloc[1], None, rows["image_embedding"].iloc[3]]
+    x = fz.transform(rows, "dense")
+    # last column is has_image; PCA block of a missing image is zero, not the mean image
+    assert x[:, -1].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert np.all(x[[0, 2], :-1] == 0) and np.any(x[[1, 3], :-1] != 0)
+
+
+def test_with_embeddings_joins_by_id_and_marks_missing():
+    df = load_products(n_kaggle=5, n_hm=0)
+    ids = list(df["product_id"])[::-1]  # different order than the products
+    image = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    image[0] = np.nan  # the last product (first in ids) has no image
+    out = with_embeddings(df, ids, image, None)
+    assert out["image_embedding"].iloc[-1] is None
+    np.testing.assert_array_equal(out["image_embedding"].iloc[0], image[4])

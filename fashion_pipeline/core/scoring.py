@@ -116,15 +116,26 @@ def read_listings(path: str | os.PathLike, dataset_reader: Callable[[Path], pd.D
     raise ListingsReadError(f"{p}: no such file or folder")
 
 
-def read_dataset_folder(folder: Path) -> pd.DataFrame:
-    """A folder in the Kaggle or H&M layout, read + cleaned by the pipeline's own code."""
-    if not ((folder / "styles.csv").exists() or (folder / "articles.csv").exists()):
+def read_dataset_folder(folder: Path, report=None) -> pd.DataFrame:
+    """A folder in the Kaggle or H&M layout, read and mapped to the shared taxonomy by the
+    pipeline's own readers and cleaning code. Rows cleaning cannot map (unmapped or
+    out-of-scope category) are counted in ``report``, not silently lost."""
+    from .cleaning import CleaningSettings, hm_to_products, kaggle_to_products
+    from .readers import read_hm_articles, read_hm_prices, read_kaggle_products
+    from .reports import DropReport
+
+    report = report if report is not None else DropReport()
+    settings = CleaningSettings()
+    if (folder / "styles.csv").exists():
+        frame = kaggle_to_products(read_kaggle_products(folder, report), settings, report)
+    elif (folder / "articles.csv").exists():
+        articles = read_hm_articles(folder, report)
+        frame = hm_to_products(articles, read_hm_prices(folder, articles["article_id"], report), settings, report)
+    else:
         raise ListingsReadError(
             f"{folder}: not a listings folder (expected styles.csv [Kaggle layout] or articles.csv [H&M layout])"
         )
-    from . import cleaning  # foundation: readers + cleaning, the same code that builds clean_products
-
-    return cleaning.clean_products_from_folder(folder)
+    return frame.drop(columns=["price_local", "currency"], errors="ignore")
 
 
 Embedder = Callable[[pd.DataFrame, "pd.DataFrame | None"], tuple[list[str], np.ndarray, np.ndarray, list[str | None]]]
@@ -172,6 +183,27 @@ def encoder_embedder(backend: str = "offline", batch_size: int = 64, **options) 
         return products["product_id"].tolist(), image, text, errors
 
     return embed
+
+
+def rules_extractor(brands=(), max_chars: int = 2000) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Attribute extraction for listings with the extraction stage's rules backend (the
+    backend that runs everywhere; an LLM backend needs a GPU or minutes per batch)."""
+    from .extraction.rules import RulesExtractor
+    from .extraction.text import prepare
+
+    rules = RulesExtractor(brands=brands)
+
+    def extract(products: pd.DataFrame) -> pd.DataFrame:
+        rows = []
+        for pid, title, desc in zip(products["product_id"], products["title"], products["description"]):
+            a = rules.extract(prepare(_s(title), _s(desc), max_chars)).to_dict()
+            rows.append({
+                "product_id": pid,
+                **{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in a.items()},
+            })
+        return pd.DataFrame(rows)
+
+    return extract
 
 
 def _flags(row: pd.Series, image_error: str | None, price_range: tuple[float, float] | None) -> str:

@@ -20,7 +20,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 # Metadata columns used as one-hot / categorical features. Each may be null at scoring time
 # (a free-form listing has no source labels); null becomes its own level "<missing>".
-CATEGORICAL_COLUMNS: tuple[str, ...] = ("source", "category", "gender", "usage", "colour", "brand")
+CATEGORICAL_COLUMNS: tuple[str, ...] = ("source", "category", "gender", "usage", "colour", "brand", "source_category")
 # Extracted attribute columns appended to the price text when product_attributes is given.
 ATTRIBUTE_TEXT_COLUMNS: tuple[str, ...] = ("materials", "fit", "pattern", "occasion", "style")
 MISSING = "<missing>"
@@ -189,22 +189,33 @@ class EmbeddingScaler:
 class PriceFeaturizer:
     """Sparse design matrix for the linear model: TF-IDF(text) | one-hots | scaled embeddings."""
 
-    def __init__(self, max_features: int = 50_000, embedding_weight: float = 0.05, use_embeddings: bool = True):
+    def __init__(self, max_features: int = 50_000, embedding_weight: float = 0.05, use_embeddings: bool = True,
+                 source_interactions: bool = True):
         self.max_features = max_features
         self.embedding_weight = embedding_weight
         self.use_embeddings = use_embeddings
+        # "Frustratingly easy" domain adaptation: text and metadata columns also get a copy per
+        # source, so a word can price differently on Myntra (INR MRP) and at H&M.
+        self.source_interactions = source_interactions
 
     def fit(self, inputs: PriceInputs) -> "PriceFeaturizer":
         self.tfidf_ = TfidfVectorizer(
             ngram_range=(1, 2), min_df=2, max_features=self.max_features, sublinear_tf=True, dtype=np.float32
         ).fit(inputs.frame["price_text"])
         self.cats_ = CategoricalEncoder().fit(inputs.frame)
+        self.sources_ = sorted(set(inputs.frame["source"].map(_clean_str)) - {""})
         if self.use_embeddings:
             self.scaler_ = EmbeddingScaler().fit(inputs)
         return self
 
     def transform(self, inputs: PriceInputs) -> sp.csr_matrix:
-        blocks = [self.tfidf_.transform(inputs.frame["price_text"]), self.cats_.one_hot(inputs.frame)]
+        base = sp.hstack([self.tfidf_.transform(inputs.frame["price_text"]), self.cats_.one_hot(inputs.frame)],
+                         format="csr")
+        blocks = [base]
+        if self.source_interactions:
+            src = inputs.frame["source"].map(_clean_str).to_numpy()
+            for s in getattr(self, "sources_", []):
+                blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
         if self.use_embeddings:
             blocks.append(sp.csr_matrix(self.scaler_.transform(inputs) * self.embedding_weight))
         return sp.hstack(blocks, format="csr", dtype=np.float32)

@@ -38,7 +38,7 @@ class RidgePriceRegressor:
 
     name = "ridge"
 
-    def __init__(self, alphas: tuple[float, ...] = (0.5, 1.0, 2.0), use_embeddings: bool = True):
+    def __init__(self, alphas: tuple[float, ...] = (0.25, 0.5, 1.0), use_embeddings: bool = True):
         self.alphas = tuple(alphas)
         self.use_embeddings = use_embeddings
 
@@ -113,6 +113,8 @@ class LightGBMPriceRegressor:
         text = inputs.text  # NaN rows: LightGBM treats them as missing natively
         img = inputs.image
         have = ~np.isnan(img).any(axis=1)
+        if self.pca_ is None:
+            return np.hstack([codes, ridge_pred[:, None].astype(np.float32), text]).astype(np.float32)
         img_p = np.full((len(inputs), self.pca_.n_components_), np.nan, dtype=np.float32)
         if have.any():
             img_p[have] = self.pca_.transform(img[have])
@@ -123,9 +125,9 @@ class LightGBMPriceRegressor:
 
         self.cats_ = CategoricalEncoder().fit(train.frame)
         have = ~np.isnan(train.image).any(axis=1)
-        n_comp = max(1, min(self.image_components, int(have.sum()) - 1, train.image.shape[1]))
-        fit_rows = train.image[have] if have.sum() > n_comp else np.zeros((n_comp + 1, train.image.shape[1]))
-        self.pca_ = PCA(n_components=n_comp, random_state=0).fit(fit_rows)
+        n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
+        # No (or too few) images in training: the image block is left out entirely.
+        self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
         oof, self.text_ridge_ = _text_ridge_oof(train, y)
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
@@ -170,7 +172,7 @@ class MLPConfig:
     mixed_precision: bool = True
     seed: int = 0
     stack_text_ridge: bool = True
-    cat_dims: tuple[int, ...] = field(default=(4, 8, 4, 4, 6, 16))
+    cat_dims: tuple[int, ...] = field(default=(4, 8, 4, 4, 6, 16, 12))
 
 
 def _build_net(n_dense: int, cards: list[int], cfg: MLPConfig):
@@ -366,6 +368,14 @@ class PriceModel:
     @property
     def name(self) -> str:
         return self.regressor.name
+
+    def known_brands(self) -> list[str]:
+        """Brands seen often enough in training to be a feature (for brand extraction)."""
+        r = self.regressor
+        cats = getattr(r, "cats_", None) or getattr(getattr(r, "featurizer_", None), "cats_", None)
+        if cats is None and hasattr(r, "members"):
+            cats = getattr(r.members[0], "cats_", None)
+        return sorted(cats.levels_.get("brand", {})) if cats is not None else []
 
     def calibrate(self, val: PriceInputs, y_val: np.ndarray, train_prices_usd: np.ndarray) -> "PriceModel":
         lo_q, hi_q = (1 - self.coverage) / 2, 1 - (1 - self.coverage) / 2

@@ -27,8 +27,17 @@ def _score(args) -> int:
     except (scoring.ListingsReadError, json.JSONDecodeError, OSError) as e:
         print(f"error: cannot read listings from {args.input}: {e}", file=sys.stderr)
         return 2
-    embedder = None if args.no_embeddings else scoring.encoder_embedder(args.encoder_backend)
-    extractor = None if args.no_extraction else scoring.rules_extractor(model.known_brands())
+    embedder = extractor = None
+    if not args.no_embeddings:
+        try:
+            embedder = scoring.encoder_embedder(args.encoder_backend)
+        except ImportError as e:  # encoder stage not installed: price from text + metadata, and say so
+            print(f"warning: no embeddings ({e}); prices use text and metadata only", file=sys.stderr)
+    if not args.no_extraction:
+        try:
+            extractor = scoring.rules_extractor(model.known_brands())
+        except ImportError as e:
+            print(f"warning: no attribute extraction ({e})", file=sys.stderr)
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor)
     out = scoring.write_scores(scores, args.output)
     counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})

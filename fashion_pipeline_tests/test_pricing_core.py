@@ -30,8 +30,8 @@ HM = DATA / "h-and-m-personalized-fashion-recommendations"
 def clean_sample() -> pd.DataFrame:
     """clean_products of the embedded sample, built by the pipeline's own readers + cleaning."""
     report = DropReport()
-    kaggle = read_kaggle_products(KAGGLE, report, check_image_files=False)
-    hm = read_hm_articles(HM, report, check_image_files=False)
+    kaggle = read_kaggle_products(KAGGLE, report)
+    hm = read_hm_articles(HM, report)
     prices = read_hm_prices(HM, hm["article_id"], report)
     s = CleaningSettings()
     return clean_products(merge_sources(kaggle, hm, prices, s, report), s, report)

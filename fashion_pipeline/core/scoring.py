@@ -52,6 +52,11 @@ ASKING_PRICE_OUTSIDE_RANGE = "asking_price_outside_training_range"
 PREDICTED_PRICE_OUTSIDE_RANGE = "predicted_price_outside_training_range"
 
 
+# Image errors (from readers.images.image_status or the encoder's image reader) that mean
+# "there is no image", as opposed to "there is a file but it cannot be decoded".
+_ABSENT_IMAGE = {"missing", "no_image_path", "file_not_found"}
+
+
 class NoPublishedModelError(RuntimeError):
     """Raised when scoring is asked for before any price model was published."""
 
@@ -127,9 +132,10 @@ def read_dataset_folder(folder: Path, report=None) -> pd.DataFrame:
     report = report if report is not None else DropReport()
     settings = CleaningSettings()
     if (folder / "styles.csv").exists():
-        frame = kaggle_to_products(read_kaggle_products(folder, report), settings, report)
+        # Images are checked at scoring time, so a corrupt one is flagged as unreadable, not as absent.
+        frame = kaggle_to_products(read_kaggle_products(folder, report, check_image_files=False), settings, report)
     elif (folder / "articles.csv").exists():
-        articles = read_hm_articles(folder, report)
+        articles = read_hm_articles(folder, report, check_image_files=False)
         frame = hm_to_products(articles, read_hm_prices(folder, articles["article_id"], report), settings, report)
     else:
         raise ListingsReadError(
@@ -208,7 +214,7 @@ def rules_extractor(brands=(), max_chars: int = 2000) -> Callable[[pd.DataFrame]
 
 def _flags(row: pd.Series, image_error: str | None, price_range: tuple[float, float] | None) -> str:
     f = []
-    if not _s(row.get("image_path")):
+    if not _s(row.get("image_path")) or image_error in _ABSENT_IMAGE:
         f.append(NO_IMAGE)
     elif image_error:
         f.append(UNREADABLE_IMAGE)
@@ -265,6 +271,10 @@ def score_listings(
     if embedder is not None and len(df):
         ids, image, text, image_errors = embedder(df, attributes)
         embeddings = (ids, image, text)
+    else:
+        from .readers.images import image_status
+
+        image_errors = [None if (s := image_status(p if _s(p) else None)) == "ok" else s for p in df["image_path"]]
     inputs = build_price_inputs(df, embeddings, attributes)
     pred = price_model.predict(inputs) if len(df) else pd.DataFrame(columns=["price_usd", "price_low_usd", "price_high_usd"])
     out = inputs.frame.copy()

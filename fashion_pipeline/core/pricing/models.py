@@ -48,7 +48,7 @@ class RidgePriceRegressor:
         best = None
         xv = self.featurizer_.transform(val) if val is not None and len(val) else None
         for a in self.alphas if xv is not None else self.alphas[:1]:
-            m = Ridge(alpha=a, solver="auto").fit(x, y)
+            m = Ridge(alpha=a, solver="lsqr").fit(x, y)  # lsqr: ~2x faster than auto on wide sparse X
             score = float(np.sqrt(np.mean((m.predict(xv) - y_val) ** 2))) if xv is not None else 0.0
             log.info("ridge alpha=%s validation rmse(log)=%.4f", a, score)
             if best is None or score < best[0]:

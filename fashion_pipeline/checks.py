@@ -1,6 +1,5 @@
 """Asset checks. The publishing gates are blocking: a failed gate skips the publish step."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

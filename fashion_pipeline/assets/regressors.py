@@ -9,7 +9,6 @@ passes (blocking checks skip downstream steps) and publishes the candidate versi
 The science lives in fashion_pipeline.core.pricing.
 """
 
-from __future__ import annotations
 
 import os
 
@@ -43,6 +42,9 @@ class RegressorConfig(dg.Config):
     mlp_device: str = Field(default="cpu", description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine).")
     mixed_precision: bool = Field(default=True,
                                   description="torch.autocast: bfloat16 on CPU, float16 + GradScaler on CUDA.")
+    train_fraction: float = Field(default=1.0, gt=0, le=1,
+                                  description="Share of the train split used (deterministic); validation and test "
+                                  "are always whole. Below 1 only for quick experiments.")
     interval_coverage: float = Field(default=0.8, gt=0, lt=1,
                                      description="Nominal coverage of the prediction intervals (split conformal).")
     embeddings_path: str = Field(
@@ -84,7 +86,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                 "mixed_precision": config.mixed_precision},
     }
     res = train_price_models(clean_products, emb, models=tuple(config.models), params=params,
-                             blend=config.blend, coverage=config.interval_coverage)
+                             blend=config.blend, coverage=config.interval_coverage,
+                             train_fraction=config.train_fraction)
     metrics = res.metrics.copy()
     best = res.best
     features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": False,

@@ -1,6 +1,5 @@
 """Scoring the incoming listings folder with the published models (logic: core/scoring.py)."""
 
-from __future__ import annotations
 
 from pathlib import Path
 
@@ -70,14 +69,28 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
             frames.append(frame)
     listings = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["product_id", "title"])
     context.log.info(f"scoring {len(listings)} listings from {folder}")
-    embedder = scoring.encoder_embedder(config.encoder_backend) if config.embed and len(listings) else None
-    extractor = scoring.rules_extractor(model.known_brands()) if config.extract_attributes else None
+    notes = {}
+    embedder = extractor = None
+    if config.embed and len(listings):
+        try:
+            embedder = scoring.encoder_embedder(config.encoder_backend)
+        except ImportError as e:  # encoder stage not in this code location: text + metadata only
+            notes["embeddings"] = f"unavailable: {e}"
+            context.log.warning(f"no embeddings for listings ({e}); prices use text and metadata only")
+    if config.extract_attributes:
+        try:
+            extractor = scoring.rules_extractor(model.known_brands())
+        except ImportError as e:
+            notes["attributes"] = f"unavailable: {e}"
+            context.log.warning(f"no attribute extraction for listings ({e})")
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor)
     return dg.Output(scores, metadata={
         "incoming_dir": dg.MetadataValue.path(str(folder)),
         "price_model_version": str(info.get("version")),
         "listings": dg.MetadataValue.int(len(scores)),
         "flag_counts": dg.MetadataValue.json(counts),
+        "stages": dg.MetadataValue.json({"embeddings": "off" if not config.embed else "on",
+                                         "attributes": "off" if not config.extract_attributes else "on", **notes}),
         "preview": md.preview(scores[["listing_id", "title", "category", "price_usd", "price_low_usd",
                                       "price_high_usd", "flags"]]),
         **md.drops(report, "not_scored"),

@@ -176,30 +176,10 @@ class MLPConfig:
 
 
 def _build_net(n_dense: int, cards: list[int], cfg: MLPConfig):
-    import torch
-    from torch import nn
+    from .net import PriceNet  # torch is imported only when an MLP is used
 
-    class PriceNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            dims = list(cfg.cat_dims) + [8] * (len(cards) - len(cfg.cat_dims))
-            self.embs = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(cards, dims))
-            n_in = n_dense + sum(dims[: len(cards)])
-            self.body = nn.Sequential(
-                nn.Linear(n_in, cfg.hidden),
-                nn.GELU(),
-                nn.Dropout(cfg.dropout),
-                nn.Linear(cfg.hidden, cfg.hidden // 2),
-                nn.GELU(),
-                nn.Dropout(cfg.dropout),
-                nn.Linear(cfg.hidden // 2, 1),
-            )
-
-        def forward(self, dense, codes):
-            e = [emb(codes[:, j]) for j, emb in enumerate(self.embs)]
-            return self.body(torch.cat([dense] + e, dim=1)).squeeze(1)
-
-    return PriceNet()
+    dims = list(cfg.cat_dims) + [8] * (len(cards) - len(cfg.cat_dims))
+    return PriceNet(n_dense, cards, dims[: len(cards)], cfg.hidden, cfg.dropout)
 
 
 class MLPPriceRegressor:

@@ -38,7 +38,7 @@ def residuals_by_category_png(actual_usd, predicted_usd, category, title: str) -
     df = pd.DataFrame({"category": pd.Series(category).fillna("(none)").to_numpy(), "residual": res})
     order = df.groupby("category")["residual"].median().sort_values().index.tolist()
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1.5))
-    ax.boxplot([df.loc[df.category == c, "residual"] for c in order], vert=False, showfliers=False)
+    ax.boxplot([df.loc[df.category == c, "residual"] for c in order], orientation="horizontal", showfliers=False)
     ax.set_yticks(range(1, len(order) + 1), [f"{c} ({int((df.category == c).sum())})" for c in order])
     ax.axvline(0, color="k", lw=1)
     ax.set(xlabel="log1p(predicted) - log1p(actual)", title=title)

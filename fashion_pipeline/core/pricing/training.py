@@ -57,6 +57,7 @@ def train_price_models(
     params: dict[str, dict] | None = None,
     blend: bool = True,
     coverage: float = 0.8,
+    train_fraction: float = 1.0,
 ) -> TrainingResult:
     """Fit each requested regressor on train, early-stop / tune on validation, score on test.
 
@@ -67,6 +68,10 @@ def train_price_models(
     rows, counts = priced_rows(products)
     inputs = build_price_inputs(rows, embeddings, attributes)
     split = inputs.frame["split"].astype(str).to_numpy()
+    if train_fraction < 1.0:  # deterministic subsample of train only; validation / test stay whole
+        keep = np.random.default_rng(0).random(len(split)) < train_fraction
+        split = np.where((split == "train") & ~keep, "unused", split)
+        counts["train_rows_unused"] = int((split == "unused").sum())
     tr, va, te = (inputs.subset(split == s) for s in ("train", "validation", "test"))
     counts.update({"train": len(tr), "validation": len(va), "test": len(te)})
     if len(tr) == 0 or len(va) == 0 or len(te) == 0:

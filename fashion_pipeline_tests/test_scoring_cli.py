@@ -138,3 +138,10 @@ def test_features_identical_at_train_and_score_time(tmp_path):
     b = f.transform(build_price_inputs(listed))
     assert a.shape == b.shape and (a != b).nnz == 0
     assert a.nnz > 0
+
+
+def test_empty_listings_give_an_empty_table_with_all_columns(store):
+    model, info = store.load(scoring.PRICE_MODEL_NAME)
+    scores, counts = scoring.score_listings(pd.DataFrame(columns=["product_id", "title"]), model, info)
+    assert list(scores.columns) == list(scoring.OUTPUT_COLUMNS) and len(scores) == 0
+    assert counts["listings"] == 0 and counts[scoring.NO_IMAGE] == 0

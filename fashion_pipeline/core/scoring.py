@@ -289,12 +289,13 @@ def score_listings(
             if c in a.columns:
                 out[c] = a[c].to_numpy()
     price_range = getattr(price_model, "price_range_", None)
-    out["flags"] = [_flags(r, e, price_range) for (_, r), e in zip(out.iterrows(), image_errors)]
+    out["flags"] = pd.Series([_flags(r, e, price_range) for (_, r), e in zip(out.iterrows(), image_errors)],
+                             index=out.index, dtype=object)
     out["price_model_version"] = (model_info or {}).get("version")
     counts = {"listings": int(len(out))}
     for flag in (NO_IMAGE, UNREADABLE_IMAGE, NO_TITLE, NO_DESCRIPTION, UNKNOWN_CATEGORY,
                  ASKING_PRICE_OUTSIDE_RANGE, PREDICTED_PRICE_OUTSIDE_RANGE):
-        counts[flag] = int(out["flags"].str.split(";").map(lambda fs, f=flag: f in fs).sum())
+        counts[flag] = sum(flag in fs.split(";") for fs in out["flags"])
     counts["embedded"] = embedder is not None
     counts["attributes_extracted"] = attributes is not None
     return out[list(OUTPUT_COLUMNS)], counts

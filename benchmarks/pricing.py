@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         "",
         "Test split (grouped by product group; never seen in training or early stopping). "
         "RMSLE and r2_log on log1p(USD), r2_raw / RMSE / MAE on USD; interval = 80% split-conformal "
-        "interval from validation residuals, coverage on test. train_seconds of `blend` = its members' times.",
+        "interval from validation residuals, coverage on test. train_seconds of `blend` = the sum of its members' times (weights fitted on validation).",
         "",
         m[cols].round(4).to_markdown(index=False),
         "",

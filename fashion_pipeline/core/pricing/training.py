@@ -61,8 +61,8 @@ def train_price_models(
 ) -> TrainingResult:
     """Fit each requested regressor on train, early-stop / tune on validation, score on test.
 
-    ``blend`` adds a validation-weighted average of the non-linear models when there are two or
-    more of them.
+    ``blend`` adds a validation-weighted average (in log space) of all fitted regressors when at
+    least two non-linear ones were trained.
     """
     params = params or {}
     rows, counts = priced_rows(products)
@@ -86,12 +86,12 @@ def train_price_models(
         fitted[kind] = PriceModel(reg, coverage).calibrate(va, y_va, tr.frame["price_usd"].to_numpy())
         seconds[kind] = secs
         log.info("%s trained in %.1f s", kind, secs)
-    members = [fitted[k].regressor for k in models if k != "ridge"]
-    if blend and len(members) >= 2:
+    members = [fitted[k].regressor for k in models]
+    if blend and len([k for k in models if k != "ridge"]) >= 2:
         t0 = time.perf_counter()
         b = BlendPriceRegressor(members).fit(tr, y_tr, va, y_va)
         fitted["blend"] = PriceModel(b, coverage).calibrate(va, y_va, tr.frame["price_usd"].to_numpy())
-        seconds["blend"] = sum(seconds[k] for k in models if k != "ridge") + time.perf_counter() - t0
+        seconds["blend"] = sum(seconds[k] for k in models) + time.perf_counter() - t0
     tables, preds = [], {}
     for name, m in fitted.items():
         table, pred = evaluate(m, te, y_te_usd)

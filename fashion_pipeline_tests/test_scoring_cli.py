@@ -145,3 +145,13 @@ def test_empty_listings_give_an_empty_table_with_all_columns(store):
     scores, counts = scoring.score_listings(pd.DataFrame(columns=["product_id", "title"]), model, info)
     assert list(scores.columns) == list(scoring.OUTPUT_COLUMNS) and len(scores) == 0
     assert counts["listings"] == 0 and counts[scoring.NO_IMAGE] == 0
+
+
+def test_listings_scored_without_the_embeddings_the_model_was_trained_with_are_flagged(store):
+    model, info = store.load(scoring.PRICE_MODEL_NAME)
+    listings = pd.DataFrame({"product_id": ["p"], "title": ["Red cotton kurta"], "description": ["Cotton"]})
+    trained_with = {**info, "features_spec": {"embeddings": "read from var/embeddings/product_embeddings.parquet"}}
+    flagged, counts = scoring.score_listings(listings, model, trained_with, embedder=None)
+    assert scoring.NO_EMBEDDINGS in flagged["flags"].iloc[0].split(";") and counts[scoring.NO_EMBEDDINGS] == 1
+    plain, _ = scoring.score_listings(listings, model, info, embedder=None)  # trained without: nothing missing
+    assert scoring.NO_EMBEDDINGS not in plain["flags"].iloc[0]

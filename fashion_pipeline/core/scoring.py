@@ -50,6 +50,8 @@ NO_TITLE = "no_title"
 UNKNOWN_CATEGORY = "unknown_category"
 ASKING_PRICE_OUTSIDE_RANGE = "asking_price_outside_training_range"
 PREDICTED_PRICE_OUTSIDE_RANGE = "predicted_price_outside_training_range"
+# The model was trained with embeddings but this run computed none (encoder not available or off).
+NO_EMBEDDINGS = "scored_without_embeddings"
 
 
 # Image errors (from readers.images.image_status or the encoder's image reader) that mean
@@ -289,12 +291,15 @@ def score_listings(
             if c in a.columns:
                 out[c] = a[c].to_numpy()
     price_range = getattr(price_model, "price_range_", None)
+    trained_with_embeddings = str(((model_info or {}).get("features_spec") or {}).get("embeddings", "")).startswith("read")
     out["flags"] = pd.Series([_flags(r, e, price_range) for (_, r), e in zip(out.iterrows(), image_errors)],
                              index=out.index, dtype=object)
+    if embedder is None and trained_with_embeddings and len(out):
+        out["flags"] = [";".join(x for x in (f, NO_EMBEDDINGS) if x) for f in out["flags"]]
     out["price_model_version"] = (model_info or {}).get("version")
     counts = {"listings": int(len(out))}
     for flag in (NO_IMAGE, UNREADABLE_IMAGE, NO_TITLE, NO_DESCRIPTION, UNKNOWN_CATEGORY,
-                 ASKING_PRICE_OUTSIDE_RANGE, PREDICTED_PRICE_OUTSIDE_RANGE):
+                 ASKING_PRICE_OUTSIDE_RANGE, PREDICTED_PRICE_OUTSIDE_RANGE, NO_EMBEDDINGS):
         counts[flag] = sum(flag in fs.split(";") for fs in out["flags"])
     counts["embedded"] = embedder is not None
     counts["attributes_extracted"] = attributes is not None

@@ -163,3 +163,17 @@ def test_train_price_models_reports_every_model_and_source():
     # Every row in the test split with a usable price is evaluated; none from other splits.
     expected = ((clean_sample()["split"] == "test") & (clean_sample()["price_status"] == "ok")).sum()
     assert res.counts["test"] == expected
+
+
+def test_known_brands_come_from_training_for_every_model_kind():
+    tr, va, _ = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    from fashion_pipeline.core.pricing.models import BlendPriceRegressor
+
+    ridge = RidgePriceRegressor().fit(tr, y_tr, va, y_va)
+    blend = BlendPriceRegressor([ridge, ridge]).fit(tr, y_tr, va, y_va)
+    for reg in (ridge, blend):
+        brands = PriceModel(reg).known_brands()
+        assert "H&M" in brands and "<missing>" not in brands
+        counts = tr.frame["brand"].value_counts()
+        assert set(brands) == set(counts[counts >= 3].index)

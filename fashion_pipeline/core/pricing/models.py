@@ -20,7 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
-from .features import CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
+from .features import MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
 
 log = logging.getLogger(__name__)
 
@@ -351,11 +351,14 @@ class PriceModel:
 
     def known_brands(self) -> list[str]:
         """Brands seen often enough in training to be a feature (for brand extraction)."""
-        r = self.regressor
-        cats = getattr(r, "cats_", None) or getattr(getattr(r, "featurizer_", None), "cats_", None)
-        if cats is None and hasattr(r, "members"):
-            cats = getattr(r.members[0], "cats_", None)
-        return sorted(cats.levels_.get("brand", {})) if cats is not None else []
+        def encoder(r):
+            found = getattr(r, "cats_", None) or getattr(getattr(r, "featurizer_", None), "cats_", None)
+            for m in getattr(r, "members", []) if found is None else []:
+                found = found or encoder(m)
+            return found
+
+        cats = encoder(self.regressor)
+        return sorted(b for b in cats.levels_.get("brand", {}) if b != MISSING) if cats is not None else []
 
     def calibrate(self, val: PriceInputs, y_val: np.ndarray, train_prices_usd: np.ndarray) -> "PriceModel":
         lo_q, hi_q = (1 - self.coverage) / 2, 1 - (1 - self.coverage) / 2

@@ -50,7 +50,8 @@ class RidgePriceRegressor:
         for a in self.alphas if xv is not None else self.alphas[:1]:
             m = Ridge(alpha=a, solver="lsqr").fit(x, y)  # lsqr: ~2x faster than auto on wide sparse X
             score = float(np.sqrt(np.mean((m.predict(xv) - y_val) ** 2))) if xv is not None else 0.0
-            log.info("ridge alpha=%s validation rmse(log)=%.4f", a, score)
+            if xv is not None:
+                log.info("ridge alpha=%s validation rmse(log)=%.4f", a, score)
             if best is None or score < best[0]:
                 best = (score, a, m)
         self.alpha_, self.model_ = best[1], best[2]

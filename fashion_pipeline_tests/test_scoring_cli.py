@@ -155,3 +155,33 @@ def test_listings_scored_without_the_embeddings_the_model_was_trained_with_are_f
     assert scoring.NO_EMBEDDINGS in flagged["flags"].iloc[0].split(";") and counts[scoring.NO_EMBEDDINGS] == 1
     plain, _ = scoring.score_listings(listings, model, info, embedder=None)  # trained without: nothing missing
     assert scoring.NO_EMBEDDINGS not in plain["flags"].iloc[0]
+
+
+def test_score_cli_on_unseen_hm_folder(tmp_path, store):
+    """An H&M-layout folder (articles.csv + transactions + images/0XX/) of test-split articles."""
+    from fashion_pipeline_tests.test_pricing_core import HM
+
+    df = clean_sample()
+    test = df[(df["source"] == "hm") & (df["split"] == "test") & (df["price_status"] == "ok")]
+    ids = set(test["source_id"].astype(str).head(12))
+    dest = tmp_path / "hm"
+    dest.mkdir()
+    arts = pd.read_csv(HM / "articles.csv", dtype=str, keep_default_na=False)
+    arts[arts["article_id"].str.zfill(10).isin(ids)].to_csv(dest / "articles.csv", index=False, quoting=csv.QUOTE_MINIMAL)
+    tx = pd.read_csv(HM / "transactions_train.csv", dtype=str)
+    tx[tx["article_id"].str.zfill(10).isin(ids)].to_csv(dest / "transactions_train.csv", index=False)
+    for aid in ids:
+        src = HM / "images" / aid[:3] / f"{aid}.jpg"
+        if src.exists():
+            (dest / "images" / aid[:3]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / "images" / aid[:3] / f"{aid}.jpg")
+    out = tmp_path / "hm.parquet"
+    assert cli.main(["score", "--input", str(dest), "--output", str(out), "--model-store", str(store.root),
+                     "--no-embeddings"]) == 0
+    scores = pd.read_parquet(out)
+    assert len(scores) == len(ids) and (scores["source"] == "hm").all()
+    assert np.isfinite(scores["price_usd"]).all() and (scores["price_usd"] > 0).all()
+    truth = test.set_index("product_id").loc[scores["listing_id"], "price_usd"].to_numpy()
+    assert np.allclose(scores["asking_price_usd"], truth)  # same price the pipeline computed
+    rmsle = np.sqrt(np.mean((np.log1p(scores["price_usd"]) - np.log1p(truth)) ** 2))
+    assert rmsle < 0.6

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import dagster as dg
+import pytest
 import duckdb
 import numpy as np
 
@@ -38,6 +39,7 @@ def _check_result(result):
     return evals[0]
 
 
+@pytest.mark.slow
 def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
     var = tmp_path / "var"
     store = ModelStore(var / "models")

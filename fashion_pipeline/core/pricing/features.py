@@ -1,0 +1,224 @@
+"""Price features: one code path for training and for scoring new listings.
+
+A product becomes a `PriceInputs`: a frame of the metadata columns the regressors read plus two
+aligned embedding matrices. `build_price_inputs` is the only way to make one, both in training
+(from clean_products + product_embeddings) and in scoring (from cleaned listings + freshly
+computed embeddings), so a feature cannot silently differ between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+# Metadata columns used as one-hot / categorical features. Each may be null at scoring time
+# (a free-form listing has no source labels); null becomes its own level "<missing>".
+CATEGORICAL_COLUMNS: tuple[str, ...] = ("source", "category", "gender", "usage", "colour", "brand", "source_category")
+# Extracted attribute columns appended to the price text when product_attributes is given.
+ATTRIBUTE_TEXT_COLUMNS: tuple[str, ...] = ("materials", "fit", "pattern", "occasion", "style")
+MISSING = "<missing>"
+TEXT_DIM = 384
+IMAGE_DIM = 1280
+
+
+def _clean_str(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    return " ".join(str(value).split())
+
+
+def _attr_text(value: Any) -> str:
+    s = _clean_str(value)
+    if s.startswith("["):
+        try:
+            return " ".join(str(v) for v in json.loads(s))
+        except json.JSONDecodeError:
+            return s
+    return s
+
+
+@dataclass
+class PriceInputs:
+    """Rows to price: metadata frame + aligned text / image embeddings (NaN rows = missing)."""
+
+    frame: pd.DataFrame
+    text: np.ndarray
+    image: np.ndarray
+    # Per-fit memo (e.g. a stacking fit shared by two regressors); never pickled with a model.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, mask: np.ndarray | pd.Series) -> "PriceInputs":
+        m = np.asarray(mask, dtype=bool)
+        return PriceInputs(self.frame[m].reset_index(drop=True), self.text[m], self.image[m])
+
+
+def build_price_inputs(
+    products: pd.DataFrame,
+    embeddings: tuple[list[str], np.ndarray, np.ndarray] | None = None,
+    attributes: pd.DataFrame | None = None,
+) -> PriceInputs:
+    """Align products with their embeddings and (optional) extracted attributes.
+
+    ``embeddings`` is what ``core.encoders.io.read_embeddings`` returns: (ids, image [n,1280],
+    text [n,384]); products without an embedding get NaN rows, which the featurizers turn into
+    zeros plus a "missing" indicator. Row order follows ``products``.
+    """
+    df = products.reset_index(drop=True).copy()
+    for col in CATEGORICAL_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    for col in ("title", "description"):
+        if col not in df.columns:
+            df[col] = ""
+    attr_text = pd.Series([""] * len(df))
+    if attributes is not None and len(attributes):
+        a = attributes.drop_duplicates("product_id").set_index("product_id")
+        a = a.reindex(df["product_id"])
+        if "brand" in a.columns:  # extracted brand fills in where the catalogue has none
+            fill = a["brand"].to_numpy()
+            df["brand"] = [b if _clean_str(b) else f for b, f in zip(df["brand"], fill)]
+        parts = [a[c].map(_attr_text).to_numpy() for c in ATTRIBUTE_TEXT_COLUMNS if c in a.columns]
+        if parts:
+            attr_text = pd.Series([" ".join(p for p in row if p) for row in zip(*parts)])
+    df["price_text"] = [
+        " ".join(p for p in (_clean_str(t), _clean_str(b), at, _clean_str(d)) if p)
+        for t, b, at, d in zip(df["title"], df["brand"], attr_text, df["description"])
+    ]
+    n = len(df)
+    text = np.full((n, TEXT_DIM), np.nan, dtype=np.float32)
+    image = np.full((n, IMAGE_DIM), np.nan, dtype=np.float32)
+    if embeddings is not None:
+        ids, img, txt = embeddings
+        pos = pd.Series(np.arange(len(ids)), index=pd.Index(ids)).drop_duplicates()
+        idx = pos.reindex(df["product_id"]).to_numpy()
+        have = ~np.isnan(idx)
+        rows = idx[have].astype(int)
+        if txt is not None and len(rows):
+            text = np.full((n, txt.shape[1]), np.nan, dtype=np.float32)
+            text[have] = txt[rows]
+        if img is not None and len(rows):
+            image = np.full((n, img.shape[1]), np.nan, dtype=np.float32)
+            image[have] = img[rows]
+    return PriceInputs(df, text, image)
+
+
+def _categorical_values(df: pd.DataFrame, col: str) -> np.ndarray:
+    return np.array([_clean_str(v) or MISSING for v in df[col]], dtype=object)
+
+
+class CategoricalEncoder:
+    """Maps each categorical column to integer codes; rare / unseen levels share code 0."""
+
+    def __init__(self, min_count: int = 3):
+        self.min_count = min_count
+        self.levels_: dict[str, dict[str, int]] = {}
+
+    def fit(self, df: pd.DataFrame) -> "CategoricalEncoder":
+        for col in CATEGORICAL_COLUMNS:
+            counts = pd.Series(_categorical_values(df, col)).value_counts()
+            keep = sorted(counts[counts >= self.min_count].index)
+            self.levels_[col] = {v: i + 1 for i, v in enumerate(keep)}  # 0 = rare / unseen
+        return self
+
+    def codes(self, df: pd.DataFrame) -> np.ndarray:
+        out = np.zeros((len(df), len(CATEGORICAL_COLUMNS)), dtype=np.int64)
+        for j, col in enumerate(CATEGORICAL_COLUMNS):
+            lv = self.levels_[col]
+            out[:, j] = [lv.get(v, 0) for v in _categorical_values(df, col)]
+        return out
+
+    def cardinalities(self) -> list[int]:
+        return [len(self.levels_[c]) + 1 for c in CATEGORICAL_COLUMNS]
+
+    def one_hot(self, df: pd.DataFrame) -> sp.csr_matrix:
+        codes = self.codes(df)
+        offsets = np.cumsum([0] + self.cardinalities()[:-1])
+        cols = (codes + offsets).ravel()
+        rows = np.repeat(np.arange(len(df)), codes.shape[1])
+        return sp.csr_matrix(
+            (np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(df), sum(self.cardinalities()))
+        )
+
+
+def dense_embeddings(inputs: PriceInputs) -> np.ndarray:
+    """[text | image | text_missing | image_missing], NaN rows replaced by zeros."""
+    t_missing = np.isnan(inputs.text).any(axis=1)
+    i_missing = np.isnan(inputs.image).any(axis=1)
+    return np.hstack(
+        [
+            np.nan_to_num(inputs.text, nan=0.0),
+            np.nan_to_num(inputs.image, nan=0.0),
+            t_missing[:, None].astype(np.float32),
+            i_missing[:, None].astype(np.float32),
+        ]
+    ).astype(np.float32)
+
+
+class EmbeddingScaler:
+    """Standardises the embedding block with train statistics (missing rows excluded)."""
+
+    def fit(self, inputs: PriceInputs) -> "EmbeddingScaler":
+        x = dense_embeddings(inputs)
+        valid = np.hstack([~np.isnan(inputs.text), ~np.isnan(inputs.image), np.ones((len(x), 2), bool)])
+        cnt = np.maximum(valid.sum(0), 1)
+        self.mean_ = (np.where(valid, x, 0).sum(0) / cnt).astype(np.float32)
+        var = (np.where(valid, (x - self.mean_) ** 2, 0).sum(0) / cnt).astype(np.float32)
+        self.scale_ = np.sqrt(var) + 1e-6
+        return self
+
+    def transform(self, inputs: PriceInputs) -> np.ndarray:
+        x = dense_embeddings(inputs)
+        z = (x - self.mean_) / self.scale_
+        # A missing embedding stays at 0 (= the train mean) so it does not look like a signal.
+        n_t = inputs.text.shape[1]
+        z[:, :n_t][np.isnan(inputs.text).any(axis=1)] = 0.0
+        z[:, n_t : n_t + inputs.image.shape[1]][np.isnan(inputs.image).any(axis=1)] = 0.0
+        return z.astype(np.float32)
+
+
+class PriceFeaturizer:
+    """Sparse design matrix for the linear model: TF-IDF(text) | one-hots | scaled embeddings."""
+
+    def __init__(self, max_features: int = 50_000, embedding_weight: float = 0.05, use_embeddings: bool = True,
+                 source_interactions: bool = True):
+        self.max_features = max_features
+        self.embedding_weight = embedding_weight
+        self.use_embeddings = use_embeddings
+        # "Frustratingly easy" domain adaptation: text and metadata columns also get a copy per
+        # source, so a word can price differently on Myntra (INR MRP) and at H&M.
+        self.source_interactions = source_interactions
+
+    def fit(self, inputs: PriceInputs) -> "PriceFeaturizer":
+        self.tfidf_ = TfidfVectorizer(
+            ngram_range=(1, 2), min_df=2, max_features=self.max_features, sublinear_tf=True, dtype=np.float32
+        ).fit(inputs.frame["price_text"])
+        self.cats_ = CategoricalEncoder().fit(inputs.frame)
+        self.sources_ = sorted(set(inputs.frame["source"].map(_clean_str)) - {""})
+        if self.use_embeddings:
+            self.scaler_ = EmbeddingScaler().fit(inputs)
+        return self
+
+    def transform(self, inputs: PriceInputs) -> sp.csr_matrix:
+        base = sp.hstack([self.tfidf_.transform(inputs.frame["price_text"]), self.cats_.one_hot(inputs.frame)],
+                         format="csr")
+        blocks = [base]
+        if self.source_interactions:
+            src = inputs.frame["source"].map(_clean_str).to_numpy()
+            for s in getattr(self, "sources_", []):
+                blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
+        if self.use_embeddings:
+            blocks.append(sp.csr_matrix(self.scaler_.transform(inputs) * self.embedding_weight))
+        return sp.hstack(blocks, format="csr", dtype=np.float32)
+
+    def fit_transform(self, inputs: PriceInputs) -> sp.csr_matrix:
+        return self.fit(inputs).transform(inputs)

@@ -1,0 +1,417 @@
+"""Price regressors, all trained on log1p(price_usd) and returning USD with an interval.
+
+Every regressor here has the same small surface (scikit-learn style):
+``fit(train, y_train, val, y_val)`` with ``PriceInputs`` and log-price targets, and
+``predict_log(inputs)``. `PriceModel` wraps one with split-conformal prediction intervals
+(quantiles of validation residuals in log space) and is what the model store keeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GroupKFold
+
+from .features import MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
+
+log = logging.getLogger(__name__)
+
+
+def _groups(inputs: PriceInputs) -> np.ndarray:
+    f = inputs.frame
+    return (f["group_id"] if "group_id" in f.columns else f["product_id"]).astype(str).to_numpy()
+
+
+class RidgePriceRegressor:
+    """Linear baseline: ridge on TF-IDF + metadata one-hots (+ scaled embeddings).
+
+    ``alpha`` is picked from ``alphas`` on the validation split.
+    """
+
+    name = "ridge"
+
+    def __init__(self, alphas: tuple[float, ...] = (0.25, 0.5, 1.0), use_embeddings: bool = True):
+        self.alphas = tuple(alphas)
+        self.use_embeddings = use_embeddings
+
+    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None):
+        self.featurizer_ = PriceFeaturizer(use_embeddings=self.use_embeddings).fit(train)
+        x = self.featurizer_.transform(train)
+        best = None
+        xv = self.featurizer_.transform(val) if val is not None and len(val) else None
+        for a in self.alphas if xv is not None else self.alphas[:1]:
+            m = Ridge(alpha=a, solver="lsqr").fit(x, y)  # lsqr: ~2x faster than auto on wide sparse X
+            score = float(np.sqrt(np.mean((m.predict(xv) - y_val) ** 2))) if xv is not None else 0.0
+            if xv is not None:
+                log.info("ridge alpha=%s validation rmse(log)=%.4f", a, score)
+            if best is None or score < best[0]:
+                best = (score, a, m)
+        self.alpha_, self.model_ = best[1], best[2]
+        return self
+
+    def predict_log(self, inputs: PriceInputs) -> np.ndarray:
+        return self.model_.predict(self.featurizer_.transform(inputs))
+
+
+def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0):
+    """Out-of-fold predictions of a TF-IDF ridge (grouped folds) plus the ridge fit on all rows.
+
+    Used as one feature for the tree / neural models (stacking): TF-IDF carries brand and
+    article-type words that embeddings blur, and out-of-fold values keep it honest on train.
+    """
+    cached = train.cache.get("text_ridge_oof")
+    if cached is not None and len(cached[0]) == len(y) and np.array_equal(cached[2], y):
+        return cached[0], cached[1]  # the tree and neural models share one stacking fit
+    oof = np.zeros(len(train), dtype=np.float64)
+    groups = _groups(train)
+    k = min(folds, len(np.unique(groups)))
+    for tr, te in GroupKFold(n_splits=k).split(np.zeros(len(train)), y, groups):
+        r = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False).fit(train.subset(_mask(len(train), tr)), y[tr])
+        oof[te] = r.predict_log(train.subset(_mask(len(train), te)))
+    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False).fit(train, y)
+    train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy())
+    return oof, full
+
+
+def _mask(n: int, idx: np.ndarray) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    m[idx] = True
+    return m
+
+
+class LightGBMPriceRegressor:
+    """Gradient-boosted trees on categorical codes, text embedding, image embedding (PCA) and a
+    stacked out-of-fold TF-IDF ridge prediction; early stopping on validation."""
+
+    name = "lightgbm"
+
+    def __init__(
+        self,
+        n_estimators: int = 2000,
+        learning_rate: float = 0.05,
+        num_leaves: int = 63,
+        image_components: int = 32,
+        early_stopping_rounds: int = 100,
+        num_threads: int = 2,
+    ):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.image_components = image_components
+        self.early_stopping_rounds = early_stopping_rounds
+        self.num_threads = num_threads
+
+    def _design(self, inputs: PriceInputs, ridge_pred: np.ndarray) -> np.ndarray:
+        codes = self.cats_.codes(inputs.frame).astype(np.float32)
+        text = inputs.text  # NaN rows: LightGBM treats them as missing natively
+        img = inputs.image
+        have = ~np.isnan(img).any(axis=1)
+        if self.pca_ is None:
+            return np.hstack([codes, ridge_pred[:, None].astype(np.float32), text]).astype(np.float32)
+        img_p = np.full((len(inputs), self.pca_.n_components_), np.nan, dtype=np.float32)
+        if have.any():
+            img_p[have] = self.pca_.transform(img[have])
+        return np.hstack([codes, ridge_pred[:, None].astype(np.float32), text, img_p]).astype(np.float32)
+
+    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None):
+        import lightgbm as lgb
+
+        self.cats_ = CategoricalEncoder().fit(train.frame)
+        have = ~np.isnan(train.image).any(axis=1)
+        n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
+        # No (or too few) images in training: the image block is left out entirely.
+        self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
+        oof, self.text_ridge_ = _text_ridge_oof(train, y)
+        x = self._design(train, oof)
+        n_cat = len(self.cats_.cardinalities())
+        params = dict(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=10,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.5,
+            reg_lambda=1.0,
+            n_jobs=self.num_threads,
+            random_state=0,
+            verbose=-1,
+        )
+        self.model_ = lgb.LGBMRegressor(**params)
+        fit_kw: dict = {"categorical_feature": list(range(n_cat))}
+        if val is not None and len(val):
+            xv = self._design(val, self.text_ridge_.predict_log(val))
+            fit_kw.update(eval_X=(xv,), eval_y=(y_val,))
+            fit_kw["callbacks"] = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        self.model_.fit(x, y, **fit_kw)
+        self.best_iteration_ = int(self.model_.best_iteration_ or self.n_estimators)
+        return self
+
+    def predict_log(self, inputs: PriceInputs) -> np.ndarray:
+        x = self._design(inputs, self.text_ridge_.predict_log(inputs))
+        return self.model_.predict(x, num_iteration=self.best_iteration_)
+
+
+@dataclass
+class MLPConfig:
+    hidden: int = 512
+    dropout: float = 0.2
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 5
+    device: str = "cpu"  # chosen by configuration (a compute resource), never guessed here
+    mixed_precision: bool = True
+    seed: int = 0
+    stack_text_ridge: bool = True
+    cat_dims: tuple[int, ...] = field(default=(4, 8, 4, 4, 6, 16, 12))
+
+
+def _build_net(n_dense: int, cards: list[int], cfg: MLPConfig):
+    from .net import PriceNet  # torch is imported only when an MLP is used
+
+    dims = list(cfg.cat_dims) + [8] * (len(cards) - len(cfg.cat_dims))
+    return PriceNet(n_dense, cards, dims[: len(cards)], cfg.hidden, cfg.dropout)
+
+
+class MLPPriceRegressor:
+    """PyTorch MLP on the raw (standardised, not PCA-reduced) text + image embeddings, learned
+    embeddings of the metadata columns and, by default, the stacked TF-IDF ridge prediction.
+
+    Mixed precision through ``torch.autocast``: bfloat16 on CPU, float16 with a GradScaler on
+    CUDA. Early stopping keeps the weights of the best validation epoch.
+    """
+
+    name = "mlp"
+
+    def __init__(self, config: MLPConfig | None = None):
+        self.config = config or MLPConfig()
+
+    def _dense(self, inputs: PriceInputs, ridge_pred: np.ndarray | None) -> np.ndarray:
+        z = self.scaler_.transform(inputs)
+        if ridge_pred is not None:
+            z = np.hstack([z, ((ridge_pred - self.y_mean_) / self.y_std_)[:, None].astype(np.float32)])
+        return z
+
+    def _amp(self, torch, device):
+        cfg = self.config
+        if not cfg.mixed_precision:
+            return torch.autocast(device_type=device.type, enabled=False), None
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+        return torch.autocast("cpu", dtype=torch.bfloat16), None
+
+    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None):
+        import torch
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        device = torch.device(cfg.device)
+        self.scaler_ = EmbeddingScaler().fit(train)
+        self.cats_ = CategoricalEncoder().fit(train.frame)
+        self.y_mean_, self.y_std_ = float(np.mean(y)), float(np.std(y) + 1e-6)
+        ridge_tr = None
+        self.text_ridge_ = None
+        if cfg.stack_text_ridge:
+            ridge_tr, self.text_ridge_ = _text_ridge_oof(train, y)
+        x = torch.from_numpy(self._dense(train, ridge_tr)).to(device)
+        c = torch.from_numpy(self.cats_.codes(train.frame)).to(device)
+        t = torch.from_numpy(((y - self.y_mean_) / self.y_std_).astype(np.float32)).to(device)
+        has_val = val is not None and len(val) > 0
+        if has_val:
+            xv = torch.from_numpy(self._dense(val, self._ridge(val))).to(device)
+            cv = torch.from_numpy(self.cats_.codes(val.frame)).to(device)
+        net = _build_net(x.shape[1], self.cats_.cardinalities(), cfg).to(device)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        autocast, scaler = self._amp(torch, device)
+        best = (np.inf, None, 0)
+        self.history_: list[dict] = []
+        for epoch in range(cfg.epochs):
+            net.train()
+            order = torch.from_numpy(rng.permutation(len(x))).to(device)
+            total = 0.0
+            for s in range(0, len(x), cfg.batch_size):
+                idx = order[s : s + cfg.batch_size]
+                opt.zero_grad(set_to_none=True)
+                with autocast:
+                    pred = net(x[idx], c[idx])
+                loss = torch.nn.functional.smooth_l1_loss(pred.float(), t[idx], beta=0.5)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                total += float(loss.detach()) * len(idx)
+            sched.step()
+            rec = {"epoch": epoch + 1, "train_loss": total / len(x)}
+            if has_val:
+                pv = self._predict_tensor(net, xv, cv, autocast)
+                rec["val_rmse_log"] = float(np.sqrt(np.mean((pv - y_val) ** 2)))
+                if rec["val_rmse_log"] < best[0]:
+                    best = (rec["val_rmse_log"], copy.deepcopy(net.state_dict()), epoch + 1)
+                elif epoch + 1 - best[2] >= cfg.patience:
+                    self.history_.append(rec)
+                    log.info("mlp early stop at epoch %d (best %d)", epoch + 1, best[2])
+                    break
+            self.history_.append(rec)
+            log.info("mlp epoch %s", rec)
+        if best[1] is not None:
+            net.load_state_dict(best[1])
+        self.best_epoch_ = best[2] if best[1] is not None else cfg.epochs
+        # Keep weights on the CPU so the stored model loads anywhere.
+        self.net_ = net.to("cpu").eval()
+        self._device_used = str(device)
+        return self
+
+    def _ridge(self, inputs: PriceInputs):
+        return None if self.text_ridge_ is None else self.text_ridge_.predict_log(inputs)
+
+    def _predict_tensor(self, net, x, c, autocast) -> np.ndarray:
+        import torch
+
+        net.eval()
+        out = []
+        with torch.no_grad(), autocast:
+            for s in range(0, len(x), 4096):
+                out.append(net(x[s : s + 4096], c[s : s + 4096]).float().cpu().numpy())
+        return np.concatenate(out) * self.y_std_ + self.y_mean_ if out else np.zeros(0)
+
+    def predict_log(self, inputs: PriceInputs) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(self._dense(inputs, self._ridge(inputs)))
+        c = torch.from_numpy(self.cats_.codes(inputs.frame))
+        autocast, _ = self._amp(torch, torch.device("cpu"))
+        return self._predict_tensor(self.net_, x, c, autocast)
+
+
+class BlendPriceRegressor:
+    """Weighted average (in log space) of already-fitted regressors; the weight of each is
+    chosen on validation by a small grid. Not refitted: it reuses its members."""
+
+    name = "blend"
+
+    def __init__(self, members: list):
+        self.members = members
+
+    def fit(self, train, y, val: PriceInputs, y_val):
+        preds = np.stack([m.predict_log(val) for m in self.members], axis=1)
+        best = None
+        grid = np.linspace(0, 1, 11)
+        if len(self.members) == 2:
+            cands = [np.array([w, 1 - w]) for w in grid]
+        else:
+            cands = [np.array(w) / sum(w) for w in _simplex(len(self.members), 10)]
+        for w in cands:
+            s = float(np.sqrt(np.mean((preds @ w - y_val) ** 2)))
+            if best is None or s < best[0]:
+                best = (s, w)
+        self.weights_ = best[1]
+        return self
+
+    def predict_log(self, inputs: PriceInputs) -> np.ndarray:
+        return np.stack([m.predict_log(inputs) for m in self.members], axis=1) @ self.weights_
+
+
+def _simplex(k: int, steps: int):
+    if k == 1:
+        yield (steps,)
+        return
+    for i in range(steps + 1):
+        for rest in _simplex(k - 1, steps - i):
+            yield (i,) + rest
+
+
+class PriceModel:
+    """A fitted regressor + prediction intervals + the training price range.
+
+    Intervals are split-conformal: quantiles of (actual - predicted) log residuals on the
+    validation split, per source where a source has enough rows, else pooled.
+    """
+
+    def __init__(self, regressor, coverage: float = 0.8):
+        self.regressor = regressor
+        self.coverage = coverage
+
+    @property
+    def name(self) -> str:
+        return self.regressor.name
+
+    def known_brands(self) -> list[str]:
+        """Brands seen often enough in training to be a feature (for brand extraction)."""
+        def encoder(r):
+            found = getattr(r, "cats_", None) or getattr(getattr(r, "featurizer_", None), "cats_", None)
+            for m in getattr(r, "members", []) if found is None else []:
+                found = found or encoder(m)
+            return found
+
+        cats = encoder(self.regressor)
+        return sorted(b for b in cats.levels_.get("brand", {}) if b != MISSING) if cats is not None else []
+
+    def calibrate(self, val: PriceInputs, y_val: np.ndarray, train_prices_usd: np.ndarray) -> "PriceModel":
+        lo_q, hi_q = (1 - self.coverage) / 2, 1 - (1 - self.coverage) / 2
+        res = y_val - self.regressor.predict_log(val)
+        self.residual_quantiles_ = {"*": (float(np.quantile(res, lo_q)), float(np.quantile(res, hi_q)))}
+        src = val.frame["source"].astype(str).to_numpy()
+        for s in np.unique(src):
+            r = res[src == s]
+            if len(r) >= 30:
+                self.residual_quantiles_[s] = (float(np.quantile(r, lo_q)), float(np.quantile(r, hi_q)))
+        self.price_range_ = (float(np.min(train_prices_usd)), float(np.max(train_prices_usd)))
+        return self
+
+    def predict(self, inputs: PriceInputs) -> pd.DataFrame:
+        """Columns: price_usd, price_low_usd, price_high_usd (all > 0)."""
+        lp = self.regressor.predict_log(inputs)
+        src = inputs.frame["source"].astype(str).to_numpy() if "source" in inputs.frame else np.array([""] * len(lp))
+        q = np.array([self.residual_quantiles_.get(s, self.residual_quantiles_["*"]) for s in src]).reshape(-1, 2)
+        # log1p target: keep predictions at or above a cent so prices stay positive.
+        price = np.maximum(np.expm1(lp), 0.01)
+        low = np.maximum(np.expm1(lp + q[:, 0]), 0.01)
+        high = np.maximum(np.expm1(lp + q[:, 1]), price)
+        return pd.DataFrame({"price_usd": price, "price_low_usd": np.minimum(low, price), "price_high_usd": high})
+
+
+def train_regressor(kind: str, train: PriceInputs, y: np.ndarray, val: PriceInputs, y_val: np.ndarray, **params):
+    """Fit one regressor by name; returns (regressor, seconds)."""
+    t0 = time.perf_counter()
+    if kind == "ridge":
+        reg = RidgePriceRegressor(**params)
+    elif kind == "lightgbm":
+        reg = LightGBMPriceRegressor(**params)
+    elif kind == "mlp":
+        reg = MLPPriceRegressor(MLPConfig(**params))
+    else:
+        raise ValueError(f"unknown regressor {kind!r}; expected ridge, lightgbm or mlp")
+    reg.fit(train, y, val, y_val)
+    return reg, time.perf_counter() - t0
+
+
+def log_target(price_usd) -> np.ndarray:
+    return np.log1p(np.asarray(price_usd, dtype=np.float64))
+
+
+__all__ = [
+    "RidgePriceRegressor",
+    "LightGBMPriceRegressor",
+    "MLPPriceRegressor",
+    "MLPConfig",
+    "BlendPriceRegressor",
+    "PriceModel",
+    "train_regressor",
+    "log_target",
+    "sp",
+]

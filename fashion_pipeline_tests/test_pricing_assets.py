@@ -1,0 +1,119 @@
+"""Real Dagster materializations of the pricing assets on the embedded sample: train, gate,
+publish, score the incoming folder; then a worse candidate is refused by the blocking check."""
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+import duckdb
+import numpy as np
+
+from fashion_pipeline.checks import price_regressor_gate
+from fashion_pipeline.core import scoring
+from fashion_pipeline.core.model_store import ModelStore
+from fashion_pipeline_tests.conftest import SAMPLE_ROOT
+from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, resources_for
+from fashion_pipeline_tests.test_scoring_cli import _kaggle_listing_folder, _unseen_kaggle_ids
+
+PRICING = ["regressor_metrics", "published_price_regressor"]
+
+
+def _run(names, var_dir, run_config, with_check=True):
+    # Upstream assets are in the definitions (their tables are read from the warehouse) but only
+    # ``names`` run.
+    defs = assets_by_name(*set(INGEST_CHAIN + PRICING + names)) + ([price_regressor_gate] if with_check else [])
+    return dg.materialize(defs, resources=resources_for(SAMPLE_ROOT, var_dir), run_config=run_config,
+                          raise_on_error=False, selection=names)
+
+
+def _reg_config(**kw):
+    cfg = {"models": ["ridge"], "blend": False, "mlp_epochs": 3, "mlp_hidden": 64, "lightgbm_estimators": 80}
+    cfg.update(kw)
+    return {"ops": {"regressor_metrics": {"config": cfg}}}
+
+
+def _check_result(result):
+    evals = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert len(evals) == 1
+    return evals[0]
+
+
+@pytest.mark.slow
+def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
+    var = tmp_path / "var"
+    store = ModelStore(var / "models")
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    _kaggle_listing_folder(incoming / "shop_a", _unseen_kaggle_ids(20))
+    (incoming / "extra.json").write_text(json.dumps([
+        {"listing_id": "x1", "title": "Puma Men Grey Sports Shoes", "description": "", "image_path": ""},
+        {"listing_id": "x2", "title": "Silk scarf", "description": "Printed silk", "category": "Moon boots"},
+    ]))
+    (incoming / "notes.txt").write_text("not a listing file: ignored by suffix")
+
+    # 1. First candidate: a ridge on a fifth of the train rows. Nothing is published yet and the
+    #    baseline is the candidate itself, so the gate passes and it is published.
+    r1 = _run(INGEST_CHAIN + PRICING, var, _reg_config(train_fraction=0.2))
+    assert r1.success
+    assert _check_result(r1).passed
+    v1 = store.published(scoring.PRICE_MODEL_NAME)["version"]
+
+    # 2. A better candidate (all train rows, three regressors): accepted and published; the
+    #    incoming folder is scored with it.
+    r2 = _run(PRICING + ["scored_listings"], var, {
+        **_reg_config(models=["ridge", "lightgbm", "mlp"]),
+        "ops": {**_reg_config(models=["ridge", "lightgbm", "mlp"])["ops"],
+                "scored_listings": {"config": {"incoming_dir": str(incoming), "embed": False}}},
+    })
+    assert r2.success, [e.message for e in r2.all_events if e.event_type_value == "STEP_FAILURE"]
+    check2 = _check_result(r2)
+    assert check2.passed
+    assert "published [all]" in check2.metadata["decision"].value
+    v2 = store.published(scoring.PRICE_MODEL_NAME)["version"]
+    assert v2 != v1
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        m = con.execute("select model, source, rmsle, r2_log, r2_raw, candidate, version from regressor_metrics").df()
+        scores = con.execute("select * from scored_listings").df()
+    assert {"ridge", "lightgbm", "mlp", "published"} <= set(m["model"])
+    assert {"all", "kaggle", "hm"} == set(m["source"])
+    cand = m[m["candidate"]]
+    assert set(cand["version"]) == {v2}
+    published_before = m[(m["model"] == "published") & (m["source"] == "all")]["rmsle"].iloc[0]
+    assert cand[cand["source"] == "all"]["rmsle"].iloc[0] <= published_before
+    mats = {e.event_specific_data.materialization.asset_key.path[-1]: e.event_specific_data.materialization.metadata
+            for e in r2.get_asset_materialization_events()}
+    assert mats["regressor_metrics"]["predicted_vs_actual"].value.startswith("![predicted vs actual](data:image/png;base64,")
+    assert "residuals_by_category" in mats["regressor_metrics"]
+    # scored listings: 20 real unseen Kaggle products + 2 JSON listings; the .txt is ignored
+    assert len(scores) == 22
+    assert np.isfinite(scores["price_usd"]).all() and (scores["price_usd"] > 0).all()
+    assert (scores["price_model_version"] == v2).all()
+    x2 = scores.set_index("listing_id").loc["extra/x2", "flags"].split(";")
+    assert scoring.UNKNOWN_CATEGORY in x2 and scoring.NO_IMAGE in x2
+    assert mats["scored_listings"]["listings"].value == 22
+
+    # 3. A worse candidate (ridge on a fifth of the data again) is refused by the blocking
+    #    check; the publish step does not run and the published version stays.
+    r3 = _run(PRICING, var, _reg_config(train_fraction=0.2))
+    check3 = _check_result(r3)
+    assert not check3.passed
+    assert "REFUSED" in check3.metadata["decision"].value
+    published_steps = [e for e in r3.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+                       and e.event_specific_data.materialization.asset_key.path[-1] == "published_price_regressor"]
+    assert not published_steps
+    assert store.published(scoring.PRICE_MODEL_NAME)["version"] == v2
+
+
+def test_scored_listings_without_a_published_model_names_the_asset(tmp_path):
+    var = tmp_path / "var"
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    shutil.copy(next((SAMPLE_ROOT / "fashion-product-images" / "images").glob("*.jpg")), incoming / "a.jpg")
+    (incoming / "l.csv").write_text("title,description,image_path\nRed dress,Cotton,a.jpg\n")
+    r = dg.materialize(assets_by_name(*(INGEST_CHAIN + PRICING + ["scored_listings"])), resources=resources_for(SAMPLE_ROOT, var),
+                       run_config={"ops": {"scored_listings": {"config": {"incoming_dir": str(incoming)}}}},
+                       raise_on_error=False, selection=["scored_listings"])
+    assert not r.success
+    failure = [e for e in r.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    assert "published_price_regressor" in str(failure.event_specific_data.error)

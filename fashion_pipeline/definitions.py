@@ -11,7 +11,7 @@ import os
 
 import dagster as dg
 
-from fashion_pipeline import assets
+from fashion_pipeline import assets, checks
 from fashion_pipeline.jobs import ALL_JOBS
 from fashion_pipeline.resources import build_resources
 from fashion_pipeline.schedules import build_retraining_schedule
@@ -43,7 +43,7 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
 
 all_assets = with_scoring_automation(dg.load_assets_from_package_module(assets))
 # Standalone @dg.asset_check functions in the asset modules (load_assets_... does not return them).
-all_asset_checks = dg.load_asset_checks_from_package_module(assets)
+all_asset_checks = [*dg.load_asset_checks_from_package_module(assets), *dg.load_asset_checks_from_modules([checks])]
 
 defs = dg.Definitions(
     assets=all_assets,

@@ -25,11 +25,17 @@ def _write_embeddings(products, path):
     img_col = {pid: v for pid, v in zip(with_image["product_id"], image)}
     txt_col = {pid: v for pid, v in zip(with_image["product_id"], text)}
     ids = products["product_id"].tolist()
+    from fashion_pipeline.core.encoders.io import embeddings_schema
+
+    schema = embeddings_schema({"image_dim": image.shape[1], "text_dim": text.shape[1], "backend": "offline",
+                                "aligned": "false"})
     table = pa.table({
         "product_id": pa.array(ids, pa.string()),
         "image_embedding": pa.array([img_col[i].tolist() if i in img_col else None for i in ids], pa.list_(pa.float32())),
         "text_embedding": pa.array([txt_col[i].tolist() if i in txt_col else None for i in ids], pa.list_(pa.float32())),
-    })
+        "image_status": pa.array(["ok" if i in img_col else "missing" for i in ids], pa.string()),
+        "text_status": pa.array(["ok" if i in txt_col else "missing" for i in ids], pa.string()),
+    }).cast(schema)
     pq.write_table(table, path)
 
 

@@ -52,3 +52,13 @@ def test_model_store_versions_publish_and_load(tmp_path):
     assert model == {"w": 1} and info["metrics"]["r2"] == 0.5 and store.published("price")["version"] == v1
     with pytest.raises(ModelNotFoundError):
         store.publish("price", "no-such-version")
+
+
+def test_a_parquet_view_is_queryable_even_with_a_quote_in_its_path(tmp_path):
+    path = tmp_path / "w.duckdb"
+    folder = tmp_path / "it's here"
+    folder.mkdir()
+    pd.DataFrame({"product_id": ["a", "b"], "x": [1.0, 2.0]}).to_parquet(folder / "e.parquet")
+    wh.create_parquet_view(path, "emb", folder / "e.parquet")
+    with wh.connect(path) as con:
+        assert con.execute('select sum(x) from "emb"').fetchall()[0][0] == 3.0

@@ -118,8 +118,13 @@ def read_table(path: str | Path, name: str, timeout_s: float = 600.0) -> pd.Data
         return con.execute(f"SELECT * FROM {table}").df()
 
 
-def create_parquet_view(path: str | Path, name: str, parquet_path: str | Path) -> None:
-    """A view over a Parquet file, so large arrays stay in Parquet yet are queryable in SQL."""
+def create_parquet_view(path: str | Path, name: str, parquet_path: str | Path, timeout_s: float = 600.0) -> None:
+    """A view over a Parquet file, so large arrays stay in Parquet yet are queryable in SQL.
+
+    DuckDB does not accept a bound parameter inside CREATE VIEW, so the path is inlined as an
+    escaped string literal."""
     view = quote_ident(name)
-    with connect(path) as con:
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet(?)", [str(Path(parquet_path).resolve())])
+    literal = "'" + str(Path(parquet_path).resolve()).replace("'", "''") + "'"
+    with connect(path, timeout_s=timeout_s) as con:
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({literal})")
+

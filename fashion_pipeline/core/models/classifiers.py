@@ -163,7 +163,25 @@ def fit_classical(name: str, x, y_codes: np.ndarray, seed: int = 0, n_threads: i
     return est, time.perf_counter() - t0
 
 
-class TaskClassifier:
+class ServingPredictions:
+    """predict / predict_proba for a serving classifier that defines ``classes`` and
+    ``_proba_array(frame) -> [n, n_classes]``: shared by the classical and neural models."""
+
+    def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self._proba_array(frame), columns=self.classes, index=frame.index)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        p = self._proba_array(frame)
+        out = pd.DataFrame(
+            {"label": np.asarray(self.classes, dtype=object)[p.argmax(axis=1)], "confidence": p.max(axis=1)},
+            index=frame.index,
+        )
+        if "product_id" in frame.columns:
+            out.insert(0, "product_id", frame["product_id"].to_numpy())
+        return out
+
+
+class TaskClassifier(ServingPredictions):
     """A serving classifier for one task: featurizer + fitted model + label names.
 
     Usage (what scoring calls)::
@@ -191,19 +209,6 @@ class TaskClassifier:
         # Estimators may have seen only a subset of the label codes.
         out = np.zeros((len(frame), len(self.classes)), np.float64)
         out[:, np.asarray(self.estimator.classes_, int)] = p
-        return out
-
-    def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(self._proba_array(frame), columns=self.classes, index=frame.index)
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        p = self._proba_array(frame)
-        out = pd.DataFrame(
-            {"label": np.asarray(self.classes, dtype=object)[p.argmax(axis=1)], "confidence": p.max(axis=1)},
-            index=frame.index,
-        )
-        if "product_id" in frame.columns:
-            out.insert(0, "product_id", frame["product_id"].to_numpy())
         return out
 
     def features_spec(self) -> dict:

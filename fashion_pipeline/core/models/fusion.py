@@ -29,6 +29,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from fashion_pipeline.core.models.classifiers import ServingPredictions
+
 ARCHITECTURES = ("image_cnn", "multimodal_cnn", "clip_fusion")
 
 
@@ -186,7 +188,7 @@ def predict_multitask(net: MultiTaskNet, x: np.ndarray, tokens: np.ndarray | Non
     return {t: np.concatenate(v) if v else np.zeros((0, net.heads[t].out_features)) for t, v in outs.items()}
 
 
-class NeuralTaskClassifier:
+class NeuralTaskClassifier(ServingPredictions):
     """Serving wrapper for one head of a multitask network; same interface as TaskClassifier.
 
     ``predict(frame)`` -> DataFrame[product_id?, label, confidence];
@@ -207,19 +209,6 @@ class NeuralTaskClassifier:
         x = self.featurizer.transform(frame, self.kind)
         tok = self.sequencer.transform(frame) if self.sequencer is not None else None
         return predict_multitask(self.net, x, tok)[self.task]
-
-    def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(self._proba_array(frame), columns=self.classes, index=frame.index)
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        p = self._proba_array(frame)
-        out = pd.DataFrame(
-            {"label": np.asarray(self.classes, dtype=object)[p.argmax(axis=1)], "confidence": p.max(axis=1)},
-            index=frame.index,
-        )
-        if "product_id" in frame.columns:
-            out.insert(0, "product_id", frame["product_id"].to_numpy())
-        return out
 
     def features_spec(self) -> dict:
         spec = {"task": self.task, "model": self.model_name, "kind": self.kind, "classes": self.classes,

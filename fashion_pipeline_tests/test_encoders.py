@@ -299,3 +299,40 @@ def test_duplicate_product_ids_are_refused(offline, catalogue, tmp_path):
     dup = pd.concat([catalogue.iloc[:2], catalogue.iloc[:1]])
     with pytest.raises(ValueError, match="duplicated product_id"):
         embed_products(dup, offline, tmp_path / "e.parquet", tmp_path / "c")
+
+
+def test_precision_auto_follows_the_hardware_and_refuses_what_it_cannot_do(monkeypatch):
+    from fashion_pipeline.core.encoders import base
+
+    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: True)
+    assert base.resolve_precision("auto", "cpu") == "bf16"
+    assert base.resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: False)
+    assert base.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(EncoderConfigError, match="native bf16"):
+        base.resolve_precision("bf16", "cpu")
+    with pytest.raises(EncoderConfigError, match="fp16"):
+        base.resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.skipif(not __import__("fashion_pipeline.core.encoders.base", fromlist=["x"]).cpu_has_native_bf16(),
+                    reason="this CPU has no native bf16")
+def test_cpu_bf16_embeddings_match_fp32_and_are_cached_apart(catalogue):
+    """bf16 autocast on CPU must give the same embeddings as fp32 up to rounding, and a different
+    encoder identity (so a cache filled in one precision is never served to the other)."""
+    fp32 = build_backend("offline", resolution=64, precision="fp32")
+    bf16 = build_backend("offline", resolution=64, precision="bf16")
+    assert fp32.text.identity != bf16.text.identity and fp32.image.identity != bf16.image.identity
+    texts = ["slim fit blue denim jeans with five pockets", "gold wrist watch", "cotton summer dress"]
+    a, b = fp32.encode_text_batch(texts), bf16.encode_text_batch(texts)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert min(_cos(x, y) for x, y in zip(a, b)) > 0.99
+    from PIL import Image as _Image
+
+    tf = fp32.image_transform()
+    real = damaged.real_images(3, hm=1)
+    import torch
+
+    px = torch.stack([tf(_Image.open(p).convert("RGB")) for p in real])
+    ia, ib = fp32.encode_image_batch(px), bf16.encode_image_batch(px)
+    assert ib.dtype == np.float32 and min(_cos(x, y) for x, y in zip(ia, ib)) > 0.98

@@ -37,7 +37,9 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return build_backend("open_clip", model_name="ignored-when-local-dir", pretrained=f"local-dir:{tiny_dir[0]}")
+    # fp32: these tests compare with the reference model's own fp32 outputs (auto = bf16 on CPUs with native bf16).
+    return build_backend("open_clip", model_name="ignored-when-local-dir", pretrained=f"local-dir:{tiny_dir[0]}",
+                         precision="fp32")
 
 
 def test_local_dir_model_loads_the_saved_weights_and_is_aligned(tiny, tiny_dir):

@@ -38,7 +38,12 @@ def _score(args) -> int:
             extractor = scoring.rules_extractor(model.known_brands())
         except ImportError as e:
             print(f"warning: no attribute extraction ({e})", file=sys.stderr)
-    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor)
+    classifiers = {} if args.no_classifiers else scoring.load_published_classifiers(store)
+    if not classifiers and not args.no_classifiers:
+        print(f"warning: no published classifiers in {store.root}; category / gender / usage are taken from the "
+              f"listings as given (materialize '{scoring.CLASSIFIER_ASSET}' to predict them)", file=sys.stderr)
+    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
+                                            classifiers=classifiers)
     out = scoring.write_scores(scores, args.output)
     counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})
     print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2))
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--no-embeddings", action="store_true",
                     help="Skip image/text embeddings (faster; the model then prices from text and metadata).")
     sc.add_argument("--no-extraction", action="store_true", help="Skip attribute extraction.")
+    sc.add_argument("--no-classifiers", action="store_true",
+                    help="Do not predict category / gender / usage; use the listings' own values only.")
     sc.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

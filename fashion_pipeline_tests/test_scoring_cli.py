@@ -187,3 +187,67 @@ def test_score_cli_on_unseen_hm_folder(tmp_path, store):
     train = df.query("split == 'train' and price_status == 'ok' and source == 'hm'")
     median_rmsle = np.sqrt(np.mean((np.log1p(train["price_usd"].median()) - np.log1p(truth)) ** 2))
     assert rmsle < median_rmsle  # 12 articles, small H&M sample: only "better than a constant"
+
+
+# ------------------------------------------------------------- published classifiers at scoring time
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory, store):
+    """The price store plus serving classifiers for every task and regime, trained (logreg) on
+    the sample's train split with real offline embeddings, and published like the asset does."""
+    from fashion_pipeline.core.features import with_embeddings
+    from fashion_pipeline.core.models.leaderboard import LeaderboardConfig, run_leaderboard
+
+    df = clean_sample()
+    embed = scoring.encoder_embedder("offline", resolution=64)
+    ids, image, text, _ = embed(df, None)
+    frame = with_embeddings(df, ids, image, text)
+    res = run_leaderboard(frame, LeaderboardConfig(classical=("logreg",), neural=(), n_threads=1))
+    s = ModelStore(tmp_path_factory.mktemp("models_cls"))
+    s.publish(scoring.PRICE_MODEL_NAME, s.save(scoring.PRICE_MODEL_NAME, *store.load(scoring.PRICE_MODEL_NAME)[:1],
+                                               {"kind": "copy"}, {}))
+    for (task, regime), clf in res.serving.items():
+        name = scoring.classifier_name(task, regime)
+        s.publish(name, s.save(name, clf, {}, clf.features_spec()))
+    return s, embed
+
+
+def test_free_form_listings_get_category_gender_usage_from_the_published_classifiers(classified):
+    s, embed = classified
+    df = clean_sample()
+    test = df[(df["split"] == "test") & df["image_path"].notna() & df["gender"].notna()].head(60).reset_index(drop=True)
+    # What a seller types: no category / gender / usage; a third give only a title, a third only a photo.
+    listings = test[["product_id", "title", "description", "image_path"]].copy()
+    third = len(listings) // 3
+    listings.loc[third : 2 * third - 1, "description"] = ""
+    listings.loc[2 * third :, ["title", "description"]] = ""
+    listings.loc[0, "category"] = "Footwear"  # a stated, valid value is kept
+    model, info = s.load(scoring.PRICE_MODEL_NAME)
+    out, counts = scoring.score_listings(listings, model, info, embedder=embed,
+                                         classifiers=scoring.load_published_classifiers(s))
+    assert list(out.columns) == list(scoring.OUTPUT_COLUMNS) and len(out) == len(listings)
+    assert list(out["classifier_regime"]) == ["full"] * third + ["sparse"] * third + ["image"] * (len(out) - 2 * third)
+    assert counts["classified_by_regime"] == {"full": third, "sparse": third, "image": len(out) - 2 * third}
+    assert out.loc[0, "category"] == "Footwear" and out["category"].iloc[1:].equals(out["category_predicted"].iloc[1:])
+    for task, classes in (("category", scoring.CATEGORIES), ("gender", scoring.GENDERS)):
+        assert out[f"{task}_predicted"].isin(classes).all()
+        assert out[f"{task}_confidence"].between(0, 1).all()
+    assert scoring.UNKNOWN_CATEGORY not in ";".join(out["flags"]) and counts[scoring.NOT_CLASSIFIED] == 0
+    # Better than guessing the most frequent training class, in every regime (60 unseen test products).
+    train = df[df["split"] == "train"]
+    for task in ("category", "gender"):
+        acc = (out[f"{task}_predicted"].to_numpy() == test[task].to_numpy())
+        base = float((test[task] == train[task].mode()[0]).mean())
+        assert acc[1:third].mean() > base and acc[third : 2 * third].mean() > base, task
+        assert acc.mean() > base + 0.1, task
+
+
+def test_without_published_classifiers_the_stated_values_are_kept_and_flagged(store):
+    model, info = store.load(scoring.PRICE_MODEL_NAME)
+    listings = pd.DataFrame({"product_id": ["a", "b"], "title": ["Red kurta", "Blue jeans"], "description": ["", ""],
+                             "category": ["Topwear", "Spaceships"]})
+    out, counts = scoring.score_listings(listings, model, info, classifiers={})
+    assert list(out["category"]) == ["Topwear", "Spaceships"] and out["category_predicted"].isna().all()
+    assert counts[scoring.NOT_CLASSIFIED] == 2 and counts["classifiers_published"] == 0
+    assert scoring.UNKNOWN_CATEGORY in out.loc[1, "flags"] and scoring.UNKNOWN_CATEGORY not in out.loc[0, "flags"]

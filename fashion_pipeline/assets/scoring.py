@@ -28,6 +28,8 @@ class ScoringConfig(dg.Config):
                                  description="Embedding backend for listings; must be the one the models were trained with.")
     embed: bool = Field(default=True, description="Compute image/text embeddings for the listings.")
     extract_attributes: bool = Field(default=True, description="Run the rules attribute extractor on listings.")
+    classify: bool = Field(default=True, description=(
+        "Predict category / gender / usage with the published classifiers (a valid value stated by the listing wins)."))
 
 
 def listing_sources(folder: Path) -> list[Path]:
@@ -43,7 +45,7 @@ def listing_sources(folder: Path) -> list[Path]:
     return out
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"}, deps=[published_price_regressor],
+@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"}, deps=[published_price_regressor, dg.AssetKey("attribute_classifiers")],
           description="New listings from the incoming folder with category, gender, usage, extracted attributes, "
                       "a suggested USD price with an interval, and flags for what was missing or odd.")
 def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
@@ -83,15 +85,23 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
         except ImportError as e:
             notes["attributes"] = f"unavailable: {e}"
             context.log.warning(f"no attribute extraction for listings ({e})")
-    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor)
+    classifiers = scoring.load_published_classifiers(store) if config.classify else {}
+    if config.classify and not classifiers:
+        notes["classifiers"] = f"none published: materialize {scoring.CLASSIFIER_ASSET}"
+        context.log.warning("no published classifiers; category / gender / usage as given by the listings")
+    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
+                                            classifiers=classifiers)
     return dg.Output(scores, metadata={
         "incoming_dir": dg.MetadataValue.path(str(folder)),
         "price_model_version": str(info.get("version")),
         "listings": dg.MetadataValue.int(len(scores)),
         "flag_counts": dg.MetadataValue.json(counts),
         "stages": dg.MetadataValue.json({"embeddings": "off" if not config.embed else "on",
-                                         "attributes": "off" if not config.extract_attributes else "on", **notes}),
-        "preview": md.preview(scores[["listing_id", "title", "category", "price_usd", "price_low_usd",
-                                      "price_high_usd", "flags"]]),
+                                         "attributes": "off" if not config.extract_attributes else "on",
+                                         "classifiers": "off" if not config.classify else "on", **notes}),
+        "classifier_versions": dg.MetadataValue.json(
+            {scoring.classifier_name(t, r): str(i.get("version")) for (t, r), (_, i) in sorted(classifiers.items())}),
+        "preview": md.preview(scores[["listing_id", "title", "category", "category_confidence", "gender", "usage",
+                                      "price_usd", "price_low_usd", "price_high_usd", "flags"]]),
         **md.drops(report, "not_scored"),
     })

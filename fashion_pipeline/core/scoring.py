@@ -8,8 +8,12 @@ A listing source is either
   columns listing_id, brand, colour, category, gender, usage, source, price_usd (asking price).
 
 Each listing goes through the same steps as training data: cleaning, attribute extraction,
-embedding, then `build_price_inputs` and the published price model. Nothing is dropped:
-a listing that lacks something is scored with what it has and carries a flag saying what.
+embedding, the published attribute classifiers (category / gender / usage, the model of the
+input regime the listing falls in: full, sparse = photo + title, image = photo only), then
+`build_price_inputs` and the published price model. A category / gender / usage the listing
+states itself is kept when it is a valid taxonomy value; otherwise the prediction fills it, and
+the price model sees the filled value. Nothing is dropped: a listing that lacks something is
+scored with what it has and carries a flag saying what.
 """
 
 from __future__ import annotations
@@ -26,18 +30,24 @@ import numpy as np
 import pandas as pd
 
 from .pricing.features import build_price_inputs
+from .taxonomy import CATEGORIES, GENDERS, USAGES
 
 log = logging.getLogger(__name__)
 
 PRICE_MODEL_NAME = "price_regressor"
 PRICE_MODEL_ASSET = "published_price_regressor"
-CATEGORIES = (
-    "Topwear", "Bottomwear", "Dresses & Sets", "Outerwear", "Innerwear & Nightwear", "Footwear",
-    "Bags & Wallets", "Watches", "Jewellery", "Accessories", "Beauty & Personal Care",
-)
+
 ATTRIBUTE_COLUMNS = ("materials", "care", "fit", "pattern", "occasion", "style")
+CLASSIFIER_TASKS = ("category", "gender", "usage")
+CLASSIFIER_ASSET = "attribute_classifiers"
+# Which published model serves a listing, by what the listing shows; later entries are fallbacks
+# when a regime's model was not trained / published.
+REGIME_PREFERENCE = {"full": ("full", "sparse", "image"), "sparse": ("sparse", "full", "image"),
+                     "image": ("image", "sparse", "full")}
 OUTPUT_COLUMNS = (
-    "listing_id", "title", "source", "category", "gender", "usage", "brand", "colour",
+    "listing_id", "title", "source", "category", "gender", "usage",
+    "category_predicted", "category_confidence", "gender_predicted", "gender_confidence",
+    "usage_predicted", "usage_confidence", "classifier_regime", "brand", "colour",
     *ATTRIBUTE_COLUMNS, "price_usd", "price_low_usd", "price_high_usd", "asking_price_usd",
     "price_model_version", "flags",
 )
@@ -52,6 +62,8 @@ ASKING_PRICE_OUTSIDE_RANGE = "asking_price_outside_training_range"
 PREDICTED_PRICE_OUTSIDE_RANGE = "predicted_price_outside_training_range"
 # The model was trained with embeddings but this run computed none (encoder not available or off).
 NO_EMBEDDINGS = "scored_without_embeddings"
+# No published classifier could serve this listing (materialize attribute_classifiers).
+NOT_CLASSIFIED = "not_classified"
 
 
 # Image errors (from readers.images.image_status or the encoder's image reader) that mean
@@ -248,18 +260,84 @@ def load_published_price_model(store) -> tuple[Any, dict]:
     return store.load(PRICE_MODEL_NAME)
 
 
+def classifier_name(task: str, regime: str) -> str:
+    """Model store name of the serving classifier (same naming as the classifier assets)."""
+    return f"{task}_classifier" if regime == "full" else f"{task}_classifier_{regime}"
+
+
+def load_published_classifiers(store) -> dict[tuple[str, str], tuple[Any, dict]]:
+    """{(task, regime): (classifier, info)} for every published serving classifier (may be empty)."""
+    out = {}
+    for task in CLASSIFIER_TASKS:
+        for regime in REGIME_PREFERENCE:
+            name = classifier_name(task, regime)
+            if store.published(name) is not None:
+                out[(task, regime)] = store.load(name)
+    return out
+
+
+def listing_regime(title: Any, description: Any, has_image: bool) -> str | None:
+    """full: title + description; sparse: title only (with or without a photo); image: photo only."""
+    if _s(title) and _s(description):
+        return "full"
+    if _s(title):
+        return "sparse"
+    return "image" if has_image else None
+
+
+def classify_listings(df: pd.DataFrame, classifiers: dict, embeddings=None, attributes: pd.DataFrame | None = None,
+                      has_image: list[bool] | None = None) -> pd.DataFrame:
+    """Per listing: ``<task>_predicted`` / ``<task>_confidence`` for category, gender, usage and
+    the ``classifier_regime`` whose published model served it (None where none could)."""
+    from .features import with_embeddings
+
+    n = len(df)
+    out = pd.DataFrame(index=df.index)
+    for task in CLASSIFIER_TASKS:
+        out[f"{task}_predicted"] = pd.Series([None] * n, index=df.index, dtype=object)
+        out[f"{task}_confidence"] = np.nan
+    out["classifier_regime"] = pd.Series([None] * n, index=df.index, dtype=object)
+    if not n or not classifiers:
+        return out
+    frame = df.copy()
+    if attributes is not None and len(attributes):
+        a = attributes.drop_duplicates("product_id").set_index("product_id").reindex(frame["product_id"])
+        for c in ("materials", "pattern", "fit", "occasion", "style"):
+            if c in a.columns:
+                frame[c] = a[c].to_numpy()
+    ids, image, text = embeddings if embeddings is not None else (list(frame["product_id"]), None, None)
+    frame = with_embeddings(frame, ids, image, text)
+    if has_image is None:
+        has_image = [v is not None for v in frame["image_embedding"]]
+    wanted = [listing_regime(t, d, h) for t, d, h in zip(frame["title"], frame["description"], has_image)]
+    for task in CLASSIFIER_TASKS:
+        served = [next((r for r in REGIME_PREFERENCE[w] if (task, r) in classifiers), None) if w else None
+                  for w in wanted]
+        for regime in sorted({r for r in served if r}):
+            rows = np.array([r == regime for r in served])
+            clf, _ = classifiers[(task, regime)]
+            pred = clf.predict(frame.loc[rows])
+            out.loc[rows, f"{task}_predicted"] = pred["label"].to_numpy()
+            out.loc[rows, f"{task}_confidence"] = pred["confidence"].to_numpy(dtype=float)
+            if task == "category":
+                out.loc[rows, "classifier_regime"] = regime
+    return out
+
+
 def score_listings(
     listings: pd.DataFrame,
     price_model,
     model_info: dict | None = None,
     embedder: Embedder | None = None,
     extractor: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    classifiers: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Score cleaned listings; returns (scores with OUTPUT_COLUMNS, counts by flag).
 
     ``extractor`` maps listings to a product_attributes-like frame (product_id + attribute
-    columns); ``embedder`` see `encoder_embedder`. Either may be None: the price model then uses
-    what the listing has (text features and metadata), and the output says so in the counts.
+    columns); ``embedder`` see `encoder_embedder`; ``classifiers`` see
+    `load_published_classifiers`. Any may be None: the listing is then scored with what it has
+    (text features and the metadata it states), and the output says so in the flags and counts.
     """
     df = listings.reset_index(drop=True).copy()
     for col in ("title", "description", "image_path", "category", "gender", "usage", "brand", "colour", "source"):
@@ -277,12 +355,21 @@ def score_listings(
         from .readers.images import image_status
 
         image_errors = [None if (s := image_status(p if _s(p) else None)) == "ok" else s for p in df["image_path"]]
+    has_image = [e is None and bool(_s(p)) for e, p in zip(image_errors, df["image_path"])]
+    predicted = classify_listings(df, classifiers or {}, embeddings, attributes, has_image)
+    valid = {"category": set(CATEGORIES), "gender": set(GENDERS), "usage": set(USAGES)}
+    for task in CLASSIFIER_TASKS:  # a valid stated value wins; the prediction fills the rest
+        stated = df[task].map(_s)
+        df[task] = [v if v in valid[task] else (p if p is not None else (v or None))
+                    for v, p in zip(stated, predicted[f"{task}_predicted"])]
     inputs = build_price_inputs(df, embeddings, attributes)
     pred = price_model.predict(inputs) if len(df) else pd.DataFrame(columns=["price_usd", "price_low_usd", "price_high_usd"])
     out = inputs.frame.copy()
     out["listing_id"] = out["product_id"]
     for c in pred.columns:
         out[c] = pred[c].to_numpy()
+    for c in predicted.columns:
+        out[c] = predicted[c].to_numpy()
     for c in ATTRIBUTE_COLUMNS:
         out[c] = None
     if attributes is not None and len(attributes):
@@ -296,13 +383,18 @@ def score_listings(
                              index=out.index, dtype=object)
     if embedder is None and trained_with_embeddings and len(out):
         out["flags"] = [";".join(x for x in (f, NO_EMBEDDINGS) if x) for f in out["flags"]]
+    if len(out):
+        out["flags"] = [";".join(x for x in (f, NOT_CLASSIFIED if r is None else "") if x)
+                        for f, r in zip(out["flags"], out["classifier_regime"])]
     out["price_model_version"] = (model_info or {}).get("version")
     counts = {"listings": int(len(out))}
     for flag in (NO_IMAGE, UNREADABLE_IMAGE, NO_TITLE, NO_DESCRIPTION, UNKNOWN_CATEGORY,
-                 ASKING_PRICE_OUTSIDE_RANGE, PREDICTED_PRICE_OUTSIDE_RANGE, NO_EMBEDDINGS):
+                 ASKING_PRICE_OUTSIDE_RANGE, PREDICTED_PRICE_OUTSIDE_RANGE, NO_EMBEDDINGS, NOT_CLASSIFIED):
         counts[flag] = sum(flag in fs.split(";") for fs in out["flags"])
     counts["embedded"] = embedder is not None
     counts["attributes_extracted"] = attributes is not None
+    counts["classifiers_published"] = len(classifiers or {})
+    counts["classified_by_regime"] = {str(k): int(v) for k, v in out["classifier_regime"].value_counts().items()}
     return out[list(OUTPUT_COLUMNS)], counts
 
 

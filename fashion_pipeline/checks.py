@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from fashion_pipeline.assets.regressors import price_gate, regressor_metrics
+from fashion_pipeline.core.models.publishing import TOLERANCE, classifier_gate, gate_each
 
 
 @dg.asset_check(asset=regressor_metrics, blocking=True,
@@ -25,4 +26,22 @@ def price_regressor_gate(regressor_metrics: pd.DataFrame) -> dg.AssetCheckResult
     )
 
 
-all_checks = [price_regressor_gate]
+@dg.asset_check(asset=dg.AssetKey("attribute_classifiers"), name="classifier_gate", blocking=True,
+                description="Gates each candidate classifier: refused if its test macro-F1 is more than "
+                            f"{TOLERANCE:.0%} (relative) below the published model's on the same test split or the "
+                            "linear baseline's (linear_svc, else logreg). Some refused: WARN, published_classifiers "
+                            "publishes only the others. All refused: ERROR, which blocks published_classifiers.")
+def classifier_gate_check(attribute_classifiers: pd.DataFrame) -> dg.AssetCheckResult:
+    decision = classifier_gate(attribute_classifiers)
+    decisions = gate_each(attribute_classifiers) if len(attribute_classifiers) else {}
+    accepted = sorted(n for n, d in decisions.items() if d.passed)
+    return dg.AssetCheckResult(
+        passed=decision.passed,
+        severity=dg.AssetCheckSeverity.WARN if accepted else dg.AssetCheckSeverity.ERROR,
+        metadata={"decision": dg.MetadataValue.md(decision.markdown()),
+                  "accepted": dg.MetadataValue.json(accepted),
+                  "refused": dg.MetadataValue.json(sorted(n for n, d in decisions.items() if not d.passed))},
+    )
+
+
+all_checks = [price_regressor_gate, classifier_gate_check]

@@ -3,8 +3,10 @@ attribute_classifiers on the embedded sample, then loading a serving model from 
 
 from __future__ import annotations
 
+import dagster as dg
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from fashion_pipeline.core.features import read_embeddings_file, with_embeddings
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, defs, materialize
+from fashion_pipeline.checks import classifier_gate_check
+from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, defs, materialize, resources_for
 from fashion_pipeline_tests.test_classifiers_fixtures import encode
 
 pytestmark = pytest.mark.slow
@@ -39,6 +42,12 @@ def _write_embeddings(products, path):
     pq.write_table(table, path)
 
 
+def _run(names, var, run_config):
+    """Materialize with the blocking classifier gate, as the code location does."""
+    return dg.materialize(assets_by_name(*names) + [classifier_gate_check], resources=resources_for(SAMPLE_ROOT, var),
+                          run_config=run_config, raise_on_error=False)
+
+
 def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     var = tmp_path / "var"
     materialize(INGEST_CHAIN, SAMPLE_ROOT, var)
@@ -53,9 +62,10 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
         "classifier_leaderboard": {"config": {"embeddings_path": str(emb), "neural_epochs": 6,
                                               "classical_models": ["linear_svc", "complement_nb", "lightgbm"]}},
     }}
-    names = ["product_clusters", "clustering_metrics", "classifier_leaderboard", "attribute_classifiers"]
+    names = ["product_clusters", "clustering_metrics", "classifier_leaderboard", "attribute_classifiers",
+             "published_classifiers"]
     # The chain is run again (deterministic, cheap on the sample) so the selection is self-contained.
-    result = materialize([*INGEST_CHAIN, *names], SAMPLE_ROOT, var, run_config=run_config)
+    result = _run([*INGEST_CHAIN, *names], var, run_config)
     assert result.success
 
     with duckdb.connect(wh, read_only=True) as con:
@@ -83,9 +93,21 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     assert "confusion/category" in meta and "data:image/png;base64," in meta["confusion/category"].value
     assert meta["excluded_null_label/usage"].value == int(products["usage"].isna().sum())
 
-    # scoring's path: load the published model and predict
+    # The gate compared each candidate with the linear baseline (nothing published before); those it
+    # accepted are published, a refused one (if any) is not, and the check says which and why.
+    gate1 = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}["classifier_gate"]
+    assert stored["published_version_before"].isna().all() and stored["baseline_model"].eq("linear_svc").all()
     store = ModelStore(var / "models")
-    assert len(stored) == 9 and stored["published"].all()
+    assert len(stored) == 9
+    refused = set(gate1.metadata["refused"].value)
+    assert gate1.passed == (not refused) and set(gate1.metadata["accepted"].value) == set(stored["name"]) - refused
+    for r in stored.itertuples():
+        worse = r.model != "linear_svc" and r.test_macro_f1 < 0.98 * r.baseline_test_macro_f1
+        assert (r.name in refused) == worse, r.name
+        assert (store.published(r.name) or {}).get("version") == (None if worse else r.version)
+    assert "category_classifier" not in refused
+
+    # scoring's path: load the published model and predict
     clf, info = store.load("category_classifier")
     assert info["version"] == stored.set_index("name").loc["category_classifier", "version"]
     ids, image, text = read_embeddings_file(emb)
@@ -96,7 +118,29 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     assert acc == pytest.approx(info["metrics"]["test"]["all"]["accuracy"])
     assert np.allclose(clf.predict_proba(frame).sum(axis=1), 1.0)
 
+    # A much worse candidate set (Complement NB on 60 training rows): the published models, re-scored on
+    # the same test split, beat it: those candidates are refused and their published versions stay.
+    worse = {"ops": {"classifier_leaderboard": {"config": {
+        "embeddings_path": str(emb), "classical_models": ["complement_nb"], "neural_models": [],
+        "max_train_rows": {"complement_nb": 60}}}}}
+    r2 = _run([*INGEST_CHAIN, "classifier_leaderboard", "attribute_classifiers", "published_classifiers"], var, worse)
+    gate2 = {e.asset_check_key.name: e for e in r2.get_asset_check_evaluations()}["classifier_gate"]
+    assert not gate2.passed and "REFUSED" in gate2.metadata["decision"].value
+    with duckdb.connect(wh, read_only=True) as con:
+        cand2 = con.sql("select * from attribute_classifiers").df()
+    refused2 = set(gate2.metadata["refused"].value)
+    prev = {r.name: (None if r.name in refused else r.version) for r in stored.itertuples()}
+    for r in cand2.itertuples():
+        # a candidate re-scored below the published model (beyond 2%) is refused and the old version stays
+        if pd.notna(r.published_test_macro_f1) and r.test_macro_f1 < 0.98 * r.published_test_macro_f1:
+            assert r.name in refused2, r.name
+        expected = prev[r.name] if r.name in refused2 else r.version
+        assert (store.published(r.name) or {}).get("version") == expected, r.name
+    assert "category_classifier" in refused2
+    assert store.published("category_classifier")["version"] == stored.set_index("name").loc["category_classifier", "version"]
+
 
 def test_assets_are_in_the_code_location():
     keys = {k.path[-1] for a in defs.assets for k in getattr(a, "keys", [])}
-    assert {"product_clusters", "clustering_metrics", "classifier_leaderboard", "attribute_classifiers"} <= keys
+    assert {"product_clusters", "clustering_metrics", "classifier_leaderboard", "attribute_classifiers",
+            "published_classifiers"} <= keys

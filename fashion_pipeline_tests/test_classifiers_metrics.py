@@ -44,3 +44,28 @@ def test_plots_are_png():
                 predicted_vs_true_png([1, 2, 3], [1, 2, 4])):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert png_markdown(b"\x89PNG").startswith("![plot](data:image/png;base64,")
+
+
+def test_classifier_gate_refuses_each_candidate_worse_than_a_reference_or_without_any():
+    import pandas as pd
+
+    from fashion_pipeline.core.models.publishing import classifier_gate, gate_each
+
+    t = pd.DataFrame([
+        # name, model, test F1, published before, its F1 on this test split, baseline model, baseline F1
+        ("a", "lightgbm", 0.90, "v1", 0.85, "linear_svc", 0.88),   # better than both: accepted
+        ("b", "lightgbm", 0.80, "v1", 0.90, "linear_svc", 0.70),   # worse than the published model: refused
+        ("c", "clip_fusion", 0.70, None, None, "linear_svc", 0.75),  # worse than the baseline beyond 2%: refused
+        ("d", "clip_fusion", 0.74, None, None, "linear_svc", 0.75),  # within the 2% tolerance: accepted
+        ("e", "linear_svc", 0.60, None, None, "linear_svc", 0.60),  # the baseline itself, first publish: accepted
+        ("f", "complement_nb", 0.99, None, None, None, None),      # nothing to compare with: refused
+    ], columns=["name", "model", "test_macro_f1", "published_version_before", "published_test_macro_f1",
+                "baseline_model", "baseline_test_macro_f1"])
+    d = gate_each(t)
+    assert {n for n, x in d.items() if x.passed} == {"a", "d", "e"}
+    assert any("published b v1" in r for r in d["b"].reasons)
+    assert any("no reference" in r for r in d["f"].reasons)
+    overall = classifier_gate(t)
+    assert not overall.passed and "REFUSED" in overall.markdown()
+    assert classifier_gate(t[t["name"].isin(["a", "d", "e"])]).passed
+    assert not classifier_gate(t.iloc[:0]).passed

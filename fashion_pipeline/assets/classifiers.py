@@ -7,6 +7,7 @@ Model store names (what scoring loads)::
 
     store = ModelStoreResource(...).store()
     clf, info = store.load("category_classifier")          # published serving model, full regime
+                                                           # (published by published_classifiers after the gate)
     clf, info = store.load("category_classifier_sparse")   # for listings with a photo + title only
     clf, info = store.load("category_classifier_image")    # photo only
     frame = with_embeddings(products, ids, image, text)    # fashion_pipeline.core.features
@@ -30,6 +31,7 @@ from fashion_pipeline.core.features import REGIMES, with_embeddings
 from fashion_pipeline.core.models.classifiers import CLASSICAL
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
+from fashion_pipeline.core.models.publishing import baseline_row, classifier_gate, gate_each, test_macro_f1
 from fashion_pipeline.core.plots import confusion_matrix_png
 from fashion_pipeline.resources.model_store import ModelStoreResource
 
@@ -59,7 +61,6 @@ class ClassifierConfig(dg.Config):
     threads: int = Field(default=1, ge=1, description=(
         "Threads for torch and the tree libraries. 1 by default: on shared, busy CPUs spinning threads "
         "were measured 5x slower; raise it on a dedicated machine."))
-    publish: bool = Field(default=True, description="Publish the new serving models so scoring uses them.")
     embeddings_path: str | None = Field(default=None, description=(
         "product_embeddings Parquet; default: the path recorded by the product_embeddings asset."))
 
@@ -75,7 +76,9 @@ def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
         "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, description=(
             "Test-split accuracy, macro-F1, weighted-F1 per task x model x input regime x source, with training time.")),
         "attribute_classifiers": dg.AssetOut(kinds={"duckdb"}, description=(
-            "The serving classifier per task and regime saved in the model store: name, version, model, test metrics.")),
+            "The candidate serving classifier per task and regime, saved (not yet published) in the model store: "
+            "name, version, model, test metrics, and the published model and linear baseline on the same test split "
+            "(what the blocking check classifier_gate compares).")),
     },
 )
 def classifier_leaderboard(context: dg.AssetExecutionContext, config: ClassifierConfig, clean_products: pd.DataFrame,
@@ -108,12 +111,24 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
                    for r in rows.itertuples()}
         name = model_name(task, regime)
         version = store.save(name, clf, {"test": metrics, "selected_on": "validation macro-F1"}, clf.features_spec())
-        if config.publish:
-            store.publish(name, version)
         all_row = rows[rows.source == "all"].iloc[0]
+        published = store.published(name)
+        pub_f1, pub_note = None, "nothing published"
+        if published is not None:
+            # Re-scored on this run's test rows: the published model's recorded metrics came from another split.
+            try:
+                pub_f1, _ = test_macro_f1(store.load(name, published["version"])[0], frame, task)
+                pub_note = "re-scored on this run's test split"
+            except Exception as e:  # an old model this code cannot run: say so, the baseline still applies
+                pub_note = f"could not be scored: {type(e).__name__}: {e}"
+                context.log.warning(f"published {name} {published['version']} {pub_note}")
+        base_model, base_f1 = baseline_row(lb, task, regime)
         stored.append({"name": name, "task": task, "regime": regime, "model": clf.model_name, "version": version,
-                       "published": bool(config.publish), "test_accuracy": float(all_row.accuracy),
-                       "test_macro_f1": float(all_row.macro_f1), "n_test": int(all_row.n)})
+                       "test_accuracy": float(all_row.accuracy), "test_macro_f1": float(all_row.macro_f1),
+                       "n_test": int(all_row.n),
+                       "published_version_before": published["version"] if published else None,
+                       "published_test_macro_f1": pub_f1, "published_note": pub_note,
+                       "baseline_model": base_model, "baseline_test_macro_f1": base_f1})
         if regime == ("full" if "full" in cfg.regimes else cfg.regimes[0]):
             pred = result.test_predictions[(task, clf.model_name, regime)]
             if len(pred):
@@ -121,6 +136,12 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
                     pred.y_true, pred.y_pred, clf.classes,
                     f"{task}: {clf.model_name} ({regime}), test split, row-normalised"), f"confusion {task}")
     stored_df = pd.DataFrame(stored)
+    if len(stored_df):
+        for c in ("published_test_macro_f1", "baseline_test_macro_f1"):
+            stored_df[c] = pd.to_numeric(stored_df[c], errors="coerce").astype(float)
+        for c in ("published_version_before", "baseline_model"):
+            stored_df[c] = stored_df[c].astype("string")
+    decision = classifier_gate(stored_df)
     best = best_per_task(lb)
     counts = result.label_counts
     yield dg.Output(lb, output_name="classifier_leaderboard", metadata={
@@ -138,4 +159,38 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     })
     yield dg.Output(stored_df, output_name="attribute_classifiers", metadata={
         "models": _table_md(stored_df), "model_store": dg.MetadataValue.path(str(store.root)),
+        "gate_preview": dg.MetadataValue.md(decision.markdown()),
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"python"},
+          description="Publishes the candidate classifiers of attribute_classifiers that pass the quality gate "
+                      "(scoring uses them); a refused candidate's previously published version stays. Blocked by "
+                      "the check classifier_gate when every candidate is refused.")
+def published_classifiers(context: dg.AssetExecutionContext, model_store: ModelStoreResource,
+                          attribute_classifiers: pd.DataFrame) -> dg.MaterializeResult:
+    # The same gate as the blocking check, so a standalone materialization cannot bypass it.
+    decisions = gate_each(attribute_classifiers) if len(attribute_classifiers) else {}
+    overall = classifier_gate(attribute_classifiers)
+    if not any(d.passed for d in decisions.values()):
+        raise dg.Failure(description="every candidate classifier was refused by the quality gate",
+                         metadata={"gate": dg.MetadataValue.md(overall.markdown())})
+    store = model_store.store()
+    rows = []
+    for r in attribute_classifiers.itertuples(index=False):
+        ok = decisions[r.name].passed
+        if ok:
+            store.publish(r.name, str(r.version))
+            context.log.info(f"published {r.name} {r.version} ({r.model}, test macro-F1 {r.test_macro_f1:.4f})")
+        else:
+            context.log.warning(f"refused {r.name} {r.version} ({r.model}): " + "; ".join(decisions[r.name].reasons))
+        now = store.published(r.name)
+        rows.append({"name": r.name, "candidate": r.model, "candidate_version": r.version, "accepted": ok,
+                     "test_macro_f1": r.test_macro_f1, "published_version": now["version"] if now else None})
+    table = pd.DataFrame(rows)
+    return dg.MaterializeResult(metadata={
+        "published": _table_md(table),
+        "accepted": dg.MetadataValue.int(int(table["accepted"].sum())),
+        "refused": dg.MetadataValue.int(int((~table["accepted"]).sum())),
+        "gate": dg.MetadataValue.md(overall.markdown()),
     })

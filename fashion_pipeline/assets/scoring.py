@@ -45,7 +45,7 @@ def listing_sources(folder: Path) -> list[Path]:
     return out
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"}, deps=[published_price_regressor, dg.AssetKey("attribute_classifiers")],
+@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"}, deps=[published_price_regressor, dg.AssetKey("published_classifiers")],
           description="New listings from the incoming folder with category, gender, usage, extracted attributes, "
                       "a suggested USD price with an interval, and flags for what was missing or odd.")
 def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,

@@ -39,7 +39,7 @@ PRICE_MODEL_ASSET = "published_price_regressor"
 
 ATTRIBUTE_COLUMNS = ("materials", "care", "fit", "pattern", "occasion", "style")
 CLASSIFIER_TASKS = ("category", "gender", "usage")
-CLASSIFIER_ASSET = "attribute_classifiers"
+CLASSIFIER_ASSET = "published_classifiers"
 # Which published model serves a listing, by what the listing shows; later entries are fallbacks
 # when a regime's model was not trained / published.
 REGIME_PREFERENCE = {"full": ("full", "sparse", "image"), "sparse": ("sparse", "full", "image"),
@@ -62,7 +62,7 @@ ASKING_PRICE_OUTSIDE_RANGE = "asking_price_outside_training_range"
 PREDICTED_PRICE_OUTSIDE_RANGE = "predicted_price_outside_training_range"
 # The model was trained with embeddings but this run computed none (encoder not available or off).
 NO_EMBEDDINGS = "scored_without_embeddings"
-# No published classifier could serve this listing (materialize attribute_classifiers).
+# No published classifier could serve this listing (materialize published_classifiers).
 NOT_CLASSIFIED = "not_classified"
 
 

@@ -205,3 +205,21 @@ def test_training_with_real_text_embeddings_uses_them():
     y_te = te.frame["price_usd"].to_numpy()
     median = np.sqrt(np.mean((np.log1p(np.median(y_te)) - np.log1p(y_te)) ** 2))
     assert allrows.loc["mlp", "rmsle"] < 0.85 * median
+
+
+def test_price_gate_margins_published_one_percent_baseline_none():
+    import pandas as pd
+
+    from fashion_pipeline.assets.regressors import price_gate
+
+    def table(cand, published, ridge):
+        return pd.DataFrame([
+            {"model": "blend", "source": "all", "rmsle": cand, "candidate": True},
+            {"model": "published", "source": "all", "rmsle": published, "candidate": False},
+            {"model": "ridge", "source": "all", "rmsle": ridge, "candidate": False},
+        ])
+
+    assert price_gate(table(0.2563, 0.2552, 0.2600)).passed  # +0.4% vs published: retraining noise
+    refused = price_gate(table(0.2600, 0.2550, 0.2700))     # +2% vs published
+    assert not refused.passed and any("published [all]" in r for r in refused.reasons)
+    assert not price_gate(table(0.2601, 0.2700, 0.2600)).passed  # any amount worse than the baseline

@@ -133,9 +133,14 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     })
 
 
-OVERALL_TOLERANCE = 0.0
+# Overall, the candidate may not be worse than the same run's linear baseline at all, and at most
+# 1% (relative RMSLE) worse than the published model: retraining on 1% more products moved the
+# blend's test RMSLE by +0.4% (0.2552 -> 0.2563, 20k products, benchmarks/results/pipeline.md)
+# from training noise alone, and a zero margin refused every such weekly retrain. Drift is
+# bounded because each candidate must still beat its own run's baseline.
+OVERALL_TOLERANCE = {"published": 0.01, "baseline": 0.0}
 # Per-source test sets can be small (tens of H&M rows in the embedded sample), so a source may
-# be up to 5% worse than a reference before the gate refuses; overall there is no slack.
+# be up to 5% worse than either reference before the gate refuses.
 SOURCE_TOLERANCE = 0.05
 
 
@@ -149,12 +154,15 @@ def price_gate(metrics: pd.DataFrame) -> GateDecision:
     decision = GateDecision(True)
     for source in cand["source"]:
         c = float(cand.loc[cand["source"] == source, "rmsle"].iloc[0])
-        refs = {}
-        for ref in (PUBLISHED_ROW, BASELINE):
+        d = GateDecision(True)
+        for ref, kind in ((PUBLISHED_ROW, "published"), (BASELINE, "baseline")):
             r = metrics[(metrics["model"] == ref) & (metrics["source"] == source)]
-            refs[f"{ref} [{source}]"] = float(r["rmsle"].iloc[0]) if len(r) and ref != name else None
-        tol = OVERALL_TOLERANCE if source == "all" else SOURCE_TOLERANCE
-        d = gate(c, refs, metric="rmsle", tolerance=tol)
+            value = float(r["rmsle"].iloc[0]) if len(r) and ref != name else None
+            tol = OVERALL_TOLERANCE[kind] if source == "all" else SOURCE_TOLERANCE
+            one = gate(c, {f"{ref} [{source}]": value}, metric="rmsle", tolerance=tol)
+            d.passed &= one.passed
+            d.reasons += one.reasons
+            d.comparisons += one.comparisons
         decision.passed &= d.passed
         decision.reasons += [f"{name} [{source}]: {r}" for r in d.reasons]
         decision.comparisons += d.comparisons

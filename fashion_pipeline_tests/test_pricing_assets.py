@@ -117,3 +117,29 @@ def test_scored_listings_without_a_published_model_names_the_asset(tmp_path):
     assert not r.success
     failure = [e for e in r.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "published_price_regressor" in str(failure.event_specific_data.error)
+
+
+def test_regressors_read_the_embeddings_file_the_latest_product_embeddings_run_recorded(tmp_path, monkeypatch):
+    """The embeddings path is resolved when the run starts (latest product_embeddings materialization),
+    not frozen when the code location is imported: a second var dir in the same process must not
+    read the first one's file."""
+    from fashion_pipeline_tests.test_classifiers_assets import _write_embeddings
+
+    var = tmp_path / "var"
+    monkeypatch.setenv("FASHION_VAR_DIR", str(tmp_path / "another_var"))  # where a frozen default would point
+    r0 = dg.materialize(assets_by_name(*INGEST_CHAIN), resources=resources_for(SAMPLE_ROOT, var))
+    assert r0.success
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        products = con.sql("select * from clean_products").df()
+    emb = tmp_path / "elsewhere" / "product_embeddings.parquet"
+    emb.parent.mkdir()
+    _write_embeddings(products.head(30), emb)  # 30 real products embedded, the others without a row
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "product_embeddings", metadata={"path": dg.MetadataValue.path(str(emb))}))
+    r = dg.materialize(assets_by_name(*INGEST_CHAIN, "regressor_metrics"), instance=instance,
+                       resources=resources_for(SAMPLE_ROOT, var), run_config=_reg_config(),
+                       selection=["regressor_metrics"])
+    assert r.success
+    meta = r.asset_materializations_for_node("regressor_metrics")[0].metadata
+    assert meta["embeddings"].value == f"read from {emb}"

@@ -23,7 +23,8 @@ from fashion_pipeline.core.pricing.features import build_price_inputs
 from fashion_pipeline.core.pricing.gate import GateDecision, gate
 from fashion_pipeline.core.pricing.training import evaluate, priced_rows, train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
-from fashion_pipeline.paths import default_var_path, resolve
+from fashion_pipeline.assets.clustering import embeddings_path
+from fashion_pipeline.paths import resolve
 from fashion_pipeline.resources.model_store import ModelStoreResource
 
 GROUP = "pricing"
@@ -47,10 +48,12 @@ class RegressorConfig(dg.Config):
                                   "are always whole. Below 1 only for quick experiments.")
     interval_coverage: float = Field(default=0.8, gt=0, lt=1,
                                      description="Nominal coverage of the prediction intervals (split conformal).")
-    embeddings_path: str = Field(
-        default=default_var_path("embeddings", "product_embeddings.parquet"),
-        description="product_embeddings Parquet (read with core.encoders.io.read_embeddings). When it does not "
-        "exist the regressors train on text + metadata only, and the metadata says so.",
+    embeddings_path: str | None = Field(
+        default=None,
+        description="product_embeddings Parquet (read with core.encoders.io.read_embeddings); default: the path "
+        "recorded by the latest product_embeddings materialization, else <var dir>/embeddings/"
+        "product_embeddings.parquet, resolved when the run starts. When it does not exist the regressors train on "
+        "text + metadata only, and the metadata says so.",
     )
 
 
@@ -78,7 +81,7 @@ def _metrics_md(df: pd.DataFrame) -> dg.MetadataValue:
 def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig, clean_products: pd.DataFrame,
                       model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
-    emb, emb_note = load_embeddings(config.embeddings_path)
+    emb, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
     context.log.info(f"embeddings: {emb_note}")
     params = {
         "lightgbm": {"n_estimators": config.lightgbm_estimators},

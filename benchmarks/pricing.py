@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(default_var_path("cache", "benchmarks", "clean_products_full.parquet")))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    load_at_start = os.getloadavg()
     t0 = time.perf_counter()
     products = build_clean_products(args.data, args.cache)
     emb = load_embeddings(args.embeddings)
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()} "
-        "(shared with other jobs; run under `nice -n 10`, so times are upper bounds)",
+        f"(load average at start {tuple(round(x, 1) for x in load_at_start)}; a shared machine: times are upper bounds)",
         f"- Versions: {versions()}",
         f"- Data: {args.data} -> clean_products via the pipeline's readers + cleaning; rows {res.counts}",
         f"- Embeddings: {args.embeddings or 'none (text + metadata only)'}",

@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     report = write_report(results, info, out)
     results_dir = ROOT / "benchmarks" / "results"
     results_dir.mkdir(exist_ok=True)
-    shutil.copyfile(report, results_dir / "pipeline.md")
+    (results_dir / "pipeline.md").write_text(report.read_text().replace("](stages.png)", "](pipeline_stages.png)"))
     shutil.copyfile(out / "stages.png", results_dir / "pipeline_stages.png")
     print(f"report: {report} (copied to {results_dir / 'pipeline.md'})")
     shutil.rmtree(out / "data", ignore_errors=True)

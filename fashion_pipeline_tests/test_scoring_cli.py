@@ -251,3 +251,19 @@ def test_without_published_classifiers_the_stated_values_are_kept_and_flagged(st
     assert list(out["category"]) == ["Topwear", "Spaceships"] and out["category_predicted"].isna().all()
     assert counts[scoring.NOT_CLASSIFIED] == 2 and counts["classifiers_published"] == 0
     assert scoring.UNKNOWN_CATEGORY in out.loc[1, "flags"] and scoring.UNKNOWN_CATEGORY not in out.loc[0, "flags"]
+
+
+def test_the_readme_example_listings_score(tmp_path, store):
+    """data/examples/listings.json (the README's scoring example) stays valid: its images exist and
+    every listing is scored with the flags its content implies."""
+    example = Path(__file__).resolve().parents[1] / "data" / "examples" / "listings.json"
+    out = tmp_path / "scored.csv"
+    assert cli.main(["score", "--input", str(example), "--output", str(out), "--model-store", str(store.root),
+                     "--no-embeddings", "--no-classifiers"]) == 0
+    scores = pd.read_csv(out, keep_default_na=False).set_index("listing_id")
+    assert len(scores) == len(json.loads(example.read_text())["listings"])
+    flags = {k: set(v.split(";")) - {""} for k, v in scores["flags"].items()}
+    assert not {scoring.NO_IMAGE, scoring.UNREADABLE_IMAGE} & (flags["full-jeans"] | flags["photo-only"])
+    assert scoring.NO_IMAGE in flags["no-photo"] and scoring.NO_TITLE in flags["photo-only"]
+    assert scores.loc["stated-category", "category"] == "Dresses & Sets"
+    assert (pd.to_numeric(scores["price_usd"]) > 0).all()

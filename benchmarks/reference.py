@@ -54,8 +54,7 @@ def classification(df: pd.DataFrame, seed: int) -> list[dict]:
     rows = []
     for split_name, (tr, te) in _splits(kag, seed).items():
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        xtr, xte = vec.fit_transform(text.iloc[tr]), None
-        xte = vec.transform(text.iloc[te])
+        xtr, xte = vec.fit_transform(text.iloc[tr]), vec.transform(text.iloc[te])
         for task in ("category", "gender", "usage"):
             y = kag[task]
             mtr, mte = y.iloc[tr].notna().to_numpy(), y.iloc[te].notna().to_numpy()
@@ -72,7 +71,7 @@ def classification(df: pd.DataFrame, seed: int) -> list[dict]:
 
 def price(df: pd.DataFrame, seed: int) -> list[dict]:
     rows = []
-    priced = df[df["price_usd"].notna() & (df["price_status"] == "ok")] if "price_status" in df else df[df["price_usd"].notna()]
+    priced = df[df["price_usd"].notna() & (df["price_status"] == "ok")]
     for source in ("kaggle", "hm"):
         part = priced[priced["source"] == source].reset_index(drop=True)
         text = _text(part)

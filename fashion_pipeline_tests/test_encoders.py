@@ -21,6 +21,7 @@ from fashion_pipeline.core.encoders import (
     read_embeddings,
 )
 from fashion_pipeline.core.encoders import images as imgs
+from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
 from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file
 from fashion_pipeline.core.encoders.io import EmbeddingsWriter
 from fashion_pipeline.core.encoders.text import build_product_text, build_texts
@@ -315,8 +316,7 @@ def test_precision_auto_follows_the_hardware_and_refuses_what_it_cannot_do(monke
         base.resolve_precision("fp16", "cpu")
 
 
-@pytest.mark.skipif(not __import__("fashion_pipeline.core.encoders.base", fromlist=["x"]).cpu_has_native_bf16(),
-                    reason="this CPU has no native bf16")
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 def test_cpu_bf16_embeddings_match_fp32_and_are_cached_apart(catalogue):
     """bf16 autocast on CPU must give the same embeddings as fp32 up to rounding, and a different
     encoder identity (so a cache filled in one precision is never served to the other)."""
@@ -327,12 +327,9 @@ def test_cpu_bf16_embeddings_match_fp32_and_are_cached_apart(catalogue):
     a, b = fp32.encode_text_batch(texts), bf16.encode_text_batch(texts)
     assert b.dtype == np.float32 and b.shape == a.shape
     assert min(_cos(x, y) for x, y in zip(a, b)) > 0.99
-    from PIL import Image as _Image
-
-    tf = fp32.image_transform()
-    real = damaged.real_images(3, hm=1)
     import torch
 
-    px = torch.stack([tf(_Image.open(p).convert("RGB")) for p in real])
+    tf = fp32.image_transform()
+    px = torch.stack([tf(Image.open(p).convert("RGB")) for p in damaged.real_images(3, hm=1)])
     ia, ib = fp32.encode_image_batch(px), bf16.encode_image_batch(px)
     assert ib.dtype == np.float32 and min(_cos(x, y) for x, y in zip(ia, ib)) > 0.98

@@ -157,15 +157,13 @@ def price_gate(metrics: pd.DataFrame) -> GateDecision:
     decision = GateDecision(True)
     for source in cand["source"]:
         c = float(cand.loc[cand["source"] == source, "rmsle"].iloc[0])
-        d = GateDecision(True)
+        refs, tols = {}, {}
         for ref, kind in ((PUBLISHED_ROW, "published"), (BASELINE, "baseline")):
             r = metrics[(metrics["model"] == ref) & (metrics["source"] == source)]
-            value = float(r["rmsle"].iloc[0]) if len(r) and ref != name else None
-            tol = OVERALL_TOLERANCE[kind] if source == "all" else SOURCE_TOLERANCE
-            one = gate(c, {f"{ref} [{source}]": value}, metric="rmsle", tolerance=tol)
-            d.passed &= one.passed
-            d.reasons += one.reasons
-            d.comparisons += one.comparisons
+            key = f"{ref} [{source}]"
+            refs[key] = float(r["rmsle"].iloc[0]) if len(r) and ref != name else None
+            tols[key] = OVERALL_TOLERANCE[kind] if source == "all" else SOURCE_TOLERANCE
+        d = gate(c, refs, metric="rmsle", tolerance=tols)
         decision.passed &= d.passed
         decision.reasons += [f"{name} [{source}]: {r}" for r in d.reasons]
         decision.comparisons += d.comparisons

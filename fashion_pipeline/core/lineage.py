@@ -36,14 +36,6 @@ def record_lineage(path: str | Path, asset: str, rows: pd.DataFrame) -> None:
     with wh.connect(path) as con:
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} (asset VARCHAR, column_name VARCHAR, "
                     "upstream_asset VARCHAR, upstream_column VARCHAR, run_id VARCHAR, recorded_at TIMESTAMP)")
-        con.register("_incoming_lineage", rows)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with wh.registered_transaction(con, "_incoming_lineage", rows):
             con.execute(f"DELETE FROM {table} WHERE asset = ?", [asset])
             con.execute(f"INSERT INTO {table} SELECT {', '.join(COLUMNS)} FROM _incoming_lineage")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_incoming_lineage")

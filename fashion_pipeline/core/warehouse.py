@@ -88,20 +88,28 @@ def connect(path: str | Path, timeout_s: float = 600.0, read_only: bool = False)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def registered_transaction(con: duckdb.DuckDBPyConnection, view: str, df: pd.DataFrame) -> Iterator[None]:
+    """``df`` registered as ``view`` inside one transaction: committed when the block ends,
+    rolled back if it raises; the view is unregistered either way."""
+    con.register(view, df)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister(view)
+
+
 def write_table(path: str | Path, name: str, df: pd.DataFrame, timeout_s: float = 600.0) -> int:
     """Replace table ``name`` with ``df`` atomically; returns the row count written."""
     table = quote_ident(name)
     with connect(path, timeout_s=timeout_s) as con:
-        con.register("_incoming", df)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with registered_transaction(con, "_incoming", df):
             con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _incoming")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_incoming")
         return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 

@@ -50,6 +50,26 @@ class ModalityStats:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
 
+    def place(self, key, missing_reason, vecs: dict, cached, failed: dict, conversions: dict | None = None):
+        """One row's (vector or None, status), counted: ``key`` None -> ``missing_reason``; a vector
+        in ``vecs`` -> "reused" (it was in the cache before this run) or "ok"; otherwise the
+        reason it failed to encode (or could not be read back from the cache)."""
+        if key is None:
+            reason, vec = missing_reason, None
+        elif key in vecs:
+            reason, vec = ("reused" if key in cached else "ok"), vecs[key]
+        else:
+            reason, vec = failed.get(key, "cache_read_failed"), None
+        if vec is None:
+            self.failed_rows[reason] += 1
+        elif reason == "reused":
+            self.reused_rows += 1
+        else:
+            self.encoded_rows += 1
+            if conversions and key in conversions:
+                self.converted_rows[conversions[key]] += 1
+        return vec, reason
+
     @property
     def per_second(self) -> float:
         return self.unique_encoded / self.seconds if self.seconds > 0 else 0.0
@@ -252,39 +272,14 @@ def embed_products(
             ivalid, tvalid = np.zeros(m, dtype=bool), np.zeros(m, dtype=bool)
             istatus, tstatus = [], []
             for j in range(m):
-                i, ik, tk = start + j, ikeys[j], tkeys[j]
-                if ik is None:
-                    reason = image_error[i]
-                elif ik in ivecs:
-                    image[j], ivalid[j] = ivecs[ik], True
-                    reason = "reused" if ik in img_cached else "ok"
-                else:
-                    reason = image_failed.get(ik, "cache_read_failed")
-                if ivalid[j]:
-                    if reason == "reused":
-                        img_stats.reused_rows += 1
-                    else:
-                        img_stats.encoded_rows += 1
-                        if ik in conversions:
-                            img_stats.converted_rows[conversions[ik]] += 1
-                else:
-                    img_stats.failed_rows[reason] += 1
+                i = start + j
+                vec, reason = img_stats.place(ikeys[j], image_error.get(i), ivecs, img_cached, image_failed, conversions)
+                if vec is not None:
+                    image[j], ivalid[j] = vec, True
                 istatus.append(reason)
-
-                if tk is None:
-                    treason = EMPTY_TEXT
-                elif tk in tvecs:
-                    text[j], tvalid[j] = tvecs[tk], True
-                    treason = "reused" if tk in txt_cached else "ok"
-                else:
-                    treason = text_failed.get(tk, "cache_read_failed")
-                if tvalid[j]:
-                    if treason == "reused":
-                        txt_stats.reused_rows += 1
-                    else:
-                        txt_stats.encoded_rows += 1
-                else:
-                    txt_stats.failed_rows[treason] += 1
+                vec, treason = txt_stats.place(tkeys[j], EMPTY_TEXT, tvecs, txt_cached, text_failed)
+                if vec is not None:
+                    text[j], tvalid[j] = vec, True
                 tstatus.append(treason)
                 if i in sample_idx:
                     s_ids.append(ids[i])

@@ -31,10 +31,10 @@ def gate(
     references: dict[str, float | None],
     metric: str = "rmsle",
     higher_is_better: bool = False,
-    tolerance: float = 0.0,
+    tolerance: float | dict[str, float] = 0.0,
 ) -> GateDecision:
     """Refuse ``candidate`` if it is worse than any reference by more than ``tolerance``
-    (relative). References that are None (nothing published yet) are skipped and said so;
+    (relative; one number for all references, or a number per reference name). References that are None (nothing published yet) are skipped and said so;
     a non-finite candidate is always refused."""
     d = GateDecision(passed=True)
     if candidate is None or not math.isfinite(candidate):
@@ -45,7 +45,8 @@ def gate(
         if ref is None or not math.isfinite(ref):
             d.reasons.append(f"no {ref_name} to compare with: skipped")
             continue
-        allowed = ref * (1 - tolerance) if higher_is_better else ref * (1 + tolerance)
+        tol = tolerance.get(ref_name, 0.0) if isinstance(tolerance, dict) else tolerance
+        allowed = ref * (1 - tol) if higher_is_better else ref * (1 + tol)
         ok = candidate >= allowed if higher_is_better else candidate <= allowed
         d.comparisons.append(
             {"reference": ref_name, "metric": metric, "candidate": candidate, "reference_value": ref,

@@ -289,7 +289,8 @@ def classify_listings(df: pd.DataFrame, classifiers: dict, embeddings=None, attr
                       has_image: list[bool] | None = None) -> pd.DataFrame:
     """Per listing: ``<task>_predicted`` / ``<task>_confidence`` for category, gender, usage and
     the ``classifier_regime`` whose published model served it (None where none could)."""
-    from .features import with_embeddings
+    from .features import ATTRIBUTE_COLUMNS as CLASSIFIER_ATTRIBUTES
+    from .features import LIST_ATTRIBUTE_COLUMNS, with_embeddings
 
     n = len(df)
     out = pd.DataFrame(index=df.index)
@@ -302,7 +303,7 @@ def classify_listings(df: pd.DataFrame, classifiers: dict, embeddings=None, attr
     frame = df.copy()
     if attributes is not None and len(attributes):
         a = attributes.drop_duplicates("product_id").set_index("product_id").reindex(frame["product_id"])
-        for c in ("materials", "pattern", "fit", "occasion", "style"):
+        for c in (*LIST_ATTRIBUTE_COLUMNS, *CLASSIFIER_ATTRIBUTES):  # what the classifiers' featurizer reads
             if c in a.columns:
                 frame[c] = a[c].to_numpy()
     ids, image, text = embeddings if embeddings is not None else (list(frame["product_id"]), None, None)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .pricing.features import build_price_inputs
+from .pricing.listing_model import ABSTAIN_NO_INPUT, ABSTAIN_NO_MODEL, ABSTAIN_WIDE_INTERVAL
 from .taxonomy import CATEGORIES, GENDERS, USAGES
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ OUTPUT_COLUMNS = (
     "listing_id", "title", "source", "category", "gender", "usage",
     "category_predicted", "category_confidence", "gender_predicted", "gender_confidence",
     "usage_predicted", "usage_confidence", "classifier_regime", "brand", "colour",
-    *ATTRIBUTE_COLUMNS, "price_usd", "price_low_usd", "price_high_usd", "asking_price_usd",
-    "price_model_version", "flags",
+    *ATTRIBUTE_COLUMNS, "price_usd", "price_low_usd", "price_high_usd", "price_form", "price_source",
+    "price_abstained", "asking_price_usd", "price_model_version", "flags",
 )
 
 # Flags (a listing may carry several, joined with ';').
@@ -59,7 +60,15 @@ NO_DESCRIPTION = "no_description"
 NO_TITLE = "no_title"
 UNKNOWN_CATEGORY = "unknown_category"
 ASKING_PRICE_OUTSIDE_RANGE = "asking_price_outside_training_range"
-PREDICTED_PRICE_OUTSIDE_RANGE = "predicted_price_outside_training_range"
+# The model's point estimate fell outside the training price range and was clipped into it.
+PRICE_CLIPPED = "price_clipped_to_training_range"
+# No price: nothing the model can read (no title, no description, no readable photo) ...
+PRICE_ABSTAINED_NO_INPUT = "no_price_no_usable_input"
+# ... or the interval for what the listing shows is too wide to be advice ...
+PRICE_ABSTAINED_WIDE = "no_price_interval_too_wide"
+# ... or the published model has no model for what the listing shows (e.g. photo only, and the
+# model was trained without image embeddings).
+PRICE_ABSTAINED_NO_MODEL = "no_price_no_model_for_listing_form"
 # The model was trained with embeddings but this run computed none (encoder not available or off).
 NO_EMBEDDINGS = "scored_without_embeddings"
 # No published classifier could serve this listing (materialize published_classifiers).
@@ -85,7 +94,8 @@ def _s(v: Any) -> str:
     return str(v).strip()
 
 
-def _from_records(records: list[dict], base: Path) -> pd.DataFrame:
+def records_to_listings(records: list[dict], base: Path) -> pd.DataFrame:
+    """Listing records (dicts as in a JSON file) as a frame; relative image paths against ``base``."""
     rows = []
     for i, r in enumerate(records):
         img = _s(r.get("image_path") or r.get("image"))
@@ -124,7 +134,7 @@ def read_listings(path: str | os.PathLike, dataset_reader: Callable[[Path], pd.D
             records = data.get("listings", []) if isinstance(data, dict) else data
         else:
             raise ListingsReadError(f"{p}: unsupported listings file type {suffix!r} (use .json, .jsonl or .csv)")
-        return _from_records(list(records), p.parent)
+        return records_to_listings(list(records), p.parent)
     if p.is_dir():
         reader = dataset_reader or read_dataset_folder
         frame = reader(p)
@@ -176,30 +186,48 @@ def encoder_embedder(backend: str = "offline", batch_size: int = 64, **options) 
 
     be = build_backend(backend, **options)
     transform = be.image_transform()
+    # Within one embedder, a text or an image file seen before is not encoded again (the listing
+    # evaluation scores the same products in several forms; a listings file may repeat a photo).
+    text_memo: dict[str, np.ndarray] = {}
+    image_memo: dict[str, tuple[np.ndarray | None, str | None]] = {}
 
     def embed(products: pd.DataFrame, attributes: pd.DataFrame | None):
         n = len(products)
         texts = build_texts(products, attributes)
         text = np.full((n, be.text.dim), np.nan, dtype=np.float32)
-        idx = [i for i, t in enumerate(texts) if t]
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s : s + batch_size]
-            text[chunk] = be.encode_text_batch([texts[i] for i in chunk])
+        todo = sorted({t for t in texts if t and t not in text_memo})
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            text_memo.update(zip(chunk, be.encode_text_batch(chunk)))
+        for i, t in enumerate(texts):
+            if t:
+                text[i] = text_memo[t]
         image = np.full((n, be.image.dim), np.nan, dtype=np.float32)
-        errors: list[str | None] = []
-        pixels, rows = [], []
-        for i, path in enumerate(products["image_path"] if "image_path" in products else [None] * n):
+        paths = list(products["image_path"]) if "image_path" in products else [None] * n
+        pixels, keys = [], []
+        for path in dict.fromkeys(paths):
+            key = str(path)
+            if key in image_memo:
+                continue
             raw = read_image_bytes(path)
             if raw.error:
-                errors.append(raw.error)
+                image_memo[key] = (None, raw.error)
                 continue
             im, _, err = decode_image(raw.data)
-            errors.append(err)
+            image_memo[key] = (None, err)
             if im is not None:
                 pixels.append(transform(im))
-                rows.append(i)
-        for s in range(0, len(rows), batch_size):
-            image[rows[s : s + batch_size]] = be.encode_image_batch(torch.stack(pixels[s : s + batch_size]))
+                keys.append(key)
+        for s in range(0, len(keys), batch_size):
+            vecs = be.encode_image_batch(torch.stack(pixels[s : s + batch_size]))
+            for key, v in zip(keys[s : s + batch_size], vecs):
+                image_memo[key] = (v, image_memo[key][1])
+        errors: list[str | None] = []
+        for i, path in enumerate(paths):
+            vec, err = image_memo[str(path)]
+            errors.append(err)
+            if vec is not None:
+                image[i] = vec
         return products["product_id"].tolist(), image, text, errors
 
     return embed
@@ -243,9 +271,15 @@ def _flags(row: pd.Series, image_error: str | None, price_range: tuple[float, fl
         ask = row.get("asking_price_usd")
         if ask is not None and pd.notna(ask) and not (lo <= float(ask) <= hi):
             f.append(ASKING_PRICE_OUTSIDE_RANGE)
-        pred = row.get("price_usd")
-        if pred is not None and pd.notna(pred) and not (lo <= float(pred) <= hi):
-            f.append(PREDICTED_PRICE_OUTSIDE_RANGE)
+    if bool(row.get("price_clipped")):
+        f.append(PRICE_CLIPPED)
+    abstained = row.get("price_abstained")
+    if abstained == ABSTAIN_NO_INPUT:
+        f.append(PRICE_ABSTAINED_NO_INPUT)
+    elif abstained == ABSTAIN_WIDE_INTERVAL:
+        f.append(PRICE_ABSTAINED_WIDE)
+    elif abstained == ABSTAIN_NO_MODEL:
+        f.append(PRICE_ABSTAINED_NO_MODEL)
     return ";".join(f)
 
 
@@ -257,7 +291,13 @@ def load_published_price_model(store) -> tuple[Any, dict]:
             f"Materialize the asset '{PRICE_MODEL_ASSET}' first "
             f"(e.g. `dagster asset materialize -m fashion_pipeline.definitions --select +{PRICE_MODEL_ASSET}`)."
         )
-    return store.load(PRICE_MODEL_NAME)
+    model, info = store.load(PRICE_MODEL_NAME)
+    if not hasattr(model, "forms"):
+        raise NoPublishedModelError(
+            f"The published '{PRICE_MODEL_NAME}' {info.get('version')} is a {type(model).__name__}, trained by an "
+            f"older version that priced catalogue rows, not listings. Re-materialize '{PRICE_MODEL_ASSET}'."
+        )
+    return model, info
 
 
 def classifier_name(task: str, regime: str) -> str:
@@ -364,7 +404,7 @@ def score_listings(
         df[task] = [v if v in valid[task] else (p if p is not None else (v or None))
                     for v, p in zip(stated, predicted[f"{task}_predicted"])]
     inputs = build_price_inputs(df, embeddings, attributes)
-    pred = price_model.predict(inputs) if len(df) else pd.DataFrame(columns=["price_usd", "price_low_usd", "price_high_usd"])
+    pred = price_model.predict(inputs)
     out = inputs.frame.copy()
     out["listing_id"] = out["product_id"]
     for c in pred.columns:
@@ -390,12 +430,16 @@ def score_listings(
     out["price_model_version"] = (model_info or {}).get("version")
     counts = {"listings": int(len(out))}
     for flag in (NO_IMAGE, UNREADABLE_IMAGE, NO_TITLE, NO_DESCRIPTION, UNKNOWN_CATEGORY,
-                 ASKING_PRICE_OUTSIDE_RANGE, PREDICTED_PRICE_OUTSIDE_RANGE, NO_EMBEDDINGS, NOT_CLASSIFIED):
+                 ASKING_PRICE_OUTSIDE_RANGE, PRICE_CLIPPED, PRICE_ABSTAINED_NO_INPUT, PRICE_ABSTAINED_WIDE,
+                 PRICE_ABSTAINED_NO_MODEL,
+                 NO_EMBEDDINGS, NOT_CLASSIFIED):
         counts[flag] = sum(flag in fs.split(";") for fs in out["flags"])
     counts["embedded"] = embedder is not None
     counts["attributes_extracted"] = attributes is not None
     counts["classifiers_published"] = len(classifiers or {})
     counts["classified_by_regime"] = {str(k): int(v) for k, v in out["classifier_regime"].value_counts().items()}
+    counts["priced_by_form"] = {str(k): int(v) for k, v in out.loc[out["price_usd"].notna(), "price_form"]
+                                .value_counts().items()}
     return out[list(OUTPUT_COLUMNS)], counts
 
 

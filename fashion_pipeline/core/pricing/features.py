@@ -1,9 +1,15 @@
 """Price features: one code path for training and for scoring new listings.
 
-A product becomes a `PriceInputs`: a frame of the metadata columns the regressors read plus two
-aligned embedding matrices. `build_price_inputs` is the only way to make one, both in training
-(from clean_products + product_embeddings) and in scoring (from cleaned listings + freshly
-computed embeddings), so a feature cannot silently differ between the two.
+A product becomes a `PriceInputs`: a frame of the columns a listing can carry plus two aligned
+embedding matrices. `build_price_inputs` is the only way to make one, both in training (from
+clean_products + product_embeddings) and in scoring (from listings + freshly computed
+embeddings), so a feature cannot silently differ between the two.
+
+The price models read only what a seller's listing can show: title, description, photo, and the
+optional stated brand / colour / source. Catalogue-only columns (articleType, age group,
+category labels) are never features: a listing does not have them. `regime_view` restricts the
+inputs to one listing form (full: title + description; sparse: title only; image: photo only),
+so each form's model is trained on exactly what that form shows.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-# Metadata columns used as one-hot / categorical features. Each may be null at scoring time
-# (a free-form listing has no source labels); null becomes its own level "<missing>".
-CATEGORICAL_COLUMNS: tuple[str, ...] = ("source", "category", "gender", "usage", "colour", "brand", "source_category")
+# Stated listing fields used as one-hot / categorical features. brand and colour are optional in a
+# listing (null becomes its own level "<missing>", and training masks them so the models learn
+# both); source is stated or predicted from the listing (core.pricing.routing) before pricing.
+CATEGORICAL_COLUMNS: tuple[str, ...] = ("source", "brand", "colour")
+# Stated fields hidden at random in training, so a model meets listings with and without them.
+MASKED_COLUMNS: tuple[str, ...] = ("brand", "colour")
 # Extracted attribute columns appended to the price text when product_attributes is given.
 ATTRIBUTE_TEXT_COLUMNS: tuple[str, ...] = ("materials", "fit", "pattern", "occasion", "style")
 MISSING = "<missing>"
@@ -90,10 +99,8 @@ def build_price_inputs(
         parts = [a[c].map(_attr_text).to_numpy() for c in ATTRIBUTE_TEXT_COLUMNS if c in a.columns]
         if parts:
             attr_text = pd.Series([" ".join(p for p in row if p) for row in zip(*parts)])
-    df["price_text"] = [
-        " ".join(p for p in (_clean_str(t), _clean_str(b), at, _clean_str(d)) if p)
-        for t, b, at, d in zip(df["title"], df["brand"], attr_text, df["description"])
-    ]
+    df["attr_text"] = attr_text.to_numpy()
+    df["price_text"] = _price_text(df, description=True)
     n = len(df)
     text = np.full((n, TEXT_DIM), np.nan, dtype=np.float32)
     image = np.full((n, IMAGE_DIM), np.nan, dtype=np.float32)
@@ -110,6 +117,50 @@ def build_price_inputs(
             image = np.full((n, img.shape[1]), np.nan, dtype=np.float32)
             image[have] = img[rows]
     return PriceInputs(df, text, image)
+
+
+def _price_text(df: pd.DataFrame, description: bool) -> list[str]:
+    """Title, brand, extracted attributes and (for the full form) description as one text.
+    Attributes are extracted from title + description, so they go with the description."""
+    cols = [df["title"], df["brand"], df["attr_text"] if description else [""] * len(df),
+            df["description"] if description else [""] * len(df)]
+    return [" ".join(p for p in map(_clean_str, row) if p) for row in zip(*cols)]
+
+
+# What each listing form shows the price model (the classifiers' input regimes, same names).
+REGIME_TEXT = {"full": "description", "sparse": "title", "image": None}
+
+
+def regime_view(inputs: PriceInputs, regime: str) -> PriceInputs:
+    """The inputs as the listing form ``regime`` shows them: full = title + description (+ text
+    embedding), sparse = title only (the stored text embedding encodes the description too, so
+    it is dropped), image = photo only (no text at all). The photo is kept where there is one."""
+    if regime not in REGIME_TEXT:
+        raise ValueError(f"unknown listing form {regime!r}; expected one of {sorted(REGIME_TEXT)}")
+    df = inputs.frame.copy()
+    text = inputs.text
+    if REGIME_TEXT[regime] == "description":
+        df["price_text"] = _price_text(df, description=True)
+    elif REGIME_TEXT[regime] == "title":
+        df["price_text"] = _price_text(df, description=False)
+        text = np.full_like(inputs.text, np.nan)
+    else:
+        df["price_text"] = ""
+        text = np.full_like(inputs.text, np.nan)
+    return PriceInputs(df, text, inputs.image)
+
+
+def mask_stated(inputs: PriceInputs, rate: float = 0.5, seed: int = 0) -> PriceInputs:
+    """Hide each optional stated field (brand, colour) on a random ``rate`` of rows, and the
+    brand's words in the price text with it, so a model trained on catalogue rows has seen
+    listings that state none of them."""
+    rng = np.random.default_rng(seed)
+    df = inputs.frame.copy()
+    hidden_brand = rng.random(len(df)) < rate
+    for col in MASKED_COLUMNS:
+        hide = hidden_brand if col == "brand" else rng.random(len(df)) < rate
+        df[col] = [None if h else v for v, h in zip(df[col], hide)]
+    return PriceInputs(df, inputs.text, inputs.image)
 
 
 def _categorical_values(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -199,9 +250,11 @@ class PriceFeaturizer:
         self.source_interactions = source_interactions
 
     def fit(self, inputs: PriceInputs) -> "PriceFeaturizer":
+        docs = inputs.frame["price_text"]
+        # A photo-only form has no text: no TF-IDF block (a vectorizer cannot fit on empty texts).
         self.tfidf_ = TfidfVectorizer(
             ngram_range=(1, 2), min_df=2, max_features=self.max_features, sublinear_tf=True, dtype=np.float32
-        ).fit(inputs.frame["price_text"])
+        ).fit(docs) if (docs.str.len() > 0).sum() >= 2 else None
         self.cats_ = CategoricalEncoder().fit(inputs.frame)
         self.sources_ = sorted(set(inputs.frame["source"].map(_clean_str)) - {""})
         if self.use_embeddings:
@@ -209,8 +262,10 @@ class PriceFeaturizer:
         return self
 
     def transform(self, inputs: PriceInputs) -> sp.csr_matrix:
-        base = sp.hstack([self.tfidf_.transform(inputs.frame["price_text"]), self.cats_.one_hot(inputs.frame)],
-                         format="csr")
+        parts = [self.cats_.one_hot(inputs.frame)]
+        if self.tfidf_ is not None:
+            parts.insert(0, self.tfidf_.transform(inputs.frame["price_text"]))
+        base = sp.hstack(parts, format="csr")
         blocks = [base]
         if self.source_interactions:
             src = inputs.frame["source"].map(_clean_str).to_numpy()

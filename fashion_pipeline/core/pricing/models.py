@@ -173,7 +173,7 @@ class MLPConfig:
     mixed_precision: bool = True
     seed: int = 0
     stack_text_ridge: bool = True
-    cat_dims: tuple[int, ...] = field(default=(4, 8, 4, 4, 6, 16, 12))
+    cat_dims: tuple[int, ...] = field(default=(4, 16, 6))  # source, brand, colour
 
 
 def _build_net(n_dense: int, cards: list[int], cfg: MLPConfig):
@@ -338,8 +338,10 @@ def _simplex(k: int, steps: int):
 class PriceModel:
     """A fitted regressor + prediction intervals + the training price range.
 
-    Intervals are split-conformal: quantiles of (actual - predicted) log residuals on the
-    validation split, per source where a source has enough rows, else pooled.
+    Intervals are split-conformal: quantiles of (actual - predicted) log residuals on
+    calibration rows that nothing else used, per source where a source has enough rows, else
+    pooled. The quantile is the finite-sample one, ceil((n + 1) * q) / n, so coverage holds for
+    small groups too.
     """
 
     def __init__(self, regressor, coverage: float = 0.8):
@@ -361,15 +363,17 @@ class PriceModel:
         cats = encoder(self.regressor)
         return sorted(b for b in cats.levels_.get("brand", {}) if b != MISSING) if cats is not None else []
 
-    def calibrate(self, val: PriceInputs, y_val: np.ndarray, train_prices_usd: np.ndarray) -> "PriceModel":
-        lo_q, hi_q = (1 - self.coverage) / 2, 1 - (1 - self.coverage) / 2
-        res = y_val - self.regressor.predict_log(val)
-        self.residual_quantiles_ = {"*": (float(np.quantile(res, lo_q)), float(np.quantile(res, hi_q)))}
-        src = val.frame["source"].astype(str).to_numpy()
+    def calibrate(self, cal: PriceInputs, y_cal: np.ndarray, train_prices_usd: np.ndarray,
+                  min_group: int = 30) -> "PriceModel":
+        res = y_cal - self.regressor.predict_log(cal)
+        self.residual_quantiles_ = {"*": conformal_quantiles(res, self.coverage)}
+        self.calibration_rows_ = {"*": int(len(res))}
+        src = cal.frame["source"].astype(str).to_numpy()
         for s in np.unique(src):
             r = res[src == s]
-            if len(r) >= 30:
-                self.residual_quantiles_[s] = (float(np.quantile(r, lo_q)), float(np.quantile(r, hi_q)))
+            if len(r) >= min_group:
+                self.residual_quantiles_[s] = conformal_quantiles(r, self.coverage)
+                self.calibration_rows_[s] = int(len(r))
         self.price_range_ = (float(np.min(train_prices_usd)), float(np.max(train_prices_usd)))
         return self
 
@@ -383,6 +387,20 @@ class PriceModel:
         low = np.maximum(np.expm1(lp + q[:, 0]), 0.01)
         high = np.maximum(np.expm1(lp + q[:, 1]), price)
         return pd.DataFrame({"price_usd": price, "price_low_usd": np.minimum(low, price), "price_high_usd": high})
+
+
+def conformal_quantiles(residuals: np.ndarray, coverage: float) -> tuple[float, float]:
+    """Lower / upper residual quantiles for a central ``coverage`` interval, with the split-
+    conformal finite-sample correction (each tail at level ceil((n+1)(1-a/2))/n)."""
+    r = np.sort(np.asarray(residuals, dtype=np.float64))
+    n = len(r)
+    if n == 0:
+        raise ValueError("conformal calibration needs at least one residual")
+    tail = (1 - coverage) / 2
+    eps = 1e-9  # (1 - 0.8) / 2 is 0.0999...: without it floor(100 * tail) would be 9, not 10
+    k_hi = min(int(np.ceil((n + 1) * (1 - tail) - eps)), n)
+    k_lo = max(int(np.floor((n + 1) * tail + eps)), 1)
+    return float(r[k_lo - 1]), float(r[k_hi - 1])
 
 
 def train_regressor(kind: str, train: PriceInputs, y: np.ndarray, val: PriceInputs, y_val: np.ndarray, **params):
@@ -413,5 +431,6 @@ __all__ = [
     "PriceModel",
     "train_regressor",
     "log_target",
+    "conformal_quantiles",
     "sp",
 ]

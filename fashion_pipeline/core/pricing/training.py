@@ -1,7 +1,18 @@
-"""Train and evaluate the price regressors on the clean product table's splits."""
+"""Train the listing price model on the clean product table's splits.
+
+Rows and what each is for (nothing is used twice):
+
+- train (less its calibration share): fit every candidate regressor and the source routers;
+- calibration (a stable hash of ``group_id`` takes ``calibration_fraction`` of the train groups):
+  conformal intervals only;
+- validation: alphas, early stopping, blend weights, and the choice of candidate per form;
+- test: untouched here. It is scored through the listing path (core.pricing.listing_eval) to
+  report and to gate.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .features import PriceInputs, build_price_inputs
-from .metrics import metrics_by_source
+from .features import PriceInputs, build_price_inputs, mask_stated, regime_view
+from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
+from .metrics import regression_metrics
 from .models import BlendPriceRegressor, PriceModel, log_target, train_regressor
 
 log = logging.getLogger(__name__)
@@ -19,18 +31,10 @@ DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
 
 @dataclass
 class TrainingResult:
-    models: dict[str, PriceModel]
-    metrics: pd.DataFrame  # one row per (model, source) on the test split
+    model: ListingPriceModel
+    selection: pd.DataFrame  # one row per (form, candidate) with its validation metrics
     train_seconds: dict[str, float]
-    test_inputs: PriceInputs
-    test_predictions: dict[str, pd.DataFrame]
     counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def best(self) -> str:
-        """Lowest overall test RMSLE."""
-        allrows = self.metrics[self.metrics["source"] == "all"]
-        return str(allrows.sort_values("rmsle").iloc[0]["model"])
 
 
 def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -44,9 +48,32 @@ def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return products[ok.to_numpy()].reset_index(drop=True), counts
 
 
-def evaluate(model: PriceModel, inputs: PriceInputs, y_usd: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-    pred = model.predict(inputs)
-    return pd.DataFrame(metrics_by_source(inputs.frame, y_usd, pred)), pred
+def calibration_groups(group_ids: pd.Series, fraction: float, salt: str = "price-calibration-v1") -> np.ndarray:
+    """True for the groups (a stable hash, like the split) held out of training for conformal calibration."""
+    def u(g: str) -> float:
+        return int.from_bytes(hashlib.sha1(f"{salt}:{g}".encode()).digest()[:8], "big") / 2**64
+
+    return np.array([u(g) < fraction for g in group_ids.astype(str)], dtype=bool)
+
+
+def pricing_splits(rows: pd.DataFrame, calibration_fraction: float = 0.125) -> np.ndarray:
+    """train / calibration / validation / test per priced row."""
+    split = rows["split"].astype(str).to_numpy().copy()
+    groups = rows["group_id"] if "group_id" in rows.columns else rows["product_id"]
+    cal = calibration_groups(groups, calibration_fraction) & (split == "train")
+    split[cal] = "calibration"
+    return split
+
+
+def form_rows(inputs: PriceInputs, form: str) -> np.ndarray:
+    """Rows that can teach a form: the photo-only model learns from rows that have a photo."""
+    if form == "image":
+        return ~np.isnan(inputs.image).any(axis=1)
+    return np.ones(len(inputs), dtype=bool)
+
+
+def _rmsle_log(pred_log: np.ndarray, y_log: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pred_log - y_log) ** 2)))
 
 
 def train_price_models(
@@ -58,46 +85,76 @@ def train_price_models(
     blend: bool = True,
     coverage: float = 0.8,
     train_fraction: float = 1.0,
+    forms: tuple[str, ...] = FORMS,
+    calibration_fraction: float = 0.125,
+    mask_rate: float = 0.5,
+    max_interval_ratio: float = 6.0,
+    progress=log.info,
 ) -> TrainingResult:
-    """Fit each requested regressor on train, early-stop / tune on validation, score on test.
-
-    ``blend`` adds a validation-weighted average (in log space) of all fitted regressors when at
-    least two non-linear ones were trained.
-    """
+    """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
+    routers on train; intervals on the calibration rows. Test rows are not read."""
     params = params or {}
+    unknown = set(forms) - set(FORMS)
+    if unknown:
+        raise ValueError(f"unknown listing forms {sorted(unknown)}; expected some of {list(FORMS)}")
     rows, counts = priced_rows(products)
     inputs = build_price_inputs(rows, embeddings, attributes)
-    split = inputs.frame["split"].astype(str).to_numpy()
-    if train_fraction < 1.0:  # deterministic subsample of train only; validation / test stay whole
+    split = pricing_splits(inputs.frame, calibration_fraction)
+    if train_fraction < 1.0:  # deterministic subsample of train only; the other splits stay whole
         keep = np.random.default_rng(0).random(len(split)) < train_fraction
         split = np.where((split == "train") & ~keep, "unused", split)
         counts["train_rows_unused"] = int((split == "unused").sum())
-    tr, va, te = (inputs.subset(split == s) for s in ("train", "validation", "test"))
-    counts.update({"train": len(tr), "validation": len(va), "test": len(te)})
-    if len(tr) == 0 or len(va) == 0 or len(te) == 0:
-        raise ValueError(f"price training needs rows in every split, got {counts}")
-    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
-    y_te_usd = te.frame["price_usd"].to_numpy(dtype=np.float64)
-    fitted: dict[str, PriceModel] = {}
-    seconds: dict[str, float] = {}
-    for kind in models:
-        log.info("training %s price regressor on %d rows", kind, len(tr))
-        reg, secs = train_regressor(kind, tr, y_tr, va, y_va, **params.get(kind, {}))
-        fitted[kind] = PriceModel(reg, coverage).calibrate(va, y_va, tr.frame["price_usd"].to_numpy())
-        seconds[kind] = secs
-        log.info("%s trained in %.1f s", kind, secs)
-    members = [fitted[k].regressor for k in models]
-    if blend and len([k for k in models if k != "ridge"]) >= 2:
-        t0 = time.perf_counter()
-        b = BlendPriceRegressor(members).fit(tr, y_tr, va, y_va)
-        fitted["blend"] = PriceModel(b, coverage).calibrate(va, y_va, tr.frame["price_usd"].to_numpy())
-        seconds["blend"] = sum(seconds[k] for k in models) + time.perf_counter() - t0
-    tables, preds = [], {}
-    for name, m in fitted.items():
-        table, pred = evaluate(m, te, y_te_usd)
-        table.insert(0, "model", name)
-        table["train_seconds"] = round(seconds[name], 2)
-        tables.append(table)
-        preds[name] = pred
-    metrics = pd.concat(tables, ignore_index=True)
-    return TrainingResult(fitted, metrics, seconds, te, preds, counts)
+    tr, cal, va = (inputs.subset(split == s) for s in ("train", "calibration", "validation"))
+    counts.update({"train": len(tr), "calibration": len(cal), "validation": len(va), "test": int((split == "test").sum())})
+    if len(tr) == 0 or len(va) == 0 or len(cal) == 0:
+        raise ValueError(f"price training needs train, calibration and validation rows, got {counts}")
+    train_prices = tr.frame["price_usd"].to_numpy(dtype=np.float64)
+    # Stated fields hidden on half the rows (different draws per split), so each form's model and
+    # its calibration see listings with and without brand / colour.
+    tr_m, va_m, cal_m = mask_stated(tr, mask_rate, 1), mask_stated(va, mask_rate, 2), mask_stated(cal, mask_rate, 3)
+    fitted: dict[str, FormModel] = {}
+    selection, seconds = [], {}
+    for form in forms:
+        t_form = time.perf_counter()
+        ftr = regime_view(tr_m.subset(form_rows(tr_m, form)), form)
+        fva = regime_view(va_m.subset(form_rows(va_m, form)), form)
+        if len(ftr) < 10 or len(fva) < 2:
+            progress(f"{form}: too few rows to train ({len(ftr)} train, {len(fva)} validation): skipped")
+            counts[f"form_skipped/{form}"] = 1
+            continue
+        y_tr, y_va = log_target(ftr.frame["price_usd"]), log_target(fva.frame["price_usd"])
+        cands: dict[str, object] = {}
+        for kind in models:
+            progress(f"{form}: training {kind} on {len(ftr)} rows")
+            reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, **params.get(kind, {}))
+            cands[kind] = reg
+            seconds[f"{form}/{kind}"] = round(secs, 2)
+        if blend and len(cands) >= 2:
+            t0 = time.perf_counter()
+            cands["blend"] = BlendPriceRegressor(list(cands.values())).fit(ftr, y_tr, fva, y_va)
+            seconds[f"{form}/blend"] = round(time.perf_counter() - t0, 2)
+        val_scores = {}
+        for kind, reg in cands.items():
+            p = reg.predict_log(fva)
+            val_scores[kind] = _rmsle_log(p, y_va)
+            m = regression_metrics(np.expm1(y_va), np.expm1(p))
+            selection.append({"form": form, "model": kind, "split": "validation", "n": m["n"],
+                              "rmsle": m["rmsle"], "r2_log": m["r2_log"], "mae": m["mae"]})
+        chosen = min(val_scores, key=val_scores.get)
+        router = SourceRouter().fit(ftr)
+        # Calibration rows go through the same routing as a listing that states no source.
+        fcal = regime_view(cal_m.subset(form_rows(cal_m, form)), form)
+        hidden = PriceInputs(fcal.frame.assign(source=None), fcal.text, fcal.image)
+        fcal.frame["source"] = route_sources(hidden, router, set(router.classes_))
+        pm = PriceModel(cands[chosen], coverage).calibrate(fcal, log_target(fcal.frame["price_usd"]), train_prices)
+        fitted[form] = FormModel(pm, router, chosen)
+        seconds[f"{form}/total"] = round(time.perf_counter() - t_form, 2)
+        progress(f"{form}: chose {chosen} (validation RMSLE {val_scores[chosen]:.4f}); intervals "
+                 f"{ {k: tuple(round(v, 3) for v in q) for k, q in pm.residual_quantiles_.items()} }")
+    if not fitted:
+        raise ValueError(f"no listing form could be trained: {counts}")
+    model = ListingPriceModel(fitted, (float(train_prices.min()), float(train_prices.max())), coverage,
+                              max_interval_ratio)
+    for row in selection:
+        row["chosen"] = fitted.get(row["form"]) is not None and fitted[row["form"]].chosen == row["model"]
+    return TrainingResult(model, pd.DataFrame(selection), seconds, counts)

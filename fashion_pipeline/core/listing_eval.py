@@ -1,0 +1,191 @@
+"""Evaluate the published (or candidate) models the way a seller meets them: held-out catalogue
+products rewritten as listings in each listing form and scored by `scoring.score_listings`,
+the code path of `fashion-pipeline score`, next to a plain TF-IDF recipe on the same rows.
+
+A listing form says what the seller sent (every form drops the catalogue-only columns:
+articleType, age group, category labels, price):
+
+========================  ==============================================================
+``full``                  title + description + photo
+``full+brand,colour``     the same, with brand and colour stated
+``full+source``           the same as ``full``, with source stated
+``title+photo``           title + photo
+``title+photo+source``    title + photo, with source stated
+``photo``                 photo only
+``photo+source``          photo only, with source stated
+========================  ==============================================================
+
+The recipe is the one of the environment notes: TF-IDF (1-2 grams) of title + description +
+brand with Ridge on log price, one per source, fitted on the train split and given the text the
+listing shows; for photo-only listings it is the median train price of the (source, category)
+the listing's category was predicted as. The recipe is told the true source, which only helps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import scoring
+from .metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+# form name -> fields the listing carries
+LISTING_FORMS: dict[str, tuple[str, ...]] = {
+    "full": ("title", "description", "image_path"),
+    "full+brand,colour": ("title", "description", "image_path", "brand", "colour"),
+    "full+source": ("title", "description", "image_path", "source"),
+    "title+photo": ("title", "image_path"),
+    "title+photo+source": ("title", "image_path", "source"),
+    "photo": ("image_path",),
+    "photo+source": ("image_path", "source"),
+}
+# The forms the publishing gate compares on (the ones a seller sends without extras).
+GATE_FORMS = ("full", "title+photo", "photo")
+TASKS = ("category", "gender", "usage")
+
+
+def as_listings(rows: pd.DataFrame, form: str) -> pd.DataFrame:
+    """Catalogue rows as the listings a seller would send in ``form``, read by the CLI's reader."""
+    fields = LISTING_FORMS[form]
+    records = []
+    for r in rows.itertuples(index=False):
+        rec = {"listing_id": r.product_id}
+        for f in fields:
+            v = getattr(r, f, None)
+            if v is not None and not (isinstance(v, float) and np.isnan(v)):
+                rec[f] = v
+        records.append(rec)
+    return scoring.records_to_listings(records, Path("."))
+
+
+def _text(df: pd.DataFrame) -> pd.Series:
+    cols = [df[c].fillna("").astype(str) if c in df.columns else pd.Series([""] * len(df), index=df.index)
+            for c in ("title", "description", "brand")]
+    return (cols[0] + " " + cols[1] + " " + cols[2]).str.strip()
+
+
+class Recipe:
+    """TF-IDF + Ridge per source on train rows; category-median prices for photo-only listings."""
+
+    def fit(self, train: pd.DataFrame) -> "Recipe":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import Ridge
+
+        self.models_ = {}
+        priced = train[(train["price_status"] == "ok") & train["price_usd"].notna()]
+        for source, part in priced.groupby("source"):
+            if len(part) < 10:
+                continue
+            vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+            x = vec.fit_transform(_text(part))
+            self.models_[source] = (vec, Ridge(alpha=1.0).fit(x, np.log1p(part["price_usd"].to_numpy(float))))
+        self.median_by_category_ = priced.groupby(["source", "category"])["price_usd"].median().to_dict()
+        self.median_by_source_ = priced.groupby("source")["price_usd"].median().to_dict()
+        return self
+
+    def predict(self, listings: pd.DataFrame, sources: np.ndarray, categories) -> np.ndarray:
+        """USD per listing: the text recipe where the listing has text, else the category median."""
+        out = np.full(len(listings), np.nan)
+        text = _text(listings).to_numpy()
+        for i, (t, s, c) in enumerate(zip(text, sources, categories)):
+            if t and s in self.models_:
+                vec, m = self.models_[s]
+                out[i] = float(np.expm1(m.predict(vec.transform([t]))[0]))
+            else:
+                out[i] = self.median_by_category_.get((s, c), self.median_by_source_.get(s, np.nan))
+        return out
+
+
+class TextClassifierRecipe:
+    """TF-IDF + LinearSVC per task on train rows (title + description + brand)."""
+
+    def fit(self, train: pd.DataFrame) -> "TextClassifierRecipe":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.svm import LinearSVC
+
+        self.vec_ = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(_text(train))
+        x = self.vec_.transform(_text(train))
+        self.models_ = {}
+        for task in TASKS:
+            y = train[task]
+            ok = y.notna().to_numpy()
+            if len(set(y[ok])) >= 2:
+                self.models_[task] = LinearSVC(random_state=0).fit(x[ok], y[ok])
+        return self
+
+    def predict(self, listings: pd.DataFrame, task: str) -> np.ndarray | None:
+        text = _text(listings)
+        if task not in self.models_ or not (text.str.len() > 0).any():
+            return None
+        return self.models_[task].predict(self.vec_.transform(text))
+
+
+def _rmsle(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.log1p(y) - np.log1p(p)) ** 2))) if len(y) else float("nan")
+
+
+def evaluate_listings(
+    test: pd.DataFrame,
+    train: pd.DataFrame,
+    score: Callable[[pd.DataFrame], tuple[pd.DataFrame, dict]],
+    forms: tuple[str, ...] = tuple(LISTING_FORMS),
+    progress=log.info,
+    recipe: "Recipe | None" = None,
+    text_recipe: "TextClassifierRecipe | None" = None,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One row per (form, source) ('all' included): what ``score`` (a `score_listings` call with
+    the models to judge) gives on ``test`` rows written as listings, and the recipes (fitted on
+    ``train``) on the same rows.
+
+    Price columns cover priced test rows: n_priced, abstained (share), rmsle and coverage (of the
+    80% interval) over the listings that got a price, recipe_rmsle over the same listings.
+    Classification columns: <task>_macro_f1 over rows with that label, and the recipe's.
+    Also returns per form the listing-level predictions (for plots). Pass fitted ``recipe`` /
+    ``text_recipe`` to reuse them across several models judged on the same rows.
+    """
+    recipe = recipe or Recipe().fit(train)
+    text_recipe = text_recipe or TextClassifierRecipe().fit(train)
+    truth = test.set_index("product_id")
+    rows, per_listing = [], {}
+    for form in forms:
+        listings = as_listings(test, form)
+        progress(f"listing evaluation: scoring {len(listings)} listings as '{form}'")
+        scores, _ = score(listings)
+        s = scores.set_index("listing_id").reindex(test["product_id"])
+        src = test["source"].astype(str).to_numpy()
+        price = test["price_usd"].to_numpy(float)
+        priced = ((test["price_status"] == "ok") & test["price_usd"].notna()).to_numpy()
+        pred = s["price_usd"].to_numpy(float)
+        lo, hi = s["price_low_usd"].to_numpy(float), s["price_high_usd"].to_numpy(float)
+        rec = recipe.predict(listings, src, s["category"].to_numpy())
+        text_preds = {t: text_recipe.predict(listings, t) for t in TASKS}
+        per_listing[form] = pd.DataFrame({"product_id": test["product_id"].to_numpy(), "source": src,
+                                          "category": test["category"].to_numpy(), "price_usd": price,
+                                          "predicted_usd": pred, "priced": priced})
+        for source in ["all", *sorted(set(src))]:
+            m = (src == source) if source != "all" else np.ones(len(src), bool)
+            mp = m & priced
+            got = mp & np.isfinite(pred)
+            row = {"form": form, "source": source, "n": int(m.sum()), "n_priced": int(mp.sum()),
+                   "abstained": float(1 - got.sum() / mp.sum()) if mp.sum() else float("nan"),
+                   "rmsle": _rmsle(price[got], pred[got]),
+                   "coverage": float(np.mean((price[got] >= lo[got]) & (price[got] <= hi[got]))) if got.any() else float("nan"),
+                   "recipe_rmsle": _rmsle(price[got], rec[got]) if got.any() else float("nan")}
+            for task in TASKS:
+                y = truth[task].reindex(test["product_id"]).to_numpy(dtype=object)
+                has = m & pd.notna(y)
+                # A listing left without a value counts as wrong, not as skipped.
+                got_task = np.array([v if isinstance(v, str) else "<none>" for v in s[task]], dtype=object)
+                row[f"{task}_macro_f1"] = classification_metrics(y[has], got_task[has])["macro_f1"] \
+                    if has.any() else float("nan")
+                tp = text_preds[task]
+                row[f"recipe_{task}_macro_f1"] = classification_metrics(y[has], tp[has])["macro_f1"] \
+                    if tp is not None and has.any() else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows), per_listing

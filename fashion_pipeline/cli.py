@@ -42,12 +42,39 @@ def _score(args) -> int:
     if not classifiers and not args.no_classifiers:
         print(f"warning: no published classifiers in {store.root}; category / gender / usage are taken from the "
               f"listings as given (materialize '{scoring.CLASSIFIER_ASSET}' to predict them)", file=sys.stderr)
+    index, index_note = _comparables_index(store, info, args.comparables, embedder is not None)
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
-                                            classifiers=classifiers)
+                                            classifiers=classifiers, comparables_index=index,
+                                            comparables_k=args.comparables)
+    if index_note:
+        counts["comparables"]["index"] = index_note
     out = scoring.write_scores(scores, args.output)
     counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})
     print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2))
     return 0
+
+
+def _comparables_index(store, info: dict, k: int, embedded: bool):
+    """The comparables index of the published price model, loaded once per run (None + one warning
+    when there is none, or when comparables are off or cannot be computed without embeddings)."""
+    if k <= 0:
+        return None, "disabled (--comparables 0)"
+    if not embedded:
+        print("warning: no comparables: listings are not embedded (--no-embeddings or no encoder)", file=sys.stderr)
+        return None, "listings not embedded"
+    try:
+        from fashion_pipeline.core import comparables
+    except ImportError as e:  # pragma: no cover - faiss is a main dependency
+        print(f"warning: no comparables ({e})", file=sys.stderr)
+        return None, f"unavailable: {e}"
+    try:
+        index, _, note = comparables.load_for_price_model(store, info.get("version"))
+    except ImportError as e:
+        print(f"warning: no comparables ({e})", file=sys.stderr)
+        return None, f"unavailable: {e}"
+    if index is None:
+        print(f"warning: no comparables: {note}", file=sys.stderr)
+    return index, note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--no-extraction", action="store_true", help="Skip attribute extraction.")
     sc.add_argument("--no-classifiers", action="store_true",
                     help="Do not predict category / gender / usage; use the listings' own values only.")
+    sc.add_argument("--comparables", type=int, default=5, metavar="K",
+                    help="Add the K most similar catalogue products (id, title, price, similarity) and their median "
+                         "price per listing, from the comparables index built with the published price model "
+                         "(default 5; 0 disables).")
     sc.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

@@ -30,6 +30,9 @@ class ScoringConfig(dg.Config):
     extract_attributes: bool = Field(default=True, description="Run the rules attribute extractor on listings.")
     classify: bool = Field(default=True, description=(
         "Predict category / gender / usage with the published classifiers (a valid value stated by the listing wins)."))
+    comparables: int = Field(default=5, ge=0, description=(
+        "The k most similar catalogue products per listing (index price_comparables of the published price "
+        "model); 0 disables."))
 
 
 def listing_sources(folder: Path) -> list[Path]:
@@ -45,7 +48,8 @@ def listing_sources(folder: Path) -> list[Path]:
     return out
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"}, deps=[published_price_regressor, dg.AssetKey("published_classifiers")],
+@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"}, deps=[published_price_regressor, dg.AssetKey("published_classifiers"),
+                                                         dg.AssetKey("price_comparables")],
           description="New listings from the incoming folder with category, gender, usage, extracted attributes, "
                       "a suggested USD price with an interval, and flags for what was missing or odd.")
 def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
@@ -89,8 +93,16 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
     if config.classify and not classifiers:
         notes["classifiers"] = f"none published: materialize {scoring.CLASSIFIER_ASSET}"
         context.log.warning("no published classifiers; category / gender / usage as given by the listings")
+    index = None
+    if config.comparables and embedder is not None:
+        from fashion_pipeline.core.comparables import load_for_price_model
+
+        index, _, notes["comparables"] = load_for_price_model(store, info.get("version"))  # once per run
+        if index is None:
+            context.log.warning(f"no comparables: {notes['comparables']}")
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
-                                            classifiers=classifiers)
+                                            classifiers=classifiers, comparables_index=index,
+                                            comparables_k=config.comparables)
     return dg.Output(scores, metadata={
         "incoming_dir": dg.MetadataValue.path(str(folder)),
         "price_model_version": str(info.get("version")),
@@ -98,10 +110,12 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
         "flag_counts": dg.MetadataValue.json(counts),
         "stages": dg.MetadataValue.json({"embeddings": "off" if not config.embed else "on",
                                          "attributes": "off" if not config.extract_attributes else "on",
-                                         "classifiers": "off" if not config.classify else "on", **notes}),
+                                         "classifiers": "off" if not config.classify else "on",
+                                         "comparables": "off" if not config.comparables else "on", **notes}),
         "classifier_versions": dg.MetadataValue.json(
             {scoring.classifier_name(t, r): str(i.get("version")) for (t, r), (_, i) in sorted(classifiers.items())}),
         "preview": md.preview(scores[["listing_id", "title", "category", "category_confidence", "gender", "usage",
-                                      "price_usd", "price_low_usd", "price_high_usd", "flags"]]),
+                                      "price_usd", "price_low_usd", "price_high_usd",
+                                      "comparables_median_price_usd", "flags"]]),
         **md.drops(report, "not_scored"),
     })

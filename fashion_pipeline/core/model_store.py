@@ -1,7 +1,9 @@
 """A local model store: versioned artefacts with their metrics and feature spec.
 
 Layout: ``<root>/<name>/<version>/model.joblib`` + ``info.json``, and
-``<root>/<name>/PUBLISHED`` naming the version that scoring uses. Writes are atomic
+``<root>/<name>/PUBLISHED`` naming the version that scoring uses. An artefact that is a set of
+files in its own format (e.g. a faiss index + Parquet, `save_files` / `load_files`) lives in the
+same layout with every file's checksum in ``info.json["files"]`` instead of ``model.joblib``. Writes are atomic
 (temporary folder, then rename), so a killed training run never leaves a half model.
 
 Integrity: ``info.json`` records the SHA-256 of ``model.joblib``; loading verifies it. A
@@ -20,6 +22,7 @@ import os
 import pickle
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,51 @@ class ModelStore:
             raise
         return version
 
+    def save_files(self, name: str, write: Callable[[Path], Any], metrics: dict, features_spec: dict) -> str:
+        """Save an artefact made of files: ``write(folder)`` writes them into an empty folder.
+
+        Same atomicity and versioning as `save`; ``info.json["files"]`` records each file's
+        SHA-256 and size, which `verify` / `load_files` check."""
+        base = self._dir(name)
+        base.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(base)
+        version = _new_version()
+        while (base / version).exists():
+            time.sleep(1e-6)
+            version = _new_version()
+        tmp = base / f".{version}.tmp-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            write(tmp)
+            names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            if not names or "info.json" in names:
+                raise ValueError(f"save_files({name!r}): the writer must write at least one file, not info.json")
+            files = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in names}
+            info = {"name": name, "version": version, "created_at": time.time(), "metrics": metrics,
+                    "features_spec": features_spec, "files": files}
+            (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
+            for f in (*names, "info.json"):
+                with open(tmp / f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, base / version)
+            _fsync_dir(base)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return version
+
+    def load_files(self, name: str, version: str | None = None) -> tuple[Path, dict]:
+        """(folder, info) of a verified `save_files` artefact; ``None`` = the published version."""
+        if version is None:
+            published = self.published(name)
+            if published is None:
+                raise ModelNotFoundError(f"no published '{name}' in {self.root}")
+            version = published["version"]
+        info = self.verify(name, version)
+        if "files" not in info:
+            raise ModelCorruptError(f"{name} {version} is a joblib model, not a files artefact: use load()")
+        return self._dir(name) / version, info
+
     def versions(self, name: str) -> list[str]:
         base = self._dir(name)
         if not base.is_dir():
@@ -102,6 +150,15 @@ class ModelStore:
     def verify(self, name: str, version: str) -> dict:
         """The version's info after checking its artefact against the recorded checksum."""
         info = self.info(name, version)
+        if "files" in info:  # a save_files artefact
+            for f, rec in info["files"].items():
+                path = self._dir(name) / version / f
+                if not path.is_file():
+                    raise ModelCorruptError(f"{path} is missing")
+                if sha256_file(path) != rec.get("sha256"):
+                    raise ModelCorruptError(f"{path}: checksum mismatch ({path.stat().st_size} bytes, "
+                                            f"{rec.get('bytes')} saved); the file is damaged: rebuild this artefact")
+            return info
         artefact = self._dir(name) / version / "model.joblib"
         if not artefact.is_file():
             raise ModelCorruptError(f"{artefact} is missing")

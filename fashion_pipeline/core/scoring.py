@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .comparables import DEFAULT_K as COMPARABLES_K
+from .comparables import comparables_columns
 from .pricing.features import build_price_inputs
 from .pricing.listing_model import ABSTAIN_NO_INPUT, ABSTAIN_NO_MODEL, ABSTAIN_WIDE_INTERVAL
 from .taxonomy import CATEGORIES, GENDERS, USAGES
@@ -52,6 +54,9 @@ OUTPUT_COLUMNS = (
     *ATTRIBUTE_COLUMNS, "price_usd", "price_low_usd", "price_high_usd", "price_form", "price_source",
     "price_abstained", "asking_price_usd", "price_model_version", "flags",
 )
+# The k most similar catalogue products (core.comparables) as evidence, and their median price.
+COMPARABLES_COLUMNS = ("comparables", "comparables_median_price_usd")
+OUTPUT_COLUMNS = (*OUTPUT_COLUMNS, *COMPARABLES_COLUMNS)
 
 # Flags (a listing may carry several, joined with ';').
 NO_IMAGE = "no_image"
@@ -372,12 +377,15 @@ def score_listings(
     embedder: Embedder | None = None,
     extractor: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     classifiers: dict | None = None,
+    comparables_index=None,
+    comparables_k: int = COMPARABLES_K,
 ) -> tuple[pd.DataFrame, dict]:
     """Score cleaned listings; returns (scores with OUTPUT_COLUMNS, counts by flag).
 
     ``extractor`` maps listings to a product_attributes-like frame (product_id + attribute
     columns); ``embedder`` see `encoder_embedder`; ``classifiers`` see
-    `load_published_classifiers`. Any may be None: the listing is then scored with what it has
+    `load_published_classifiers`; ``comparables_index`` a `core.comparables.ComparablesIndex`
+    (see `load_for_price_model`) searched for ``comparables_k`` products per listing. Any may be None: the listing is then scored with what it has
     (text features and the metadata it states), and the output says so in the flags and counts.
     """
     df = listings.reset_index(drop=True).copy()
@@ -428,6 +436,10 @@ def score_listings(
         out["flags"] = [";".join(x for x in (f, NOT_CLASSIFIED if r is None else "") if x)
                         for f, r in zip(out["flags"], out["classifier_regime"])]
     out["price_model_version"] = (model_info or {}).get("version")
+    cmp, cmp_counts = comparables_columns(comparables_index, inputs.image if embeddings is not None else None,
+                                          inputs.text if embeddings is not None else None, len(out), comparables_k)
+    for c in COMPARABLES_COLUMNS:
+        out[c] = cmp[c].to_numpy()
     counts = {"listings": int(len(out))}
     for flag in (NO_IMAGE, UNREADABLE_IMAGE, NO_TITLE, NO_DESCRIPTION, UNKNOWN_CATEGORY,
                  ASKING_PRICE_OUTSIDE_RANGE, PRICE_CLIPPED, PRICE_ABSTAINED_NO_INPUT, PRICE_ABSTAINED_WIDE,
@@ -438,6 +450,7 @@ def score_listings(
     counts["attributes_extracted"] = attributes is not None
     counts["classifiers_published"] = len(classifiers or {})
     counts["classified_by_regime"] = {str(k): int(v) for k, v in out["classifier_regime"].value_counts().items()}
+    counts["comparables"] = cmp_counts
     counts["priced_by_form"] = {str(k): int(v) for k, v in out.loc[out["price_usd"].notna(), "price_form"]
                                 .value_counts().items()}
     return out[list(OUTPUT_COLUMNS)], counts

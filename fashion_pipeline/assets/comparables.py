@@ -1,0 +1,76 @@
+"""price_comparables: the faiss index of catalogue products that scoring cites as comparables.
+
+Built once per published price model, right after ``published_price_regressor``, from the
+train + validation catalogue rows (never test) and their product_embeddings, and saved in the
+model store as ``price_comparables`` with the price model version it serves. The scoring CLI
+and ``scored_listings`` load it once per run (core.comparables.load_for_price_model).
+Logic: fashion_pipeline.core.comparables.
+"""
+
+
+import time
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from fashion_pipeline.assets.clustering import embeddings_path
+from fashion_pipeline.assets.regressors import GROUP, load_embeddings, published_price_regressor
+from fashion_pipeline.core import comparables
+from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
+from fashion_pipeline.resources.model_store import ModelStoreResource
+
+
+class ComparablesConfig(dg.Config):
+    embeddings_path: str | None = Field(
+        default=None,
+        description="product_embeddings Parquet; default: the path recorded by the latest product_embeddings "
+        "materialization, else <var dir>/embeddings/product_embeddings.parquet.")
+    splits: list[str] = Field(default=list(comparables.CATALOGUE_SPLITS),
+                              description="Catalogue splits the comparables come from (never 'test': the hold-out).")
+
+
+@dg.asset(group_name=GROUP, kinds={"faiss", "parquet"},
+          deps=[published_price_regressor, dg.AssetKey("product_embeddings")],
+          description="Exact nearest-neighbour index (faiss IndexFlatIP on normalised image + text embeddings) of "
+                      "the priced train + validation catalogue products, saved next to the published price model "
+                      "and versioned with it; scoring cites the k most similar products per listing.")
+def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConfig, clean_products: pd.DataFrame,
+                      model_store: ModelStoreResource) -> dg.MaterializeResult:
+    if "test" in config.splits:
+        raise dg.Failure(description="price_comparables must not be built from the test split (the hold-out)")
+    store = model_store.store()
+    published = store.published(PRICE_MODEL_NAME)
+    if published is None:
+        raise dg.Failure(description=f"no published {PRICE_MODEL_NAME}: materialize published_price_regressor first")
+    emb, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
+    if emb is None:  # not a failure: scoring works without embeddings, and says why there are no comparables
+        context.log.warning(f"no comparables index built: {emb_note}")
+        return dg.MaterializeResult(metadata={"index_size": dg.MetadataValue.int(0), "embeddings": emb_note,
+                                              "price_model_version": str(published["version"]),
+                                              "skipped": "no product embeddings: nothing to index"})
+    t0 = time.perf_counter()
+    items, image, text = comparables.catalogue_items(clean_products, emb, tuple(config.splits))
+    index = comparables.ComparablesIndex.build(items, image, text)
+    build_s = time.perf_counter() - t0
+    price_version = str(published["version"])
+    version = comparables.save_to_store(store, index, price_version,
+                                        {"embeddings": emb_note, "splits": list(config.splits)})
+    context.log.info(f"{comparables.COMPARABLES_NAME} {version}: {index.size} products x {index.dimension} dims "
+                     f"for {PRICE_MODEL_NAME} {price_version} in {build_s:.1f} s")
+    by_source = items.loc[:, "source"].value_counts().to_dict() if len(items) else {}
+    return dg.MaterializeResult(metadata={
+        "version": version,
+        "price_model_version": price_version,
+        "index_size": dg.MetadataValue.int(index.size),
+        "dimension": dg.MetadataValue.int(index.dimension),
+        "dims": dg.MetadataValue.json(index.dims),
+        "build_seconds": dg.MetadataValue.float(float(index.info["build_seconds"])),
+        "total_seconds": dg.MetadataValue.float(round(build_s, 2)),
+        "faiss_index": index.info["faiss_index"],
+        "rows": dg.MetadataValue.json({k: index.info[k] for k in (
+            "rows_given", "rows_without_embedding", "rows_image_and_text", "rows_image_only", "rows_text_only")}),
+        "catalogue_rows_by_source": dg.MetadataValue.json({str(k): int(v) for k, v in by_source.items()}),
+        "splits": dg.MetadataValue.json(list(config.splits)),
+        "embeddings": emb_note,
+    })

@@ -1,0 +1,383 @@
+"""Comparable catalogue products for a listing: exact nearest neighbours by embedding (faiss).
+
+Pure code, no Dagster. `ComparablesIndex` holds one faiss ``IndexFlatIP`` (exact inner-product
+search, batched through BLAS) over catalogue products and a metadata table (product_id, title,
+price_usd, source) in the same row order.
+
+The vector
+----------
+A product has up to two embeddings that live in different, unaligned spaces (image and text,
+see core.encoders). The searched vector is their concatenation, each part L2-normalised, with
+weights chosen so that the inner product is the **mean cosine similarity over the modalities
+the query has**:
+
+- a catalogue row stores ``[img/|img| / sqrt(2), txt/|txt| / sqrt(2)]``; a modality it lacks is
+  zeros (so a row with both has norm 1, a row with one has norm 1/sqrt(2));
+- a query with both modalities uses the same vector: similarity = (cos_image + cos_text) / 2;
+- a query with one modality puts ``sqrt(2) * v/|v|`` in that part and zeros in the other:
+  similarity = the cosine on that modality alone (a text-only listing is compared by text with
+  every catalogue row that has a text, regardless of their photos).
+
+A catalogue modality the query has but the row lacks counts as similarity 0 for that part, so a
+row missing a photo ranks below an equally close row with one for a listing that has a photo.
+A row's own vector as a query therefore scores exactly 1 (up to float rounding). Rows with
+neither embedding are not indexed; queries with neither get no comparables (None).
+
+Storage: ``save(folder)`` writes ``index.faiss`` (faiss.write_index), ``items.parquet`` and
+``comparables.json`` (dimensions, format, build facts); ``load(folder)`` checks they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MODALITIES = ("image", "text")
+ITEM_COLUMNS = ("product_id", "title", "price_usd", "source")
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.parquet"
+META_FILE = "comparables.json"
+FORMAT_VERSION = 1
+DEFAULT_K = 5
+# Catalogue rows an index is built from: never the test split (it is the models' hold-out).
+CATALOGUE_SPLITS = ("train", "validation")
+
+# Why a listing has no comparables (counted by `comparables_columns`).
+REASON_NO_INDEX = "no_index"
+REASON_NO_EMBEDDING = "no_embedding"
+REASON_DISABLED = "disabled"
+
+
+class ComparablesDimensionError(ValueError):
+    """Query embeddings do not have the dimensions the index was built with."""
+
+
+def openblas_coretype_hint(cpuinfo: str | None = None) -> str | None:
+    """The OpenBLAS kernel family this CPU supports, from /proc/cpuinfo flags (None if unknown).
+
+    faiss-cpu 1.15.1 bundles OpenBLAS 0.3.15, which does not recognise recent Xeons (e.g. the
+    "Intel Xeon Processor" of these VMs) and falls back to its generic "Prescott" kernels: flat
+    search measured 15 GFLOPS there against 105 with SkylakeX kernels (benchmarks/results/
+    comparables.md). Only families whose instructions the CPU reports are returned."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
+    flags = set(line.partition(":")[2].split())
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return None
+
+
+def _faiss():
+    """faiss, imported lazily (scoring without comparables must not need it). Before the first
+    import, OPENBLAS_CORETYPE is set from the CPU's flags unless the environment sets it (see
+    `openblas_coretype_hint`; numpy's own OpenBLAS is already loaded and unaffected)."""
+    import os
+    import sys
+
+    if "faiss" not in sys.modules and "OPENBLAS_CORETYPE" not in os.environ:
+        hint = openblas_coretype_hint()
+        if hint:
+            os.environ["OPENBLAS_CORETYPE"] = hint
+    import faiss
+
+    return faiss
+
+
+def _unit(m: np.ndarray | None, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``m`` L2-normalised (float32), and a mask of rows that had a usable vector
+    (finite, non-zero). ``None`` means the modality is absent for every row."""
+    if m is None:
+        return np.zeros((n, dim), np.float32), np.zeros(n, bool)
+    m = np.asarray(m, dtype=np.float32)
+    finite = np.isfinite(m).all(axis=1)
+    out = np.where(finite[:, None], m, 0.0).astype(np.float32)
+    norms = np.linalg.norm(out, axis=1)
+    ok = finite & (norms > 0)
+    out[ok] /= norms[ok, None]
+    out[~ok] = 0.0
+    return out, ok
+
+
+@dataclass
+class ComparablesIndex:
+    index: object  # faiss.IndexFlatIP
+    items: pd.DataFrame  # ITEM_COLUMNS, row i = faiss id i
+    dims: dict[str, int]  # {"image": d_image, "text": d_text}
+    info: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, items: pd.DataFrame, image: np.ndarray | None, text: np.ndarray | None,
+              image_dim: int | None = None, text_dim: int | None = None) -> "ComparablesIndex":
+        """Index catalogue ``items`` (ITEM_COLUMNS; extra columns dropped) with their aligned image
+        and text embeddings ([n, d], NaN rows = missing; either may be None if ``*_dim`` is given).
+        Rows with neither embedding are left out and counted in ``info``."""
+        t0 = time.perf_counter()
+        missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+        if missing:
+            raise ValueError(f"catalogue items lack column(s) {missing}; need {list(ITEM_COLUMNS)}")
+        n = len(items)
+        dims = {"image": int(image.shape[1]) if image is not None else image_dim,
+                "text": int(text.shape[1]) if text is not None else text_dim}
+        for name, m in (("image", image), ("text", text)):
+            if dims[name] is None:
+                raise ValueError(f"no {name} embeddings and no {name}_dim: the index needs both dimensions")
+            if m is not None and len(m) != n:
+                raise ValueError(f"{len(m)} {name} embeddings for {n} catalogue items")
+        img, has_img = _unit(image, n, dims["image"])
+        txt, has_txt = _unit(text, n, dims["text"])
+        keep = has_img | has_txt
+        w = np.float32(1.0 / math.sqrt(len(MODALITIES)))
+        vectors = np.ascontiguousarray(np.hstack([img[keep] * w, txt[keep] * w]), dtype=np.float32)
+        faiss = _faiss()
+        index = faiss.IndexFlatIP(dims["image"] + dims["text"])
+        if len(vectors):
+            index.add(vectors)
+        kept = items.loc[keep, list(ITEM_COLUMNS)].reset_index(drop=True)
+        kept["product_id"] = kept["product_id"].astype(str)
+        kept["title"] = kept["title"].fillna("").astype(str)
+        kept["price_usd"] = pd.to_numeric(kept["price_usd"], errors="coerce").astype(float)
+        kept["source"] = kept["source"].astype(object).where(kept["source"].notna(), None)
+        info = {
+            "format": FORMAT_VERSION, "metric": "inner product of weighted, L2-normalised image+text",
+            "faiss_index": type(index).__name__, "faiss_version": getattr(faiss, "__version__", "?"),
+            "size": int(index.ntotal), "dimension": int(index.d), "dims": dims,
+            "rows_given": int(n), "rows_without_embedding": int((~keep).sum()),
+            "rows_image_and_text": int((has_img & has_txt).sum()),
+            "rows_image_only": int((has_img & ~has_txt).sum()), "rows_text_only": int((~has_img & has_txt).sum()),
+            "build_seconds": round(time.perf_counter() - t0, 3),
+        }
+        return cls(index, kept, dims, info)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.index.d)
+
+    # ----------------------------------------------------------------- search
+    def query_vectors(self, image: np.ndarray | None, text: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Query vectors for listings' image / text embeddings ([n, d], NaN rows = missing; None
+        = that modality missing everywhere) and a mask of rows that have at least one.
+
+        Raises ComparablesDimensionError when a modality's width differs from the index's."""
+        n = None
+        for name, m in (("image", image), ("text", text)):
+            if m is None:
+                continue
+            m = np.asarray(m)
+            if m.ndim != 2 or m.shape[1] != self.dims[name]:
+                raise ComparablesDimensionError(
+                    f"{name} embeddings of shape {m.shape}: the comparables index was built with {name} "
+                    f"dimension {self.dims[name]} (image {self.dims['image']}, text {self.dims['text']}). The "
+                    f"listings were embedded with another encoder backend than the catalogue; embed them with the "
+                    f"backend the index was built with, or rebuild the index (asset price_comparables).")
+            if n is not None and len(m) != n:
+                raise ValueError(f"{len(m)} {name} embeddings for {n} rows")
+            n = len(m)
+        if n is None:
+            raise ValueError("query_vectors needs image or text embeddings")
+        img, has_img = _unit(image, n, self.dims["image"])
+        txt, has_txt = _unit(text, n, self.dims["text"])
+        present = has_img.astype(np.float32) + has_txt.astype(np.float32)
+        # sqrt(M) / (modalities present): the inner product with a catalogue row is the mean cosine.
+        scale = np.where(present > 0, math.sqrt(len(MODALITIES)) / np.maximum(present, 1), 0).astype(np.float32)
+        q = np.ascontiguousarray(np.hstack([img, txt]) * scale[:, None], dtype=np.float32)
+        return q, present > 0
+
+    def search(self, vectors: np.ndarray, k: int = DEFAULT_K, batch_size: int = 4096) -> list[list[dict]]:
+        """The ``k`` most similar catalogue products per query vector (rows of ``vectors``, as made
+        by `query_vectors`), most similar first: dicts with product_id, title, price_usd, source,
+        similarity. An all-zero query row (no embedding) gets an empty list."""
+        q = np.asarray(vectors, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dimension:
+            raise ComparablesDimensionError(
+                f"query vectors of shape {q.shape}: the comparables index has dimension {self.dimension} "
+                f"(image {self.dims['image']} + text {self.dims['text']}); build queries with query_vectors()")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        k = min(int(k), self.size)
+        if k == 0 or not len(q):
+            return [[] for _ in range(len(q))]
+        q = np.ascontiguousarray(q)
+        nonzero = np.flatnonzero(np.abs(q).sum(axis=1) > 0)
+        sims = np.full((len(q), k), -np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        for s in range(0, len(nonzero), batch_size):
+            rows = nonzero[s : s + batch_size]
+            d, i = self.index.search(np.ascontiguousarray(q[rows]), k)
+            sims[rows], ids[rows] = d, i
+        pid = self.items["product_id"].to_numpy()
+        title = self.items["title"].to_numpy()
+        price = self.items["price_usd"].to_numpy(dtype=float)
+        source = self.items["source"].to_numpy()
+        out = []
+        for r in range(len(q)):
+            out.append([{"product_id": pid[j], "title": title[j],
+                         "price_usd": None if math.isnan(price[j]) else float(price[j]),
+                         "source": source[j], "similarity": float(sims[r, c])}
+                        for c, j in enumerate(ids[r]) if j >= 0])
+        return out
+
+    def search_embeddings(self, image: np.ndarray | None, text: np.ndarray | None,
+                          k: int = DEFAULT_K) -> list[list[dict] | None]:
+        """`search` on listings' embeddings; None for a listing with neither embedding."""
+        q, has = self.query_vectors(image, text)
+        res = self.search(q, k)
+        return [r if h else None for r, h in zip(res, has)]
+
+    # ------------------------------------------------------------ save / load
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _faiss().write_index(self.index, str(folder / INDEX_FILE))
+        self.items.to_parquet(folder / ITEMS_FILE, index=False)
+        meta = {**self.info, "format": FORMAT_VERSION, "dims": self.dims, "size": self.size,
+                "dimension": self.dimension, "item_columns": list(ITEM_COLUMNS)}
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ComparablesIndex":
+        folder = Path(folder)
+        for f in (INDEX_FILE, ITEMS_FILE, META_FILE):
+            if not (folder / f).is_file():
+                raise FileNotFoundError(f"{folder / f} is missing: not a saved comparables index")
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{folder}: comparables format {meta.get('format')!r}, this code reads {FORMAT_VERSION}")
+        index = _faiss().read_index(str(folder / INDEX_FILE))
+        items = pd.read_parquet(folder / ITEMS_FILE)
+        dims = {k: int(v) for k, v in meta["dims"].items()}
+        if index.d != sum(dims.values()) or index.ntotal != len(items):
+            raise ValueError(f"{folder}: index ({index.ntotal} x {index.d}) does not match its metadata "
+                             f"({len(items)} items, dims {dims})")
+        items["source"] = items["source"].astype(object).where(items["source"].notna(), None)
+        return cls(index, items, dims, meta)
+
+
+def catalogue_items(products: pd.DataFrame, embeddings: tuple[list[str], np.ndarray, np.ndarray],
+                    splits: tuple[str, ...] = CATALOGUE_SPLITS) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Priced catalogue rows of ``splits`` (never test by default) with their embeddings aligned:
+    (items, image, text). Rows whose product has no embedding row get NaN vectors (the index
+    leaves them out and counts them)."""
+    df = products
+    if "split" in df.columns:
+        df = df[df["split"].astype(str).isin(splits)]
+    price = pd.to_numeric(df["price_usd"], errors="coerce")
+    ok = price.notna() & np.isfinite(price) & (price > 0)
+    if "price_status" in df.columns:
+        ok &= df["price_status"] == "ok"
+    df = df[ok.to_numpy()].reset_index(drop=True)
+    ids, image, text = embeddings
+    pos = pd.Series(np.arange(len(ids)), index=pd.Index([str(i) for i in ids])).groupby(level=0).first()
+    idx = pos.reindex(df["product_id"].astype(str)).to_numpy()
+    have = ~np.isnan(idx)
+    rows = idx[have].astype(int)
+    img = np.full((len(df), image.shape[1]), np.nan, np.float32)
+    txt = np.full((len(df), text.shape[1]), np.nan, np.float32)
+    img[have], txt[have] = image[rows], text[rows]
+    items = df.reindex(columns=list(ITEM_COLUMNS))
+    return items, img, txt
+
+
+def comparables_columns(index: ComparablesIndex | None, image: np.ndarray | None, text: np.ndarray | None,
+                        n: int, k: int = DEFAULT_K) -> tuple[pd.DataFrame, dict]:
+    """The scoring output's ``comparables`` (JSON list of k objects: product_id, title, price_usd,
+    source, similarity) and ``comparables_median_price_usd`` for ``n`` listings, and counts:
+    how many got comparables and, for the others, why not (no_index / no_embedding / disabled)."""
+    comp = pd.Series([None] * n, dtype=object)
+    median = np.full(n, np.nan)
+    counts = {"k": int(k), "with_comparables": 0}
+    reason = None
+    if k <= 0:
+        reason = REASON_DISABLED
+    elif index is None:
+        reason = REASON_NO_INDEX
+    elif image is None and text is None:
+        reason = REASON_NO_EMBEDDING
+    if reason is not None:
+        counts[f"none/{reason}"] = int(n)
+        return pd.DataFrame({"comparables": comp, "comparables_median_price_usd": median}), counts
+    found = index.search_embeddings(image, text, k)
+    no_emb = 0
+    for r, hits in enumerate(found):
+        if hits is None:
+            no_emb += 1
+            continue
+        comp[r] = json.dumps([{"product_id": h["product_id"], "title": h["title"],
+                               "price_usd": None if h["price_usd"] is None else round(h["price_usd"], 2),
+                               "source": h["source"], "similarity": round(h["similarity"], 4)} for h in hits],
+                             ensure_ascii=False)
+        prices = [h["price_usd"] for h in hits if h["price_usd"] is not None]
+        if prices:
+            median[r] = float(np.median(prices))
+    counts["with_comparables"] = int(n - no_emb)
+    if no_emb:
+        counts[f"none/{REASON_NO_EMBEDDING}"] = int(no_emb)
+    return pd.DataFrame({"comparables": comp, "comparables_median_price_usd": median}), counts
+
+
+# --------------------------------------------------------------------------- model store
+COMPARABLES_NAME = "price_comparables"  # model store name and asset name
+
+
+def save_to_store(store, index: ComparablesIndex, price_model_version: str, extra: dict | None = None,
+                  publish: bool = True) -> str:
+    """Save ``index`` as a new version of COMPARABLES_NAME, tied to the price model version it
+    serves (``features_spec["price_model_version"]``), and publish it."""
+    version = store.save_files(COMPARABLES_NAME, index.save,
+                               {k: index.info.get(k) for k in ("size", "dimension", "build_seconds")},
+                               {"price_model_version": price_model_version, "dims": index.dims, **(extra or {})})
+    if publish:
+        store.publish(COMPARABLES_NAME, version)
+    return version
+
+
+def load_for_price_model(store, price_model_version: str | None) -> tuple[ComparablesIndex | None, dict | None, str]:
+    """The comparables index built for ``price_model_version``: the published one if it was built
+    for it, else the newest intact version that was. Returns (index, info, note); index None with
+    the reason in ``note`` when there is none (never raises for a missing or damaged index)."""
+    from .model_store import ModelCorruptError, ModelNotFoundError
+
+    def built_for(info: dict | None) -> bool:
+        return bool(info) and (info.get("features_spec") or {}).get("price_model_version") == price_model_version
+
+    problems = []
+    try:
+        published = store.published(COMPARABLES_NAME)
+    except ModelCorruptError as e:
+        published = None
+        problems.append(f"PUBLISHED: {e}")
+    candidates = []
+    if built_for(published):
+        candidates.append(published["version"])
+    candidates += [v for v in reversed(store.versions(COMPARABLES_NAME)) if v not in candidates]
+    for v in candidates:
+        try:
+            info = store.info(COMPARABLES_NAME, v)
+            if not built_for(info):
+                continue
+            folder, info = store.load_files(COMPARABLES_NAME, v)
+            return ComparablesIndex.load(folder), info, f"{COMPARABLES_NAME} {v}"
+        except (ModelCorruptError, ModelNotFoundError, OSError, ValueError) as e:
+            problems.append(f"{v}: {e}")
+    note = (f"no {COMPARABLES_NAME} index built for price model {price_model_version} in {getattr(store, 'root', '?')}"
+            f" (materialize the asset '{COMPARABLES_NAME}')")
+    if problems:
+        note += "; unusable versions: " + "; ".join(problems)
+    return None, None, note

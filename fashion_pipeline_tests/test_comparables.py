@@ -282,3 +282,46 @@ def test_cli_prints_comparables_and_warns_once_without_an_index(catalogue, tmp_p
 
     assert cli.main([*args, "--output", str(tmp_path / "c.parquet"), "--comparables", "0"]) == 0
     assert "none/disabled" in json.loads(capsys.readouterr().out)["comparables"]
+
+
+def test_price_comparables_asset_builds_from_train_and_validation_and_ties_to_the_published_model(tmp_path):
+    import dagster as dg
+
+    from fashion_pipeline.assets.comparables import ComparablesConfig, price_comparables
+    from fashion_pipeline.core.encoders.io import EmbeddingsWriter
+    from fashion_pipeline.resources.model_store import ModelStoreResource
+
+    rng = np.random.default_rng(5)
+    n = 9
+    products = pd.DataFrame({"product_id": [f"x{i}" for i in range(n)], "title": [f"t{i}" for i in range(n)],
+                             "source": "hm", "price_usd": np.linspace(5, 45, n), "price_status": "ok",
+                             "split": ["train"] * 5 + ["validation"] * 2 + ["test"] * 2})
+    image = rng.standard_normal((n, 3)).astype(np.float32)
+    text = rng.standard_normal((n, 2)).astype(np.float32)
+    path = tmp_path / "emb.parquet"
+    w = EmbeddingsWriter(path, {"image_dim": "3", "text_dim": "2"})
+    w.write(products["product_id"], image, np.ones(n, bool), text, np.ones(n, bool), ["ok"] * n, ["ok"] * n)
+    w.commit()
+    resource = ModelStoreResource(root=str(tmp_path / "models"))
+    store = resource.store()
+    store.publish(scoring.PRICE_MODEL_NAME, store.save(scoring.PRICE_MODEL_NAME, {"stand-in": 1}, {}, {}))
+    price_version = store.published(scoring.PRICE_MODEL_NAME)["version"]
+
+    result = price_comparables(dg.build_asset_context(), ComparablesConfig(embeddings_path=str(path)), products,
+                               resource)
+    meta = result.metadata
+    assert meta["index_size"].value == 7 and meta["dimension"].value == 5  # 5 train + 2 validation, 3 + 2 dims
+    assert meta["build_seconds"].value >= 0 and meta["price_model_version"] == price_version
+    index, info, _ = cmp.load_for_price_model(store, price_version)
+    assert set(index.items["product_id"]) == {f"x{i}" for i in range(7)}  # never the test rows
+    # A test product's own vector finds catalogue products only.
+    hits = index.search_embeddings(image[[8]], text[[8]], k=7)[0]
+    assert {h["product_id"] for h in hits} == {f"x{i}" for i in range(7)}
+
+    with pytest.raises(dg.Failure, match="test split"):
+        price_comparables(dg.build_asset_context(), ComparablesConfig(embeddings_path=str(path),
+                                                                      splits=["train", "test"]), products, resource)
+    # Without embeddings the asset materializes empty (scoring then counts no_index), it does not fail.
+    result = price_comparables(dg.build_asset_context(), ComparablesConfig(embeddings_path=str(tmp_path / "none.pq")),
+                               products, resource)
+    assert result.metadata["index_size"].value == 0 and "skipped" in result.metadata

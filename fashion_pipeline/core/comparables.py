@@ -199,10 +199,10 @@ class ComparablesIndex:
         q = np.ascontiguousarray(np.hstack([img, txt]) * scale[:, None], dtype=np.float32)
         return q, present > 0
 
-    def search(self, vectors: np.ndarray, k: int = DEFAULT_K, batch_size: int = 4096) -> list[list[dict]]:
-        """The ``k`` most similar catalogue products per query vector (rows of ``vectors``, as made
-        by `query_vectors`), most similar first: dicts with product_id, title, price_usd, source,
-        similarity. An all-zero query row (no embedding) gets an empty list."""
+    def search_arrays(self, vectors: np.ndarray, k: int = DEFAULT_K,
+                      batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities [n, k'], item rows [n, k']) with k' = min(k, size), most similar first;
+        row -1 / similarity -inf where there is no result (all-zero query = no embedding)."""
         q = np.asarray(vectors, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dimension:
             raise ComparablesDimensionError(
@@ -211,27 +211,30 @@ class ComparablesIndex:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         k = min(int(k), self.size)
-        if k == 0 or not len(q):
-            return [[] for _ in range(len(q))]
-        q = np.ascontiguousarray(q)
-        nonzero = np.flatnonzero(np.abs(q).sum(axis=1) > 0)
         sims = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
-        for s in range(0, len(nonzero), batch_size):
+        if k == 0 or not len(q):
+            return sims, ids
+        nonzero = np.flatnonzero(np.any(q != 0, axis=1))
+        for s in range(0, len(nonzero), batch_size):  # batched: faiss turns each batch into one GEMM
             rows = nonzero[s : s + batch_size]
-            d, i = self.index.search(np.ascontiguousarray(q[rows]), k)
-            sims[rows], ids[rows] = d, i
+            sims[rows], ids[rows] = self.index.search(np.ascontiguousarray(q[rows]), k)
+        return sims, ids
+
+    def search(self, vectors: np.ndarray, k: int = DEFAULT_K) -> list[list[dict]]:
+        """The ``k`` most similar catalogue products per query vector (rows of ``vectors``, as made
+        by `query_vectors`), most similar first: dicts with product_id, title, price_usd, source,
+        similarity. An all-zero query row (no embedding) gets an empty list."""
+        sims, ids = self.search_arrays(vectors, k)
         pid = self.items["product_id"].to_numpy()
         title = self.items["title"].to_numpy()
         price = self.items["price_usd"].to_numpy(dtype=float)
         source = self.items["source"].to_numpy()
-        out = []
-        for r in range(len(q)):
-            out.append([{"product_id": pid[j], "title": title[j],
-                         "price_usd": None if math.isnan(price[j]) else float(price[j]),
-                         "source": source[j], "similarity": float(sims[r, c])}
-                        for c, j in enumerate(ids[r]) if j >= 0])
-        return out
+        return [[{"product_id": pid[j], "title": title[j],
+                  "price_usd": None if math.isnan(price[j]) else float(price[j]),
+                  "source": source[j], "similarity": float(sims[r, c])}
+                 for c, j in enumerate(ids[r]) if j >= 0]
+                for r in range(len(ids))]
 
     def search_embeddings(self, image: np.ndarray | None, text: np.ndarray | None,
                           k: int = DEFAULT_K) -> list[list[dict] | None]:
@@ -313,23 +316,30 @@ def comparables_columns(index: ComparablesIndex | None, image: np.ndarray | None
     if reason is not None:
         counts[f"none/{reason}"] = int(n)
         return pd.DataFrame({"comparables": comp, "comparables_median_price_usd": median}), counts
-    found = index.search_embeddings(image, text, k)
-    no_emb = 0
-    for r, hits in enumerate(found):
-        if hits is None:
-            no_emb += 1
-            continue
-        comp[r] = json.dumps([{"product_id": h["product_id"], "title": h["title"],
-                               "price_usd": None if h["price_usd"] is None else round(h["price_usd"], 2),
-                               "source": h["source"], "similarity": round(h["similarity"], 4)} for h in hits],
-                             ensure_ascii=False)
-        prices = [h["price_usd"] for h in hits if h["price_usd"] is not None]
-        if prices:
-            median[r] = float(np.median(prices))
+    q, has = index.query_vectors(image, text)
+    sims, ids = index.search_arrays(q, k)
+    found = ids >= 0
+    prices = np.where(found, index.items["price_usd"].to_numpy(dtype=float)[np.maximum(ids, 0)], np.nan)
+    with np.errstate(all="ignore"):
+        priced = ~np.isnan(prices).all(axis=1)
+        median[priced] = np.nanmedian(prices[priced], axis=1)
+    pid = index.items["product_id"].to_numpy()
+    title = index.items["title"].to_numpy()
+    source = index.items["source"].to_numpy()
+    rounded_price, rounded_sim = np.round(prices, 2), np.round(sims.astype(float), 4)
+    values = comp.tolist()
+    for r in np.flatnonzero(has):
+        values[r] = json.dumps([{"product_id": pid[j], "title": title[j],
+                                 "price_usd": None if math.isnan(rounded_price[r, c]) else float(rounded_price[r, c]),
+                                 "source": source[j], "similarity": float(rounded_sim[r, c])}
+                                for c, j in enumerate(ids[r]) if j >= 0], ensure_ascii=False)
+    median[~has] = np.nan
+    no_emb = int((~has).sum())
     counts["with_comparables"] = int(n - no_emb)
     if no_emb:
-        counts[f"none/{REASON_NO_EMBEDDING}"] = int(no_emb)
-    return pd.DataFrame({"comparables": comp, "comparables_median_price_usd": median}), counts
+        counts[f"none/{REASON_NO_EMBEDDING}"] = no_emb
+    return pd.DataFrame({"comparables": pd.Series(values, dtype=object),
+                         "comparables_median_price_usd": median}), counts
 
 
 # --------------------------------------------------------------------------- model store

@@ -325,3 +325,39 @@ def test_price_comparables_asset_builds_from_train_and_validation_and_ties_to_th
     result = price_comparables(dg.build_asset_context(), ComparablesConfig(embeddings_path=str(tmp_path / "none.pq")),
                                products, resource)
     assert result.metadata["index_size"].value == 0 and "skipped" in result.metadata
+
+
+def test_scored_listings_asset_loads_the_index_once_and_fills_the_columns(catalogue, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from fashion_pipeline.assets.scoring import ScoringConfig, scored_listings
+    from fashion_pipeline.resources.model_store import ModelStoreResource
+
+    products, model, emb = catalogue
+    resource = ModelStoreResource(root=str(tmp_path / "models"))
+    store = resource.store()
+    version = store.save(scoring.PRICE_MODEL_NAME, model, {}, {})
+    store.publish(scoring.PRICE_MODEL_NAME, version)
+    items, img, txt = cmp.catalogue_items(products, emb)
+    cmp.save_to_store(store, ComparablesIndex.build(items, img, txt), version)
+    listings = products[products["split"] == "train"].head(3)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "batch.json").write_text(json.dumps(
+        [{"listing_id": p, "title": t, "description": d} for p, t, d in
+         zip(listings["product_id"], listings["title"], listings["description"])]))
+    ids, image, text = emb  # the asset prefixes listing ids with the file stem
+    monkeypatch.setattr(scoring, "encoder_embedder",
+                        lambda *a, **k: _embedder_near(([f"batch/{i}" for i in ids], image, text)))
+    loads = []
+    real_load = cmp.load_for_price_model
+    monkeypatch.setattr(cmp, "load_for_price_model", lambda *a: loads.append(1) or real_load(*a))
+
+    out = scored_listings(dg.build_asset_context(),
+                          ScoringConfig(incoming_dir=str(incoming), extract_attributes=False, classify=False,
+                                        comparables=2), resource)
+    scores = out.value
+    assert len(loads) == 1
+    assert [json.loads(js)[0]["product_id"] for js in scores["comparables"]] == listings["product_id"].tolist()
+    assert all(len(json.loads(js)) == 2 for js in scores["comparables"])
+    assert out.metadata["flag_counts"].value["comparables"]["with_comparables"] == 3

@@ -322,7 +322,7 @@ def comparables_columns(index: ComparablesIndex | None, image: np.ndarray | None
     prices = np.where(found, index.items["price_usd"].to_numpy(dtype=float)[np.maximum(ids, 0)], np.nan)
     with np.errstate(all="ignore"):
         priced = ~np.isnan(prices).all(axis=1)
-        median[priced] = np.nanmedian(prices[priced], axis=1)
+        median[priced] = np.round(np.nanmedian(prices[priced], axis=1), 2)
     pid = index.items["product_id"].to_numpy()
     title = index.items["title"].to_numpy()
     source = index.items["source"].to_numpy()

@@ -181,6 +181,9 @@ def test_store_keeps_the_index_with_the_price_model_version_it_serves(tiny, tmp_
     (store.root / cmp.COMPARABLES_NAME / v1 / cmp.INDEX_FILE).write_bytes(b"garbage")
     none, _, note = cmp.load_for_price_model(store, "price-v1")
     assert none is None and "checksum mismatch" in note
+    # A PUBLISHED marker naming a version that is gone does not hide the intact ones.
+    (store.root / cmp.COMPARABLES_NAME / "PUBLISHED").write_text("19700101T000000-000000")
+    assert cmp.load_for_price_model(store, "price-v2")[0].size == 5
 
 
 def test_openblas_hint_follows_the_cpu_flags():

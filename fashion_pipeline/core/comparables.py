@@ -370,7 +370,7 @@ def load_for_price_model(store, price_model_version: str | None) -> tuple[Compar
     problems = []
     try:
         published = store.published(COMPARABLES_NAME)
-    except ModelCorruptError as e:
+    except (ModelCorruptError, ModelNotFoundError) as e:
         published = None
         problems.append(f"PUBLISHED: {e}")
     candidates = []

@@ -25,8 +25,7 @@ def store(tmp_path_factory) -> ModelStore:
     res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
                              params={"lightgbm": {"n_estimators": 150}}, blend=False)
     s = ModelStore(tmp_path_factory.mktemp("models"))
-    best = res.best
-    s.publish(scoring.PRICE_MODEL_NAME, s.save(scoring.PRICE_MODEL_NAME, res.models[best], {"kind": best}, {}))
+    s.publish(scoring.PRICE_MODEL_NAME, s.save(scoring.PRICE_MODEL_NAME, res.model, {"kind": res.model.name}, {}))
     return s
 
 

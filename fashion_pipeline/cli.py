@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--no-extraction", action="store_true", help="Skip attribute extraction.")
     sc.add_argument("--no-classifiers", action="store_true",
                     help="Do not predict category / gender / usage; use the listings' own values only.")
-    sc.add_argument("-v", "--verbose", action="store_true")
+    sc.add_argument("-v", "--verbose", action="store_true",
+                    help="Log progress; on an unexpected error, show the full traceback.")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:

@@ -1,7 +1,7 @@
 """Full-data benchmark of the clustering methods and attribute classifiers.
 
     nice -n 10 .venv/bin/python benchmarks/classifiers.py \
-        --data-root /work/shared/data --embeddings var/embeddings/product_embeddings.parquet \
+        --data-root "$FASHION_DATA_ROOT" --embeddings var/embeddings/product_embeddings.parquet \
         --out benchmarks/results/classifiers.md
 
 Builds clean_products with the project's own readers and cleaning code (cached under
@@ -89,7 +89,8 @@ def md_table(df: pd.DataFrame) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-root", type=Path, default=Path("/work/shared/data"))
+    ap.add_argument("--data-root", type=Path, default=os.environ.get("FASHION_DATA_ROOT"), required="FASHION_DATA_ROOT" not in os.environ,
+                    help="Folder with both datasets (default: $FASHION_DATA_ROOT)")
     ap.add_argument("--embeddings", type=Path, required=True, help="product_embeddings Parquet")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/classifiers.md")
     ap.add_argument("--cache", type=Path, default=ROOT / "var/bench/clean_products.parquet")

@@ -1,6 +1,6 @@
 """Embedding benchmark: throughput per backend, input-resolution sweep, full dev data end to end.
 
-    nice -n 10 python benchmarks/embeddings.py [--data /work/shared/data] [--parts sweep,throughput,full]
+    nice -n 10 python benchmarks/embeddings.py [--data "$FASHION_DATA_ROOT"] [--parts sweep,throughput,full]
 
 Writes benchmarks/results/embeddings.md (machine, versions, numbers). Not a test: numbers depend
 on the machine and its load; CPU seconds are reported beside wall time because the development
@@ -243,7 +243,8 @@ def write_report(path: Path, info: dict, results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("FASHION_DATA", "/work/shared/data")))
+    ap.add_argument("--data", type=Path, default=os.environ.get("FASHION_DATA_ROOT"), required="FASHION_DATA_ROOT" not in os.environ,
+                    help="Folder with both datasets (default: $FASHION_DATA_ROOT)")
     ap.add_argument("--parts", default="sweep,throughput,full")
     ap.add_argument("--sweep-n", type=int, default=2000)
     ap.add_argument("--sweep-resolutions", default="96,112,128,160,224")

@@ -1,7 +1,7 @@
 """Extraction quality and throughput against the Kaggle catalogue's own attributes.
 
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/extraction_quality.py \
-        [--data-root /work/shared/data] [--warehouse path/with/clean_products.duckdb] \
+        [--data-root "$FASHION_DATA_ROOT"] [--warehouse path/with/clean_products.duckdb] \
         [--llm-sample 30] [--torch-threads 1]
 
 Builds clean_products from the real data (the project's own ingest chain, in process) unless a
@@ -65,7 +65,8 @@ def score_frame(df: pd.DataFrame, results) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", type=Path, default=Path("/work/shared/data"))
+    ap.add_argument("--data-root", type=Path, default=os.environ.get("FASHION_DATA_ROOT"), required="FASHION_DATA_ROOT" not in os.environ,
+                    help="Folder with both datasets (default: $FASHION_DATA_ROOT)")
     ap.add_argument("--warehouse", type=Path, default=None)
     ap.add_argument("--llm-sample", type=int, default=30, help="products for the transformers backend (0: skip)")
     ap.add_argument("--llm-batch", type=int, default=6)

@@ -1,6 +1,6 @@
 """Benchmark the whole pipeline on growing subsets of the full development data.
 
-    .venv/bin/python benchmarks/pipeline.py --data ../shared/data --sizes 1000,5000,20000,all
+    .venv/bin/python benchmarks/pipeline.py --data "$FASHION_DATA_ROOT" --sizes 1000,5000,20000,all
 
 For each size it builds a subset in the datasets' own layouts (CSV rows chosen by a stable
 hash; the per-product JSON and image folders are symlinked, not copied), materializes every
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KAGGLE = "fashion-product-images"
 HM = "h-and-m-personalized-fashion-recommendations"
 
-# Reference results (../shared/docs/environment.md and the original study).
+# Reference results (the environment notes and the original study).
 BASELINES = {
     "classification (TF-IDF + LinearSVC, Kaggle full listings)": "gender acc 0.996; usage macro-F1 0.698; subCategory acc 0.993",
     "classification (original study, CLIP fusion F1)": "gender 0.86, category 0.83, usage 0.50",
@@ -270,7 +270,8 @@ def write_report(results: list[dict], info: dict, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="full data folder (both datasets)")
+    ap.add_argument("--data", type=Path, default=os.environ.get("FASHION_DATA_ROOT"), required="FASHION_DATA_ROOT" not in os.environ,
+                    help="full data folder (both datasets; default: $FASHION_DATA_ROOT)")
     ap.add_argument("--sizes", default="1000,5000,20000,all", help="comma-separated product counts; 'all' = everything")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-incremental", action="store_true", help="skip the +1%% re-run")

@@ -1,6 +1,6 @@
-"""Re-run the reference recipe of ../shared/docs/environment.md on *our* split.
+"""Re-run the reference recipe of the environment notes (TF-IDF + Ridge, category medians) on *our* split.
 
-    nice -n 10 python benchmarks/reference.py --data ../shared/data --out benchmarks/results/reference.md
+    nice -n 10 python benchmarks/reference.py --data "$FASHION_DATA_ROOT" --out benchmarks/results/reference.md
 
 The reference figures (gender acc 0.996, usage macro-F1 0.698, Kaggle price RMSLE 0.246, H&M
 price RMSLE 0.337) come from plain TF-IDF (product name + description + brand) with LinearSVC /
@@ -90,7 +90,8 @@ def price(df: pd.DataFrame, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=os.environ.get("FASHION_DATA_ROOT"), required="FASHION_DATA_ROOT" not in os.environ,
+                    help="Folder with both datasets (default: $FASHION_DATA_ROOT)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reference.md"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path(default_var_path("cache", "benchmarks", "clean_products_full.parquet")))

@@ -9,26 +9,52 @@ import sys
 
 from fashion_pipeline.paths import default_var_path, resolve
 
+EXIT_CODES = """exit codes:
+  0  scores written (an input with no usable listing gives an empty output file and a
+     warning); rows that could not be read are skipped and counted as not_scored/<reason>
+     in the printed summary
+  1  unexpected error: one line on stderr (-v shows the traceback)
+  2  unusable input (missing path, unsupported file type, invalid JSON or a wrong top-level
+     shape, a folder in neither dataset layout, an --output that is not .parquet / .csv) or
+     no published price model
+"""
+
+EXIT_OK, EXIT_ERROR, EXIT_UNUSABLE = 0, 1, 2
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
 
 def _score(args) -> int:
+    from pathlib import Path
+
     from fashion_pipeline.core import scoring
     from fashion_pipeline.core.model_store import ModelStore
     from fashion_pipeline.core.reports import DropReport
 
+    if Path(args.output).suffix.lower() not in OUTPUT_SUFFIXES:
+        print(f"error: --output {args.output}: must end in .parquet or .csv", file=sys.stderr)
+        return EXIT_UNUSABLE
     store = ModelStore(resolve(args.model_store))
     try:
         model, info = scoring.load_published_price_model(store)
     except scoring.NoPublishedModelError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
     report = DropReport()
     try:
-        listings = scoring.read_listings(args.input, dataset_reader=lambda p: scoring.read_dataset_folder(p, report))
-    except (scoring.ListingsReadError, json.JSONDecodeError, OSError) as e:
-        print(f"error: cannot read listings from {args.input}: {e}", file=sys.stderr)
-        return 2
+        listings = scoring.read_listings(args.input, report=report)
+    except (scoring.ListingsReadError, OSError) as e:
+        print(f"error: cannot read listings from {args.input}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not len(listings):
+        print(f"warning: no listings found in {args.input}"
+              + (f" ({report.total} problem(s) counted under not_scored/ in the summary)" if report.total else "")
+              + "; writing an empty output", file=sys.stderr)
     embedder = extractor = None
-    if not args.no_embeddings:
+    if not args.no_embeddings and len(listings):
         try:
             embedder = scoring.encoder_embedder(args.encoder_backend)
         except ImportError as e:  # encoder stage not installed: price from text + metadata, and say so
@@ -51,7 +77,7 @@ def _score(args) -> int:
     out = scoring.write_scores(scores, args.output)
     counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})
     print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2))
-    return 0
+    return EXIT_OK
 
 
 def _comparables_index(store, info: dict, k: int, embedded: bool):
@@ -78,9 +104,12 @@ def _comparables_index(store, info: dict, k: int, embedded: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fashion-pipeline", description="Fashion Price Informant command line.")
+    ap = argparse.ArgumentParser(prog="fashion-pipeline", description="Fashion Price Informant command line.",
+                                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    sc = sub.add_parser("score", help="Suggest prices (with intervals) and flags for new listings.")
+    sc = sub.add_parser("score", help="Suggest prices (with intervals) and flags for new listings.",
+                        description="Suggest prices (with intervals) and flags for new listings.",
+                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sc.add_argument("--input", required=True,
                     help="A folder in the Kaggle (styles.csv) or H&M (articles.csv) layout, or a .json / .jsonl / "
                          ".csv file of listings with title, description and image_path.")
@@ -97,12 +126,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="Add the K most similar catalogue products (id, title, price, similarity) and their median "
                          "price per listing, from the comparables index built with the published price model "
                          "(default 5; 0 disables).")
-    sc.add_argument("-v", "--verbose", action="store_true")
+    sc.add_argument("-v", "--verbose", action="store_true",
+                    help="Log progress; on an unexpected error, show the full traceback.")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    if args.command == "score":
-        return _score(args)
-    return 1
+    try:
+        if args.command == "score":
+            return _score(args)
+    except Exception as e:  # anything unforeseen: one line, not a traceback (-v shows it)
+        if args.verbose:
+            raise
+        print(f"error: {type(e).__name__}: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

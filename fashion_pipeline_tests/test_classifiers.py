@@ -117,3 +117,16 @@ def test_serving_classifier_predicts_labels_and_probabilities(frame, result):
         again = pickle.loads(pickle.dumps(clf))
         pd.testing.assert_frame_equal(again.predict(rows), out)
         assert clf.features_spec()["regime"] in ("full", "image")
+
+
+def test_training_rows_hide_the_brand_on_about_the_rate_and_nothing_else():
+    from fashion_pipeline.core.models.leaderboard import hide_brand
+
+    train = pd.DataFrame({"brand": [f"b{i}" for i in range(2000)], "title": [f"t{i}" for i in range(2000)]})
+    out = hide_brand(train, 0.5, seed=0)
+    hidden = out["brand"].isna()
+    assert 0.45 < hidden.mean() < 0.55
+    assert (out["title"] == train["title"]).all() and (out.loc[~hidden, "brand"] == train.loc[~hidden, "brand"]).all()
+    assert train["brand"].notna().all()  # the caller's frame is untouched
+    assert hidden.equals(hide_brand(train, 0.5, seed=0)["brand"].isna())  # seeded
+    assert hide_brand(train, 0.0) is train

@@ -73,3 +73,40 @@ def test_a_non_numeric_json_price_is_kept_as_an_unpriced_row(sample_copy):
     assert row["price_status"] == "invalid" and pd.isna(row["price_usd"])
     out = clean_products(products, CleaningSettings(), DropReport())
     assert f"kaggle-{victim.stem}" in set(out["product_id"])
+
+
+
+def test_rows_without_labels_are_dropped_for_ingest_and_kept_with_keep_unlabelled():
+    """Ingest (the default) drops a row it cannot map; scoring (keep_unlabelled) keeps it with
+    null labels. Out-of-scope rows are dropped in both."""
+    from fashion_pipeline.core.cleaning import hm_to_products, kaggle_to_products
+
+    k, a, p, _, _ = _merged()
+    labels = ["master_category", "sub_category", "article_type", "gender", "usage"]
+    k = k.head(5).copy()
+    k[labels] = [
+        [None, None, None, None, None],                       # missing
+        ["", "", "", "", ""],                                 # blank
+        ["Spaceships", "Rockets", "Saturn V", "Men", "Casual"],   # not in the taxonomy
+        ["Accessories", "Accessories", "Ipad", "Men", "Casual"],  # out of scope
+        ["Apparel", "Topwear", "Tshirts", "Women", "Sports"],     # mapped
+    ]
+    ids = list(k["id"])
+    report = DropReport()
+    ingest = kaggle_to_products(k, CleaningSettings(), report)
+    assert list(ingest["source_id"]) == [ids[4]] and list(ingest["category"]) == ["Topwear"]
+    assert report.counts["unmapped_category"] == 3 and report.counts["out_of_scope"] == 1
+    report = DropReport()
+    kept = kaggle_to_products(k, CleaningSettings(), report, keep_unlabelled=True)
+    assert list(kept["source_id"]) == [ids[0], ids[1], ids[2], ids[4]]
+    assert kept["category"].tolist() == [None, None, None, "Topwear"]
+    assert kept["gender"].tolist()[:2] == [None, None] and kept["usage"].tolist()[:2] == [None, None]
+    assert dict(report.counts) == {"out_of_scope": 1}
+
+    a = a.head(3).copy()
+    a[["product_group_name", "product_type_name"]] = [[None, None], ["", ""], ["Furniture", "Chair"]]
+    report = DropReport()
+    assert len(hm_to_products(a, p, CleaningSettings(), report)) == 0
+    assert report.counts["unmapped_category"] == 2 and report.counts["out_of_scope"] == 1
+    kept = hm_to_products(a, p, CleaningSettings(), DropReport(), keep_unlabelled=True)
+    assert list(kept["source_id"]) == list(a["article_id"].iloc[:2]) and kept["category"].isna().all()

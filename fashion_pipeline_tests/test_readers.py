@@ -160,3 +160,27 @@ def test_transactions_missing_a_required_column_is_a_clear_error(sample_copy):
     articles = read_hm_articles(sample_copy / HM, DropReport(), check_image_files=False)
     with pytest.raises(MissingColumnError, match="price"):
         read_hm_prices(sample_copy / HM, articles["article_id"], DropReport())
+
+
+def test_label_columns_are_required_for_ingest_and_optional_with_keep_unlabelled(sample_copy):
+    """Ingest (the default) still rejects a styles.csv / articles.csv without its label columns;
+    scoring new listings (keep_unlabelled=True) reads the rows with null labels."""
+    styles = sample_copy / KAGGLE / "styles.csv"
+    # productDisplayName (last) has unquoted commas: split off the first nine fields only.
+    rows = [line.rstrip("\n").split(",", 9) for line in _styles_lines(sample_copy)]
+    assert rows[0][2:5] == ["masterCategory", "subCategory", "articleType"]
+    styles.write_text("".join(",".join(r[:2] + r[5:]) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(MissingColumnError, match="masterCategory"):
+        read_kaggle_products(sample_copy / KAGGLE, DropReport(), check_image_files=False)
+    k = read_kaggle_products(sample_copy / KAGGLE, DropReport(), check_image_files=False, keep_unlabelled=True)
+    assert len(k) == len(rows) - 1 and k[["master_category", "sub_category", "article_type"]].isna().all().all()
+
+    articles = sample_copy / HM / "articles.csv"
+    a = pd.read_csv(articles, dtype=str, keep_default_na=False)
+    a.drop(columns=["product_code", "product_type_name", "product_group_name"]).to_csv(articles, index=False)
+    with pytest.raises(MissingColumnError, match="product_code"):
+        read_hm_articles(sample_copy / HM, DropReport(), check_image_files=False)
+    h = read_hm_articles(sample_copy / HM, DropReport(), check_image_files=False, keep_unlabelled=True)
+    assert len(h) == a["article_id"].nunique()
+    assert h[["product_type_name", "product_group_name"]].isna().all().all()
+    assert (h["product_code"] == h["article_id"].str[:7]).all()

@@ -14,6 +14,7 @@ import pytest
 from fashion_pipeline import cli
 from fashion_pipeline.core import scoring
 from fashion_pipeline.core.model_store import ModelStore
+from fashion_pipeline.core.models.classifiers import ServingPredictions
 from fashion_pipeline.core.pricing.features import PriceFeaturizer, build_price_inputs
 from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline_tests.test_pricing_core import KAGGLE, clean_sample
@@ -25,8 +26,7 @@ def store(tmp_path_factory) -> ModelStore:
     res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
                              params={"lightgbm": {"n_estimators": 150}}, blend=False)
     s = ModelStore(tmp_path_factory.mktemp("models"))
-    best = res.best
-    s.publish(scoring.PRICE_MODEL_NAME, s.save(scoring.PRICE_MODEL_NAME, res.models[best], {"kind": best}, {}))
+    s.publish(scoring.PRICE_MODEL_NAME, s.save(scoring.PRICE_MODEL_NAME, res.model, {"kind": res.model.name}, {}))
     return s
 
 
@@ -157,15 +157,11 @@ def test_listings_scored_without_the_embeddings_the_model_was_trained_with_are_f
     assert scoring.NO_EMBEDDINGS not in plain["flags"].iloc[0]
 
 
-def test_score_cli_on_unseen_hm_folder(tmp_path, store):
-    """An H&M-layout folder (articles.csv + transactions + images/0XX/) of test-split articles."""
+def _hm_listing_folder(dest: Path, ids: set[str]) -> Path:
+    """Copy the given articles (with their transactions and images) into a new H&M-layout folder."""
     from fashion_pipeline_tests.test_pricing_core import HM
 
-    df = clean_sample()
-    test = df[(df["source"] == "hm") & (df["split"] == "test") & (df["price_status"] == "ok")]
-    ids = set(test["source_id"].astype(str).head(12))
-    dest = tmp_path / "hm"
-    dest.mkdir()
+    dest.mkdir(parents=True)
     arts = pd.read_csv(HM / "articles.csv", dtype=str, keep_default_na=False)
     arts[arts["article_id"].str.zfill(10).isin(ids)].to_csv(dest / "articles.csv", index=False, quoting=csv.QUOTE_MINIMAL)
     tx = pd.read_csv(HM / "transactions_train.csv", dtype=str)
@@ -175,6 +171,21 @@ def test_score_cli_on_unseen_hm_folder(tmp_path, store):
         if src.exists():
             (dest / "images" / aid[:3]).mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / "images" / aid[:3] / f"{aid}.jpg")
+    return dest
+
+
+def _unseen_hm_ids(n: int = 12) -> set[str]:
+    df = clean_sample()
+    test = df[(df["source"] == "hm") & (df["split"] == "test") & (df["price_status"] == "ok")]
+    return set(test["source_id"].astype(str).head(n))
+
+
+def test_score_cli_on_unseen_hm_folder(tmp_path, store):
+    """An H&M-layout folder (articles.csv + transactions + images/0XX/) of test-split articles."""
+    df = clean_sample()
+    test = df[(df["source"] == "hm") & (df["split"] == "test") & (df["price_status"] == "ok")]
+    ids = _unseen_hm_ids()
+    dest = _hm_listing_folder(tmp_path / "hm", ids)
     out = tmp_path / "hm.parquet"
     assert cli.main(["score", "--input", str(dest), "--output", str(out), "--model-store", str(store.root),
                      "--no-embeddings"]) == 0
@@ -266,4 +277,318 @@ def test_the_readme_example_listings_score(tmp_path, store):
     assert not {scoring.NO_IMAGE, scoring.UNREADABLE_IMAGE} & (flags["full-jeans"] | flags["photo-only"])
     assert scoring.NO_IMAGE in flags["no-photo"] and scoring.NO_TITLE in flags["photo-only"]
     assert scores.loc["stated-category", "category"] == "Dresses & Sets"
-    assert (pd.to_numeric(scores["price_usd"]) > 0).all()
+    # With --no-embeddings the photo-only listing gives the model nothing to read: no price, said so.
+    assert scoring.PRICE_ABSTAINED_NO_INPUT in flags["photo-only"] and scores.loc["photo-only", "price_usd"] == ""
+    assert (pd.to_numeric(scores["price_usd"].drop("photo-only")) > 0).all()
+
+
+# ------------------------------------------------------------- bad input: a clear answer, never a traceback
+
+
+def _cli(capsys, *args: str) -> tuple[int, dict | None, str]:
+    """Run the CLI; (exit code, the printed JSON summary or None, stderr)."""
+    rc = cli.main(["score", *args])
+    captured = capsys.readouterr()
+    return rc, (json.loads(captured.out) if rc == 0 else None), captured.err
+
+
+def _score_file(capsys, store, tmp_path, name: str, content: str, *extra: str, output: str = "scores.csv"):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    out = tmp_path / output
+    rc, summary, err = _cli(capsys, "--input", str(path), "--output", str(out), "--model-store", str(store.root),
+                            "--no-embeddings", "--no-classifiers", *extra)
+    return rc, summary, err, out
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_malformed_csv_rows_are_skipped_and_counted(tmp_path, store, capsys):
+    content = (
+        "listing_id,title,description,image_path,price_usd\n"
+        "a,Blue denim jeans,Slim fit,,30\n"
+        "b,Red dress,too,many,fields,here\n"      # 6 fields for 5 columns
+        "c,White sneakers,Canvas\n"               # 3 fields
+        ",,,,\n"                                  # nothing at all
+        "\n"                                      # a blank line is not a row
+        "d,Black leather belt,Genuine leather,,12\n"
+    )
+    rc, summary, _, out = _score_file(capsys, store, tmp_path, "l.csv", content)
+    assert rc == 0
+    assert list(pd.read_csv(out)["listing_id"]) == ["a", "d"]
+    assert summary["listings"] == 2
+    assert summary["not_scored/malformed_row"] == 2 and summary["not_scored/empty_record"] == 1
+
+
+def test_a_stray_quote_in_a_csv_costs_its_own_line_only(tmp_path, store, capsys):
+    content = (
+        "listing_id,title,description,image_path,price_usd\n"
+        'a,"Green scarf,Wool,,5\n'                # the quote opens a field that never closes
+        "b,Blue denim jeans,Slim fit,,30\n"
+        "c,Red silk dress,Knee length,,50\n"
+    )
+    rc, summary, _, out = _score_file(capsys, store, tmp_path, "l.csv", content)
+    assert rc == 0 and list(pd.read_csv(out)["listing_id"]) == ["b", "c"]
+    assert summary["not_scored/malformed_row"] == 1
+
+
+def test_csv_listings_without_ids_keep_their_row_position_when_rows_are_skipped(tmp_path, store, capsys):
+    content = "title,description\nBlue jeans,Denim\nbad,row,extra\nRed dress,Silk\n"
+    rc, summary, _, out = _score_file(capsys, store, tmp_path, "l.csv", content)
+    assert rc == 0 and list(pd.read_csv(out)["listing_id"]) == ["listing-0", "listing-2"]
+    assert summary["not_scored/malformed_row"] == 1
+
+
+def test_json_items_that_are_not_listings_are_skipped_and_counted(tmp_path, store, capsys):
+    items = [1, "a", None, {"listing_id": "ok", "title": "Navy cotton shirt"}, {}, {"colour_name": "red"},
+             {"title": "", "description": None}]
+    rc, summary, _, out = _score_file(capsys, store, tmp_path, "l.json", json.dumps(items))
+    assert rc == 0 and list(pd.read_csv(out)["listing_id"]) == ["ok"]
+    assert summary["listings"] == 1
+    assert summary["not_scored/not_an_object"] == 3
+    assert summary["not_scored/empty_record"] == 2          # {} and the all-blank record
+    assert summary["not_scored/no_listing_fields"] == 1     # {"colour_name": ...}: nothing a listing has
+
+
+def test_invalid_jsonl_lines_are_skipped_and_counted(tmp_path, store, capsys):
+    content = '{"title": "Blue jeans"}\nnot json at all\n[1, 2]\n\n{"title": "Red dress"}\n'
+    rc, summary, _, out = _score_file(capsys, store, tmp_path, "l.jsonl", content)
+    assert rc == 0
+    # Default names keep the position among the non-blank lines, skipped ones included.
+    assert list(pd.read_csv(out)["listing_id"]) == ["listing-0", "listing-3"]
+    assert summary["not_scored/invalid_json_line"] == 1 and summary["not_scored/not_an_object"] == 1
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("l.json", '{"listings": 5}', '"listings" is int'),
+    ("l.json", "5", "got int"),
+    ("l.json", '"a string"', "got str"),
+    ("l.json", '{"items": [{"title": "x"}]}', 'without "listings"'),
+    ("l.json", '[{"title": "Red dress"},', "not valid JSON"),
+    ("l.txt", "title\nRed dress\n", "unsupported listings file type '.txt'"),
+])
+def test_unusable_listing_files_exit_2_with_one_line(tmp_path, store, capsys, name, content, says):
+    rc, _, err, out = _score_file(capsys, store, tmp_path, name, content)
+    assert rc == 2 and not out.exists()
+    line = _one_error_line(err)
+    assert line.startswith("error: cannot read listings from") and says in line
+
+
+def test_a_missing_path_or_a_folder_in_neither_layout_exits_2(tmp_path, store, capsys):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("not a dataset")
+    for path, says in ((tmp_path / "nope.json", "no such file or folder"), (tmp_path / "other", "not a listings folder")):
+        rc, _, err = _cli(capsys, "--input", str(path), "--output", str(tmp_path / "o.csv"),
+                          "--model-store", str(store.root), "--no-embeddings")
+        assert rc == 2 and says in _one_error_line(err) and not (tmp_path / "o.csv").exists()
+
+
+def test_a_kaggle_folder_without_its_title_column_exits_2(tmp_path, store, capsys):
+    folder = _kaggle_listing_folder(tmp_path / "k", _unseen_kaggle_ids(3))
+    styles = folder / "styles.csv"
+    styles.write_text(styles.read_text().replace("productDisplayName", "name", 1))
+    rc, _, err = _cli(capsys, "--input", str(folder), "--output", str(tmp_path / "o.csv"),
+                      "--model-store", str(store.root), "--no-embeddings")
+    assert rc == 2 and "productDisplayName" in _one_error_line(err)
+
+
+def test_a_bad_output_suffix_exits_2(tmp_path, store, capsys):
+    (tmp_path / "l.json").write_text('[{"title": "Red dress"}]')
+    rc, _, err = _cli(capsys, "--input", str(tmp_path / "l.json"), "--output", str(tmp_path / "o.xlsx"),
+                      "--model-store", str(store.root), "--no-embeddings")
+    assert rc == 2 and ".parquet or .csv" in _one_error_line(err)
+
+
+# Serving classifiers that always answer the same label, so a test can tell a predicted label from
+# one read from the input (the labels' quality is test_free_form_listings_get_...'s business).
+FIXED_PREDICTION = {"category": "Footwear", "gender": "Women", "usage": "Casual"}
+
+
+class FixedLabelClassifier(ServingPredictions):
+    def __init__(self, task: str):
+        self.classes = [FIXED_PREDICTION[task], "other"]
+
+    def _proba_array(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.tile([0.75, 0.25], (len(frame), 1))
+
+
+@pytest.fixture(scope="module")
+def fixed_classifiers(tmp_path_factory, store) -> ModelStore:
+    s = ModelStore(tmp_path_factory.mktemp("models_fixed"))
+    s.publish(scoring.PRICE_MODEL_NAME, s.save(scoring.PRICE_MODEL_NAME, *store.load(scoring.PRICE_MODEL_NAME)[:1],
+                                               {"kind": "copy"}, {}))
+    for task in scoring.CLASSIFIER_TASKS:
+        for regime in scoring.REGIME_PREFERENCE:
+            name = scoring.classifier_name(task, regime)
+            s.publish(name, s.save(name, FixedLabelClassifier(task), {}, {}))
+    return s
+
+
+def _unlabel_kaggle(folder: Path, how: str) -> None:
+    """Drop (or blank) styles.csv's label columns: gender, masterCategory, subCategory, articleType, usage."""
+    path = folder / "styles.csv"
+    # productDisplayName (last) has unquoted commas: split off the first nine fields only.
+    rows = [line.rstrip("\n").split(",", 9) for line in path.read_text(encoding="utf-8").splitlines()]
+    labels = [rows[0].index(c) for c in ("gender", "masterCategory", "subCategory", "articleType", "usage")]
+    if how == "missing":
+        rows = [[f for j, f in enumerate(r) if j not in labels] for r in rows]
+    else:
+        rows = [rows[0]] + [["" if j in labels else f for j, f in enumerate(r)] for r in rows[1:]]
+    path.write_text("".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _unlabel_hm(folder: Path, how: str) -> None:
+    arts = pd.read_csv(folder / "articles.csv", dtype=str, keep_default_na=False)
+    labels = ["product_type_name", "product_group_name", "index_name", "index_group_name", "section_name"]
+    if how == "missing":
+        arts = arts.drop(columns=labels)
+    else:
+        arts[labels] = ""
+    arts.to_csv(folder / "articles.csv", index=False)
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "hm"])
+@pytest.mark.parametrize("how", ["missing", "blank"])
+def test_dataset_folder_rows_without_labels_are_scored_with_predicted_labels(tmp_path, fixed_classifiers, capsys,
+                                                                              layout, how):
+    if layout == "kaggle":
+        ids = _unseen_kaggle_ids(8)
+        folder = _kaggle_listing_folder(tmp_path / "in", ids)
+        _unlabel_kaggle(folder, how)
+    else:
+        ids = sorted(_unseen_hm_ids(8))
+        folder = _hm_listing_folder(tmp_path / "in", set(ids))
+        _unlabel_hm(folder, how)
+    out = tmp_path / "scores.parquet"
+    rc, summary, _ = _cli(capsys, "--input", str(folder), "--output", str(out),
+                          "--model-store", str(fixed_classifiers.root), "--no-embeddings")
+    assert rc == 0
+    scores = pd.read_parquet(out)
+    assert len(scores) == len(ids) == summary["listings"]   # nobody dropped for a missing label
+    assert not any(k.startswith("not_scored/unmapped") for k in summary)
+    for task, label in FIXED_PREDICTION.items():
+        assert (scores[task] == label).all() and (scores[f"{task}_predicted"] == label).all(), task
+        assert (scores[f"{task}_confidence"] == 0.75).all()
+    assert summary[scoring.UNKNOWN_CATEGORY] == 0 and summary[scoring.NOT_CLASSIFIED] == 0
+    assert np.isfinite(scores["price_usd"]).all() and (scores["price_usd"] > 0).all()
+
+
+def test_dataset_folder_rows_with_blank_labels_are_kept_without_classifiers_too(tmp_path, store, capsys):
+    ids = _unseen_kaggle_ids(5)
+    folder = _kaggle_listing_folder(tmp_path / "in", ids)
+    _unlabel_kaggle(folder, "blank")
+    out = tmp_path / "scores.csv"
+    rc, summary, _ = _cli(capsys, "--input", str(folder), "--output", str(out), "--model-store", str(store.root),
+                          "--no-embeddings", "--no-classifiers")
+    assert rc == 0
+    scores = pd.read_csv(out, keep_default_na=False)
+    assert sorted(scores["listing_id"]) == sorted(f"kaggle-{i}" for i in ids)
+    assert (scores["category"] == "").all()                # nothing stated, nothing predicted: said so
+    assert summary[scoring.UNKNOWN_CATEGORY] == len(ids) == summary[scoring.NOT_CLASSIFIED]
+
+
+def test_zero_negative_and_non_numeric_asking_prices_are_flagged(tmp_path, store, capsys):
+    given = {"zero": 0, "negative": -5, "text": "abc", "infinite": "inf", "boolean": True,
+             "ok": "12.5", "ok_number": 40, "null": None, "blank": ""}
+    listings = [{"listing_id": k, "title": "Blue denim jeans", "description": "Slim fit", "price_usd": v}
+                for k, v in given.items()]
+    listings.append({"listing_id": "absent", "title": "Blue denim jeans", "description": "Slim fit"})
+    rc, summary, _, out = _score_file(capsys, store, tmp_path, "l.json", json.dumps(listings))
+    assert rc == 0
+    scores = pd.read_csv(out, keep_default_na=False).set_index("listing_id")
+    invalid = {k for k, fs in scores["flags"].items() if scoring.INVALID_ASKING_PRICE in fs.split(";")}
+    assert invalid == {"zero", "negative", "text", "infinite", "boolean"}
+    assert summary[scoring.INVALID_ASKING_PRICE] == 5
+    asking = pd.to_numeric(scores["asking_price_usd"].replace("", np.nan))
+    assert asking.loc[sorted(invalid)].isna().all()        # never used as a price
+    assert asking["ok"] == 12.5 and asking["ok_number"] == 40
+    assert asking[["null", "blank", "absent"]].isna().all()
+    assert (pd.to_numeric(scores["price_usd"]) > 0).all()  # the listing itself is still priced
+
+
+def test_invalid_catalogue_prices_in_a_dataset_folder_are_flagged(tmp_path, store, capsys):
+    ids = _unseen_kaggle_ids(4)
+    folder = _kaggle_listing_folder(tmp_path / "in", ids)
+    for i, price in zip(ids[:3], (0, -100, "ask me")):
+        path = folder / "styles" / f"{i}.json"
+        doc = json.loads(path.read_text())
+        doc["data"]["price"] = price
+        path.write_text(json.dumps(doc))
+    out = tmp_path / "scores.csv"
+    rc, summary, _ = _cli(capsys, "--input", str(folder), "--output", str(out), "--model-store", str(store.root),
+                          "--no-embeddings", "--no-classifiers")
+    assert rc == 0
+    flags = pd.read_csv(out, keep_default_na=False).set_index("listing_id")["flags"]
+    flagged = {k for k, fs in flags.items() if scoring.INVALID_ASKING_PRICE in fs.split(";")}
+    assert flagged == {f"kaggle-{i}" for i in ids[:3]} and summary[scoring.INVALID_ASKING_PRICE] == 3
+
+
+def test_score_listings_flags_an_invalid_asking_price_given_as_a_frame(store):
+    model, info = store.load(scoring.PRICE_MODEL_NAME)
+    listings = pd.DataFrame({"product_id": ["a", "b", "c"], "title": ["Red kurta"] * 3, "description": [""] * 3,
+                             "asking_price_usd": [-1.0, 0.0, 20.0]})
+    out, counts = scoring.score_listings(listings, model, info)
+    assert [scoring.INVALID_ASKING_PRICE in f.split(";") for f in out["flags"]] == [True, True, False]
+    assert out["asking_price_usd"].isna().tolist() == [True, True, False] and counts[scoring.INVALID_ASKING_PRICE] == 2
+
+
+@pytest.mark.parametrize("name, content, output, skipped", [
+    ("l.csv", "", "o.csv", {}),
+    ("l.csv", "title,description,image_path\n", "o.parquet", {}),
+    ("l.json", "", "o.csv", {}),
+    ("l.json", "[]", "o.parquet", {}),
+    ("l.json", '{"listings": []}', "o.csv", {}),
+    ("l.jsonl", "\n\n", "o.csv", {}),
+    ("l.json", '[1, "a"]', "o.parquet", {"not_scored/not_an_object": 2}),   # zero usable rows
+])
+def test_an_input_without_listings_is_explained_and_gives_an_empty_output(tmp_path, store, capsys,
+                                                                          name, content, output, skipped):
+    rc, summary, err, out = _score_file(capsys, store, tmp_path, name, content, output=output)
+    assert rc == 0
+    assert "no listings found" in err
+    scores = pd.read_parquet(out) if output.endswith(".parquet") else pd.read_csv(out)
+    assert list(scores.columns) == list(scoring.OUTPUT_COLUMNS) and len(scores) == 0
+    assert summary["listings"] == 0
+    assert {k: v for k, v in summary.items() if k.startswith("not_scored/")} == skipped
+
+
+def test_a_dataset_folder_with_no_usable_rows_is_explained(tmp_path, store, capsys):
+    folder = _kaggle_listing_folder(tmp_path / "in", _unseen_kaggle_ids(3))
+    styles = folder / "styles.csv"
+    header, *rows = styles.read_text().splitlines(keepends=True)
+    styles.write_text(header + "".join("x" + r for r in rows))   # every id is now not a number
+    out = tmp_path / "o.csv"
+    rc, summary, err = _cli(capsys, "--input", str(folder), "--output", str(out), "--model-store", str(store.root),
+                            "--no-embeddings", "--no-classifiers")
+    assert rc == 0 and "no listings found" in err
+    assert len(pd.read_csv(out)) == 0 and summary["not_scored/bad_id"] == 3
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(tmp_path, store, capsys, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("scoring blew up\nin two lines")
+
+    monkeypatch.setattr(scoring, "score_listings", boom)
+    (tmp_path / "l.json").write_text('[{"title": "Red dress"}]')
+    args = ["--input", str(tmp_path / "l.json"), "--output", str(tmp_path / "o.csv"),
+            "--model-store", str(store.root), "--no-embeddings", "--no-classifiers"]
+    rc, _, err = _cli(capsys, *args)
+    assert rc == 1 and not (tmp_path / "o.csv").exists()
+    assert _one_error_line(err).startswith("error: RuntimeError: scoring blew up in two lines")
+    with pytest.raises(RuntimeError, match="scoring blew up"):   # -v: the traceback, for debugging
+        cli.main(["score", *args, "-v"])
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["score", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit codes:" in text
+    for code, words in (("0", "scores written"), ("1", "unexpected error"), ("2", "unusable input")):
+        assert f"  {code}  {words}" in text

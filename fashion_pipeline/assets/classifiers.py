@@ -58,6 +58,8 @@ class ClassifierConfig(dg.Config):
     max_train_rows: dict[str, int] = Field(default={}, description=(
         "Cap training rows per model name (seeded sample), e.g. {'knn': 20000}; reported as n_train."))
     seed: int = Field(default=0, description="Seed for every model.")
+    brand_mask_rate: float = Field(default=0.5, ge=0, lt=1, description=(
+        "Share of training rows whose brand is hidden, so the 'full' models also serve listings that state none."))
     threads: int = Field(default=1, ge=1, description=(
         "Threads for torch and the tree libraries. 1 by default: on shared, busy CPUs spinning threads "
         "were measured 5x slower; raise it on a dedicated machine."))
@@ -97,6 +99,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
                                    hidden=config.neural_hidden, seed=config.seed, n_threads=config.threads),
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
         max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=config.threads,
+        brand_mask_rate=config.brand_mask_rate,
     )
     with threadpool_limits(limits=config.threads):  # BLAS / OpenMP pools too, not only torch
         result = run_leaderboard(frame, cfg, context.log.info)

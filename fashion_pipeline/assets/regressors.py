@@ -128,10 +128,9 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     recipe, text_recipe = listing_eval.Recipe().fit(train), listing_eval.TextClassifierRecipe().fit(train)
 
     def judge(m, info, forms):
-        def score(listings):
-            return scoring.score_listings(listings, m, info, embedder=embedder, extractor=extractor,
-                                          classifiers=classifiers)
-        return listing_eval.evaluate_listings(test, train, score, forms, context.log.info, recipe, text_recipe)
+        return listing_eval.evaluate_price_model(m, info, test, train, embedder=embedder, extractor=extractor,
+                                                 classifiers=classifiers, forms=forms, progress=context.log.info,
+                                                 recipe=recipe, text_recipe=text_recipe)
 
     cand_table, cand_pred = judge(model, {"version": version, "features_spec": features_spec},
                                   tuple(listing_eval.LISTING_FORMS))

@@ -67,7 +67,7 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
     else:
         for src in listing_sources(folder):
             try:
-                frame = scoring.read_listings(src, dataset_reader=lambda p: scoring.read_dataset_folder(p, report))
+                frame = scoring.read_listings(src, report=report)
             except Exception as e:  # one unreadable file must not stop the others; counted below
                 report.add("unreadable_listing_source", f"{src.name}: {e}")
                 continue

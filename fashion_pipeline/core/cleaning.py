@@ -42,12 +42,17 @@ def _source_category(*parts: object) -> str:
     return " > ".join(str(p) for p in parts if isinstance(p, str) and p)
 
 
-def kaggle_to_products(kaggle: pd.DataFrame, settings: CleaningSettings, report: DropReport) -> pd.DataFrame:
+def kaggle_to_products(kaggle: pd.DataFrame, settings: CleaningSettings, report: DropReport,
+                       keep_unlabelled: bool = False) -> pd.DataFrame:
+    """Kaggle rows in the shared schema and taxonomy. A row whose category labels are missing,
+    blank or not in the taxonomy map is dropped (``unmapped_category``), unless
+    ``keep_unlabelled`` (scoring new listings, where the classifiers fill the labels): then it is
+    kept with a null category. Out-of-scope rows are dropped either way (``out_of_scope``)."""
     rows = []
     for r in kaggle.itertuples(index=False):
         source_category = _source_category(r.master_category, r.sub_category, r.article_type)
         category = tx.kaggle_category(r.master_category, r.sub_category, r.article_type)
-        if category is None:
+        if category is None and not keep_unlabelled:
             report.add("unmapped_category", f"kaggle {source_category}")
             continue
         if category == tx.OUT_OF_SCOPE:
@@ -67,13 +72,15 @@ def kaggle_to_products(kaggle: pd.DataFrame, settings: CleaningSettings, report:
     return pd.DataFrame.from_records(rows, columns=MERGED_COLUMNS)
 
 
-def hm_to_products(articles: pd.DataFrame, prices: pd.DataFrame, settings: CleaningSettings, report: DropReport) -> pd.DataFrame:
+def hm_to_products(articles: pd.DataFrame, prices: pd.DataFrame, settings: CleaningSettings, report: DropReport,
+                   keep_unlabelled: bool = False) -> pd.DataFrame:
+    """H&M articles in the shared schema and taxonomy; ``keep_unlabelled`` as in `kaggle_to_products`."""
     price_by_id = dict(zip(prices["article_id"], prices["price_median"]))
     rows = []
     for r in articles.itertuples(index=False):
         source_category = _source_category(r.product_group_name, r.product_type_name)
         category = tx.hm_category(r.product_group_name, r.product_type_name)
-        if category is None:
+        if category is None and not keep_unlabelled:
             report.add("unmapped_category", f"hm {source_category}")
             continue
         if category == tx.OUT_OF_SCOPE:

@@ -189,3 +189,26 @@ def evaluate_listings(
                     if tp is not None and has.any() else float("nan")
             rows.append(row)
     return pd.DataFrame(rows), per_listing
+
+
+def evaluate_price_model(
+    model,
+    info: dict,
+    test: pd.DataFrame,
+    train: pd.DataFrame,
+    *,
+    embedder=None,
+    extractor=None,
+    classifiers: dict | None = None,
+    forms: tuple[str, ...] = tuple(LISTING_FORMS),
+    progress=log.info,
+    recipe: "Recipe | None" = None,
+    text_recipe: "TextClassifierRecipe | None" = None,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """`evaluate_listings` with ``score`` = `scoring.score_listings` and the given price model,
+    embedder, attribute extractor and classifiers: what `fashion-pipeline score` gives."""
+    def score(listings: pd.DataFrame):
+        return scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
+                                      classifiers=classifiers or {})
+
+    return evaluate_listings(test, train, score, forms, progress, recipe, text_recipe)

@@ -7,6 +7,16 @@ A listing source is either
   description and image_path (relative paths are resolved against the file's folder); optional
   columns listing_id, brand, colour, category, gender, usage, source, price_usd (asking price).
 
+Reading is forgiving about rows and strict about files. A row that cannot be a listing is
+skipped and counted by reason in the caller's DropReport (``malformed_row``: a CSV row with
+the wrong number of fields or that cannot be parsed; ``invalid_json_line``: a JSON-lines line
+that is not JSON; ``not_an_object``: a JSON item or line that is not an object;
+``empty_record``: no value at all; ``no_listing_fields``: values, but in none of the listing
+fields). A file that cannot be read as listings at all (missing, unsupported suffix, invalid
+JSON, wrong top-level shape, a folder in neither dataset layout or without its id / title
+columns) raises `ListingsReadError`. Dataset-folder rows without labels (missing, blank or
+unmapped category columns) are kept with null labels for the classifiers to fill.
+
 Each listing goes through the same steps as training data: cleaning, attribute extraction,
 embedding, the published attribute classifiers (category / gender / usage, the model of the
 input regime the listing falls in: full, sparse = photo + title, image = photo only), then
@@ -18,6 +28,8 @@ scored with what it has and carries a flag saying what.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
@@ -31,8 +43,10 @@ import pandas as pd
 
 from .comparables import DEFAULT_K as COMPARABLES_K
 from .comparables import comparables_columns
+from .prices import parse_price
 from .pricing.features import build_price_inputs
 from .pricing.listing_model import ABSTAIN_NO_INPUT, ABSTAIN_NO_MODEL, ABSTAIN_WIDE_INTERVAL
+from .reports import DropReport
 from .taxonomy import CATEGORIES, GENDERS, USAGES
 
 log = logging.getLogger(__name__)
@@ -65,6 +79,9 @@ NO_DESCRIPTION = "no_description"
 NO_TITLE = "no_title"
 UNKNOWN_CATEGORY = "unknown_category"
 ASKING_PRICE_OUTSIDE_RANGE = "asking_price_outside_training_range"
+# An asking price was given but is not a usable price (zero, negative, not a number, infinite);
+# the listing is scored without it (asking_price_usd is null).
+INVALID_ASKING_PRICE = "invalid_asking_price"
 # The model's point estimate fell outside the training price range and was clipped into it.
 PRICE_CLIPPED = "price_clipped_to_training_range"
 # No price: nothing the model can read (no title, no description, no readable photo) ...
@@ -90,7 +107,24 @@ class NoPublishedModelError(RuntimeError):
 
 
 class ListingsReadError(ValueError):
-    """The listings path is neither a supported file nor a dataset folder."""
+    """The listings path cannot be read as listings at all: missing, an unsupported file type,
+    invalid JSON, a wrong top-level shape, or a folder in neither dataset layout."""
+
+
+LISTING_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+# What records_to_listings returns, in this order (also when there are no records).
+LISTING_COLUMNS = ("product_id", "title", "description", "image_path", "brand", "colour", "category", "gender",
+                   "usage", "source", "asking_price_usd", "asking_price_invalid")
+# Keys a listing record is read from (records_to_listings); a record with none of them is not a listing.
+LISTING_FIELDS = ("listing_id", "id", "title", "description", "image_path", "image", "brand", "colour", "color",
+                  "category", "gender", "usage", "source", "price_usd", "price")
+
+# Reasons a record in a listings file is skipped (counted in the DropReport, see the module doc).
+SKIP_MALFORMED_ROW = "malformed_row"
+SKIP_INVALID_JSON_LINE = "invalid_json_line"
+SKIP_NOT_AN_OBJECT = "not_an_object"
+SKIP_EMPTY_RECORD = "empty_record"
+SKIP_NO_LISTING_FIELDS = "no_listing_fields"
 
 
 def _s(v: Any) -> str:
@@ -99,14 +133,48 @@ def _s(v: Any) -> str:
     return str(v).strip()
 
 
-def records_to_listings(records: list[dict], base: Path) -> pd.DataFrame:
-    """Listing records (dicts as in a JSON file) as a frame; relative image paths against ``base``."""
+def _asking_price(value: Any) -> tuple[float, bool]:
+    """(price or NaN, invalid): absent or blank is NaN and not invalid; zero, negative,
+    non-numeric or infinite is NaN and invalid (same rule as the catalogue's parse_price)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return np.nan, False
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return np.nan, False
+    if isinstance(value, bool):  # json `true` is not a price
+        return np.nan, True
+    price, status = parse_price(value)
+    return (float(price), False) if status == "ok" else (np.nan, status == "invalid")
+
+
+def records_to_listings(records: list, base: Path, report: DropReport | None = None,
+                        positions: list[int] | None = None) -> pd.DataFrame:
+    """Listing records (dicts as in a JSON file) as a frame with LISTING_COLUMNS; relative image
+    paths against ``base``.
+
+    Items that are not objects, empty records and records with no listing field are skipped
+    and counted in ``report`` (logged when there is none). A listing without an id is named
+    ``listing-<i>``, ``i`` its position in the file: ``positions[k]`` for ``records[k]``
+    (default: ``k``), so skipped rows do not shift the names of the others. An asking price that
+    is given but not a usable price is nulled and marked in ``asking_price_invalid`` (scoring
+    flags it).
+    """
+    skipped = report if report is not None else DropReport()
     rows = []
-    for i, r in enumerate(records):
+    for k, r in enumerate(records):
+        i = positions[k] if positions is not None else k
+        if not isinstance(r, dict):
+            skipped.add(SKIP_NOT_AN_OBJECT, f"item {i}: {type(r).__name__}")
+            continue
+        if not any(_s(v) for v in r.values()):
+            skipped.add(SKIP_EMPTY_RECORD, f"item {i}")
+            continue
+        if not any(_s(r.get(k)) for k in LISTING_FIELDS):
+            skipped.add(SKIP_NO_LISTING_FIELDS, f"item {i}: keys {sorted(map(str, r))[:10]}")
+            continue
         img = _s(r.get("image_path") or r.get("image"))
         if img and not os.path.isabs(img):
             img = str((base / img).resolve())
-        price = pd.to_numeric(pd.Series([r.get("price_usd", r.get("price"))]), errors="coerce").iloc[0]
+        price, price_invalid = _asking_price(r.get("price_usd", r.get("price")))
         rows.append(
             {
                 "product_id": _s(r.get("listing_id") or r.get("id")) or f"listing-{i}",
@@ -119,57 +187,192 @@ def records_to_listings(records: list[dict], base: Path) -> pd.DataFrame:
                 "gender": _s(r.get("gender")) or None,
                 "usage": _s(r.get("usage")) or None,
                 "source": _s(r.get("source")) or None,
-                "asking_price_usd": float(price) if pd.notna(price) else np.nan,
+                "asking_price_usd": price,
+                "asking_price_invalid": price_invalid,
             }
         )
-    return pd.DataFrame(rows)
+    if report is None and skipped.total:
+        log.warning("records_to_listings skipped %s", skipped.as_dict())
+    frame = pd.DataFrame.from_records(rows, columns=list(LISTING_COLUMNS))
+    frame["asking_price_usd"] = frame["asking_price_usd"].astype(float)
+    frame["asking_price_invalid"] = frame["asking_price_invalid"].astype(bool)
+    return frame
 
 
-def read_listings(path: str | os.PathLike, dataset_reader: Callable[[Path], pd.DataFrame] | None = None) -> pd.DataFrame:
-    """Listings as a frame with the clean_products columns scoring needs (see module doc)."""
+def _read_text(p: Path, report: DropReport) -> str:
+    """A listings file's text: UTF-8 (with or without BOM) or UTF-16 with BOM; undecodable bytes
+    are replaced and counted (``encoding_repaired``), NUL bytes removed (``nul_bytes_removed``)."""
+    from .readers.common import decode_text
+
+    text = decode_text(p.read_bytes(), report, p.name)
+    if "\x00" in text:
+        report.add("nul_bytes_removed", p.name, n=text.count("\x00"))
+        text = text.replace("\x00", "")
+    return text
+
+
+def _csv_records(text: str, report: DropReport) -> tuple[list[dict[str, str]], list[int]]:
+    """CSV records as dicts (header = first row), and each one's data-row position (counting
+    skipped rows, not blank lines). Quoted fields may span lines. A row with a
+    different number of fields than the header, or that the csv module rejects, is skipped and
+    counted as ``malformed_row``; when such a row spans several lines (a stray quote that opened
+    a field), its lines are read one by one, so the stray quote costs its own line only. Blank
+    lines are ignored."""
+    lines = io.StringIO(text, newline="").readlines()
+    reader = csv.reader(lines)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return [], []
+    except csv.Error as e:
+        raise ListingsReadError(f"unreadable CSV header ({e})") from None
+    n = len(header)
+    records: list[dict[str, str]] = []
+    positions: list[int] = []
+    row = 0  # data rows seen, kept or skipped
+
+    def take(fields: list[str], line: int) -> None:
+        nonlocal row
+        if len(fields) == n:
+            records.append(dict(zip(header, fields)))
+            positions.append(row)
+        else:
+            report.add(SKIP_MALFORMED_ROW, f"line {line}: {len(fields)} fields, expected {n}")
+        row += 1
+
+    def one_line(k: int) -> None:
+        nonlocal row
+        try:
+            fields = next(csv.reader([lines[k]]), [])
+        except csv.Error as e:
+            report.add(SKIP_MALFORMED_ROW, f"line {k + 1}: {e}")
+            row += 1
+            return
+        if fields:
+            take(fields, k + 1)
+
+    start = reader.line_num  # physical lines consumed so far
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            report.add(SKIP_MALFORMED_ROW, f"line {start + 1}: {e}")
+            row += 1
+            start = reader.line_num
+            continue
+        end = reader.line_num
+        if not fields:
+            pass  # a blank line
+        elif len(fields) != n and end - start > 1:
+            for k in range(start, end):
+                one_line(k)
+        else:
+            take(fields, start + 1)
+        start = end
+    return records, positions
+
+
+def _json_records(text: str, p: Path) -> list:
+    """The items of a JSON listings file: a list, or {"listings": [...]}; blank means none."""
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ListingsReadError(f"{p}: not valid JSON ({e})") from None
+    shape = 'expected a list of listing objects or {"listings": [...]}'
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        if "listings" not in data:
+            keys = ", ".join(sorted(map(str, data))[:10])
+            raise ListingsReadError(f'{p}: {shape}; got an object without "listings" (keys: {keys})')
+        if not isinstance(data["listings"], list):
+            raise ListingsReadError(f'{p}: {shape}; "listings" is {type(data["listings"]).__name__}, not a list')
+        return data["listings"]
+    raise ListingsReadError(f"{p}: {shape}; got {type(data).__name__}")
+
+
+def _jsonl_records(text: str, report: DropReport) -> tuple[list, list[int]]:
+    """The parsed lines, and each one's position among the non-blank lines (counting invalid ones)."""
+    records, positions = [], []
+    row = 0
+    for k, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+            positions.append(row)
+        except (ValueError, RecursionError) as e:
+            report.add(SKIP_INVALID_JSON_LINE, f"line {k + 1}: {e}")
+        row += 1
+    return records, positions
+
+
+def read_listings(path: str | os.PathLike, dataset_reader: Callable[[Path], pd.DataFrame] | None = None,
+                  report: DropReport | None = None) -> pd.DataFrame:
+    """Listings as a frame with the clean_products columns scoring needs (see module doc).
+
+    Skipped rows are counted in ``report`` (and, for a dataset folder read by the default
+    reader, so are the readers' and cleaning's drops). Raises `ListingsReadError` when the
+    path cannot be read as listings at all; an empty file is no listings, not an error.
+    """
+    report = report if report is not None else DropReport()
     p = Path(path)
     if p.is_file():
         suffix = p.suffix.lower()
+        if suffix not in LISTING_FILE_SUFFIXES:
+            raise ListingsReadError(
+                f"{p}: unsupported listings file type {suffix or '(no suffix)'!r} (use .json, .jsonl or .csv)")
+        text = _read_text(p, report)
         if suffix == ".csv":
-            records = pd.read_csv(p, dtype=str, keep_default_na=False).to_dict(orient="records")
-        elif suffix in (".jsonl", ".ndjson"):
-            records = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records, positions = _csv_records(text, report)
         elif suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            records = data.get("listings", []) if isinstance(data, dict) else data
+            records, positions = _json_records(text, p), None
         else:
-            raise ListingsReadError(f"{p}: unsupported listings file type {suffix!r} (use .json, .jsonl or .csv)")
-        return records_to_listings(list(records), p.parent)
+            records, positions = _jsonl_records(text, report)
+        return records_to_listings(records, p.parent, report, positions)
     if p.is_dir():
-        reader = dataset_reader or read_dataset_folder
-        frame = reader(p)
+        frame = dataset_reader(p) if dataset_reader is not None else read_dataset_folder(p, report)
         frame = frame.rename(columns={"price_usd": "asking_price_usd"})
         if "asking_price_usd" not in frame.columns:
             frame["asking_price_usd"] = np.nan
+        # A catalogue price the dataset gives but that is no price (0, negative, text) is flagged.
+        status = frame["price_status"] if "price_status" in frame.columns else pd.Series("", index=frame.index)
+        frame["asking_price_invalid"] = (status == "invalid").to_numpy(dtype=bool)
         return frame.reset_index(drop=True)
     raise ListingsReadError(f"{p}: no such file or folder")
 
 
 def read_dataset_folder(folder: Path, report=None) -> pd.DataFrame:
     """A folder in the Kaggle or H&M layout, read and mapped to the shared taxonomy by the
-    pipeline's own readers and cleaning code. Rows cleaning cannot map (unmapped or
-    out-of-scope category) are counted in ``report``, not silently lost."""
+    pipeline's own readers and cleaning code. Rows cleaning drops (out-of-scope category,
+    bad or repeated id, malformed CSV row) are counted in ``report``, not silently lost.
+    Unlike ingest, rows without usable labels (label columns missing, blank or unmapped) are
+    kept with null labels: the published classifiers predict them at scoring time."""
     from .cleaning import CleaningSettings, hm_to_products, kaggle_to_products
-    from .readers import read_hm_articles, read_hm_prices, read_kaggle_products
-    from .reports import DropReport
+    from .readers import DataRootError, MissingColumnError, read_hm_articles, read_hm_prices, read_kaggle_products
 
+    folder = Path(folder)
     report = report if report is not None else DropReport()
     settings = CleaningSettings()
-    if (folder / "styles.csv").exists():
-        # Images are checked at scoring time, so a corrupt one is flagged as unreadable, not as absent.
-        frame = kaggle_to_products(read_kaggle_products(folder, report, check_image_files=False), settings, report)
-    elif (folder / "articles.csv").exists():
-        articles = read_hm_articles(folder, report, check_image_files=False)
-        frame = hm_to_products(articles, read_hm_prices(folder, articles["article_id"], report), settings, report)
-    else:
-        raise ListingsReadError(
-            f"{folder}: not a listings folder (expected styles.csv [Kaggle layout] or articles.csv [H&M layout])"
-        )
+    try:
+        if (folder / "styles.csv").exists():
+            # Images are checked at scoring time, so a corrupt one is flagged as unreadable, not as absent.
+            kaggle = read_kaggle_products(folder, report, check_image_files=False, keep_unlabelled=True)
+            frame = kaggle_to_products(kaggle, settings, report, keep_unlabelled=True)
+        elif (folder / "articles.csv").exists():
+            articles = read_hm_articles(folder, report, check_image_files=False, keep_unlabelled=True)
+            prices = read_hm_prices(folder, articles["article_id"], report)
+            frame = hm_to_products(articles, prices, settings, report, keep_unlabelled=True)
+        else:
+            raise ListingsReadError(
+                f"{folder}: not a listings folder (expected styles.csv [Kaggle layout] or articles.csv [H&M layout])"
+            )
+    except (MissingColumnError, DataRootError) as e:
+        raise ListingsReadError(str(e)) from e
     return frame.drop(columns=["price_local", "currency"], errors="ignore")
 
 
@@ -271,6 +474,8 @@ def _flags(row: pd.Series, image_error: str | None, price_range: tuple[float, fl
         f.append(NO_DESCRIPTION)
     if _s(row.get("category")) not in CATEGORIES:
         f.append(UNKNOWN_CATEGORY)
+    if bool(row.get("asking_price_invalid")):
+        f.append(INVALID_ASKING_PRICE)
     if price_range is not None:
         lo, hi = price_range
         ask = row.get("asking_price_usd")
@@ -384,9 +589,11 @@ def score_listings(
 
     ``extractor`` maps listings to a product_attributes-like frame (product_id + attribute
     columns); ``embedder`` see `encoder_embedder`; ``classifiers`` see
-    `load_published_classifiers`; ``comparables_index`` a `core.comparables.ComparablesIndex`
-    (see `load_for_price_model`) searched for ``comparables_k`` products per listing. Any may be None: the listing is then scored with what it has
+    `load_published_classifiers`. Any may be None: the listing is then scored with what it has
     (text features and the metadata it states), and the output says so in the flags and counts.
+
+    ``comparables_index`` (a `core.comparables.ComparablesIndex`, see `load_for_price_model`) is
+    searched for the ``comparables_k`` most similar catalogue products per embedded listing.
     """
     df = listings.reset_index(drop=True).copy()
     for col in ("title", "description", "image_path", "category", "gender", "usage", "brand", "colour", "source"):
@@ -394,6 +601,12 @@ def score_listings(
             df[col] = None
     if "asking_price_usd" not in df.columns:
         df["asking_price_usd"] = np.nan
+    # Zero, negative, non-numeric or infinite asking prices are nulled and flagged, never used.
+    asking = [_asking_price(v) for v in df["asking_price_usd"]]
+    given_invalid = (df["asking_price_invalid"].map(lambda v: bool(v) if pd.notna(v) else False).to_numpy(dtype=bool)
+                     if "asking_price_invalid" in df.columns else np.zeros(len(df), dtype=bool))
+    df["asking_price_usd"] = pd.Series([a for a, _ in asking], index=df.index, dtype=float)
+    df["asking_price_invalid"] = given_invalid | np.array([bad for _, bad in asking], dtype=bool)
     attributes = extractor(df) if extractor is not None and len(df) else None
     image_errors: list[str | None] = [None] * len(df)
     embeddings = None
@@ -442,7 +655,7 @@ def score_listings(
         out[c] = cmp[c].to_numpy()
     counts = {"listings": int(len(out))}
     for flag in (NO_IMAGE, UNREADABLE_IMAGE, NO_TITLE, NO_DESCRIPTION, UNKNOWN_CATEGORY,
-                 ASKING_PRICE_OUTSIDE_RANGE, PRICE_CLIPPED, PRICE_ABSTAINED_NO_INPUT, PRICE_ABSTAINED_WIDE,
+                 INVALID_ASKING_PRICE, ASKING_PRICE_OUTSIDE_RANGE, PRICE_CLIPPED, PRICE_ABSTAINED_NO_INPUT, PRICE_ABSTAINED_WIDE,
                  PRICE_ABSTAINED_NO_MODEL,
                  NO_EMBEDDINGS, NOT_CLASSIFIED):
         counts[flag] = sum(flag in fs.split(";") for fs in out["flags"])

@@ -1,6 +1,6 @@
 """Copy a small, stratified, real subset of the full datasets into the project's data/.
 
-    python -m fashion_pipeline.devtools.make_sample --source ../shared/data --dest data
+    python -m fashion_pipeline.devtools.make_sample --source "$FASHION_DATA_ROOT" --dest data
 
 Deterministic: products are ranked by a stable hash of their id, and the first few of each
 source category are kept, so every category appears and the same command gives the same

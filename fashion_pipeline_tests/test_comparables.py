@@ -285,6 +285,10 @@ def test_cli_prints_comparables_and_warns_once_without_an_index(catalogue, tmp_p
 
     assert cli.main([*args, "--output", str(tmp_path / "c.parquet"), "--comparables", "0"]) == 0
     assert "none/disabled" in json.loads(capsys.readouterr().out)["comparables"]
+    # --no-embeddings is the user's choice: counted, not warned about.
+    assert cli.main([*args, "--output", str(tmp_path / "d.parquet"), "--no-embeddings"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["comparables"]["none/no_embedding"] == 4 and "comparables" not in captured.err
 
 
 def test_price_comparables_asset_builds_from_train_and_validation_and_ties_to_the_published_model(tmp_path):

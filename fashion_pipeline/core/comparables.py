@@ -309,10 +309,10 @@ def comparables_columns(index: ComparablesIndex | None, image: np.ndarray | None
     reason = None
     if k <= 0:
         reason = REASON_DISABLED
-    elif index is None:
-        reason = REASON_NO_INDEX
     elif image is None and text is None:
         reason = REASON_NO_EMBEDDING
+    elif index is None:
+        reason = REASON_NO_INDEX
     if reason is not None:
         counts[f"none/{reason}"] = int(n)
         return pd.DataFrame({"comparables": comp, "comparables_median_price_usd": median}), counts

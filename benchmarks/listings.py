@@ -93,18 +93,23 @@ def f1_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def time_scoring(products: pd.DataFrame, model, info, classifiers, n: int, seed: int = 0) -> dict:
-    """Score ``n`` listings ('full' form) from scratch: a fresh embedder, nothing cached."""
+def time_scoring(products: pd.DataFrame, model, info, classifiers, n: int, seed: int = 0, store=None) -> dict:
+    """Score ``n`` listings ('full' form) from scratch: a fresh embedder, nothing cached; with
+    ``store``, the comparables index of the published price model is loaded and searched as the
+    CLI does (both inside the timed span)."""
+    from fashion_pipeline.core.comparables import load_for_price_model
+
     rows = products.sample(min(n, len(products)), random_state=seed).reset_index(drop=True)
     listings = listing_eval.as_listings(rows, "full")
     t0 = time.perf_counter()
     embedder = scoring.encoder_embedder("offline")
     extractor = scoring.rules_extractor(model.known_brands())
+    index = load_for_price_model(store, info.get("version"))[0] if store is not None else None
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
-                                            classifiers=classifiers)
+                                            classifiers=classifiers, comparables_index=index)
     seconds = time.perf_counter() - t0
     return {"listings": len(listings), "seconds": round(seconds, 1), "per_second": round(len(listings) / seconds, 1),
-            "priced": int(scores["price_usd"].notna().sum())}
+            "priced": int(scores["price_usd"].notna().sum()), "comparables": counts["comparables"]}
 
 
 def main(argv=None) -> int:
@@ -144,7 +149,7 @@ def main(argv=None) -> int:
         extractor=scoring.rules_extractor(model.known_brands()), classifiers=classifiers, forms=forms,
         progress=logging.info)
     eval_s = time.perf_counter() - t0
-    timing = time_scoring(products, model, info, classifiers, args.timing_listings)
+    timing = time_scoring(products, model, info, classifiers, args.timing_listings, store=store)
     logging.info("timing: %s", timing)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +185,9 @@ def main(argv=None) -> int:
         "## Scoring time",
         "",
         f"{timing['listings']:,} 'full' listings (title + description + photo) scored from scratch — embeddings, "
-        f"attribute extraction, classifiers, price: **{timing['seconds']} s** ({timing['per_second']}/s; target "
-        f"≤ {SCORING_TARGET_S:.0f} s{_mark(timing['seconds'] <= SCORING_TARGET_S)}); {timing['priced']:,} priced.",
+        f"attribute extraction, classifiers, price, comparables: **{timing['seconds']} s** ({timing['per_second']}/s; "
+        f"target ≤ {SCORING_TARGET_S:.0f} s{_mark(timing['seconds'] <= SCORING_TARGET_S)}); {timing['priced']:,} priced; "
+        f"comparables: {json.dumps(timing['comparables'])}.",
         "",
     ]
     args.out.write_text("\n".join(report), encoding="utf-8")

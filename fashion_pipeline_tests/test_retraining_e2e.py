@@ -32,7 +32,7 @@ def _run_config(incoming) -> dict:
     return {"ops": {
         "classifier_leaderboard": {"config": {"classical_models": ["linear_svc"], "neural_models": []}},
         "product_clusters": {"config": {"methods": ["kmeans"]}},
-        "regressor_metrics": {"config": {"models": ["ridge"], "blend": False, "listing_eval_max_rows": 40}},
+        "regressor_metrics": {"config": {"models": ["ridge"], "blend": False}},
         "scored_listings": {"config": {"incoming_dir": str(incoming)}},
         "product_embeddings": {"config": {"plot_sample": 0}},
     }}
@@ -88,7 +88,7 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
 
         # 2. New products arrive; the clean table is rebuilt; the weekly schedule fires.
         styles.write_text(header + "".join(rows), encoding="utf-8")
-        _execute(d, "ingest_job", instance, cfg)
+        _execute(d, "ingest_job", instance, {})
         new_products = set(_table(var, "select product_id from clean_products")["product_id"]) - clean_before
         assert len(new_products) == N_NEW
         sched = build_retraining_schedule()

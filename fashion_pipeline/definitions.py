@@ -1,7 +1,8 @@
 """The Dagster code location: assembles assets, checks, jobs, schedules, sensors and resources.
 
-Everything here selects by group or tag, so a new module under fashion_pipeline/assets/ joins
-the jobs, the automation and the UI without an edit in this file. FASHION_PROFILE picks the
+The jobs select over the asset graph (fashion_pipeline.jobs), so a new module under
+fashion_pipeline/assets/ downstream of clean_products joins the retraining and refresh jobs, and
+its own automation_condition is evaluated, without an edit in this file. FASHION_PROFILE picks the
 resources (fashion_pipeline.profiles); FASHION_EXECUTOR picks how a run executes its steps.
 """
 
@@ -15,7 +16,7 @@ from fashion_pipeline import assets, checks
 from fashion_pipeline.jobs import ALL_JOBS
 from fashion_pipeline.resources import build_resources
 from fashion_pipeline.schedules import build_retraining_schedule
-from fashion_pipeline.sensors import new_raw_files, scoring_automation, with_scoring_automation
+from fashion_pipeline.sensors import model_automation, new_raw_files
 
 EXECUTOR_ENV = "FASHION_EXECUTOR"
 
@@ -27,7 +28,8 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
     choose ``execution: {config: {in_process: {}}}`` in the launchpad (one process, faster start).
 
     k8s needs the dagster-k8s package (the `dev` extra here; install it in the cluster image);
-    per-step pod resources come from each op's ``dagster-k8s/config`` tag (fashion_pipeline.gpu).
+    per-step pod resources come from each op's ``dagster-k8s/config`` tag (fashion_pipeline.gpu,
+    set under the gpu profile on the assets that run on CUDA).
     """
     name = (name or os.environ.get(EXECUTOR_ENV, "multiprocess")).strip()
     if name == "multiprocess":
@@ -41,7 +43,7 @@ def build_executor(name: str | None = None) -> dg.ExecutorDefinition:
     raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected multiprocess, in_process or k8s")
 
 
-all_assets = with_scoring_automation(dg.load_assets_from_package_module(assets))
+all_assets = dg.load_assets_from_package_module(assets)
 # Standalone @dg.asset_check functions in the asset modules (load_assets_... does not return them).
 all_asset_checks = [*dg.load_asset_checks_from_package_module(assets), *dg.load_asset_checks_from_modules([checks])]
 
@@ -50,7 +52,7 @@ defs = dg.Definitions(
     asset_checks=all_asset_checks,
     jobs=ALL_JOBS,
     schedules=[build_retraining_schedule()],
-    sensors=[new_raw_files, scoring_automation],
+    sensors=[new_raw_files, model_automation],
     resources=build_resources(),
     executor=build_executor(),
 )

@@ -1,28 +1,32 @@
-"""How an asset declares that it needs a GPU.
+"""Which assets run on CUDA under a profile, and what they declare for it.
 
-    from fashion_pipeline.gpu import gpu_asset_kwargs
+Under a profile whose backend for a stage runs on CUDA, that stage's asset carries (via
+``**gpu_declarations("<asset name>")`` in its decorator, evaluated when the code location loads
+with FASHION_PROFILE):
 
-    @dg.asset(group_name="enrichment", **gpu_asset_kwargs(n_gpus=1, memory="32Gi"))
-    def product_embeddings(...): ...
+- ``pool="gpu"``: a Dagster concurrency pool. The instance limits how many steps of the pool run at
+  once across all runs (set the limit to the number of GPUs: `dagster instance concurrency set gpu
+  <n>`, or `concurrency.pools.default_limit` in the shipped dagster.yaml).
+- op tag ``dagster-k8s/config``: with the k8s_job_executor each step is its own pod, and this asks
+  Kubernetes for ``nvidia.com/gpu`` and tolerates the usual GPU-node taint.
+- asset tag ``gpu: "true"`` (select them with ``tag:gpu=true`` in the UI).
 
-That one splat gives the asset:
-- ``pool="gpu"``: a Dagster concurrency pool. The instance limits how many steps of the pool
-  run at once across all runs (set the limit to the number of GPUs: `dagster instance
-  concurrency set gpu <n>`, or `concurrency.pools.default_limit` in the shipped dagster.yaml);
-  further GPU steps queue instead of fighting over the card. One slot per step, whatever its
-  n_gpus: with multi-GPU steps, count slots in steps, not cards.
-- op tag ``gpu: "true"`` and asset tag ``gpu: "true"`` (select them with ``tag:gpu=true`` in the
-  UI or ``AssetSelection.tag("gpu", "true")``).
-- op tag ``dagster-k8s/config``: with the k8s_job_executor each step is its own pod, and this
-  asks Kubernetes for ``nvidia.com/gpu`` and tolerates the usual GPU-node taint.
+Under a profile where nothing runs on CUDA (local) the same call returns ``{}``: no pool, no tags.
 
-Pass extra tags yourself with ``gpu_asset_kwargs(..., op_tags={...}, tags={...})``, not a second
-``op_tags=`` keyword (Python refuses a repeated keyword).
+What runs on CUDA (``cuda_assets``) follows the profile's backend fields:
+- ``product_attributes`` when the extractor backend is vLLM;
+- ``product_embeddings`` when the encoder device is CUDA (open_clip or offline encoders);
+- ``regressor_metrics`` when the price MLP trains on CUDA (its ``mlp_device`` defaults to the
+  profile's device).
+The neural classifiers and DEC clustering train on the CPU in every profile (their code has no
+device option), so ``classifier_leaderboard`` and ``product_clusters`` declare nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from fashion_pipeline.profiles import Profile, get_profile
 
 GPU_POOL = "gpu"
 GPU_TAG_KEY = "gpu"
@@ -61,20 +65,30 @@ def k8s_gpu_config(n_gpus: int = 1, cpu: str | None = "4", memory: str | None = 
     return config
 
 
-def gpu_op_tags(n_gpus: int = 1, **k8s: Any) -> dict[str, Any]:
-    return {GPU_TAG_KEY: GPU_TAG_VALUE, K8S_CONFIG_TAG: k8s_gpu_config(n_gpus, **k8s)}
+def _on_cuda(device: str) -> bool:
+    return device.startswith("cuda")
 
 
-def gpu_asset_kwargs(n_gpus: int = 1, *, op_tags: dict | None = None, tags: dict[str, str] | None = None,
-                     **k8s: Any) -> dict[str, Any]:
-    """Keyword arguments for ``@dg.asset`` / ``@dg.multi_asset`` of a GPU stage (see module doc)."""
+def cuda_assets(profile: Profile | None = None) -> frozenset[str]:
+    """Names of the assets whose backend runs on CUDA under ``profile`` (default: FASHION_PROFILE)."""
+    p = profile or get_profile()
+    out = set()
+    if p.extractor_backend == "vllm":
+        out.add("product_attributes")
+    if _on_cuda(p.device):
+        out.add("product_embeddings")  # EncoderResource(device=p.device)
+        out.add("regressor_metrics")   # RegressorConfig.mlp_device defaults to p.device
+    return frozenset(out)
+
+
+def gpu_declarations(asset_name: str, profile: Profile | None = None) -> dict[str, Any]:
+    """Keyword arguments for the decorator of ``asset_name``: pool, k8s GPU request and tag when its
+    backend runs on CUDA under ``profile``, else ``{}``."""
+    p = profile or get_profile()
+    if asset_name not in cuda_assets(p):
+        return {}
     return {
         "pool": GPU_POOL,
-        "op_tags": {**(op_tags or {}), **gpu_op_tags(n_gpus, **k8s)},
-        "tags": {**(tags or {}), GPU_TAG_KEY: GPU_TAG_VALUE},
+        "op_tags": {K8S_CONFIG_TAG: k8s_gpu_config(1)},
+        "tags": {GPU_TAG_KEY: GPU_TAG_VALUE},
     }
-
-
-def is_gpu_step(op_tags: dict | None, pool: str | None) -> bool:
-    """Whether a step declared GPU needs by either mechanism (pool or op tag)."""
-    return pool == GPU_POOL or (op_tags or {}).get(GPU_TAG_KEY) == GPU_TAG_VALUE

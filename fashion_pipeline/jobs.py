@@ -1,39 +1,46 @@
-"""Jobs as asset selections by group, so assets merged later join them without edits here.
+"""Jobs as selections over the asset graph (upstream / downstream of named assets), not group names.
 
-Groups: ingest -> products -> enrichment -> models -> scoring. A group that has no assets yet
-selects nothing (a job over it runs no steps), which is what lets these jobs exist before the
-stages do.
+- ``ingest_job``: the raw files to the clean product table (everything upstream of
+  ``clean_products``).
+- ``retraining_job`` (the weekly schedule): everything downstream of ``clean_products``: fresh
+  attributes -> embeddings -> every model (classifiers, clustering, price model) -> the blocking
+  gates -> publishing -> ``scored_listings``. The clean table itself is not rebuilt: new raw files
+  are the sensor's business.
+- ``refresh_job`` (the new-raw-files sensor): everything downstream of the raw-file assets, i.e.
+  ingestion, then the same chain as the retraining job.
+
+A job includes the asset checks of the assets it selects, so the blocking checks
+``price_regressor_gate`` / ``classifier_gate`` run inside the job and a failed one stops the
+publish step that depends on the checked asset (Dagster skips it). A new asset downstream of
+``clean_products`` joins the retraining and refresh jobs without an edit here; an asset key
+named here that disappears makes the code location fail to load.
 """
 
 import dagster as dg
 
-INGEST_GROUPS = ("ingest", "products")
-ENRICHMENT_GROUP = "enrichment"
-MODELS_GROUP = "models"
-SCORING_GROUP = "scoring"
+# The assets that read the raw dataset folders (fashion_pipeline/assets/ingest.py).
+RAW_FILE_ASSETS = ("kaggle_products_raw", "hm_articles_raw", "hm_article_prices")
+CLEAN_PRODUCTS = "clean_products"
 
-# Raw files to the clean product table: cheap, CPU only.
-ingest_selection = dg.AssetSelection.groups(*INGEST_GROUPS)
-# Weekly retraining: the models and the enrichment they read (attributes, embeddings; both keep
-# per-product caches, so unchanged products cost nothing). Not ingestion: new raw data is the
-# sensor's business.
-retraining_selection = dg.AssetSelection.groups(ENRICHMENT_GROUP, MODELS_GROUP)
-# New raw files: everything from ingestion to the models. Scoring follows by automation.
-refresh_selection = dg.AssetSelection.groups(*INGEST_GROUPS, ENRICHMENT_GROUP, MODELS_GROUP)
+ingest_selection = dg.AssetSelection.assets(CLEAN_PRODUCTS).upstream()
+retraining_selection = dg.AssetSelection.assets(CLEAN_PRODUCTS).downstream(include_self=False)
+refresh_selection = dg.AssetSelection.assets(*RAW_FILE_ASSETS).downstream()
 
 ingest_job = dg.define_asset_job(
     "ingest_job", selection=ingest_selection,
-    description="Read both raw datasets and rebuild the clean product table.",
+    description="Read both raw datasets and rebuild the clean product table (everything upstream of clean_products).",
     tags={"fashion/stage": "ingest"},
 )
 retraining_job = dg.define_asset_job(
     "retraining_job", selection=retraining_selection,
-    description="Re-enrich changed products and retrain every model (groups enrichment + models).",
+    description="Everything downstream of clean_products: attributes, embeddings, every model, the blocking gates, "
+                "publishing and scored_listings.",
     tags={"fashion/stage": "retraining"},
 )
 refresh_job = dg.define_asset_job(
     "refresh_job", selection=refresh_selection,
-    description="Ingestion to models: what the new-raw-files sensor starts.",
+    description="Everything downstream of the raw files (ingestion, then the retraining chain): what the "
+                "new-raw-files sensor starts.",
     tags={"fashion/stage": "refresh"},
 )
 

@@ -3,8 +3,13 @@
 - ``local`` (default): CPU only, offline encoders (EfficientNet-Lite0 + MiniLM shipped in
   registry packages), rules-based attribute extraction, the embedded sample in data/ (or
   FASHION_DATA_ROOT), the DuckDB warehouse file under the var folder.
-- ``gpu``: vLLM extraction, open_clip encoders on CUDA, the full data root that
-  FASHION_DATA_ROOT must name (a run fails with the variable's name if it is unset).
+- ``gpu``: vLLM extraction, open_clip encoders on CUDA, the price MLP on CUDA, the full data root
+  that FASHION_DATA_ROOT must name (a run fails with the variable's name if it is unset). The
+  open_clip architecture comes from FASHION_OPEN_CLIP_MODEL (default ViT-B-32) and its weights
+  from FASHION_OPEN_CLIP_PRETRAINED (required: a weights file, ``local-dir:<folder>``,
+  ``hf-hub:<org/repo>`` from a seeded Hugging Face cache, or a pretrained tag, which downloads).
+  The assets that run on CUDA declare the ``gpu`` pool and a k8s GPU request
+  (fashion_pipeline.gpu).
 
 A profile is plain settings; fashion_pipeline.resources.build_resources turns it into
 resources. A stage's resource reads the field it needs (e.g. ``extractor_backend``) instead of
@@ -18,7 +23,12 @@ from dataclasses import dataclass, field
 
 PROFILE_ENV = "FASHION_PROFILE"
 DATA_ROOT_ENV = "FASHION_DATA_ROOT"
-GPU_COUNT_ENV = "FASHION_GPU_COUNT"
+# open_clip under the gpu profile (fashion_pipeline.resources.build_resources): the architecture
+# and its weights. No default for the weights: a run fails naming the variable instead of
+# downloading at run time.
+OPEN_CLIP_MODEL_ENV = "FASHION_OPEN_CLIP_MODEL"
+OPEN_CLIP_PRETRAINED_ENV = "FASHION_OPEN_CLIP_PRETRAINED"
+DEFAULT_OPEN_CLIP_MODEL = "ViT-B-32"
 
 
 @dataclass(frozen=True)
@@ -35,10 +45,6 @@ class Profile:
     # must be set; it is bound with dg.EnvVar, so the UI shows where the value comes from and a
     # run fails naming the variable instead of silently reading the sample.
     data_root_env_required: bool
-    encoder_batch_size: int
-    extractor_batch_size: int
-    # Slots of the "gpu" concurrency pool this deployment should allow (see fashion_pipeline.gpu).
-    gpu_count: int
     # Resource name -> config overrides applied on top of each resource's defaults. The seam for
     # stages merged later: their resource reads these keys (e.g. {"extractor": {"model": ...}}).
     resource_config: dict[str, dict] = field(default_factory=dict)
@@ -52,9 +58,6 @@ PROFILES: dict[str, Profile] = {
         extractor_backend="rules",
         encoder_backend="offline",
         data_root_env_required=False,
-        encoder_batch_size=32,
-        extractor_batch_size=16,
-        gpu_count=0,
     ),
     "gpu": Profile(
         name="gpu",
@@ -63,9 +66,6 @@ PROFILES: dict[str, Profile] = {
         extractor_backend="vllm",
         encoder_backend="open_clip",
         data_root_env_required=True,
-        encoder_batch_size=256,
-        extractor_batch_size=64,
-        gpu_count=int(os.environ.get(GPU_COUNT_ENV, "1")),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Start ingestion-to-models when the raw files change.
+"""Start refresh_job (everything downstream of the raw-file assets) when the raw files change.
 
 The sensor fingerprints the two dataset folders of the same ``raw_data`` resource the assets
 read (path, size and mtime of every file; fashion_pipeline.core.raw_files). Its cursor is the
@@ -35,7 +35,7 @@ def _settle_seconds() -> float:
     job=refresh_job,
     minimum_interval_seconds=int(os.environ.get(INTERVAL_ENV, "300")),
     default_status=dg.DefaultSensorStatus(automation_default_status().value),
-    description="Runs refresh_job (ingestion to models) when files under the data root are added or change.",
+    description="Runs refresh_job (everything downstream of the raw files) when files under the data root are added or change.",
 )
 def new_raw_files(context: dg.SensorEvaluationContext, raw_data: RawDataResource):
     try:
@@ -61,35 +61,14 @@ def new_raw_files(context: dg.SensorEvaluationContext, raw_data: RawDataResource
     )
 
 
-# --- Declarative automation for the scoring group -------------------------------------------
-# Scoring is cheap and must always reflect the latest published models, whatever retrained
-# them (the weekly schedule, the raw-files sensor, a hand-launched run). "eager" expresses
-# exactly that per asset, without a job listing what scoring depends on; the heavy stages stay
-# on explicit jobs, because eager there would start GPU-hours of work on every upstream change.
-SCORING_GROUP = "scoring"
-
-
-def _eager_if_unset(spec: dg.AssetSpec) -> dg.AssetSpec:
-    if spec.group_name == SCORING_GROUP and spec.automation_condition is None:
-        return spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
-    return spec
-
-
-def with_scoring_automation(assets: list) -> list:
-    """Scoring assets get AutomationCondition.eager() unless they chose a condition themselves."""
-    def apply(a):
-        if isinstance(a, dg.AssetChecksDefinition):  # checks carry no asset specs to change
-            return a
-        if isinstance(a, (dg.AssetsDefinition, dg.AssetSpec)):
-            return dg.map_asset_specs(_eager_if_unset, [a])[0]
-        return a
-
-    return [apply(a) for a in assets]
-
-
-scoring_automation = dg.AutomationConditionSensorDefinition(
-    "scoring_automation",
-    target=dg.AssetSelection.groups(SCORING_GROUP),
+# --- Declarative automation ------------------------------------------------------------------
+# The conditions live on the assets (fashion_pipeline.automation: the publish assets and
+# scored_listings, eager once the blocking gates passed). This sensor evaluates every condition
+# declared in the code location; assets without one are left to the jobs.
+model_automation = dg.AutomationConditionSensorDefinition(
+    "model_automation",
+    target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus(automation_default_status().value),
-    description="Evaluates the scoring group's automation conditions (eager: refresh when a model changes).",
+    description="Evaluates the automation conditions the assets declare: publish a candidate whose blocking "
+                "gate passed, re-score the listings when a published model changed.",
 )

@@ -8,7 +8,7 @@ import pandas as pd
 
 from fashion_pipeline.core.encoders import read_embedding_metadata, read_embeddings
 from fashion_pipeline.definitions import defs
-from fashion_pipeline.resources.encoders import EncoderResource, gpu_requirements
+from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
 from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, materialize, resources_for
@@ -69,9 +69,7 @@ def test_product_embeddings_materializes_and_reruns_incrementally(tmp_path):
     assert not np.allclose(text2[moved], text[moved])
 
 
-def test_embeddings_lineage_and_gpu_declaration():
+def test_embeddings_lineage():
     graph = defs.resolve_asset_graph()
     parents = {k.path[-1] for k in graph.get(dg.AssetKey("product_embeddings")).parent_keys}
     assert parents == {"clean_products", "product_attributes"}
-    assert gpu_requirements(EncoderResource(device="cuda:0")) == {"tags": {"gpu": "true"}, "pool": "gpu"}
-    assert gpu_requirements({"device": "cpu"}) == {"tags": {}, "pool": None}

@@ -15,7 +15,7 @@ from fashion_pipeline.core.extraction.schema import (ATTRIBUTE_SCHEMA, Normalise
                                                      validate_output)
 from fashion_pipeline.core.extraction.text import prepare
 from fashion_pipeline.core.text import strip_html
-from fashion_pipeline.resources.extraction import ExtractorResource, gpu_requirements
+from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline_tests.conftest import HM, KAGGLE, SAMPLE_ROOT
 
 STYLES = SAMPLE_ROOT / KAGGLE / "styles"
@@ -240,13 +240,11 @@ def test_runner_counts_bad_input_and_writes_contract_rows():
     assert json.loads(rows.loc[1, "materials"]) == ["cotton"]
 
 
-def test_resource_builds_backends_and_declares_gpu_needs(tmp_path):
+def test_resource_builds_backends(tmp_path):
     res = ExtractorResource(cache_dir=str(tmp_path / "c"))
     runner = res.build(["Nike"])
     assert (runner.backend, runner.model) == ("rules", "rules-v1")
     assert runner.cache is not None and runner.cache.dir == tmp_path / "c" / "rules"
-    assert gpu_requirements("vllm") == {"tags": {"gpu": "true"}, "pool": "gpu"}
-    assert gpu_requirements("rules")["pool"] is None
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         ExtractorResource(backend="transformers", model=str(missing), cache_dir=str(tmp_path / "c")).build()

@@ -1,7 +1,9 @@
 """The Kubernetes scale-out path, checked with dagster-k8s's own code (no cluster needed):
 the k8s_job_executor's config schema, the per-step `dagster-k8s/config` tags that
-fashion_pipeline.gpu writes, and the step pod manifest dagster-k8s builds from them."""
+fashion_pipeline.gpu writes under the gpu profile, and the step pod manifest dagster-k8s builds
+from them. Which real assets carry them per profile: test_definitions_snapshot.py."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -13,11 +15,13 @@ from dagster._core.execution.api import create_execution_plan  # noqa: E402
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config  # noqa: E402
 
 from fashion_pipeline.definitions import build_executor  # noqa: E402
-from fashion_pipeline.gpu import GPU_POOL, NVIDIA_GPU_RESOURCE, gpu_asset_kwargs  # noqa: E402
+from fashion_pipeline.gpu import GPU_POOL, NVIDIA_GPU_RESOURCE, gpu_declarations, k8s_gpu_config  # noqa: E402
 from fashion_pipeline.paths import PROJECT_ROOT  # noqa: E402
+from fashion_pipeline.profiles import get_profile  # noqa: E402
 
 
-@dg.asset(**gpu_asset_kwargs(n_gpus=2, cpu="8", memory="48Gi", node_selector={"gpu-type": "h100"}))
+@dg.asset(pool=GPU_POOL, tags={"gpu": "true"}, op_tags={"dagster-k8s/config": k8s_gpu_config(
+    n_gpus=2, cpu="8", memory="48Gi", node_selector={"gpu-type": "h100"})})
 def gpu_stage() -> int:
     return 1
 
@@ -84,13 +88,17 @@ def test_gpu_step_tags_parse_with_dagster_k8s_and_reach_the_pod_spec():
     assert pod["node_selector"] == {"gpu-type": "h100"}
 
 
-def test_gpu_assets_declare_the_gpu_pool_and_tag():
-    spec = gpu_stage.specs_by_key[dg.AssetKey("gpu_stage")]
-    assert gpu_stage.op.pool == GPU_POOL
-    assert spec.tags["gpu"] == "true"
+def test_gpu_declarations_follow_the_profile():
+    gpu, local = get_profile("gpu"), get_profile("local")
+    decl = gpu_declarations("product_embeddings", gpu)
+    assert decl["pool"] == GPU_POOL and decl["tags"] == {"gpu": "true"}
+    cfg = get_user_defined_k8s_config({"dagster-k8s/config": json.dumps(decl["op_tags"]["dagster-k8s/config"])})
+    assert cfg.container_config["resources"]["limits"][NVIDIA_GPU_RESOURCE] == "1"
+    assert gpu_declarations("product_embeddings", local) == {}
+    assert gpu_declarations("clean_products", gpu) == {}
     assert dg.AssetSelection.tag("gpu", "true").resolve([gpu_stage, cpu_stage]) == {dg.AssetKey("gpu_stage")}
     with pytest.raises(ValueError):
-        gpu_asset_kwargs(n_gpus=0)
+        k8s_gpu_config(n_gpus=0)
 
 
 def test_helm_values_file_matches_the_code():
@@ -100,7 +108,8 @@ def test_helm_values_file_matches_the_code():
     assert env["FASHION_PROFILE"] == "gpu" and env["FASHION_EXECUTOR"] == "k8s"
     assert dep["dagsterApiGrpcArgs"] == ["--module-name", "fashion_pipeline.definitions"]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
-    assert values["concurrency"]["pools"]["defaultLimit"] == int(env["FASHION_GPU_COUNT"])
+    assert isinstance(values["concurrency"]["pools"]["defaultLimit"], int)
+    assert env["FASHION_OPEN_CLIP_PRETRAINED"]  # the gpu profile's encoder weights: no default
     # Every env var the deployment sets is one the code reads.
     code = "".join(p.read_text() for p in Path(PROJECT_ROOT / "fashion_pipeline").rglob("*.py"))
     assert [name for name in env if name not in code] == []

@@ -1,5 +1,6 @@
-"""Operations: OOM backoff, the raw-files sensor, the retraining schedule, group-based jobs,
-scoring automation, and the shipped instance config (GPU pool) on a real Dagster instance."""
+"""Operations: the raw-files sensor, the retraining schedule, graph-based jobs, automation that
+respects the blocking gates, and the shipped instance config (GPU pool) on a real Dagster instance.
+The reviewed literal snapshot of every job / schedule / sensor is test_definitions_snapshot.py."""
 
 import json
 import os
@@ -12,97 +13,20 @@ import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
-import torch
 
-from fashion_pipeline.core.oom import map_in_batches, run_with_oom_backoff
+from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.definitions import all_assets, defs
 from fashion_pipeline.jobs import ALL_JOBS
 from fashion_pipeline.paths import PROJECT_ROOT
 from fashion_pipeline.resources import build_resources
-from fashion_pipeline.resources.compute import ComputeResource
 from fashion_pipeline.resources.data import RawDataResource
 from fashion_pipeline.resources.lineage import LineageWarehouseIOManager
 from fashion_pipeline.schedules import build_retraining_schedule
-from fashion_pipeline.sensors import new_raw_files, with_scoring_automation
+from fashion_pipeline.sensors import new_raw_files
 from fashion_pipeline_tests.conftest import KAGGLE
 from fashion_pipeline_tests.ops_pool_job import two_gpu_steps_job
 
 SHIPPED_DAGSTER_YAML = PROJECT_ROOT / "fashion_pipeline" / "deploy" / "dagster.yaml"
-
-
-# --- GPU out-of-memory: halve the batch ----------------------------------------------------------
-
-def _oom() -> torch.cuda.OutOfMemoryError:
-    # The exception class torch raises on a CUDA allocation failure (no GPU here to raise it for us).
-    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-
-def test_oom_halves_the_batch_until_it_fits():
-    tried, backoffs = [], []
-
-    def encode(batch_size: int) -> str:
-        tried.append(batch_size)
-        if batch_size > 8:
-            raise _oom()
-        return f"done at {batch_size}"
-
-    assert run_with_oom_backoff(encode, 32, on_backoff=lambda a, b, e: backoffs.append((a, b, type(e)))) == "done at 8"
-    assert tried == [32, 16, 8]
-    assert backoffs == [(32, 16, torch.cuda.OutOfMemoryError), (16, 8, torch.cuda.OutOfMemoryError)]
-
-
-def test_oom_at_the_minimum_batch_and_other_errors_propagate():
-    calls = []
-
-    def always_oom(n):
-        calls.append(n)
-        raise _oom()
-
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        run_with_oom_backoff(always_oom, 8, min_batch_size=2)
-    assert calls == [8, 4, 2]
-
-    calls.clear()
-
-    def broken(n):
-        calls.append(n)
-        raise ValueError("bad input")
-
-    with pytest.raises(ValueError):
-        run_with_oom_backoff(broken, 8)
-    assert calls == [8]  # not an OOM: no retry at a smaller size
-
-
-def test_map_in_batches_keeps_finished_batches_and_the_smaller_size():
-    seen = []
-
-    def double(batch):
-        seen.append(len(batch))
-        if len(batch) > 10:
-            raise _oom()
-        return [x * 2 for x in batch]
-
-    assert map_in_batches(list(range(45)), double, 32) == [x * 2 for x in range(45)]
-    assert seen == [32, 16, 8, 8, 8, 8, 8, 5]  # one OOM episode, then the size sticks
-
-
-def test_compute_resource_resolves_devices_without_a_gpu():
-    assert ComputeResource(device="cpu").resolved_device() == "cpu"
-    assert ComputeResource(device="auto").resolved_device() == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
-            ComputeResource(device="cuda").resolved_device()
-    sizes = []
-
-    def fn(n):
-        sizes.append(n)
-        if n > 4:
-            raise _oom()
-        return n
-
-    logs = []
-    assert ComputeResource(batch_size=16).run_with_oom_backoff(fn, log=logs.append) == 4
-    assert sizes == [16, 8, 4] and len(logs) == 2 and "batch size 16" in logs[0]
 
 
 # --- the new-raw-files sensor ---------------------------------------------------------------------
@@ -189,56 +113,74 @@ def test_schedule_cron_timezone_and_status_come_from_the_environment(monkeypatch
         build_retraining_schedule()
 
 
-# --- jobs select by group, so stages merged later join them ----------------------------------------
+# --- jobs select over the asset graph, so stages merged later join them -------------------------------
 
-@dg.asset(group_name="enrichment")
-def product_embeddings_stub(clean_products):
+@dg.asset(group_name="some_new_group")
+def later_stage_stub(clean_products):
     return clean_products
 
 
-@dg.asset(group_name="models")
-def price_model_stub(product_embeddings_stub):
-    return product_embeddings_stub
-
-
-@dg.asset(group_name="scoring")
-def scored_listings_stub(price_model_stub):
-    return price_model_stub
-
-
-@dg.asset(group_name="scoring", automation_condition=dg.AutomationCondition.on_cron("0 * * * *"))
-def scoring_report_stub(scored_listings_stub):
-    return scored_listings_stub
-
-
-@dg.asset_check(asset=scored_listings_stub)
-def scored_listings_stub_check():
-    return dg.AssetCheckResult(passed=True)
+@dg.asset(group_name="another_group")
+def later_model_stub(later_stage_stub):
+    return later_stage_stub
 
 
 def _job_keys(d: dg.Definitions, name: str) -> set[str]:
     return {k.path[-1] for k in d.resolve_job_def(name).asset_layer.executable_asset_keys}
 
 
-def test_jobs_pick_up_assets_of_later_groups_without_edits():
-    *later, check = with_scoring_automation([product_embeddings_stub, price_model_stub, scored_listings_stub,
-                                             scoring_report_stub, scored_listings_stub_check])
-    assert isinstance(check, dg.AssetChecksDefinition)  # passed through untouched
-    d = dg.Definitions(assets=[*all_assets, *later], asset_checks=[check], jobs=ALL_JOBS,
+def test_assets_added_downstream_of_clean_products_join_retraining_and_refresh_whatever_their_group():
+    d = dg.Definitions(assets=[*all_assets, later_stage_stub, later_model_stub], jobs=ALL_JOBS,
                        resources=build_resources("local"))
-    ingest = {"kaggle_products_raw", "hm_articles_raw", "hm_article_prices", "merged_products", "clean_products"}
-    assert _job_keys(d, "ingest_job") == ingest
-    # the real enrichment/models assets already merged, plus the stubs added "later"
-    real_models = {k.path[-1] for a in all_assets for k, g in a.group_names_by_key.items()
-                   if g in ("enrichment", "models")}
-    stubs = {"product_embeddings_stub", "price_model_stub"}
-    assert _job_keys(d, "retraining_job") == real_models | stubs
-    assert _job_keys(d, "refresh_job") == ingest | real_models | stubs
-    graph = d.resolve_asset_graph()
-    cond = lambda name: graph.get(dg.AssetKey(name)).automation_condition  # noqa: E731
-    assert cond("scored_listings_stub").get_label() == "eager"            # added for the scoring group
-    assert cond("scoring_report_stub").get_label().startswith("on_cron")  # its own choice is kept
-    assert cond("price_model_stub") is None                               # heavy stages: explicit jobs only
+    stubs = {"later_stage_stub", "later_model_stub"}
+    assert stubs <= _job_keys(d, "retraining_job")
+    assert stubs <= _job_keys(d, "refresh_job")
+    assert not stubs & _job_keys(d, "ingest_job")
+    # The heavy stages and what publishing needs are in the weekly job (literal list: test_definitions_snapshot).
+    assert {"product_attributes", "product_embeddings", "regressor_metrics", "published_price_regressor",
+            "published_classifiers", "scored_listings"} <= _job_keys(d, "retraining_job")
+
+
+# --- automation declared on the assets respects the blocking gates ---------------------------------------
+
+GATE_PASSES = {"value": False}
+
+
+@dg.asset
+def candidate_stub() -> int:
+    return 1
+
+
+@dg.asset_check(asset=candidate_stub, blocking=True)
+def candidate_gate_stub() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=GATE_PASSES["value"])
+
+
+@dg.asset(deps=[candidate_stub], automation_condition=EAGER_WHEN_GATES_PASS)
+def published_stub() -> None:
+    return None
+
+
+def _requested(instance, d, cursor=None):
+    result = dg.evaluate_automation_conditions(defs=d, instance=instance, cursor=cursor)
+    return {"published_stub"} if result.get_num_requested(dg.AssetKey("published_stub")) else set(), result.cursor
+
+
+def test_automation_publishes_only_a_candidate_whose_blocking_gate_passed():
+    d = dg.Definitions(assets=[candidate_stub, published_stub], asset_checks=[candidate_gate_stub])
+    with dg.instance_for_test() as instance:
+        dg.materialize([candidate_stub, published_stub], instance=instance, selection=[published_stub])
+        _, cursor = _requested(instance, d)
+        GATE_PASSES["value"] = False
+        result = dg.materialize([candidate_stub, candidate_gate_stub], instance=instance, raise_on_error=False)
+        assert result.get_asset_check_evaluations()[0].passed is False
+        requested, cursor = _requested(instance, d, cursor)
+        assert "published_stub" not in requested          # the failed gate holds publishing back
+        GATE_PASSES["value"] = True
+        result = dg.materialize([candidate_stub, candidate_gate_stub], instance=instance)
+        assert result.get_asset_check_evaluations()[0].passed is True
+        requested, _ = _requested(instance, d, cursor)
+        assert "published_stub" in requested              # a new candidate that passed: publish it
 
 
 def test_the_code_location_holds_the_operations_objects():
@@ -246,7 +188,7 @@ def test_the_code_location_holds_the_operations_objects():
     repo = defs.get_repository_def()
     assert {j.name for j in repo.get_all_jobs()} >= {"ingest_job", "retraining_job", "refresh_job"}
     assert {s.name for s in repo.schedule_defs} == {"weekly_retraining"}
-    assert {s.name for s in repo.sensor_defs} == {"new_raw_files", "scoring_automation"}
+    assert {s.name for s in repo.sensor_defs} == {"new_raw_files", "model_automation"}
 
 
 # --- the shipped dagster.yaml on a real instance: the GPU pool serializes GPU steps ------------------

@@ -19,14 +19,18 @@ from fashion_pipeline.sensors import new_raw_files
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_each_profile_gives_a_valid_location_whose_resources_initialize(name, tmp_path, monkeypatch):
     monkeypatch.setenv("FASHION_DATA_ROOT", str(tmp_path / "datasets"))
+    monkeypatch.setenv("FASHION_OPEN_CLIP_PRETRAINED", "local-dir:" + str(tmp_path / "clip"))
     profile = get_profile(name)
     resources = build_resources(name)
     dg.Definitions.validate_loadable(dg.Definitions(assets=all_assets, jobs=ALL_JOBS, sensors=[new_raw_files],
                                                     resources=resources))
     with dg.build_resources(resources) as r:  # runs each resource's setup, resolving env vars
         assert r.raw_data.root == str(tmp_path / "datasets")
-        assert r.compute.device == profile.device
-        assert r.compute.batch_size == profile.encoder_batch_size
+        assert r.encoder.device == profile.device and r.encoder.backend == profile.encoder_backend
+        assert r.extractor.backend == profile.extractor_backend
+        if profile.encoder_backend == "open_clip":
+            assert (r.encoder.open_clip_model, r.encoder.open_clip_pretrained) == (
+                "ViT-B-32", "local-dir:" + str(tmp_path / "clip"))
         assert r.warehouse.file() == tmp_path / "var" / "warehouse.duckdb"  # FASHION_VAR_DIR (conftest)
 
 
@@ -44,6 +48,21 @@ def test_gpu_profile_fails_naming_the_missing_data_root_variable(monkeypatch):
     with pytest.raises(Exception, match="FASHION_DATA_ROOT"):
         with dg.build_resources(resources):
             pass
+
+
+def test_gpu_profile_takes_open_clip_model_and_weights_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASHION_DATA_ROOT", str(tmp_path))
+    monkeypatch.delenv("FASHION_OPEN_CLIP_PRETRAINED", raising=False)
+    with pytest.raises(Exception, match="FASHION_OPEN_CLIP_PRETRAINED"):
+        with dg.build_resources(build_resources("gpu")):
+            pass
+    monkeypatch.setenv("FASHION_OPEN_CLIP_MODEL", "ViT-S-32-alt")
+    monkeypatch.setenv("FASHION_OPEN_CLIP_PRETRAINED", "hf-hub:Marqo/marqo-fashionSigLIP")
+    with dg.build_resources(build_resources("gpu")) as r:
+        assert (r.encoder.open_clip_model, r.encoder.open_clip_pretrained) == (
+            "ViT-S-32-alt", "hf-hub:Marqo/marqo-fashionSigLIP")
+    with dg.build_resources(build_resources("local")) as r:  # offline encoders: no open_clip settings needed
+        assert r.encoder.backend == "offline"
 
 
 def test_an_unknown_profile_is_refused(monkeypatch):

@@ -1,6 +1,8 @@
-"""The Dagster UI for real: `dagster dev` on loopback with the shipped instance config, a
-materialization launched through the GraphQL API the UI itself uses, the asset graph's lineage
-as the UI serves it, and a headless-Chromium look at the lineage page.
+"""The Dagster UI for real: the README's main command (`dg launch --assets '*'` with DAGSTER_HOME
+under var/ and the shipped instance config) on a temporary var folder, then `dg dev` on loopback
+on that same instance: every asset shows the command's materialization, clean_products shows its
+metadata, a materialization launched through the GraphQL API the UI itself uses succeeds, and
+headless Chromium renders the asset graph as materialized and clean_products' page with its metadata.
 
 Needs the Debian package `chromium` for the browser half (skipped, saying so, without it)."""
 
@@ -26,10 +28,33 @@ import pytest
 from PIL import Image
 
 from fashion_pipeline.definitions import defs
-from fashion_pipeline.jobs import INGEST_GROUPS
 from fashion_pipeline.paths import PROJECT_ROOT
 
-pytestmark = [pytest.mark.ui, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.timeout(1800)]
+INGEST_ASSETS = ["kaggle_products_raw", "hm_articles_raw", "hm_article_prices", "merged_products", "clean_products"]
+README = PROJECT_ROOT / "README.md"
+MAIN_COMMAND_PREFIX = "python3 -m venv .venv && .venv/bin/pip install -e . && "
+
+
+def readme_main_command() -> str:
+    """The README's main command, less the venv creation and install (this venv is the one under test)."""
+    lines = [ln for ln in README.read_text().splitlines() if ln.startswith(MAIN_COMMAND_PREFIX)]
+    assert len(lines) == 1, "the README's main command line was not found"
+    return lines[0][len(MAIN_COMMAND_PREFIX):]
+
+
+def run_main_command(root: Path) -> subprocess.CompletedProcess:
+    """Run the README's main command in ``root``, a stand-in for the repository root whose var/ is
+    private: the project's files are linked in, .venv is the venv running the tests."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("fashion_pipeline", "data", "workspace.yaml", "pyproject.toml"):
+        (root / name).symlink_to(PROJECT_ROOT / name)
+    (root / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASHION_DATA_ROOT", "FASHION_EXECUTOR", "DAGSTER_HOME", "FASHION_PROFILE")}
+    env.update(FASHION_VAR_DIR=str(root / "var"), FASHION_AUTOMATION="off", PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; {readme_main_command()}"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1500)
 
 SHIPPED_DAGSTER_YAML = PROJECT_ROOT / "fashion_pipeline" / "deploy" / "dagster.yaml"
 CHROMIUM = os.environ.get("CHROMIUM") or next(
@@ -38,12 +63,12 @@ LOCATION = "fashion_pipeline.definitions"  # workspace.yaml's python_module entr
 
 
 class DagsterDev:
-    """`dagster dev` in its own session; stop() ends every process of that session."""
+    """`dg dev` in its own session on the instance the main command wrote (root/var/dagster_home);
+    stop() ends every process of that session."""
 
     def __init__(self, root: Path):
-        self.home, self.var, self.log_path = root / "dagster_home", root / "var", root / "dagster_dev.log"
-        self.home.mkdir(parents=True)
-        shutil.copy(SHIPPED_DAGSTER_YAML, self.home / "dagster.yaml")
+        self.home, self.var, self.log_path = root / "var" / "dagster_home", root / "var", root / "dagster_dev.log"
+        assert (self.home / "dagster.yaml").read_text() == SHIPPED_DAGSTER_YAML.read_text()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -51,11 +76,11 @@ class DagsterDev:
         env = {k: v for k, v in os.environ.items() if k not in ("FASHION_DATA_ROOT", "FASHION_EXECUTOR")}
         env.update(DAGSTER_HOME=str(self.home), FASHION_VAR_DIR=str(self.var), FASHION_PROFILE="local",
                    FASHION_AUTOMATION="off", PYTHONPATH=str(PROJECT_ROOT))
-        dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+        dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
         self.log = open(self.log_path, "w")
-        # dagster dev ties SIGTERM to SIGINT's handler: restore default dispositions so both work.
+        # dg dev ties SIGTERM to SIGINT's handler: restore default dispositions so both work.
         self.proc = subprocess.Popen(
-            ["env", "--default-signal=INT,TERM", dagster, "dev", "-w", "workspace.yaml",
+            ["env", "--default-signal=INT,TERM", dg_cli, "dev", "-w", "workspace.yaml",
              "-h", "127.0.0.1", "-p", str(self.port)],
             cwd=PROJECT_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.sid = self.proc.pid
@@ -126,8 +151,17 @@ class DagsterDev:
 
 
 @pytest.fixture(scope="module")
-def dagster_dev(tmp_path_factory):
-    server = DagsterDev(tmp_path_factory.mktemp("ui"))
+def main_command(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ui") / "repo"
+    proc = run_main_command(root)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert "SupersessionWarning" not in proc.stderr
+    return root
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(main_command):
+    server = DagsterDev(main_command)
     try:
         server.wait_loaded()
         yield server
@@ -147,6 +181,21 @@ def test_the_ui_serves_every_asset_with_its_upstream_lineage(dagster_dev):
                 for k in graph.get_all_asset_keys()}
     assert served == expected
     assert served["clean_products"] == {"merged_products"}
+
+
+ASSET_RUNS = "{ assetNodes { assetKey { path } assetMaterializations(limit: 1) { runId metadataEntries { label } } } }"
+
+
+def test_the_main_command_is_recorded_in_the_instance_the_ui_reads(dagster_dev):
+    nodes = dagster_dev.gql(ASSET_RUNS)["assetNodes"]
+    latest = {n["assetKey"]["path"][-1]: n["assetMaterializations"] for n in nodes}
+    never = sorted(k for k, m in latest.items() if not m)
+    assert never == [], f"shown as never materialized after the main command: {never}"
+    runs = dagster_dev.gql("{ runsOrError { ... on Runs { results { runId status } } } }")["runsOrError"]["results"]
+    assert [r["status"] for r in runs] == ["SUCCESS"]  # the main command's one run, kept by the instance
+    assert {m[0]["runId"] for m in latest.values()} == {runs[0]["runId"]}
+    labels = {e["label"] for e in latest["clean_products"][0]["metadataEntries"]}
+    assert {"rows_with_price", "rows_with_image", "dagster/row_count"} <= labels, labels
 
 
 def _launch(dagster_dev, keys: list[list[str]]) -> str:
@@ -187,9 +236,7 @@ def _wait_for_run(dagster_dev, run_id: str, timeout_s: float = 200) -> str:
 
 
 def test_a_run_launched_through_the_ui_api_materializes_the_sample(dagster_dev):
-    nodes = dagster_dev.gql(ASSET_NODES)["assetNodes"]
-    keys = [n["assetKey"]["path"] for n in nodes if n["groupName"] in INGEST_GROUPS]
-    assert {k[-1] for k in keys} >= {"kaggle_products_raw", "hm_articles_raw", "clean_products"}
+    keys = [[name] for name in INGEST_ASSETS]
     run_id = _launch(dagster_dev, keys)
     status = _wait_for_run(dagster_dev, run_id)
     if status != "SUCCESS":
@@ -234,13 +281,13 @@ def test_the_lineage_page_renders_the_asset_graph(dagster_dev, tmp_path):
     expanded = ",".join(f"global@global:{g}" for g in groups)
     url = f"{dagster_dev.url}/asset-groups?{urllib.parse.urlencode({'expanded': expanded})}"
 
-    def chromium(*args: str) -> subprocess.CompletedProcess:
+    def chromium(*args: str, page: str = url) -> subprocess.CompletedProcess:
         profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
         profile.mkdir()
         return subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
-             "--window-size=1600,1000", "--hide-scrollbars", "--virtual-time-budget=20000", *args, url],
+             "--window-size=1600,1000", "--hide-scrollbars", "--virtual-time-budget=20000", *args, page],
             capture_output=True, text=True, timeout=120)
 
     dom = chromium("--dump-dom")
@@ -250,6 +297,18 @@ def test_the_lineage_page_renders_the_asset_graph(dagster_dev, tmp_path):
     missing = [n["assetKey"]["path"][-1] for n in nodes if not _shown(n["assetKey"]["path"][-1], text)]
     assert missing == [], f"asset nodes not drawn: {missing}\n{text[:1500]}"
     assert all(g in text for g in groups)
+    # After the main command every node says when it was materialized; none "Never materialized".
+    assert "Never materialized" not in text, text[:3000]
+    assert text.count("Materialized") >= len(nodes), text[:3000]
+
+    # clean_products' page: its latest materialization's metadata.
+    page = chromium("--dump-dom", page=f"{dagster_dev.url}/assets/clean_products")
+    assert page.returncode == 0, page.stderr[-2000:]
+    asset_text = _visible_text(page.stdout)
+    assert "clean_products" in asset_text
+    shown = [label for label in ("rows_with_price", "rows_with_image", "rows_by_source_and_category")
+             if label in asset_text]
+    assert shown, f"clean_products' metadata not shown:\n{asset_text[:3000]}"
 
     shot = tmp_path / "lineage.png"
     result = chromium(f"--screenshot={shot}")

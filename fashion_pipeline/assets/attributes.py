@@ -10,6 +10,7 @@ from fashion_pipeline.core.extraction.pipeline import ProductText, fill_rates, r
 from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, prompt_fingerprint
 from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline
 from fashion_pipeline.core.extraction.text import prepare
+from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.resources.extraction import ExtractorResource
 
 GROUP = "attributes"
@@ -31,7 +32,8 @@ def quality_report(clean_products: pd.DataFrame, results: list, backend: str,
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
           description="Attributes from title + description, JSON-schema validated and normalised to "
-                      "controlled vocabularies; backend (rules | transformers | vllm) set on the extractor resource.")
+                      "controlled vocabularies; backend (rules | transformers | vllm) set on the extractor resource.",
+          **gpu_declarations("product_attributes"))
 def product_attributes(context: dg.AssetExecutionContext, clean_products: pd.DataFrame,
                        extractor: ExtractorResource) -> dg.Output[pd.DataFrame]:
     brands = clean_products["brand"].dropna().unique().tolist()

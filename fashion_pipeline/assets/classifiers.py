@@ -26,6 +26,7 @@ from pydantic import Field
 from threadpoolctl import threadpool_limits
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.assets.clustering import load_embeddings
 from fashion_pipeline.core.features import REGIMES, with_embeddings
 from fashion_pipeline.core.models.classifiers import CLASSICAL
@@ -169,7 +170,8 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
 @dg.asset(group_name=GROUP, kinds={"python"},
           description="Publishes the candidate classifiers of attribute_classifiers that pass the quality gate "
                       "(scoring uses them); a refused candidate's previously published version stays. Blocked by "
-                      "the check classifier_gate when every candidate is refused.")
+                      "the check classifier_gate when every candidate is refused.",
+          automation_condition=EAGER_WHEN_GATES_PASS)
 def published_classifiers(context: dg.AssetExecutionContext, model_store: ModelStoreResource,
                           attribute_classifiers: pd.DataFrame) -> dg.MaterializeResult:
     # The same gate as the blocking check, so a standalone materialization cannot bypass it.

@@ -5,12 +5,14 @@ encoders from EncoderResource, passes the optional extracted attributes, writes 
 puts a DuckDB view ``product_embeddings`` over it in the warehouse and reports counts + plots.
 Downstream code reads the file with ``fashion_pipeline.core.encoders.io.read_embeddings(path)``
 (path in this asset's metadata and at ``EncoderResource.output_path()``) or SQL on the view.
-GPU scheduling for a CUDA encoder: see ``fashion_pipeline.resources.encoders.gpu_requirements``.
+GPU scheduling for a CUDA encoder: ``gpu_declarations`` (fashion_pipeline.gpu), from the profile.
 """
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
+
+from fashion_pipeline.gpu import gpu_declarations
 
 from fashion_pipeline.core import warehouse as wh
 from fashion_pipeline.core.encoders import create_duckdb_view, embed_products
@@ -55,6 +57,7 @@ def _counts_md(counter: dict) -> dg.MetadataValue:
     # Ordering/lineage only: the table is read through the warehouse resource, and only if it exists.
     deps=[dg.AssetKey(ATTRIBUTES_TABLE)],
     description="Image + text embeddings per product (Parquet + DuckDB view), cached by content and encoder.",
+    **gpu_declarations("product_embeddings"),
 )
 def product_embeddings(
     context: dg.AssetExecutionContext,

@@ -18,13 +18,16 @@ import pandas as pd
 from pydantic import Field
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.assets.clustering import embeddings_path
 from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.pricing import plots
 from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
+from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.paths import resolve
+from fashion_pipeline.profiles import get_profile
 from fashion_pipeline.resources.model_store import ModelStoreResource
 
 GROUP = "pricing"
@@ -38,7 +41,8 @@ class RegressorConfig(dg.Config):
                                      description="Maximum boosting rounds (early stopping on validation picks fewer).")
     mlp_epochs: int = Field(default=15, ge=1, description="Maximum MLP epochs (early stopping on validation).")
     mlp_hidden: int = Field(default=512, ge=8, description="Width of the MLP's first hidden layer.")
-    mlp_device: str = Field(default="cpu", description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine).")
+    mlp_device: str = Field(default=get_profile().device,
+                            description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine); default: the profile's.")
     mixed_precision: bool = Field(default=True,
                                   description="torch.autocast: bfloat16 on CPU, float16 + GradScaler on CUDA.")
     train_fraction: float = Field(default=1.0, gt=0, le=1,
@@ -89,7 +93,8 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
           deps=[dg.AssetKey("product_embeddings")],
           description="The candidate listing price model (one regressor per listing form, chosen on validation), "
                       "saved unpublished, and its test-split listing metrics per form and source through the scoring "
-                      "CLI's code path, beside the published model and the TF-IDF recipe on the same listings.")
+                      "CLI's code path, beside the published model and the TF-IDF recipe on the same listings.",
+          **gpu_declarations("regressor_metrics"))
 def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig, clean_products: pd.DataFrame,
                       model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
@@ -185,7 +190,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
 
 @dg.asset(group_name=GROUP, kinds={"python"},
           description="Publishes the gated candidate price regressor in the model store (scoring uses it). "
-                      "Runs only after the blocking check price_regressor_gate passed.")
+                      "Runs only after the blocking check price_regressor_gate passed.",
+          automation_condition=EAGER_WHEN_GATES_PASS)
 def published_price_regressor(context: dg.AssetExecutionContext, model_store: ModelStoreResource,
                               regressor_metrics: pd.DataFrame) -> dg.MaterializeResult:
     # The blocking check already stopped a bad candidate in the same run; re-applying the same

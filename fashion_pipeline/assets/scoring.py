@@ -8,6 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.core import scoring
 from fashion_pipeline.core.reports import DropReport
 from fashion_pipeline.paths import resolve
@@ -51,7 +52,8 @@ def listing_sources(folder: Path) -> list[Path]:
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"}, deps=[published_price_regressor, dg.AssetKey("published_classifiers"),
                                                          dg.AssetKey("price_comparables")],
           description="New listings from the incoming folder with category, gender, usage, extracted attributes, "
-                      "a suggested USD price with an interval, and flags for what was missing or odd.")
+                      "a suggested USD price with an interval, and flags for what was missing or odd.",
+          automation_condition=EAGER_WHEN_GATES_PASS)
 def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
                     model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()

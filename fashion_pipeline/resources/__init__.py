@@ -6,8 +6,8 @@ import os
 
 import dagster as dg
 
-from fashion_pipeline.profiles import DATA_ROOT_ENV, PROFILE_ENV, PROFILES, get_profile
-from fashion_pipeline.resources.compute import ComputeResource
+from fashion_pipeline.profiles import (DATA_ROOT_ENV, DEFAULT_OPEN_CLIP_MODEL, OPEN_CLIP_MODEL_ENV,
+                                       OPEN_CLIP_PRETRAINED_ENV, PROFILE_ENV, PROFILES, get_profile)
 from fashion_pipeline.resources.data import RawDataResource
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.extraction import ExtractorResource
@@ -28,6 +28,18 @@ def _data_root(profile) -> str | dg.EnvVar:
     return os.environ.get(DATA_ROOT_ENV, "data")
 
 
+def _open_clip(profile) -> dict:
+    """open_clip architecture + weights from the environment (FASHION_OPEN_CLIP_MODEL, _PRETRAINED).
+
+    The weights are bound with dg.EnvVar: the UI shows where the value comes from, and a run fails
+    naming the variable when it is unset. Offline profiles take neither.
+    """
+    if profile.encoder_backend != "open_clip":
+        return {}
+    return {"open_clip_model": os.environ.get(OPEN_CLIP_MODEL_ENV, DEFAULT_OPEN_CLIP_MODEL),
+            "open_clip_pretrained": dg.EnvVar(OPEN_CLIP_PRETRAINED_ENV)}
+
+
 def build_resources(profile: str | None = None) -> dict:
     """The resources of ``profile`` (default: FASHION_PROFILE, else 'local').
 
@@ -44,8 +56,7 @@ def build_resources(profile: str | None = None) -> dict:
         "warehouse": WarehouseResource(**cfg("warehouse")),
         "raw_data": RawDataResource(root=_data_root(p), **cfg("raw_data")),
         "model_store": ModelStoreResource(**cfg("model_store")),
-        "compute": ComputeResource(device=p.device, batch_size=p.encoder_batch_size, **cfg("compute")),
         "extractor": ExtractorResource(backend=p.extractor_backend, **cfg("extractor")),
-        "encoder": EncoderResource(backend=p.encoder_backend, device=p.device, **cfg("encoder")),
+        "encoder": EncoderResource(backend=p.encoder_backend, device=p.device, **_open_clip(p), **cfg("encoder")),
     }
     return resources

@@ -6,31 +6,23 @@ backend="open_clip": any open_clip checkpoint (pretrained tag, weights file, ``l
   folder or ``hf-hub:`` id), one aligned space; mixed precision on CUDA. FashionCLIP / Marqo
   checkpoints drop in by setting model_name + pretrained.
 
-GPU scheduling: ``gpu_requirements(config)`` (or ``EncoderResource.gpu_requirements()``) returns
-the op tags and pool an asset using this resource needs: ``{"tags": {"gpu": "true"}, "pool": "gpu"}``
-when ``device`` is CUDA, no tags and no pool otherwise. The device is never guessed from the
-machine: a CUDA device on a machine without one is a configuration error.
+Under FASHION_PROFILE=gpu, build_resources sets ``open_clip_model`` from FASHION_OPEN_CLIP_MODEL
+(default ViT-B-32) and ``open_clip_pretrained`` from FASHION_OPEN_CLIP_PRETRAINED (required). GPU
+scheduling of the asset (pool, k8s GPU request) follows the profile: fashion_pipeline.gpu. The
+device is never guessed from the machine: a CUDA device on a machine without one is a
+configuration error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
 from fashion_pipeline.core.encoders import EmbeddingBackend, build_backend
 from fashion_pipeline.paths import default_var_path, resolve
-
-
-def gpu_requirements(config: Mapping[str, Any] | "EncoderResource") -> dict[str, Any]:
-    """Scheduling needs of an encoder configuration: op tags + concurrency pool for a GPU device."""
-    device = config.device if isinstance(config, EncoderResource) else str(config.get("device", "cpu"))
-    if device.startswith("cuda"):
-        return {"tags": {"gpu": "true"}, "pool": "gpu"}
-    return {"tags": {}, "pool": None}
 
 
 class EncoderResource(dg.ConfigurableResource):
@@ -41,7 +33,7 @@ class EncoderResource(dg.ConfigurableResource):
         description="'offline': EfficientNet-Lite0 + MiniLM shipped in pip packages (CPU, not aligned). "
         "'open_clip': an open_clip checkpoint with aligned image/text space (production, GPU).",
     )
-    device: str = Field(default="cpu", description="torch device, e.g. 'cpu' or 'cuda:0'. CUDA adds the gpu pool/tag.")
+    device: str = Field(default="cpu", description="torch device, e.g. 'cpu' or 'cuda:0'. The profile sets it (local: cpu, gpu: cuda).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         default="auto", description="'auto' = fp16 autocast on CUDA; bf16 autocast on a CPU with native bf16 "
         "(AVX512-BF16/AMX: ~1.75x faster, cosine 0.9986-0.99999 to fp32), else fp32. fp16 needs CUDA."
@@ -113,6 +105,3 @@ class EncoderResource(dg.ConfigurableResource):
 
     def cache_path(self) -> Path:
         return Path(resolve(self.cache_dir) if self.cache_dir else resolve(default_var_path("cache", "embeddings")))
-
-    def gpu_requirements(self) -> dict[str, Any]:
-        return gpu_requirements(self)

@@ -3,8 +3,8 @@
 backend "rules" (default): deterministic vocabularies + patterns, CPU, ~1-2k rows/s.
 backend "transformers": HF transformers + xgrammar constrained decoding; default model is the
   offline SmolLM2-135M-Instruct (proves the code path on a CPU; too small to be accurate).
-backend "vllm": vLLM offline batch inference with structured outputs. GPU backend: the asset
-  that uses it must run on a GPU node; see `gpu_requirements`.
+backend "vllm": vLLM offline batch inference with structured outputs. GPU backend: under the
+  gpu profile product_attributes declares the gpu pool and a k8s GPU request (fashion_pipeline.gpu).
 """
 
 from __future__ import annotations
@@ -23,19 +23,6 @@ from fashion_pipeline.core.extraction.rules import RulesExtractor
 from fashion_pipeline.paths import default_var_path, resolve
 
 Backend = Literal["rules", "transformers", "vllm"]
-
-
-def gpu_requirements(backend: str) -> dict:
-    """Op tags / pool for a run that extracts with `backend`.
-
-    A Dagster asset's tags and pool are fixed when the definition is built, while the backend is
-    run configuration; so instead of guessing inside the asset, whoever builds jobs for a
-    profile (local / gpu) applies these: {"tags": {"gpu": "true"}, "pool": "gpu"} for vllm, else
-    no requirement.
-    """
-    if backend == "vllm":
-        return {"tags": {"gpu": "true"}, "pool": "gpu"}
-    return {"tags": {}, "pool": None}
 
 
 class ExtractorResource(dg.ConfigurableResource):

@@ -101,7 +101,7 @@ def resolve_device(device: str) -> str:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EncoderConfigError(
             f"Encoder device {device!r} requested but CUDA is not available on this machine; "
-            "use device='cpu' or run on a GPU node (see gpu_requirements)."
+            "use device='cpu' or run on a GPU node."
         )
     return str(dev)
 

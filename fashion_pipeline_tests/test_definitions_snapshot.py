@@ -20,9 +20,9 @@ from fashion_pipeline.paths import PROJECT_ROOT
 
 INGEST = ["clean_products", "hm_article_prices", "hm_articles_raw", "kaggle_products_raw", "merged_products"]
 # Weekly retraining: everything after the clean table, through the gates to publishing and scoring.
-RETRAIN = ["attribute_classifiers", "classifier_leaderboard", "clustering_metrics", "product_attributes",
-           "product_clusters", "product_embeddings", "published_classifiers", "published_price_regressor",
-           "regressor_metrics", "scored_listings"]
+RETRAIN = ["attribute_classifiers", "classifier_leaderboard", "clustering_metrics", "price_comparables",
+           "product_attributes", "product_clusters", "product_embeddings", "published_classifiers",
+           "published_price_regressor", "regressor_metrics", "scored_listings"]
 GATES = ["classifier_gate", "price_regressor_gate"]
 GROUPS = {
     "kaggle_products_raw": "ingest", "hm_articles_raw": "ingest", "hm_article_prices": "ingest",
@@ -30,11 +30,12 @@ GROUPS = {
     "product_attributes": "attributes", "product_embeddings": "embeddings",
     "classifier_leaderboard": "models", "attribute_classifiers": "models", "published_classifiers": "models",
     "product_clusters": "models", "clustering_metrics": "models",
-    "regressor_metrics": "pricing", "published_price_regressor": "pricing", "scored_listings": "pricing",
+    "regressor_metrics": "pricing", "published_price_regressor": "pricing", "price_comparables": "pricing",
+    "scored_listings": "pricing",
 }
 EAGER_GATED = "eager, blocking checks passed"
 AUTOMATION = {"published_classifiers": EAGER_GATED, "published_price_regressor": EAGER_GATED,
-              "scored_listings": EAGER_GATED}
+              "price_comparables": EAGER_GATED, "scored_listings": EAGER_GATED}
 K8S_TAG = "dagster-k8s/config"
 # The assets whose backend runs on CUDA under the gpu profile: vLLM extraction, the encoders on
 # cuda, the price MLP on cuda. (Neural classifiers and DEC train on the CPU in every profile.)

@@ -14,6 +14,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.assets.clustering import embeddings_path
 from fashion_pipeline.assets.regressors import GROUP, load_embeddings, published_price_regressor
 from fashion_pipeline.core import comparables
@@ -34,7 +35,8 @@ class ComparablesConfig(dg.Config):
           deps=[published_price_regressor, dg.AssetKey("product_embeddings")],
           description="Exact nearest-neighbour index (faiss IndexFlatIP on normalised image + text embeddings) of "
                       "the priced train + validation catalogue products, saved next to the published price model "
-                      "and versioned with it; scoring cites the k most similar products per listing.")
+                      "and versioned with it; scoring cites the k most similar products per listing.",
+          automation_condition=EAGER_WHEN_GATES_PASS)
 def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConfig, clean_products: pd.DataFrame,
                       model_store: ModelStoreResource) -> dg.MaterializeResult:
     if "test" in config.splits:

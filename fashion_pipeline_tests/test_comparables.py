@@ -368,3 +368,25 @@ def test_scored_listings_asset_loads_the_index_once_and_fills_the_columns(catalo
     assert [json.loads(js)[0]["product_id"] for js in scores["comparables"]] == listings["product_id"].tolist()
     assert all(len(json.loads(js)) == 2 for js in scores["comparables"])
     assert out.metadata["flag_counts"].value["comparables"]["with_comparables"] == 3
+
+
+def test_a_large_catalogue_gets_a_graph_index_that_finds_the_exact_neighbours(tmp_path):
+    """From HNSW_MIN_ROWS rows the index is HNSW (approximate); on clustered vectors, as real
+    embeddings are, it returns what brute force returns, and keeps doing so after save / load."""
+    rng = np.random.default_rng(3)
+    n, centres = 3000, rng.standard_normal((30, DI + DT)).astype(np.float32)
+    x = centres[rng.integers(0, 30, n)] + 0.3 * rng.standard_normal((n, DI + DT)).astype(np.float32)
+    items = pd.DataFrame({"product_id": [f"p{i}" for i in range(n)], "title": "t", "price_usd": 10.0, "source": "hm"})
+    index = ComparablesIndex.build(items, x[:, :DI], x[:, DI:], hnsw_min_rows=1000)
+    assert hasattr(index.index, "hnsw") and index.size == n
+    q_img, q_txt = x[:200, :DI] + 0.05, x[:200, DI:]
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    brute = (unit(q_img) @ unit(x[:, :DI]).T + unit(q_txt) @ unit(x[:, DI:]).T) / 2
+    want = np.argsort(-brute, axis=1)[:, :5]
+    got = index.search_embeddings(q_img, q_txt, k=5)
+    recall = np.mean([len({int(h["product_id"][1:]) for h in g} & set(w)) / 5 for g, w in zip(got, want)])
+    assert recall >= 0.98
+    index.save(tmp_path / "idx")
+    assert cmp.ComparablesIndex.load(tmp_path / "idx").search_embeddings(q_img, q_txt, k=5) == got
+    # Below the threshold: exact.
+    assert not hasattr(ComparablesIndex.build(items, x[:, :DI], x[:, DI:]).index, "hnsw")

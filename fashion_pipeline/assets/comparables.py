@@ -33,7 +33,7 @@ class ComparablesConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"faiss", "parquet"},
           deps=[published_price_regressor, dg.AssetKey("product_embeddings")],
-          description="Exact nearest-neighbour index (faiss IndexFlatIP on normalised image + text embeddings) of "
+          description="Nearest-neighbour index (faiss: exact IndexFlatIP, HNSW from 10k rows; normalised image + text embeddings) of "
                       "the priced train + validation catalogue products, saved next to the published price model "
                       "and versioned with it; scoring cites the k most similar products per listing.",
           automation_condition=EAGER_WHEN_GATES_PASS)

@@ -1,8 +1,11 @@
-"""Comparable catalogue products for a listing: exact nearest neighbours by embedding (faiss).
+"""Comparable catalogue products for a listing: nearest neighbours by embedding (faiss).
 
-Pure code, no Dagster. `ComparablesIndex` holds one faiss ``IndexFlatIP`` (exact inner-product
-search, batched through BLAS) over catalogue products and a metadata table (product_id, title,
-price_usd, source) in the same row order.
+Pure code, no Dagster. `ComparablesIndex` holds one faiss index over catalogue products and a
+metadata table (product_id, title, price_usd, source) in the same row order. Up to
+``HNSW_MIN_ROWS`` rows it is an exact ``IndexFlatIP``; above, an ``IndexHNSWFlat`` (inner
+product, M=32, efConstruction=64, efSearch=64): on the full development catalogue (34,103
+products, 1,664 dimensions) that found 99.5% of the exact top 5 for 10,000 test listings, in
+2.3 s instead of 12.9 s (2 loaded cores; benchmarks/results/comparables.md).
 
 The vector
 ----------
@@ -45,6 +48,9 @@ ITEMS_FILE = "items.parquet"
 META_FILE = "comparables.json"
 FORMAT_VERSION = 1
 DEFAULT_K = 5
+# Graph index (approximate) from this many catalogue rows; exact search below.
+HNSW_MIN_ROWS = 10_000
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 64, 64
 # Catalogue rows an index is built from: never the test split (it is the models' hold-out).
 CATALOGUE_SPLITS = ("train", "validation")
 
@@ -112,7 +118,7 @@ def _unit(m: np.ndarray | None, n: int, dim: int) -> tuple[np.ndarray, np.ndarra
 
 @dataclass
 class ComparablesIndex:
-    index: object  # faiss.IndexFlatIP
+    index: object  # faiss.IndexFlatIP, or IndexHNSWFlat from HNSW_MIN_ROWS rows
     items: pd.DataFrame  # ITEM_COLUMNS, row i = faiss id i
     dims: dict[str, int]  # {"image": d_image, "text": d_text}
     info: dict = field(default_factory=dict)
@@ -120,7 +126,8 @@ class ComparablesIndex:
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, items: pd.DataFrame, image: np.ndarray | None, text: np.ndarray | None,
-              image_dim: int | None = None, text_dim: int | None = None) -> "ComparablesIndex":
+              image_dim: int | None = None, text_dim: int | None = None,
+              hnsw_min_rows: int = HNSW_MIN_ROWS) -> "ComparablesIndex":
         """Index catalogue ``items`` (ITEM_COLUMNS; extra columns dropped) with their aligned image
         and text embeddings ([n, d], NaN rows = missing; either may be None if ``*_dim`` is given).
         Rows with neither embedding are left out and counted in ``info``."""
@@ -142,7 +149,13 @@ class ComparablesIndex:
         w = np.float32(1.0 / math.sqrt(len(MODALITIES)))
         vectors = np.ascontiguousarray(np.hstack([img[keep] * w, txt[keep] * w]), dtype=np.float32)
         faiss = _faiss()
-        index = faiss.IndexFlatIP(dims["image"] + dims["text"])
+        d = dims["image"] + dims["text"]
+        if len(vectors) >= hnsw_min_rows:
+            index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+        else:
+            index = faiss.IndexFlatIP(d)
         if len(vectors):
             index.add(vectors)
         kept = items.loc[keep, list(ITEM_COLUMNS)].reset_index(drop=True)
@@ -264,6 +277,8 @@ class ComparablesIndex:
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{folder}: comparables format {meta.get('format')!r}, this code reads {FORMAT_VERSION}")
         index = _faiss().read_index(str(folder / INDEX_FILE))
+        if hasattr(index, "hnsw"):
+            index.hnsw.efSearch = HNSW_EF_SEARCH
         items = pd.read_parquet(folder / ITEMS_FILE)
         dims = {k: int(v) for k, v in meta["dims"].items()}
         if index.d != sum(dims.values()) or index.ntotal != len(items):

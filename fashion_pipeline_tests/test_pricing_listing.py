@@ -265,3 +265,38 @@ def test_price_gate_margins_on_listing_metrics():
     no_photo = _gate_table(0.25, 0.26, 0.30)
     no_photo.loc[no_photo["form"] == "photo", "rmsle"] = np.nan  # neither model prices photos
     assert price_gate(no_photo, listing_eval.GATE_FORMS).passed
+
+
+def test_intervals_are_calibrated_per_source_and_stated_brand_group():
+    """Mondrian conformal: listings that state a brand and those that do not get their own
+    quantiles (here the residuals of 'unstated' rows are 4x wider), each covering ~80%; a group
+    with too few rows falls back to its source."""
+    from fashion_pipeline.core.pricing.features import PriceInputs
+    from fashion_pipeline.core.pricing.models import PriceModel
+
+    class Zero:  # predicts log1p(price) = 0: the residual is the target itself
+        name = "zero"
+
+        def predict_log(self, inputs):
+            return np.zeros(len(inputs))
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    stated = rng.random(n) < 0.5
+    frame = pd.DataFrame({"source": ["kaggle"] * n, "brand": np.where(stated, "Nike", None), "colour": None})
+    frame.loc[:9, "source"] = "hm"  # 10 H&M rows: too few for their own groups
+    y = rng.standard_normal(n) * np.where(stated, 0.1, 0.4)
+    inputs = PriceInputs(frame, np.zeros((n, 1)), np.zeros((n, 1)))
+    pm = PriceModel(Zero(), 0.8).calibrate(inputs, y, np.array([1.0, 100.0]))
+    q = pm.residual_quantiles_
+    assert set(q) == {"*", "kaggle", "kaggle|stated", "kaggle|unstated"}
+    w_stated = q["kaggle|stated"][1] - q["kaggle|stated"][0]
+    w_unstated = q["kaggle|unstated"][1] - q["kaggle|unstated"][0]
+    assert 3.3 < w_unstated / w_stated < 4.7  # 2 * 1.28 * sigma each: sigma ratio 4
+    # Fresh rows from the same groups: each group covered about 80%.
+    y2 = rng.standard_normal(n) * np.where(stated, 0.1, 0.4)
+    bounds = pm.interval_quantiles(frame)
+    inside = (y2 >= bounds[:, 0]) & (y2 <= bounds[:, 1])
+    assert abs(inside[stated].mean() - 0.8) < 0.03 and abs(inside[~stated].mean() - 0.8) < 0.03
+    # The H&M rows fall back to the pooled quantiles.
+    assert (bounds[:10] == np.array(q["*"])).all()

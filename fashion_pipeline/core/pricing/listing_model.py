@@ -187,8 +187,8 @@ class ListingPriceModel:
             out.loc[idx, "price_clipped"] = clipped
             out.loc[idx, "price_form"] = serve
             out.loc[idx, "price_source"] = src
-            q = fm.price_model.residual_quantiles_
-            width = np.array([q.get(s, q["*"])[1] - q.get(s, q["*"])[0] for s in src])
+            q = fm.price_model.interval_quantiles(view.frame)
+            width = q[:, 1] - q[:, 0]
             wide[idx] = width > np.log(self.max_interval_ratio)
         none = np.array([f is None for f in forms])
         out.loc[none, "price_abstained"] = ABSTAIN_NO_INPUT

@@ -339,9 +339,12 @@ class PriceModel:
     """A fitted regressor + prediction intervals + the training price range.
 
     Intervals are split-conformal: quantiles of (actual - predicted) log residuals on
-    calibration rows that nothing else used, per source where a source has enough rows, else
-    pooled. The quantile is the finite-sample one, ceil((n + 1) * q) / n, so coverage holds for
-    small groups too.
+    calibration rows that nothing else used, per group (Mondrian conformal): by source *and* by
+    whether the listing states a brand or colour (a stated brand makes the price much surer, so
+    pooled quantiles would over-cover listings with one and under-cover those without), falling
+    back to the source alone, then to all rows, where a group has fewer than ``min_group`` rows.
+    The quantile is the finite-sample one, ceil((n + 1) * q) / n, so coverage holds for small
+    groups too.
     """
 
     def __init__(self, regressor, coverage: float = 0.8):
@@ -368,25 +371,46 @@ class PriceModel:
         res = y_cal - self.regressor.predict_log(cal)
         self.residual_quantiles_ = {"*": conformal_quantiles(res, self.coverage)}
         self.calibration_rows_ = {"*": int(len(res))}
-        src = cal.frame["source"].astype(str).to_numpy()
-        for s in np.unique(src):
-            r = res[src == s]
-            if len(r) >= min_group:
-                self.residual_quantiles_[s] = conformal_quantiles(r, self.coverage)
-                self.calibration_rows_[s] = int(len(r))
+        src, keys = calibration_keys(cal.frame)
+        for groups in (src, keys):
+            for g in np.unique(groups):
+                r = res[groups == g]
+                if len(r) >= min_group:
+                    self.residual_quantiles_[g] = conformal_quantiles(r, self.coverage)
+                    self.calibration_rows_[g] = int(len(r))
         self.price_range_ = (float(np.min(train_prices_usd)), float(np.max(train_prices_usd)))
         return self
 
     def predict(self, inputs: PriceInputs) -> pd.DataFrame:
         """Columns: price_usd, price_low_usd, price_high_usd (all > 0)."""
         lp = self.regressor.predict_log(inputs)
-        src = inputs.frame["source"].astype(str).to_numpy() if "source" in inputs.frame else np.array([""] * len(lp))
-        q = np.array([self.residual_quantiles_.get(s, self.residual_quantiles_["*"]) for s in src]).reshape(-1, 2)
+        q = self.interval_quantiles(inputs.frame)
         # log1p target: keep predictions at or above a cent so prices stay positive.
         price = np.maximum(np.expm1(lp), 0.01)
         low = np.maximum(np.expm1(lp + q[:, 0]), 0.01)
         high = np.maximum(np.expm1(lp + q[:, 1]), price)
         return pd.DataFrame({"price_usd": price, "price_low_usd": np.minimum(low, price), "price_high_usd": high})
+
+
+    def interval_quantiles(self, frame: pd.DataFrame) -> np.ndarray:
+        """[n, 2] lower / upper log residual quantiles per row: its (source, stated) group, else
+        its source, else all calibration rows."""
+        q = self.residual_quantiles_
+        src, keys = calibration_keys(frame)
+        return np.array([q.get(k, q.get(s, q["*"])) for s, k in zip(src, keys)], dtype=float).reshape(-1, 2)
+
+
+def calibration_keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: its source, and 'source|stated' or 'source|unstated' (a brand or colour given)."""
+    n = len(frame)
+    src = frame["source"].astype(str).to_numpy() if "source" in frame else np.array([""] * n, dtype=object)
+    stated = np.zeros(n, bool)
+    for col in ("brand", "colour"):
+        if col in frame:
+            v = frame[col]
+            stated |= (v.notna() & (v.astype(str).str.strip() != "")).to_numpy()
+    keys = np.array([f"{s}|{'stated' if st else 'unstated'}" for s, st in zip(src, stated)], dtype=object)
+    return src.astype(object), keys
 
 
 def conformal_quantiles(residuals: np.ndarray, coverage: float) -> tuple[float, float]:
@@ -432,5 +456,6 @@ __all__ = [
     "train_regressor",
     "log_target",
     "conformal_quantiles",
+    "calibration_keys",
     "sp",
 ]

@@ -204,7 +204,7 @@ def test_listings_carry_only_the_fields_of_their_form():
     test = df[df["split"] == "test"].head(5)
     expected = {  # reviewed by hand from the list of listing forms
         "full": {"title", "description", "image_path"},
-        "full+brand,colour": {"title", "description", "image_path", "brand", "colour"},
+        "full+brand+colour": {"title", "description", "image_path", "brand", "colour"},
         "title+photo": {"title", "image_path"},
         "photo": {"image_path"},
         "photo+source": {"image_path", "source"},

@@ -7,7 +7,7 @@ articleType, age group, category labels, price):
 
 ========================  ==============================================================
 ``full``                  title + description + photo
-``full+brand,colour``     the same, with brand and colour stated
+``full+brand+colour``     the same, with brand and colour stated
 ``full+source``           the same as ``full``, with source stated
 ``title+photo``           title + photo
 ``title+photo+source``    title + photo, with source stated
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # form name -> fields the listing carries
 LISTING_FORMS: dict[str, tuple[str, ...]] = {
     "full": ("title", "description", "image_path"),
-    "full+brand,colour": ("title", "description", "image_path", "brand", "colour"),
+    "full+brand+colour": ("title", "description", "image_path", "brand", "colour"),
     "full+source": ("title", "description", "image_path", "source"),
     "title+photo": ("title", "image_path"),
     "title+photo+source": ("title", "image_path", "source"),

@@ -45,8 +45,7 @@ def run_pipeline(data: Path, var_dir: Path) -> float:
     env = {**os.environ, "FASHION_DATA_ROOT": str(data), "FASHION_VAR_DIR": str(var_dir),
            "DAGSTER_HOME": str(var_dir / "dagster_home")}
     (var_dir / "dagster_home").mkdir(parents=True, exist_ok=True)
-    cmd = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "--select", "*",
-           "-m", "fashion_pipeline.definitions"]
+    cmd = [str(Path(sys.executable).parent / "dg"), "launch", "--assets", "*", "-m", "fashion_pipeline.definitions"]
     logging.info("running the main job: %s (FASHION_DATA_ROOT=%s, FASHION_VAR_DIR=%s)", " ".join(cmd), data, var_dir)
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)

@@ -33,6 +33,15 @@ from fashion_pipeline.core.atomic import CorruptFileError, _fsync_dir, atomic_wr
 log = logging.getLogger(__name__)
 
 
+
+def _durable_rename(tmp: Path, files, dest: Path) -> None:
+    """fsync ``files`` of the folder ``tmp``, then rename it to ``dest`` (the rename publishes them)."""
+    for f in files:
+        with open(tmp / f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
 class ModelNotFoundError(LookupError):
     pass
 
@@ -74,11 +83,7 @@ class ModelStore:
                     "artefact_sha256": sha256_file(tmp / "model.joblib"),
                     "artefact_bytes": (tmp / "model.joblib").stat().st_size}
             (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
-            for f in ("model.joblib", "info.json"):  # durable before the rename publishes them
-                with open(tmp / f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, base / version)
-            _fsync_dir(base)
+            _durable_rename(tmp, ("model.joblib", "info.json"), base / version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -107,11 +112,7 @@ class ModelStore:
             info = {"name": name, "version": version, "created_at": time.time(), "metrics": metrics,
                     "features_spec": features_spec, "files": files}
             (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str))
-            for f in (*names, "info.json"):
-                with open(tmp / f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, base / version)
-            _fsync_dir(base)
+            _durable_rename(tmp, (*names, "info.json"), base / version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

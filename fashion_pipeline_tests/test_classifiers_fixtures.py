@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CANDIDATES = [ROOT / "data", Path("/work/shared/data")]
+CANDIDATES = [ROOT / "data"] + ([Path(os.environ["FASHION_DATA_ROOT"])] if os.environ.get("FASHION_DATA_ROOT") else [])
 KAGGLE = "fashion-product-images"
 HM = "h-and-m-personalized-fashion-recommendations"
 
@@ -27,7 +28,7 @@ def data_root() -> Path:
     for c in CANDIDATES:
         if (c / KAGGLE / "styles.csv").exists() and (c / HM / "articles.csv").exists():
             return c
-    pytest.skip("no real fashion data found (project data/ or /work/shared/data)")
+    pytest.skip("no real fashion data found (project data/ or $FASHION_DATA_ROOT)")
 
 
 def _strip(s) -> str:

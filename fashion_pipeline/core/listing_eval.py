@@ -93,12 +93,15 @@ class Recipe:
         """USD per listing: the text recipe where the listing has text, else the category median."""
         out = np.full(len(listings), np.nan)
         text = _text(listings).to_numpy()
-        for i, (t, s, c) in enumerate(zip(text, sources, categories)):
-            if t and s in self.models_:
-                vec, m = self.models_[s]
-                out[i] = float(np.expm1(m.predict(vec.transform([t]))[0]))
-            else:
-                out[i] = self.median_by_category_.get((s, c), self.median_by_source_.get(s, np.nan))
+        sources = np.asarray(sources, dtype=object)
+        by_text = np.array([bool(t) for t in text]) & np.isin(sources, list(self.models_))
+        for s in set(sources[by_text]):  # one TF-IDF transform per source, not per listing
+            rows = np.flatnonzero(by_text & (sources == s))
+            vec, m = self.models_[s]
+            out[rows] = np.expm1(m.predict(vec.transform(text[rows])))
+        for i in np.flatnonzero(~by_text):
+            s, c = sources[i], categories[i]
+            out[i] = self.median_by_category_.get((s, c), self.median_by_source_.get(s, np.nan))
         return out
 
 

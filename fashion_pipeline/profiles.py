@@ -53,9 +53,9 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "local": Profile(
         name="local",
-        description="CPU laptop/CI: offline encoders, rules extraction, embedded sample, DuckDB file.",
+        description="CPU laptop/CI: offline encoders, learned extraction, embedded sample, DuckDB file.",
         device="cpu",
-        extractor_backend="rules",
+        extractor_backend="learned",
         encoder_backend="offline",
         data_root_env_required=False,
     ),

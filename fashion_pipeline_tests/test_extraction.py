@@ -241,7 +241,9 @@ def test_runner_counts_bad_input_and_writes_contract_rows():
 
 
 def test_resource_builds_backends(tmp_path):
-    res = ExtractorResource(cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="attribute_extractor"):  # the default backend needs its trained model
+        ExtractorResource(cache_dir=str(tmp_path / "c")).build(["Nike"])
+    res = ExtractorResource(backend="rules", cache_dir=str(tmp_path / "c"))
     runner = res.build(["Nike"])
     assert (runner.backend, runner.model) == ("rules", "rules-v1")
     assert runner.cache is not None and runner.cache.dir == tmp_path / "c" / "rules"

@@ -1,4 +1,5 @@
-"""product_attributes materialized for real: clean_products (embedded sample) -> rules extraction."""
+"""product_attributes materialized for real: clean_products (embedded sample) -> rules extraction,
+and the learned extractor (attribute_extractor) trained, published and used."""
 
 import json
 
@@ -21,7 +22,8 @@ def _metadata(result, name):
 def test_product_attributes_materializes_from_clean_products_and_reruns_from_cache(tmp_path):
     var = tmp_path / "var"
     extractor = ExtractorResource(backend="rules", cache_dir=str(var / "cache" / "extraction"))
-    result = materialize(INGEST_CHAIN + ["product_attributes"], SAMPLE_ROOT, var, extractor=extractor)
+    result = materialize(INGEST_CHAIN + ["attribute_extractor", "product_attributes"], SAMPLE_ROOT, var,
+                         extractor=extractor)
     assert result.success
     with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
         cols = [r[0] for r in con.execute("describe product_attributes").fetchall()]
@@ -44,8 +46,35 @@ def test_product_attributes_materializes_from_clean_products_and_reruns_from_cac
     assert md["rows_empty_description"].value == (attrs["status"] == "empty").sum()
 
     # Re-materializing only product_attributes reads clean_products from the warehouse and the cache.
-    again = dg.materialize(assets_by_name(*INGEST_CHAIN, "product_attributes"), selection=["product_attributes"],
+    again = dg.materialize(assets_by_name(*INGEST_CHAIN, "attribute_extractor", "product_attributes"),
+                           selection=["product_attributes"],
                            resources=resources_for(SAMPLE_ROOT, var, extractor=extractor))
     assert again.success
     md2 = _metadata(again, "product_attributes")
     assert md2["rows_cached"].value == n_products and md2["rows_computed"].value == 0
+
+
+def test_learned_extractor_is_trained_published_and_used_by_product_attributes(tmp_path):
+    var = tmp_path / "var"
+    result = materialize(INGEST_CHAIN + ["attribute_extractor", "product_attributes"], SAMPLE_ROOT, var)
+    assert result.success
+    md = _metadata(result, "attribute_extractor")
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        report = con.execute("select * from attribute_extractor").df()
+        attrs = con.execute("select * from product_attributes").df()
+        n_test_gold = con.execute("select count(*) from clean_products where split = 'test' "
+                                  "and article_attributes is not null").fetchone()[0]
+    # The report: learned (shipped), learned always answering, and the recipe, on test rows only.
+    assert set(report["extractor"]) == {"learned", "learned, always answering", "TF-IDF + LinearSVC recipe"}
+    assert set(report["split"]) == {"test"} and (report["n"] <= n_test_gold).all()
+    forced = report[report["extractor"] == "learned, always answering"].set_index("attribute")
+    heads = set(md["thresholds"].value)  # attributes with a classifier; the others keep the rules value
+    assert heads >= {"material", "pattern"}
+    assert (forced.loc[sorted(heads), "coverage"].dropna() == 1.0).all()
+    shipped = report[report["extractor"] == "learned"].set_index("attribute")
+    assert (shipped["coverage"].dropna() <= 1.0).all() and (shipped["accuracy"] <= shipped["coverage"] + 1e-9).all()
+    # product_attributes ran the published learned model (its version keys the cache).
+    assert (attrs["backend"] == "learned").all()
+    assert attrs["model"].str.fullmatch(rf"{md['model_version'].value}\+rules-v1").all()
+    pa = _metadata(result, "product_attributes")
+    assert pa["backend"].value == "learned" and "| learned | material |" in pa["quality_vs_catalogue"].value

@@ -90,7 +90,7 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas", "lightgbm", "pytorch"},
-          deps=[dg.AssetKey("product_embeddings")],
+          deps=[dg.AssetKey("product_embeddings"), dg.AssetKey("attribute_extractor")],
           description="The candidate listing price model (one regressor per listing form, chosen on validation), "
                       "saved unpublished, and its test-split listing metrics per form and source through the scoring "
                       "CLI's code path, beside the published model and the TF-IDF recipe on the same listings.",
@@ -128,7 +128,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     except ImportError as e:
         embedder = None
         context.log.warning(f"listing evaluation without embeddings: {e}")
-    extractor = scoring.rules_extractor(model.known_brands())
+    extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
+    context.log.info(f"listing evaluation: attribute extraction with {extraction_note}")
     classifiers = scoring.load_published_classifiers(store)
     recipe, text_recipe = listing_eval.Recipe().fit(train), listing_eval.TextClassifierRecipe().fit(train)
 

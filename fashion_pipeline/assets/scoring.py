@@ -86,11 +86,9 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
             notes["embeddings"] = f"unavailable: {e}"
             context.log.warning(f"no embeddings for listings ({e}); prices use text and metadata only")
     if config.extract_attributes:
-        try:
-            extractor = scoring.rules_extractor(model.known_brands())
-        except ImportError as e:
-            notes["attributes"] = f"unavailable: {e}"
-            context.log.warning(f"no attribute extraction for listings ({e})")
+        extractor, notes["attributes"] = scoring.listing_extractor(store, model.known_brands())
+        if not notes["attributes"].startswith("learned"):
+            context.log.warning(f"attribute extraction for listings with {notes['attributes']}")
     classifiers = scoring.load_published_classifiers(store) if config.classify else {}
     if config.classify and not classifiers:
         notes["classifiers"] = f"none published: materialize {scoring.CLASSIFIER_ASSET}"

@@ -43,6 +43,8 @@ import pandas as pd
 
 from .comparables import DEFAULT_K as COMPARABLES_K
 from .comparables import comparables_columns
+from .extraction.learned import STORE_NAME as EXTRACTOR_MODEL
+from .model_store import ModelCorruptError, ModelNotFoundError
 from .prices import parse_price
 from .pricing.features import build_price_inputs
 from .pricing.listing_model import ABSTAIN_NO_INPUT, ABSTAIN_NO_MODEL, ABSTAIN_WIDE_INTERVAL
@@ -441,25 +443,38 @@ def encoder_embedder(backend: str = "offline", batch_size: int = 64, **options) 
     return embed
 
 
-def rules_extractor(brands=(), max_chars: int = 2000) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """Attribute extraction for listings with the extraction stage's rules backend (the
-    backend that runs everywhere; an LLM backend needs a GPU or minutes per batch)."""
-    from .extraction.rules import RulesExtractor
-    from .extraction.text import prepare
+def listing_extractor(store, brands=(), max_chars: int = 2000
+                      ) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], str]:
+    """Attribute extraction for listings, with the extraction stage's CPU backend: the published
+    learned model (`attribute_extractor`) when the store has an intact one, else the rules.
 
-    rules = RulesExtractor(brands=brands)
+    Returns (extract, note); the note names the backend, or why the learned model was not used
+    (missing, or a damaged file named in the message)."""
+    from .extraction.learned import LearnedAttributeModel
+    from .extraction.pipeline import Extractor, ProductText
+    from .extraction.rules import RulesExtractor
+
+    learned, note = None, "learned"
+    try:
+        learned, info = store.load(EXTRACTOR_MODEL)
+        if not isinstance(learned, LearnedAttributeModel):
+            raise ModelCorruptError(f"{EXTRACTOR_MODEL} {info.get('version')} is not a learned attribute model")
+        note = f"learned ({EXTRACTOR_MODEL} {info.get('version')})"
+    except ModelNotFoundError:
+        note = f"rules (no published {EXTRACTOR_MODEL} in {store.root}: materialize it for the learned extractor)"
+    except ModelCorruptError as e:
+        note = f"rules ({EXTRACTOR_MODEL} unusable: {e})"
+    runner = Extractor(RulesExtractor(brands), learned=learned, max_description_chars=max_chars)
 
     def extract(products: pd.DataFrame) -> pd.DataFrame:
-        rows = []
-        for pid, title, desc in zip(products["product_id"], products["title"], products["description"]):
-            a = rules.extract(prepare(_s(title), _s(desc), max_chars)).to_dict()
-            rows.append({
-                "product_id": pid,
-                **{k: (json.dumps(v) if isinstance(v, list) else v) for k, v in a.items()},
-            })
-        return pd.DataFrame(rows)
+        results, _ = runner.run([ProductText(str(pid), _s(title), _s(desc))
+                                 for pid, title, desc in zip(products["product_id"], products["title"],
+                                                             products["description"])])
+        return pd.DataFrame([{"product_id": pid, **{k: (json.dumps(v) if isinstance(v, list) else v)
+                                                    for k, v in r.attributes.to_dict().items()}}
+                             for pid, r in zip(products["product_id"], results)])
 
-    return extract
+    return extract, note
 
 
 def _flags(row: pd.Series, image_error: str | None, price_range: tuple[float, float] | None) -> str:

@@ -4,7 +4,8 @@ Shared by every backend. Per row the status is:
 - "ok": the backend's output validated (or the rules backend ran);
 - "fallback": the LLM output failed validation twice (or hit max tokens twice) -> rules result;
 - "empty": the description is empty / HTML-only -> rules on the title only (an LLM given a
-  bare title invents materials and care).
+  bare title invents materials and care); the learned model reads the title alone (it says
+  "unknown" where the title is not enough).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from fashion_pipeline.core.extraction import text as textmod
 from fashion_pipeline.core.extraction.backends import Generation, LLMBackend
 from fashion_pipeline.core.extraction.cache import ExtractionCache, cache_key
 from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, build_messages
+from fashion_pipeline.core.extraction.learned import LearnedAttributeModel
 from fashion_pipeline.core.extraction.rules import RulesExtractor
 from fashion_pipeline.core.extraction.schema import Attributes, NormaliseReport, SchemaViolation, validate_output
 
 log = logging.getLogger(__name__)
 
 RULES_MODEL = "rules-v1"  # bump when rules change: part of the rules backend's cache key
+LEARNED_BATCH = 4096  # products per learned-model call (bounds the TF-IDF matrix; progress per batch)
 
 
 @dataclass
@@ -80,13 +83,17 @@ class RunStats:
 
 
 class Extractor:
-    """Configured extraction: a backend (None = rules) + rules fallback + optional cache."""
+    """Configured extraction: a backend (an LLM, the learned model, or neither = rules) + rules
+    fallback + optional cache."""
 
     def __init__(self, rules: RulesExtractor, llm: LLMBackend | None = None, cache: ExtractionCache | None = None,
                  max_description_chars: int = 2000, batch_size: int = 16, max_new_tokens: int = 160,
-                 retry_max_new_tokens: int | None = None):
+                 retry_max_new_tokens: int | None = None, learned: LearnedAttributeModel | None = None):
+        if llm is not None and learned is not None:
+            raise ValueError("an extractor runs one backend: an LLM or the learned model, not both")
         self.rules = rules
         self.llm = llm
+        self.learned = learned
         self.cache = cache
         self.max_description_chars = max_description_chars
         self.batch_size = batch_size
@@ -95,11 +102,14 @@ class Extractor:
 
     @property
     def backend(self) -> str:
-        return self.llm.name if self.llm else "rules"
+        return self.llm.name if self.llm else "learned" if self.learned else "rules"
 
     @property
     def model(self) -> str:
-        return self.llm.model if self.llm else RULES_MODEL
+        if self.llm:
+            return self.llm.model
+        # The learned model's output includes rules values (style, further materials): both versions key the cache.
+        return f"{self.learned.version}+{RULES_MODEL}" if self.learned else RULES_MODEL
 
     def _rules(self, t: textmod.PreparedText, status: str) -> dict:
         return {"attributes": self.rules.extract(t).to_dict(), "status": status}
@@ -179,6 +189,16 @@ class Extractor:
 
         new: dict[str, dict] = {}
         llm_todo = []
+        if self.learned is not None and prepared:
+            log.info("extracting %d products with the learned model %s", len(prepared), self.learned.version)
+            items = list(prepared.items())
+            for start in range(0, len(items), LEARNED_BATCH):
+                chunk = items[start:start + LEARNED_BATCH]
+                for (key, t), a in zip(chunk, self.learned.extract([t for _, t in chunk], self.rules)):
+                    new[key] = {"attributes": a.to_dict(), "status": "empty" if t.empty_description else "ok"}
+                if progress:
+                    progress(min(start + LEARNED_BATCH, len(items)), len(items))
+            prepared = {}
         for key, t in prepared.items():
             if self.llm is None:
                 new[key] = self._rules(t, "empty" if t.empty_description else "ok")
@@ -200,6 +220,8 @@ class Extractor:
                 # A brand the catalogue states beats one read from the title (H&M names its
                 # products "Roxy", "Tilda", ...; the title carries no brand there).
                 a.brand = p.known_brand
+            elif self.learned is not None:
+                a.brand = self.learned.brands.find(title)  # current vocabulary, as for rules below
             elif self.llm is None or found[k]["status"] != "ok":
                 # Rules brands come from the current brand lexicon, not the cache: adding products
                 # with new brands must not invalidate every cached row.

@@ -58,6 +58,16 @@ def catalogue_truth(article_attributes: str | dict | None) -> dict[str, str]:
     return truth
 
 
+def raw_values(article_attributes: str | dict | None, keys: tuple[str, ...]) -> list[str]:
+    """The catalogue's non-empty, non-"NA" values under these keys."""
+    if not article_attributes:
+        return []
+    aa = json.loads(article_attributes) if isinstance(article_attributes, str) else article_attributes
+    if not isinstance(aa, dict):
+        return []
+    return [str(aa[k]) for k in keys if aa.get(k) and aa.get(k) != "NA"]
+
+
 def _predicted(attr: str, a: Attributes) -> bool:
     return bool(a.materials if attr == "material" else a.care if attr == "care" else getattr(a, attr))
 

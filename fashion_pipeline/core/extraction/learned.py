@@ -1,0 +1,357 @@
+"""Learned attribute extractor: text classifiers trained on the Kaggle catalogue's own attributes.
+
+The catalogue's `articleAttributes` (Fabric / Material, Wash Care, Fit, Pattern, Occasion) are
+labels written by the retailer. Mapped onto the controlled vocabularies (`quality.catalogue_truth`)
+they train one classifier per attribute: TF-IDF word 1-2 grams of title + description in, the
+attribute out. The labels are never part of the input.
+
+- Not applicable: products of a catalogue type that (almost) never carries an attribute (a
+  watch has no fabric, a perfume no fit) are trained as the class "not applicable", so the model
+  learns from the text when there is nothing to say; it then says nothing.
+- Unknown: each classifier's top probability is calibrated on validation rows (isotonic fit of
+  right/wrong on confidence). Below the threshold where a guess is right less than
+  `min_precision` of the time, the attribute is unknown (None) instead of a guess.
+- Selection: the regularisation C of each attribute is chosen on validation rows; test rows are
+  only scored (`evaluate`).
+
+`LearnedAttributeModel.extract` returns `Attributes`: the learned values for material (the
+first material), care (the wash instruction), fit, pattern and occasion; further materials,
+further care instructions, style details and the brand come from the rules extractor and the
+brand matcher, which the model carries. An attribute with too few labelled training products for
+a classifier (the embedded sample has ~600) keeps the rules extractor's value, and says so in
+`describe()["rules_attributes"]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fashion_pipeline.core.extraction import quality, vocab
+from fashion_pipeline.core.extraction.brands import BrandMatcher
+from fashion_pipeline.core.extraction.rules import RulesExtractor
+from fashion_pipeline.core.extraction.schema import MAX_CARE, MAX_MATERIALS, Attributes
+from fashion_pipeline.core.extraction.text import PreparedText
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "attribute_extractor"  # the model store's name for it (the asset of the same name publishes it)
+TARGETS = quality.ATTRIBUTES  # material, care, fit, pattern, occasion
+NOT_APPLICABLE = "(not applicable)"
+WASH_CARE = ("machine wash", "hand wash", "dry clean")
+DEFAULT_C_GRID = (0.3, 1.0, 3.0)
+MIN_CLASS_ROWS = 10
+NOT_APPLICABLE_CONFIDENCE = 0.9  # say "not applicable" only when the text is clearly such a product
+
+
+# A care instruction is read, never inferred: without one of these words the text states no care
+# (H&M descriptions never do), and the care head's prior ("machine wash") would be a guess.
+# "washed" is a finish (washed denim), not an instruction.
+CARE_CUE = re.compile(r"\b(wash(?:able|ing)?\b|dry[- ]?clean|iron(?:ing)?\b|bleach|tumble|laundr)", re.IGNORECASE)
+
+
+def model_text(text: PreparedText) -> str:
+    return f"{text.title} . {text.description}"
+
+
+def not_applicable_types(source_categories: Sequence[str | None], truths: Sequence[dict],
+                         max_rate: float = 0.0, min_products: int = 50) -> dict[str, list[str]]:
+    """Per attribute, the catalogue types (articleType) where at most `max_rate` of the products
+    carry that attribute: their products are "not applicable" examples."""
+    out: dict[str, list[str]] = {}
+    cats = np.asarray([c if isinstance(c, str) else "" for c in source_categories], dtype=object)
+    for attr in TARGETS:
+        has = np.asarray([attr in t for t in truths])
+        types = []
+        for c in sorted(set(cats) - {""}):
+            m = cats == c
+            if m.sum() >= min_products and has[m].mean() <= max_rate:
+                types.append(c)
+        out[attr] = types
+    return out
+
+
+def training_labels(source_categories: Sequence[str | None], truths: Sequence[dict],
+                    na_types: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Label per attribute and product: the canonical value, NOT_APPLICABLE, or None (unlabelled)."""
+    labels = {}
+    for attr in TARGETS:
+        na = set(na_types.get(attr, ()))
+        labels[attr] = np.asarray([t.get(attr) if attr in t else (NOT_APPLICABLE if c in na else None)
+                                   for c, t in zip(source_categories, truths)], dtype=object)
+    return labels
+
+
+@dataclass
+class AttributeHead:
+    attribute: str
+    classifier: object  # LinearSVC with sigmoid-calibrated probabilities over the shared TF-IDF features
+    threshold: float  # top probability below which the answer is "unknown"
+    C: float
+    applicability: object | None = None  # P(not applicable): catalogue types that never carry the attribute
+    validation: dict = field(default_factory=dict)
+
+    def predict(self, X, abstain: bool = True) -> tuple[list[str | None], np.ndarray]:
+        """Value (None = unknown / not applicable) and top probability per row; `abstain=False`
+        always answers (for reporting what the threshold costs and buys)."""
+        proba = self.classifier.predict_proba(X)
+        top = proba.argmax(1)
+        conf = proba[np.arange(len(top)), top]
+        if not abstain:
+            return [str(self.classifier.classes_[k]) for k in top], conf
+        na = (self.applicability.predict_proba(X)[:, 1] >= NOT_APPLICABLE_CONFIDENCE if self.applicability is not None
+              else np.zeros(len(top), dtype=bool))
+        values = [None if c < self.threshold or n else str(self.classifier.classes_[k])
+                  for k, c, n in zip(top, conf, na)]
+        return values, conf
+
+
+def _threshold(conf: np.ndarray, right: np.ndarray, min_precision: float) -> float:
+    """Lowest confidence at which a guess is right at least `min_precision` of the time, from an
+    isotonic fit of right/wrong on confidence (validation rows)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    if len(conf) < 20:
+        return 0.0
+    iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(conf, right.astype(float))
+    grid = np.unique(conf)
+    ok = grid[iso.predict(grid) >= min_precision]
+    return float(ok.min()) if len(ok) else float("inf")
+
+
+@dataclass
+class LearnedAttributeModel:
+    vectorizer: object
+    heads: dict[str, AttributeHead]
+    brands: BrandMatcher
+    na_types: dict[str, list[str]]
+    min_precision: float
+    max_description_chars: int = 2000
+
+    fingerprint: str = ""
+
+    @property
+    def version(self) -> str:
+        """Content fingerprint taken when trained: part of the extraction cache key, so a retrained
+        model recomputes."""
+        return "learned-" + self.fingerprint
+
+    def _content_hash(self) -> str:
+        blob = pickle.dumps((sorted(self.heads), [(h.C, h.threshold, h.classifier, h.applicability)
+                                                  for h in self.heads.values()], self.brands.brands,
+                             sorted(self.brands.start_only), sorted(self.brands.excluded)))
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def predict(self, texts: Sequence[PreparedText], abstain: bool = True
+                ) -> dict[str, tuple[list[str | None], np.ndarray]]:
+        X = self.vectorizer.transform([model_text(t) for t in texts])
+        return {a: h.predict(X, abstain) for a, h in self.heads.items()}
+
+    def extract(self, texts: Sequence[PreparedText], rules: RulesExtractor | None = None) -> list[Attributes]:
+        rules = rules or RulesExtractor()
+        pred = self.predict(texts) if texts else {}
+        if "care" in pred:
+            values, conf = pred["care"]
+            pred["care"] = ([v if CARE_CUE.search(t.description) else None for v, t in zip(values, texts)], conf)
+        out = []
+        for i, t in enumerate(texts):
+            r = rules.extract(t)
+            # An attribute without a head (too few labelled training products) keeps the rules value.
+            v = {a: pred[a][0][i] if a in pred else None for a in TARGETS}
+            materials, care = r.materials, r.care
+            if "material" in pred:
+                materials = [v["material"], *[m for m in r.materials if m != v["material"]]] if v["material"] else []
+            if "care" in pred:
+                care = [c for c in r.care if c not in WASH_CARE and c != "machine wash cold"]
+                if v["care"]:
+                    care.insert(0, "machine wash cold" if v["care"] == "machine wash" and "machine wash cold" in r.care
+                                else v["care"])
+            out.append(Attributes(
+                brand=self.brands.find(t.title),
+                materials=materials[:MAX_MATERIALS],
+                care=vocab.drop_implied_care(care)[:MAX_CARE],
+                fit=v["fit"] if "fit" in pred else r.fit,
+                pattern=v["pattern"] if "pattern" in pred else r.pattern,
+                occasion=v["occasion"] if "occasion" in pred else r.occasion,
+                style=r.style,
+            ))
+        return out
+
+    def describe(self) -> dict:
+        return {"version": self.version, "min_precision": self.min_precision,
+                "heads": {a: {"C": h.C, "threshold": round(h.threshold, 4), "classes": [str(c) for c in
+                                                                                          h.classifier.classes_],
+                              "validation": h.validation} for a, h in self.heads.items()},
+                "rules_attributes": [a for a in TARGETS if a not in self.heads],
+                "not_applicable_types": self.na_types, "brands": self.brands.describe()}
+
+
+def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories: Sequence[str | None],
+        splits: Sequence[str], titles: Sequence[str], brands: Sequence[str | None],
+        min_precision: float = 0.5, c_grid: Sequence[float] = DEFAULT_C_GRID,
+        progress: Callable[[str], None] | None = None) -> LearnedAttributeModel:
+    """Train on `split == "train"` rows, choose C and the unknown threshold on "validation" rows.
+
+    truths: `quality.catalogue_truth` per product ({} when the product has no catalogue
+    attributes, e.g. H&M). titles / brands: the catalogue's brand column, for the brand matcher
+    (train rows only)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+
+    splits = np.asarray(splits, dtype=object)
+    train, val = splits == "train", splits == "validation"
+    labelled = np.asarray([bool(t) for t in truths])
+    if not (train & labelled).any():
+        raise ValueError("no training products with catalogue attributes (Kaggle articleAttributes)")
+    na_types = not_applicable_types([c for c, tr in zip(source_categories, train & labelled) if tr],
+                                    [t for t, tr in zip(truths, train & labelled) if tr])
+    labels = training_labels(source_categories, truths, na_types)
+    docs = [model_text(t) for t in texts]
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
+    vec.fit([d for d, m in zip(docs, train & labelled) if m])
+    X = vec.transform(docs)
+    heads: dict[str, AttributeHead] = {}
+    for attr in TARGETS:
+        y = labels[attr]
+        na_rows = train & (y == NOT_APPLICABLE)
+        tr = train & (y != None) & (y != NOT_APPLICABLE)  # noqa: E711 - elementwise on an object array
+        values, counts = np.unique(y[tr].astype(str), return_counts=True)
+        rare = set(values[counts < MIN_CLASS_ROWS])
+        if rare:  # too few examples to learn or calibrate: those products are left out of training
+            log.info("learned extractor: %s classes with < %d training rows left out: %s", attr, MIN_CLASS_ROWS,
+                     sorted(rare))
+            tr &= ~np.isin(y.astype(str), list(rare))
+        va = val & (y != None) & (y != NOT_APPLICABLE)  # noqa: E711 - selection on catalogue values only
+        if len(set(y[tr])) < 2:
+            log.warning("learned extractor: fewer than 2 classes for %s; attribute skipped", attr)
+            continue
+        best = None
+        for C in c_grid:
+            clf = CalibratedClassifierCV(LinearSVC(C=C), cv=3, method="sigmoid").fit(X[tr], y[tr].astype(str))
+            acc = float((clf.predict(X[va]) == y[va].astype(str)).mean()) if va.any() else float("nan")
+            if progress:
+                progress(f"{attr}: C={C} validation accuracy {acc:.4f} ({int(va.sum())} rows)")
+            if best is None or acc > best[0]:
+                best = (acc, C, clf)
+        acc, C, clf = best
+        threshold, rate = 0.0, 1.0
+        if va.any():
+            proba = clf.predict_proba(X[va])
+            conf = proba.max(1)
+            right = clf.classes_[proba.argmax(1)] == y[va].astype(str)
+            threshold = _threshold(conf, right, min_precision)
+            rate = float((conf >= threshold).mean())
+        applicability = None
+        if na_rows.sum() >= MIN_CLASS_ROWS:
+            rows = tr | na_rows
+            applicability = CalibratedClassifierCV(LinearSVC(C=1.0), cv=3, method="sigmoid").fit(
+                X[rows], na_rows[rows].astype(int))
+            if va.any():
+                lost = float((applicability.predict_proba(X[va])[:, 1] >= NOT_APPLICABLE_CONFIDENCE).mean())
+                if progress:
+                    progress(f"{attr}: 'not applicable' said for {lost:.2%} of validation products with a value")
+        heads[attr] = AttributeHead(attr, clf, threshold, C, applicability, {"accuracy": round(acc, 4), "rows": int(va.sum()),
+                                                              "answered": round(rate, 4)})
+    matcher = BrandMatcher.fit([t for t, m in zip(titles, train) if m], [b for b, m in zip(brands, train) if m])
+    model = LearnedAttributeModel(vec, heads, matcher, na_types, min_precision)
+    model.fingerprint = model._content_hash()
+    return model
+
+
+@dataclass
+class HeadScore:
+    attribute: str
+    n: int  # products with a catalogue value (not "not applicable")
+    answered: int
+    right: int
+    macro_f1: float
+
+    @property
+    def coverage(self) -> float:
+        return self.answered / self.n if self.n else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.right / self.n if self.n else float("nan")
+
+    @property
+    def precision(self) -> float:
+        return self.right / self.answered if self.answered else float("nan")
+
+
+def score_values(truth: Sequence[str | None], pred: Sequence[str | None], attribute: str) -> HeadScore:
+    """Right / answered / macro-F1 over products with a catalogue value; an unknown answer is wrong."""
+    from sklearn.metrics import f1_score
+
+    pairs = [(t, p) for t, p in zip(truth, pred) if t is not None and t != NOT_APPLICABLE]
+    if not pairs:
+        return HeadScore(attribute, 0, 0, 0, float("nan"))
+    t, p = zip(*pairs)
+    p = ["(unknown)" if x is None else x for x in p]
+    f1 = f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0)
+    return HeadScore(attribute, len(t), sum(x != "(unknown)" for x in p), sum(a == b for a, b in zip(t, p)),
+                     float(f1))
+
+
+def reference_recipe(texts: Sequence[PreparedText], truths: Sequence[dict], train: Sequence[bool],
+                     score_rows: Sequence[bool]) -> dict[str, list[str | None]]:
+    """The plain recipe the learned model must beat: TF-IDF(title, description) word 1-2 grams +
+    LinearSVC (C=1) per attribute, trained on the train rows with a catalogue value; predictions
+    for `score_rows` (None where no model could be trained)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    train, score_rows = np.asarray(train, bool), np.asarray(score_rows, bool)
+    docs = [model_text(t) for t in texts]
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
+    X = vec.fit_transform([d for d, m in zip(docs, train) if m])
+    Xs = vec.transform([d for d, m in zip(docs, score_rows) if m])
+    out = {}
+    for attr in TARGETS:
+        y = np.asarray([t.get(attr) for t, m in zip(truths, train) if m], dtype=object)
+        has = y != None  # noqa: E711
+        if len(set(y[has])) < 2:
+            out[attr] = [None] * int(score_rows.sum())
+            continue
+        out[attr] = [str(v) for v in LinearSVC(C=1.0).fit(X[has], y[has].astype(str)).predict(Xs)]
+    return out
+
+
+def evaluate(model: LearnedAttributeModel, texts: Sequence[PreparedText], truths: Sequence[dict],
+             recipe: dict[str, list[str | None]] | None = None) -> list[dict]:
+    """Rows (extractor, attribute, n, coverage, precision, accuracy, macro_f1) on the given
+    products: the learned model as shipped (with "unknown"), the same model always answering,
+    and the recipe's predictions when given."""
+    shipped = model.extract(texts)
+    forced = model.predict(texts, abstain=False)
+    rows = []
+    for name in ("learned", "learned, always answering", *(["TF-IDF + LinearSVC recipe"] if recipe else [])):
+        for attr in TARGETS:
+            if name == "TF-IDF + LinearSVC recipe":
+                values = recipe[attr]
+            elif name == "learned, always answering" and attr in forced:
+                values = forced[attr][0]
+            else:  # as shipped; an attribute without a head is the rules value
+                values = [attribute_value(a, attr) for a in shipped]
+            s = score_values([t.get(attr) for t in truths], values, attr)
+            rows.append({"extractor": name, "attribute": attr, "n": s.n, "coverage": s.coverage,
+                         "precision": s.precision, "accuracy": s.accuracy, "macro_f1": s.macro_f1})
+    return rows
+
+
+def attribute_value(a: Attributes, attr: str) -> str | None:
+    """The one value of an attribute that the catalogue labels: first material, wash instruction."""
+    if attr == "material":
+        return a.materials[0] if a.materials else None
+    if attr == "care":
+        wash = [("machine wash" if c == "machine wash cold" else c) for c in a.care
+                if c in WASH_CARE or c == "machine wash cold"]
+        return wash[0] if wash else None
+    return getattr(a, attr)

@@ -20,14 +20,14 @@ from fashion_pipeline.paths import PROJECT_ROOT
 
 INGEST = ["clean_products", "hm_article_prices", "hm_articles_raw", "kaggle_products_raw", "merged_products"]
 # Weekly retraining: everything after the clean table, through the gates to publishing and scoring.
-RETRAIN = ["attribute_classifiers", "classifier_leaderboard", "clustering_metrics", "price_comparables",
+RETRAIN = ["attribute_classifiers", "attribute_extractor", "classifier_leaderboard", "clustering_metrics", "price_comparables",
            "product_attributes", "product_clusters", "product_embeddings", "published_classifiers",
            "published_price_regressor", "regressor_metrics", "scored_listings"]
 GATES = ["classifier_gate", "price_regressor_gate"]
 GROUPS = {
     "kaggle_products_raw": "ingest", "hm_articles_raw": "ingest", "hm_article_prices": "ingest",
     "merged_products": "products", "clean_products": "products",
-    "product_attributes": "attributes", "product_embeddings": "embeddings",
+    "attribute_extractor": "attributes", "product_attributes": "attributes", "product_embeddings": "embeddings",
     "classifier_leaderboard": "models", "attribute_classifiers": "models", "published_classifiers": "models",
     "product_clusters": "models", "clustering_metrics": "models",
     "regressor_metrics": "pricing", "published_price_regressor": "pricing", "price_comparables": "pricing",

@@ -61,7 +61,7 @@ def test_score_titles_counts_found_and_wrong_over_titles_that_name_their_brand()
     m = BrandMatcher(["Nike", "Puma"])
     titles = ["Nike Men Shoe", "puma tee", "Puma Nike-style tee", "Plain tee", "Adidas tee"]
     gold = ["Nike", "Puma", "Nike", "Puma", "Adidas"]
-    s = score_titles(m, titles, gold)
+    s = score_titles(m.find, m.brands, titles, gold)
     # Titles naming their (known) brand: 1, 2 and 3 -> found 1 and 2; title 3 says Puma first -> wrong.
     assert s["titles_with_known_brand"] == 3
     assert s["found"] == pytest.approx(2 / 3) and s["wrong"] == pytest.approx(1 / 3)
@@ -108,11 +108,6 @@ def test_learned_model_says_unknown_below_its_threshold(trained):
     forced, _ = head.predict(trained.vectorizer.transform(["zzz qqq"]), abstain=False)
     assert forced[0] is not None
     assert (values[0] is None) == (conf[0] < head.threshold)
-
-
-def test_care_is_never_inferred_without_a_care_word(trained):
-    (a,) = trained.extract([prepare("Jumper", "Jumper in soft cotton with long sleeves.", 2000)])
-    assert a.care == []
 
 
 def test_listing_extractor_uses_the_published_model_and_names_a_damaged_file(trained, tmp_path):

@@ -57,7 +57,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     recipe = learned.reference_recipe(texts, truths, [s == "train" for s in splits], test)
     report = pd.DataFrame(learned.evaluate(model, test_texts, test_truths, recipe))
     report.insert(0, "split", "test")
-    brand = brandmod.score_titles(model.brands, clean_products["title"][test], clean_products["brand"][test])
+    brand = brandmod.score_titles(model.brands.find, model.brands.brands, clean_products["title"][test], clean_products["brand"][test])
     store = model_store.store()
     metrics = {"test": report.to_dict("records"), "brand_test": brand, "train_seconds": round(train_s, 1)}
     version = store.save(EXTRACTOR_MODEL, model, metrics,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 _SPLIT = re.compile(r"[^a-z0-9]+")
@@ -147,21 +147,23 @@ class BrandMatcher:
                 "excluded": sorted(self.excluded)}
 
 
-def score_titles(matcher: BrandMatcher, titles: Sequence[str], gold: Sequence[str | None]) -> dict:
+def score_titles(find: Callable[[str], str | None], vocabulary: Iterable[str], titles: Sequence[str],
+                 gold: Sequence[str | None]) -> dict:
     """Brand found in titles, scored against the catalogue's brand column.
 
-    A title "contains a known brand" when the product's brand is in the matcher's vocabulary
+    `find` is the brand finder under test (e.g. `BrandMatcher.find`). A title "contains a known
+    brand" when the product's brand is in `vocabulary`
     and its words appear, in order and contiguous, among the title's words. found = the
     matcher returns that brand; wrong = it returns another brand (over those titles, and over
     every title with a gold brand)."""
-    vocab = {tuple(normalise(b)) for b in matcher.brands}
+    vocab = {tuple(normalise(b)) for b in vocabulary}
     n_known = found = wrong_known = wrong_all = n_all = 0
     for title, g in zip(titles, gold):
         if not isinstance(g, str) or not g.strip():
             continue
         n_all += 1
         gt, tt = tuple(normalise(g)), normalise(title)
-        got = matcher.find(title)
+        got = find(title)
         is_wrong = got is not None and tuple(normalise(got)) != gt
         wrong_all += is_wrong
         if gt in vocab and any(tuple(tt[i:i + len(gt)]) == gt for i in range(len(tt) - len(gt) + 1)):

@@ -11,6 +11,9 @@ attribute out. The labels are never part of the input.
 - Unknown: each classifier's top probability is calibrated on validation rows (isotonic fit of
   right/wrong on confidence). Below the threshold where a guess is right less than
   `min_precision` of the time, the attribute is unknown (None) instead of a guess.
+- Care is predicted like the others: the catalogue's wash instruction follows the garment type,
+  so a description without care words still gets an answer when the type makes it likely (H&M
+  descriptions never state care: there it is the garment type's usual instruction, not a reading).
 - Selection: the regularisation C of each attribute is chosen on validation rows; test rows are
   only scored (`evaluate`).
 
@@ -27,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -48,12 +50,6 @@ WASH_CARE = ("machine wash", "hand wash", "dry clean")
 DEFAULT_C_GRID = (0.3, 1.0, 3.0)
 MIN_CLASS_ROWS = 10
 NOT_APPLICABLE_CONFIDENCE = 0.9  # say "not applicable" only when the text is clearly such a product
-
-
-# A care instruction is read, never inferred: without one of these words the text states no care
-# (H&M descriptions never do), and the care head's prior ("machine wash") would be a guess.
-# "washed" is a finish (washed denim), not an instruction.
-CARE_CUE = re.compile(r"\b(wash(?:able|ing)?\b|dry[- ]?clean|iron(?:ing)?\b|bleach|tumble|laundr)", re.IGNORECASE)
 
 
 def model_text(text: PreparedText) -> str:
@@ -91,7 +87,9 @@ def training_labels(source_categories: Sequence[str | None], truths: Sequence[di
 @dataclass
 class AttributeHead:
     attribute: str
-    classifier: object  # LinearSVC with sigmoid-calibrated probabilities over the shared TF-IDF features
+    # LinearSVC fitted on all training rows; its probabilities are sigmoid-calibrated on 3-fold
+    # out-of-fold scores (ensemble=False: the answer is the full-data SVC's, as in the recipe).
+    classifier: object
     threshold: float  # top probability below which the answer is "unknown"
     C: float
     applicability: object | None = None  # P(not applicable): catalogue types that never carry the attribute
@@ -156,9 +154,6 @@ class LearnedAttributeModel:
     def extract(self, texts: Sequence[PreparedText], rules: RulesExtractor | None = None) -> list[Attributes]:
         rules = rules or RulesExtractor()
         pred = self.predict(texts) if texts else {}
-        if "care" in pred:
-            values, conf = pred["care"]
-            pred["care"] = ([v if CARE_CUE.search(t.description) else None for v, t in zip(values, texts)], conf)
         out = []
         for i, t in enumerate(texts):
             r = rules.extract(t)
@@ -234,7 +229,7 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
             continue
         best = None
         for C in c_grid:
-            clf = CalibratedClassifierCV(LinearSVC(C=C), cv=3, method="sigmoid").fit(X[tr], y[tr].astype(str))
+            clf = CalibratedClassifierCV(LinearSVC(C=C), cv=3, method="sigmoid", ensemble=False).fit(X[tr], y[tr].astype(str))
             acc = float((clf.predict(X[va]) == y[va].astype(str)).mean()) if va.any() else float("nan")
             if progress:
                 progress(f"{attr}: C={C} validation accuracy {acc:.4f} ({int(va.sum())} rows)")
@@ -251,7 +246,7 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
         applicability = None
         if na_rows.sum() >= MIN_CLASS_ROWS:
             rows = tr | na_rows
-            applicability = CalibratedClassifierCV(LinearSVC(C=1.0), cv=3, method="sigmoid").fit(
+            applicability = CalibratedClassifierCV(LinearSVC(C=1.0), cv=3, method="sigmoid", ensemble=False).fit(
                 X[rows], na_rows[rows].astype(int))
             if va.any():
                 lost = float((applicability.predict_proba(X[va])[:, 1] >= NOT_APPLICABLE_CONFIDENCE).mean())

@@ -17,12 +17,13 @@ from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, resourc
 from fashion_pipeline_tests.test_scoring_cli import _kaggle_listing_folder, _unseen_kaggle_ids
 
 PRICING = ["regressor_metrics", "published_price_regressor"]
+ATTRIBUTES = ["attribute_extractor", "product_attributes"]  # regressor_metrics reads product_attributes
 
 
 def _run(names, var_dir, run_config, with_check=True):
     # Upstream assets are in the definitions (their tables are read from the warehouse) but only
     # ``names`` run.
-    defs = assets_by_name(*set(INGEST_CHAIN + PRICING + names)) + ([price_regressor_gate] if with_check else [])
+    defs = assets_by_name(*set(INGEST_CHAIN + ATTRIBUTES + PRICING + names)) + ([price_regressor_gate] if with_check else [])
     return dg.materialize(defs, resources=resources_for(SAMPLE_ROOT, var_dir), run_config=run_config,
                           raise_on_error=False, selection=names)
 
@@ -54,7 +55,7 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
 
     # 1. First candidate: a ridge per listing form. Nothing is published yet; it is within 5% of the
     #    TF-IDF recipe on the same test listings and its intervals cover about 80%, so it is published.
-    r1 = _run(INGEST_CHAIN + PRICING, var, _reg_config())
+    r1 = _run(INGEST_CHAIN + ATTRIBUTES + PRICING, var, _reg_config())
     assert r1.success
     assert _check_result(r1).passed
     v1 = store.published(scoring.PRICE_MODEL_NAME)["version"]
@@ -120,7 +121,7 @@ def test_scored_listings_without_a_published_model_names_the_asset(tmp_path):
     incoming.mkdir()
     shutil.copy(next((SAMPLE_ROOT / "fashion-product-images" / "images").glob("*.jpg")), incoming / "a.jpg")
     (incoming / "l.csv").write_text("title,description,image_path\nRed dress,Cotton,a.jpg\n")
-    r = dg.materialize(assets_by_name(*(INGEST_CHAIN + PRICING + ["scored_listings"])), resources=resources_for(SAMPLE_ROOT, var),
+    r = dg.materialize(assets_by_name(*(INGEST_CHAIN + ATTRIBUTES + PRICING + ["scored_listings"])), resources=resources_for(SAMPLE_ROOT, var),
                        run_config={"ops": {"scored_listings": {"config": {"incoming_dir": str(incoming)}}}},
                        raise_on_error=False, selection=["scored_listings"])
     assert not r.success
@@ -136,7 +137,7 @@ def test_regressors_read_the_embeddings_file_the_latest_product_embeddings_run_r
 
     var = tmp_path / "var"
     monkeypatch.setenv("FASHION_VAR_DIR", str(tmp_path / "another_var"))  # where a frozen default would point
-    r0 = dg.materialize(assets_by_name(*INGEST_CHAIN), resources=resources_for(SAMPLE_ROOT, var))
+    r0 = dg.materialize(assets_by_name(*INGEST_CHAIN, *ATTRIBUTES), resources=resources_for(SAMPLE_ROOT, var))
     assert r0.success
     with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
         products = con.sql("select * from clean_products").df()
@@ -146,7 +147,7 @@ def test_regressors_read_the_embeddings_file_the_latest_product_embeddings_run_r
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(dg.AssetMaterialization(
         "product_embeddings", metadata={"path": dg.MetadataValue.path(str(emb))}))
-    r = dg.materialize(assets_by_name(*INGEST_CHAIN, "regressor_metrics"), instance=instance,
+    r = dg.materialize(assets_by_name(*INGEST_CHAIN, *ATTRIBUTES, "regressor_metrics"), instance=instance,
                        resources=resources_for(SAMPLE_ROOT, var), run_config=_reg_config(),
                        selection=["regressor_metrics"])
     assert r.success

@@ -300,3 +300,24 @@ def test_intervals_are_calibrated_per_source_and_stated_brand_group():
     assert abs(inside[stated].mean() - 0.8) < 0.03 and abs(inside[~stated].mean() - 0.8) < 0.03
     # The H&M rows fall back to the pooled quantiles.
     assert (bounds[:10] == np.array(q["*"])).all()
+
+
+def test_scoring_gives_extracted_attributes_only_to_a_model_trained_with_them():
+    """No train/serve skew: a model trained without attributes prices a listing the same whether
+    or not attributes were extracted; the features_spec flag turns them on."""
+    res = trained()
+    listing = _listings([{"listing_id": "a", "title": "Blue shirt", "description": "Shirt in soft fabric"}])
+
+    def extractor(df):  # what the attribute extractor returns for this listing (a brand read from free text)
+        return pd.DataFrame({"product_id": df["product_id"], "brand": ["Nike"], "materials": ['["cotton"]'],
+                             "fit": ["slim"], "pattern": ["solid"], "occasion": ["casual"], "style": [None]})
+
+    plain, _ = scoring.score_listings(listing, res.model, {"features_spec": {"uses_attributes": False}})
+    ignored, _ = scoring.score_listings(listing, res.model, {"features_spec": {"uses_attributes": False}},
+                                        extractor=extractor)
+    used, _ = scoring.score_listings(listing, res.model, {"features_spec": {"uses_attributes": True}},
+                                     extractor=extractor)
+    assert ignored["price_usd"].iloc[0] == plain["price_usd"].iloc[0]
+    assert used["price_usd"].iloc[0] != plain["price_usd"].iloc[0]
+    # The listing's attribute columns are reported either way.
+    assert ignored["fit"].iloc[0] == "slim" and used["fit"].iloc[0] == "slim"

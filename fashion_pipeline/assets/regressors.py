@@ -34,6 +34,10 @@ GROUP = "pricing"
 
 
 class RegressorConfig(dg.Config):
+    use_attributes: bool = Field(default=False, description=(
+        "Train the price model with the extracted attributes (product_attributes: brand filled from the title, "
+        "materials / fit / pattern / occasion / style words beside the description); scoring then extracts them "
+        "from listings. Off by default: benchmarks/attributes_ablation.py measured no gain (see its report)."))
     models: list[str] = Field(default=["ridge", "lightgbm", "mlp"],
                               description="Regressors to train: any of ridge (linear baseline), lightgbm, mlp.")
     blend: bool = Field(default=True, description="Also evaluate a validation-weighted blend of the non-linear models.")
@@ -90,13 +94,13 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas", "lightgbm", "pytorch"},
-          deps=[dg.AssetKey("product_embeddings"), dg.AssetKey("attribute_extractor")],
+          deps=[dg.AssetKey("product_embeddings")],
           description="The candidate listing price model (one regressor per listing form, chosen on validation), "
                       "saved unpublished, and its test-split listing metrics per form and source through the scoring "
                       "CLI's code path, beside the published model and the TF-IDF recipe on the same listings.",
           **gpu_declarations("regressor_metrics"))
 def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig, clean_products: pd.DataFrame,
-                      model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
+                      product_attributes: pd.DataFrame, model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
     emb, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
     context.log.info(f"embeddings: {emb_note}")
@@ -105,12 +109,13 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                 "mixed_precision": config.mixed_precision},
     }
-    res = train_price_models(clean_products, emb, models=tuple(config.models), params=params,
+    res = train_price_models(clean_products, emb, product_attributes if config.use_attributes else None,
+                             models=tuple(config.models), params=params,
                              blend=config.blend, coverage=config.interval_coverage,
                              train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
                              progress=context.log.info)
     model = res.model
-    features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": False,
+    features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                      "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
                      "forms": {f: m.chosen for f, m in model.forms.items()},
                      "encoder_backend": config.encoder_backend,

@@ -639,7 +639,10 @@ def score_listings(
         stated = df[task].map(_s)
         df[task] = [v if v in valid[task] else (p if p is not None else (v or None))
                     for v, p in zip(stated, predicted[f"{task}_predicted"])]
-    inputs = build_price_inputs(df, embeddings, attributes)
+    # The price model reads extracted attributes only if it was trained with them (features_spec);
+    # giving attribute words to a model trained without them would be train/serve skew.
+    uses_attributes = bool(((model_info or {}).get("features_spec") or {}).get("uses_attributes"))
+    inputs = build_price_inputs(df, embeddings, attributes if uses_attributes else None)
     pred = price_model.predict(inputs)
     out = inputs.frame.copy()
     out["listing_id"] = out["product_id"]

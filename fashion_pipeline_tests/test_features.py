@@ -100,3 +100,15 @@ def test_with_embeddings_joins_by_id_and_marks_missing():
     out = with_embeddings(df, ids, image, None)
     assert out["image_embedding"].iloc[-1] is None
     np.testing.assert_array_equal(out["image_embedding"].iloc[0], image[4])
+
+
+def test_spec_records_whether_the_model_reads_attributes(frame):
+    train = frame[frame["split"] == "train"]
+    without = ProductFeaturizer("full", svd_components=8, image_components=8).fit(train).spec()
+    assert without["uses_attributes"] is False and "attributes" not in without["inputs"]
+    tagged = train.assign(fit=["slim", "regular"] * (len(train) // 2) + ["slim"] * (len(train) % 2))
+    with_attrs = ProductFeaturizer("full", svd_components=8, image_components=8).fit(tagged).spec()
+    assert with_attrs["uses_attributes"] is True and "attributes" in with_attrs["inputs"]
+    assert with_attrs["attribute_vocab_size"] == 2  # fit=slim, fit=regular
+    # The photo-only regime never reads them.
+    assert ProductFeaturizer("image").fit(tagged).spec()["uses_attributes"] is False

@@ -351,7 +351,11 @@ class ProductFeaturizer:
         r = get_regime(self.regime)
         return {
             "regime": self.regime,
-            "inputs": [k for k in ("title", "description", "brand", "image", "text_embedding", "attributes") if getattr(r, k)],
+            "inputs": [k for k in ("title", "description", "brand", "image", "text_embedding", "attributes")
+                       if getattr(r, k) and (k != "attributes" or getattr(self, "attr_vocab_", None))],
+            # Whether the trained model reads extracted attributes (the regime allows them; the
+            # training rows must have carried some).
+            "uses_attributes": bool(getattr(self, "attr_vocab_", None)),
             "image_dim": getattr(self, "image_dim_", None),
             "text_dim": getattr(self, "text_dim_", None),
             "attribute_vocab_size": len(getattr(self, "attr_vocab_", [])),

@@ -130,6 +130,13 @@ def learned_section(df: pd.DataFrame, kaggle: pd.DataFrame, rules_by_id: dict, n
                               max_description_chars=args.max_description_chars).run(products_of(df))
     hm = (df["source"] == "hm").to_numpy()
     hm_fill = fill_rates([r for r, m in zip(results, hm) if m])
+    # The products of the hand check (benchmarks/results/extraction_hm_check.md): 50 random H&M test products.
+    by_pid = dict(zip(df["product_id"], results))
+    sample = df[(df["source"] == "hm") & (df["split"] == "test")].sample(50, random_state=0)
+    (args.out / "extraction_hm_sample.json").write_text(json.dumps([
+        {"product_id": p, "title": t.title, "description": t.description, "extracted": by_pid[p].attributes.to_dict()}
+        for p, t in zip(sample["product_id"], [prepare(a, b or "", args.max_description_chars)
+                                               for a, b in zip(sample["title"], sample["description"])])], indent=1))
     report["learned"] = {"fit_seconds": round(fit_s, 1), "describe": model.describe(), "test": rows,
                          "brand": brand_rows, "extract": stats.to_dict(), "extract_cached": stats2.to_dict(),
                          "hm_fill_rates": hm_fill}

@@ -59,6 +59,8 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
     assert r1.success
     assert _check_result(r1).passed
     v1 = store.published(scoring.PRICE_MODEL_NAME)["version"]
+    # Trained with the extracted attributes (the default), and says so for scoring.
+    assert store.info(scoring.PRICE_MODEL_NAME, v1)["features_spec"]["uses_attributes"] is True
 
     # 2. A candidate choosing between ridge and LightGBM on validation: no worse than the published
     #    ridge on the test listings, so accepted and published; the incoming folder is scored with it.

@@ -34,10 +34,11 @@ GROUP = "pricing"
 
 
 class RegressorConfig(dg.Config):
-    use_attributes: bool = Field(default=False, description=(
+    use_attributes: bool = Field(default=True, description=(
         "Train the price model with the extracted attributes (product_attributes: brand filled from the title, "
         "materials / fit / pattern / occasion / style words beside the description); scoring then extracts them "
-        "from listings. Off by default: benchmarks/attributes_ablation.py measured no gain (see its report)."))
+        "from listings. benchmarks/attributes_ablation.py: RMSLE -0.013 on full and -0.014 on title + photo "
+        "Kaggle listings (ridge), no change on photo-only."))
     models: list[str] = Field(default=["ridge", "lightgbm", "mlp"],
                               description="Regressors to train: any of ridge (linear baseline), lightgbm, mlp.")
     blend: bool = Field(default=True, description="Also evaluate a validation-weighted blend of the non-linear models.")

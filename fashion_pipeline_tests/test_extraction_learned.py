@@ -133,3 +133,9 @@ def test_listing_extractor_uses_the_published_model_and_names_a_damaged_file(tra
 def test_learned_model_pickles_round_trip_with_the_same_version(trained):
     again = pickle.loads(pickle.dumps(trained))
     assert again.version == trained.version and again.version.startswith("learned-")
+
+
+def test_a_listing_without_known_words_gets_no_learned_attributes(trained):
+    blank, gibberish = trained.extract([prepare("", "", 2000), prepare("zzqx vvbn", "", 2000)])
+    for a in (blank, gibberish):
+        assert (a.materials, a.fit, a.pattern, a.occasion) == ([], None, None, None)

@@ -152,7 +152,12 @@ class LearnedAttributeModel:
     def predict(self, texts: Sequence[PreparedText], abstain: bool = True
                 ) -> dict[str, tuple[list[str | None], np.ndarray]]:
         X = self.vectorizer.transform([model_text(t) for t in texts])
-        return {a: h.predict(X, abstain) for a, h in self.heads.items()}
+        out = {a: h.predict(X, abstain) for a, h in self.heads.items()}
+        if abstain:  # no known word at all (a photo-only listing, gibberish): the answer would be the prior
+            blank = np.asarray(X.getnnz(axis=1) == 0)
+            if blank.any():
+                out = {a: ([None if b else v for v, b in zip(values, blank)], conf) for a, (values, conf) in out.items()}
+        return out
 
     def extract(self, texts: Sequence[PreparedText], rules: RulesExtractor | None = None) -> list[Attributes]:
         rules = rules or RulesExtractor()

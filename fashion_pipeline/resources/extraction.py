@@ -1,7 +1,8 @@
 """ExtractorResource: LLM attribute extraction with interchangeable backends.
 
 backend "learned" (default on CPU): text classifiers trained on the Kaggle catalogue's own attributes
-  (asset `attribute_extractor`, fashion_pipeline.core.extraction.learned), CPU, ~5k rows/s; says
+  (asset `attribute_extractor`, fashion_pipeline.core.extraction.learned), CPU, ~1k rows/s (the rules
+  run too, for style and further materials); says
   "unknown" below a calibrated confidence.
 backend "rules": deterministic vocabularies + patterns, CPU, ~1-2k rows/s.
 backend "transformers": HF transformers + xgrammar constrained decoding; default model is the

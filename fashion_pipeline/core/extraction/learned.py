@@ -133,8 +133,6 @@ class LearnedAttributeModel:
     brands: BrandMatcher
     na_types: dict[str, list[str]]
     min_precision: float
-    max_description_chars: int = 2000
-
     fingerprint: str = ""
 
     @property

@@ -220,9 +220,9 @@ class Extractor:
                 # A brand the catalogue states beats one read from the title (H&M names its
                 # products "Roxy", "Tilda", ...; the title carries no brand there).
                 a.brand = p.known_brand
-            elif self.learned is not None:
-                a.brand = self.learned.brands.find(title)  # current vocabulary, as for rules below
-            elif self.llm is None or found[k]["status"] != "ok":
+            elif self.learned is None and (self.llm is None or found[k]["status"] != "ok"):
+                # (The learned model's brand is its own matcher's: that vocabulary is part of the
+                # model's version, hence of the cache key, so the cached brand is current.)
                 # Rules brands come from the current brand lexicon, not the cache: adding products
                 # with new brands must not invalidate every cached row.
                 a.brand = self.rules.brand(title)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -27,7 +28,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _score(args) -> int:
+def _score(args, summary_out=None) -> int:
     from pathlib import Path
 
     from fashion_pipeline.core import scoring
@@ -77,7 +78,8 @@ def _score(args) -> int:
     counts["attribute_extraction"] = extraction_note
     out = scoring.write_scores(scores, args.output)
     counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})
-    print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2))
+    print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2),
+          file=summary_out or sys.stdout)
     return EXIT_OK
 
 
@@ -133,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         if args.command == "score":
-            return _score(args)
+            # stdout carries the JSON summary only: libraries that print while loading weights
+            # (efficientnet_pytorch: "Loaded pretrained weights ...") are sent to stderr.
+            summary_out = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return _score(args, summary_out)
     except Exception as e:  # anything unforeseen: one line, not a traceback (-v shows it)
         if args.verbose:
             raise

@@ -593,3 +593,20 @@ def test_help_documents_the_exit_codes(capsys):
     assert "exit codes:" in text
     for code, words in (("0", "scores written"), ("1", "unexpected error"), ("2", "unusable input")):
         assert f"  {code}  {words}" in text
+
+
+def test_stdout_is_only_the_json_summary_even_when_a_library_prints(tmp_path, store, capsys, monkeypatch):
+    # efficientnet_pytorch prints "Loaded pretrained weights for efficientnet-lite0" when the encoder
+    # loads; a caller parsing the summary from stdout must not see it.
+    real = scoring.score_listings
+
+    def noisy(*a, **k):
+        print("Loaded pretrained weights for efficientnet-lite0")
+        return real(*a, **k)
+
+    monkeypatch.setattr(scoring, "score_listings", noisy)
+    (tmp_path / "l.json").write_text('[{"title": "Red dress"}]')
+    rc, summary, err = _cli(capsys, "--input", str(tmp_path / "l.json"), "--output", str(tmp_path / "o.csv"),
+                            "--model-store", str(store.root), "--no-embeddings", "--no-classifiers")
+    assert rc == 0 and summary["listings"] == 1  # _cli parsed stdout as one JSON document
+    assert "Loaded pretrained weights for efficientnet-lite0" in err

@@ -101,7 +101,7 @@ def time_scoring(products: pd.DataFrame, model, info, classifiers, n: int, seed:
     rows = products.sample(min(n, len(products)), random_state=seed).reset_index(drop=True)
     listings = listing_eval.as_listings(rows, "full")
     t0 = time.perf_counter()
-    embedder = scoring.encoder_embedder("offline")
+    embedder = scoring.encoder_embedder(record=scoring.models_encoder(info, classifiers))
     extractor = scoring.listing_extractor(store, model.known_brands())[0] if store is not None else None
     index = load_for_price_model(store, info.get("version"))[0] if store is not None else None
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     table, _ = listing_eval.evaluate_price_model(
-        model, info, test, train, embedder=scoring.encoder_embedder("offline"),
+        model, info, test, train, embedder=scoring.encoder_embedder(record=scoring.models_encoder(info, classifiers)),
         extractor=scoring.listing_extractor(store, model.known_brands())[0], classifiers=classifiers, forms=forms,
         progress=logging.info)
     eval_s = time.perf_counter() - t0

@@ -16,8 +16,9 @@ EXIT_CODES = """exit codes:
      in the printed summary
   1  unexpected error: one line on stderr (-v shows the traceback)
   2  unusable input (missing path, unsupported file type, invalid JSON or a wrong top-level
-     shape, a folder in neither dataset layout, an --output that is not .parquet / .csv) or
-     no published price model
+     shape, a folder in neither dataset layout, an --output that is not .parquet / .csv),
+     no published price model, or an encoder other than the one the published models were
+     trained on
 """
 
 EXIT_OK, EXIT_ERROR, EXIT_UNUSABLE = 0, 1, 2
@@ -56,20 +57,29 @@ def _score(args, summary_out=None) -> int:
               + "; writing an empty output", file=sys.stderr)
     embedder = extractor = None
     extraction_note = "off"
-    if not args.no_embeddings and len(listings):
-        try:
-            embedder = scoring.encoder_embedder(args.encoder_backend)
-        except ImportError as e:  # encoder stage not installed: price from text + metadata, and say so
-            print(f"warning: no embeddings ({e}); prices use text and metadata only", file=sys.stderr)
-    if not args.no_extraction:
-        extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
-        if not extraction_note.startswith("learned"):
-            print(f"warning: attribute extraction with {extraction_note}", file=sys.stderr)
     classifiers = {} if args.no_classifiers else scoring.load_published_classifiers(store)
     if not classifiers and not args.no_classifiers:
         print(f"warning: no published classifiers in {store.root}; category / gender / usage are taken from the "
               f"listings as given (materialize '{scoring.CLASSIFIER_ASSET}' to predict them)", file=sys.stderr)
-    index, index_note = _comparables_index(store, info, args.comparables, embedder is not None)
+    if not args.no_embeddings and len(listings):
+        try:
+            from fashion_pipeline.core.encoders.record import EncoderMismatchError
+
+            record = scoring.models_encoder(info, classifiers)
+            if record is None:
+                print("warning: the published models record no encoder (trained by an older version); "
+                      f"embedding with {args.encoder_backend or 'offline'!r}, unchecked", file=sys.stderr)
+            embedder = scoring.encoder_embedder(args.encoder_backend, record=record)
+        except ImportError as e:  # encoder stage not installed: price from text + metadata, and say so
+            print(f"warning: no embeddings ({e}); prices use text and metadata only", file=sys.stderr)
+        except EncoderMismatchError as e:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_UNUSABLE
+    if not args.no_extraction:
+        extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
+        if not extraction_note.startswith("learned"):
+            print(f"warning: attribute extraction with {extraction_note}", file=sys.stderr)
+    index, index_note = _comparables_index(store, info, args.comparables, embedder)
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
                                             classifiers=classifiers, comparables_index=index,
                                             comparables_k=args.comparables)
@@ -83,13 +93,14 @@ def _score(args, summary_out=None) -> int:
     return EXIT_OK
 
 
-def _comparables_index(store, info: dict, k: int, embedded: bool):
+def _comparables_index(store, info: dict, k: int, embedder):
     """The comparables index of the published price model, loaded once per run; None with one
-    warning when none was built for it. Not loaded when comparables are off or the listings are
-    not embedded (the user's choice, or already warned about): the summary says so."""
+    warning when none was built for it or it was built from another encoder's embeddings than the
+    listings get. Not loaded when comparables are off or the listings are not embedded (the user's
+    choice, or already warned about): the summary says so."""
     if k <= 0:
         return None, "disabled (--comparables 0)"
-    if not embedded:
+    if embedder is None:
         return None, "not loaded: listings are not embedded"
     try:
         from fashion_pipeline.core import comparables
@@ -97,10 +108,17 @@ def _comparables_index(store, info: dict, k: int, embedded: bool):
         print(f"warning: no comparables ({e})", file=sys.stderr)
         return None, f"unavailable: {e}"
     try:
-        index, _, note = comparables.load_for_price_model(store, info.get("version"))
+        index, index_info, note = comparables.load_for_price_model(store, info.get("version"))
     except ImportError as e:
         print(f"warning: no comparables ({e})", file=sys.stderr)
         return None, f"unavailable: {e}"
+    from fashion_pipeline.core import scoring
+    from fashion_pipeline.core.encoders.record import differences
+
+    built_on = scoring.recorded_encoder(index_info or {})
+    diff = differences(built_on, embedder.encoder) if built_on and getattr(embedder, "encoder", None) else []
+    if index is not None and diff:
+        index, note = None, f"not used: built from other embeddings ({'; '.join(diff)})"
     if index is None:
         print(f"warning: no comparables: {note}", file=sys.stderr)
     return index, note
@@ -119,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--output", required=True, help="Where to write the scores: a .parquet or .csv file.")
     sc.add_argument("--model-store", default=default_var_path("models"),
                     help="Model store folder (default: the pipeline's, <var dir>/models).")
-    sc.add_argument("--encoder-backend", default="offline", help="Embedding backend; must match training.")
+    sc.add_argument("--encoder-backend", default=None,
+                    help="Embedding backend (offline | open_clip); default: the encoder the published models record "
+                         "(backend, weights, preprocessing). A different encoder is refused (exit 2).")
     sc.add_argument("--no-embeddings", action="store_true",
                     help="Skip image/text embeddings (faster; the model then prices from text and metadata).")
     sc.add_argument("--no-extraction", action="store_true", help="Skip attribute extraction.")

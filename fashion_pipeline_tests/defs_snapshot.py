@@ -42,7 +42,7 @@ def snapshot() -> dict:
                 "checks": sorted(k.name for k in job.asset_layer.asset_graph.asset_check_keys)}
 
     repo = defs.get_repository_def()
-    jobs = {j.name: {**job_assets(j.name), "tags": dict(j.tags)}
+    jobs = {j.name: {**job_assets(j.name), "tags": dict(j.tags), "run_config": j.run_config or {}}
             for j in repo.get_all_jobs() if not j.name.startswith("__")}
     schedules = {s.name: {"job": s.job_name, "cron": s.cron_schedule, "timezone": s.execution_timezone,
                           **job_assets(s.job_name)} for s in repo.schedule_defs}

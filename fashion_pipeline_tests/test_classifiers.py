@@ -104,6 +104,26 @@ def test_test_labels_never_influence_training(frame):
     assert fz.n_fit_rows_ == int((frame["split"] == "train").sum())
 
 
+def test_a_retrain_trains_only_the_chosen_model_and_the_baseline_and_serves_the_chosen(frame, result):
+    """(category, full) retrains complement_nb beside the linear_svc baseline, even if another model
+    validated better; every other task and regime is selected among all models as before."""
+    cfg = _cfg(chosen={("category", "full"): "complement_nb", ("gender", "full"): "clip_fusion"})
+    res = run_leaderboard(frame, cfg)
+    lb = res.leaderboard[res.leaderboard["source"] == "all"]
+    trained = {k: set(g["model"]) for k, g in lb.groupby(["task", "regime"])}
+    assert trained[("category", "full")] == {"complement_nb", "linear_svc"}
+    assert trained[("gender", "full")] == {"clip_fusion", "linear_svc"}
+    assert trained[("usage", "full")] == {"linear_svc", "complement_nb", "lightgbm", "clip_fusion"}
+    assert trained[("category", "image")] == {"linear_svc", "complement_nb", "lightgbm", "image_cnn"}
+    assert res.serving[("category", "full")].model_name == "complement_nb"
+    assert res.serving[("gender", "full")].model_name == "clip_fusion"
+    served = lb[lb["serving"]].set_index(["task", "regime"])["model"]
+    assert served[("category", "full")] == "complement_nb" and served[("gender", "full")] == "clip_fusion"
+    # Unchosen pairs serve their validation winner, as in the selection run (same seeds, same models).
+    for key in [("usage", "image"), ("category", "image"), ("gender", "image")]:
+        assert res.serving[key].model_name == result.serving[key].model_name
+
+
 def test_serving_classifier_predicts_labels_and_probabilities(frame, result):
     rows = frame[frame["split"] == "test"].head(10)
     for (task, regime), clf in result.serving.items():

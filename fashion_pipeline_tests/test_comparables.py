@@ -290,6 +290,21 @@ def test_cli_prints_comparables_and_warns_once_without_an_index(catalogue, tmp_p
     captured = capsys.readouterr()
     assert json.loads(captured.out)["comparables"]["none/no_embedding"] == 4 and "comparables" not in captured.err
 
+    # An index built from another encoder's embeddings than the listings get is not searched, and that is said.
+    built_on = {"backend": "offline", "options": {}, "image_identity": "img-a:fp32", "text_identity": "txt-a:fp32",
+                "image_dim": DI, "text_dim": DT, "precision": "fp32"}
+    cmp.save_to_store(store, ComparablesIndex.build(items, img, txt), version, {"encoder": built_on})
+    near = _embedder_near(emb)
+    monkeypatch.setattr(scoring, "encoder_embedder", lambda *a, **k: near)
+    near.encoder = {**built_on, "image_identity": "img-b:fp32"}
+    assert cli.main([*args, "--output", str(tmp_path / "e.parquet")]) == 0
+    captured = capsys.readouterr()
+    assert "built from other embeddings" in json.loads(captured.out)["comparables"]["index"]
+    assert "image encoder 'img-a:fp32' vs 'img-b:fp32'" in captured.err
+    near.encoder = {**built_on, "image_identity": "img-a:bf16"}  # only the precision differs: used
+    assert cli.main([*args, "--output", str(tmp_path / "f.parquet")]) == 0
+    assert json.loads(capsys.readouterr().out)["comparables"]["with_comparables"] == 4
+
 
 def test_price_comparables_asset_builds_from_train_and_validation_and_ties_to_the_published_model(tmp_path):
     import dagster as dg

@@ -41,10 +41,19 @@ K8S_TAG = "dagster-k8s/config"
 # cuda, the price MLP on cuda. (Neural classifiers and DEC train on the CPU in every profile.)
 GPU_ASSETS = {"product_attributes", "product_embeddings", "regressor_metrics"}
 
+# On demand: the model assets in mode 'select' and what is downstream of them. The schedule and the
+# sensor run the default mode, 'retrain' (only the published choices are retrained).
+SELECTION = ["attribute_classifiers", "classifier_leaderboard", "price_comparables", "published_classifiers",
+             "published_price_regressor", "regressor_metrics", "scored_listings"]
+SELECT_MODE = {"ops": {"classifier_leaderboard": {"config": {"mode": "select"}},
+                       "regressor_metrics": {"config": {"mode": "select"}}}}
 EXPECTED_JOBS = {
-    "ingest_job": {"assets": INGEST, "checks": [], "tags": {"fashion/stage": "ingest"}},
-    "retraining_job": {"assets": RETRAIN, "checks": GATES, "tags": {"fashion/stage": "retraining"}},
-    "refresh_job": {"assets": sorted(INGEST + RETRAIN), "checks": GATES, "tags": {"fashion/stage": "refresh"}},
+    "ingest_job": {"assets": INGEST, "checks": [], "tags": {"fashion/stage": "ingest"}, "run_config": {}},
+    "retraining_job": {"assets": RETRAIN, "checks": GATES, "tags": {"fashion/stage": "retraining"}, "run_config": {}},
+    "refresh_job": {"assets": sorted(INGEST + RETRAIN), "checks": GATES, "tags": {"fashion/stage": "refresh"},
+                    "run_config": {}},
+    "model_selection_job": {"assets": SELECTION, "checks": GATES, "tags": {"fashion/stage": "model_selection"},
+                            "run_config": SELECT_MODE},
 }
 EXPECTED_SCHEDULES = {"weekly_retraining": {"job": "retraining_job", "cron": "0 3 * * 1", "timezone": "UTC",
                                             "assets": RETRAIN, "checks": GATES}}

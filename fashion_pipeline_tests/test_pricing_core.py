@@ -169,6 +169,23 @@ def test_train_price_models_selects_each_form_on_validation_and_counts_rows():
     assert res.counts["validation"] == ((df["split"] == "validation") & (df["price_status"] == "ok")).sum()
 
 
+def test_a_retrain_trains_only_the_chosen_kind_per_form_even_when_another_validates_better():
+    params = {"lightgbm": {"n_estimators": 100}}
+    select = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"), params=params, blend=False)
+    val = select.selection.set_index(["form", "model"])["rmsle"]
+    # Force the kind that lost on validation in 'full'; 'sparse' is left to selection.
+    loser = max(("ridge", "lightgbm"), key=lambda k: val[("full", k)])
+    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"), params=params, blend=False,
+                             chosen={"full": loser})
+    assert res.model.forms["full"].chosen == loser
+    assert list(res.selection[res.selection["form"] == "full"]["model"]) == [loser]  # nothing else trained
+    assert set(res.selection[res.selection["form"] == "sparse"]["model"]) == {"ridge", "lightgbm"}
+    assert res.model.forms["sparse"].chosen == select.model.forms["sparse"].chosen
+    assert {k for k in res.train_seconds if k.startswith("full/") and k != "full/total"} == {f"full/{loser}"}
+    with pytest.raises(ValueError, match="not among the models"):
+        train_price_models(clean_sample(), None, models=("ridge",), chosen={"full": "mlp"})
+
+
 def test_known_brands_come_from_training_for_every_model_kind():
     tr, va, _ = sample_splits()
     y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])

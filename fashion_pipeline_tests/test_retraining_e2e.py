@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from fashion_pipeline.core import scoring
-from fashion_pipeline.core.encoders.io import read_embeddings
+from fashion_pipeline.core.encoders.io import read_embedding_metadata, read_embeddings
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline.definitions import all_asset_checks, all_assets
 from fashion_pipeline.jobs import ALL_JOBS
@@ -30,9 +30,9 @@ N_NEW = 12
 
 def _run_config(incoming) -> dict:
     return {"ops": {
-        "classifier_leaderboard": {"config": {"classical_models": ["linear_svc"], "neural_models": []}},
+        "classifier_leaderboard": {"config": {"classical_models": ["linear_svc", "complement_nb"], "neural_models": []}},
         "product_clusters": {"config": {"methods": ["kmeans"]}},
-        "regressor_metrics": {"config": {"models": ["ridge"], "blend": False}},
+        "regressor_metrics": {"config": {"models": ["ridge", "lightgbm"], "lightgbm_estimators": 60, "blend": False}},
         "scored_listings": {"config": {"incoming_dir": str(incoming)}},
         "product_embeddings": {"config": {"plot_sample": 0}},
     }}
@@ -98,9 +98,24 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
         result = _execute(d, sched.job_name, instance, cfg, tags=request.tags)
 
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
-    assert {"product_attributes", "product_embeddings", "classifier_leaderboard", "attribute_classifiers",
+    assert {"product_attributes", "product_embeddings", "attribute_classifiers",
             "published_classifiers", "product_clusters", "regressor_metrics", "published_price_regressor",
             "scored_listings"} <= materialized
+    # A retrain, not a selection: each classifier and each price form retrained the model published before
+    # (nothing else trained), and the selection run's leaderboard was left as it was.
+    assert "classifier_leaderboard" not in materialized
+    assert set(_table(var, "select distinct model from classifier_leaderboard")["model"]) == {"linear_svc", "complement_nb"}
+    meta = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert meta["regressor_metrics"]["mode"].value.startswith("retrain: retraining the published")
+    assert meta["attribute_classifiers"]["mode"].value.startswith("retrain: retraining the published")
+    price_before = store.info(scoring.PRICE_MODEL_NAME, published_before[scoring.PRICE_MODEL_NAME])
+    price_after = store.info(scoring.PRICE_MODEL_NAME, after_version := store.versions(scoring.PRICE_MODEL_NAME)[-1])
+    assert price_after["features_spec"]["forms"] == price_before["features_spec"]["forms"], after_version
+    assert {(r["form"], r["model"]) for r in price_after["metrics"]["validation"]} == set(
+        price_before["features_spec"]["forms"].items())
+    for n in [m for m in names if "_classifier" in m and published_before[m]]:
+        was = store.info(n, published_before[n])["features_spec"]["model"]
+        assert store.info(n, store.versions(n)[-1])["features_spec"]["model"] == was, n
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["price_regressor_gate"] is True and "classifier_gate" in checks
 
@@ -118,6 +133,12 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     assert new_products <= set(attrs["product_id"])
     ids, image, text = read_embeddings(var / "embeddings" / "product_embeddings.parquet")
     assert new_products <= set(ids)
+    # Each retrained model records the encoder behind those embeddings, which scoring rebuilds and checks.
+    meta = read_embedding_metadata(var / "embeddings" / "product_embeddings.parquet")
+    for n in [m for m in names if m == scoring.PRICE_MODEL_NAME or "_classifier" in m]:
+        rec = store.info(n, after[n])["features_spec"]["encoder"]
+        assert (rec["backend"], rec["image_identity"], rec["text_identity"]) == (
+            "offline", meta["image_identity"], meta["text_identity"]), n
     scored = _table(var, "select * from scored_listings")
     shop_rows = scored[scored["listing_id"].astype(str).str.startswith("shop/") |
                        scored["listing_id"].astype(str).isin(new_ids)]

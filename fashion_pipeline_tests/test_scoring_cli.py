@@ -220,7 +220,7 @@ def classified(tmp_path_factory, store):
                                                {"kind": "copy"}, {}))
     for (task, regime), clf in res.serving.items():
         name = scoring.classifier_name(task, regime)
-        s.publish(name, s.save(name, clf, {}, clf.features_spec()))
+        s.publish(name, s.save(name, clf, {}, {**clf.features_spec(), "encoder": embed.encoder}))
     return s, embed
 
 
@@ -252,6 +252,77 @@ def test_free_form_listings_get_category_gender_usage_from_the_published_classif
         base = float((test[task] == train[task].mode()[0]).mean())
         assert acc[1:third].mean() > base and acc[third : 2 * third].mean() > base, task
         assert acc.mean() > base + 0.1, task
+
+
+def test_scoring_builds_the_encoder_the_models_record(classified, tmp_path, capsys):
+    """The classifiers were trained on 64 px embeddings (not the default 112 px): the CLI embeds
+    listings at 64 px from their record alone, and the vectors equal the training-time ones."""
+    s, embed = classified
+    record = scoring.models_encoder(*s.load(scoring.PRICE_MODEL_NAME)[1:], scoring.load_published_classifiers(s))
+    assert record == embed.encoder and record["options"]["resolution"] == 64
+    rebuilt = scoring.encoder_embedder(record=record)
+    assert rebuilt.encoder == record
+    products = clean_sample().head(8)
+    _, img_a, txt_a, _ = embed(products, None)
+    _, img_b, txt_b, _ = rebuilt(products, None)
+    np.testing.assert_allclose(img_b, img_a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(txt_b, txt_a, rtol=1e-5, atol=1e-5)
+    listing = tmp_path / "l.json"
+    listing.write_text(json.dumps([{"title": "Puma men black running shoes", "image_path": products["image_path"].dropna().iloc[0]}]))
+    capsys.readouterr()  # what loading the encoders above printed
+    rc, summary, err = _cli(capsys, "--input", str(listing), "--output", str(tmp_path / "o.csv"),
+                            "--model-store", str(s.root), "--comparables", "0")
+    assert rc == 0, err
+    assert summary["classified_by_regime"] == {"sparse": 1}
+
+
+def _with_price_model_record(src: ModelStore, dest: Path, record: dict) -> ModelStore:
+    """A copy of ``src`` whose published price model records ``record`` as its encoder."""
+    shutil.copytree(src.root, dest)
+    s = ModelStore(dest)
+    model, _ = s.load(scoring.PRICE_MODEL_NAME)
+    s.publish(scoring.PRICE_MODEL_NAME, s.save(scoring.PRICE_MODEL_NAME, model, {}, {"encoder": record}))
+    return s
+
+
+def _error_line(err: str) -> str:
+    """The one error line; loading the encoders writes progress bars to stderr before it."""
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_encoder_other_than_the_recorded_one_is_refused(classified, tmp_path, capsys):
+    from fashion_pipeline.core.encoders.record import EncoderMismatchError
+
+    s, embed = classified
+    listing = tmp_path / "l.json"
+    listing.write_text(json.dumps([{"title": "Red silk scarf", "description": "printed"}]))
+    args = ("--input", str(listing), "--output", str(tmp_path / "o.csv"), "--comparables", "0")
+
+    # Other text weights than the ones installed (e.g. the models came from another package version).
+    other_weights = {**embed.encoder, "text_identity": embed.encoder["text_identity"].replace("sha256=", "sha256=f00")}
+    with pytest.raises(EncoderMismatchError, match="text encoder"):
+        scoring.encoder_embedder(record=other_weights)
+    capsys.readouterr()
+    rc, _, err = _cli(capsys, *args, "--no-classifiers",
+                      "--model-store", str(_with_price_model_record(s, tmp_path / "a", other_weights).root))
+    assert rc == 2 and "trained on other embeddings" in _error_line(err)
+
+    # The price model and the classifiers record different encoders (112 vs 64 px): nothing can serve both.
+    at_112 = {**embed.encoder, "options": {**embed.encoder["options"], "resolution": 112},
+              "image_identity": embed.encoder["image_identity"].replace("letterbox64", "letterbox112")}
+    rc, _, err = _cli(capsys, *args, "--model-store", str(_with_price_model_record(s, tmp_path / "b", at_112).root))
+    assert rc == 2 and "different encoders" in _error_line(err)
+
+    # Another backend than the recorded one.
+    rc, _, err = _cli(capsys, *args, "--model-store", str(s.root), "--encoder-backend", "open_clip")
+    assert rc == 2 and "'open_clip' requested" in _error_line(err)
+
+    # Precision is not part of the comparison: fp16 GPU embeddings may be served by bf16 / fp32 on a CPU.
+    fp16 = {**embed.encoder, **{f"{m}_identity": embed.encoder[f"{m}_identity"].rsplit(":", 1)[0] + ":fp16"
+                                for m in ("image", "text")}}
+    assert scoring.encoder_embedder(record=fp16).encoder["image_identity"] == embed.encoder["image_identity"]
 
 
 def test_without_published_classifiers_the_stated_values_are_kept_and_flagged(store):

@@ -15,10 +15,14 @@ Model store names (what scoring loads)::
     clf.predict_proba(frame)   # DataFrame, one column per class
     info["features_spec"]      # inputs the model needs, dims, classes; info["metrics"]: its test scores
 
-Same for gender_classifier* and usage_classifier*. Each serving model is the one with the best
-*validation* macro-F1 for its task and regime; the leaderboard reports every model on *test*.
+Same for gender_classifier* and usage_classifier*. In ``mode="select"`` (model_selection_job) each
+serving model is the one with the best *validation* macro-F1 for its task and regime, and the
+leaderboard reports every model on *test*; in ``mode="retrain"`` (the weekly schedule) each task and
+regime retrains the model its published classifier is, beside the linear baseline the gate needs.
 """
 
+
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -28,12 +32,15 @@ from threadpoolctl import threadpool_limits
 from fashion_pipeline import metadata as md
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.assets.clustering import load_embeddings
+from fashion_pipeline.core.encoders.io import read_embedding_metadata
+from fashion_pipeline.core.encoders.record import encoder_record
 from fashion_pipeline.core.features import REGIMES, with_embeddings
 from fashion_pipeline.core.models.classifiers import CLASSICAL
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
 from fashion_pipeline.core.models.publishing import baseline_row, classifier_gate, gate_each, test_macro_f1
 from fashion_pipeline.core.plots import confusion_matrix_png
+from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.resources.model_store import ModelStoreResource
 
 GROUP = "models"
@@ -44,6 +51,12 @@ def model_name(task: str, regime: str) -> str:
 
 
 class ClassifierConfig(dg.Config):
+    mode: Literal["retrain", "select"] = Field(default="retrain", description=(
+        "retrain (the weekly schedule, the sensor): each task and regime retrains only the model its published "
+        "classifier is (plus the linear baseline the gate compares with), on fresh data, and the "
+        "classifier_leaderboard table keeps the last selection's; a pair with nothing published is selected as in "
+        "'select'. select (model_selection_job, on demand): every configured model is trained on every regime, "
+        "the serving one chosen on validation, and classifier_leaderboard rewritten."))
     regimes: list[str] = Field(default=list(REGIMES), description=(
         "Input regimes: full (image + title + description + brand), sparse (image + title), image (image only)."))
     classical_models: list[str] = Field(
@@ -61,11 +74,32 @@ class ClassifierConfig(dg.Config):
     seed: int = Field(default=0, description="Seed for every model.")
     brand_mask_rate: float = Field(default=0.5, ge=0, lt=1, description=(
         "Share of training rows whose brand is hidden, so the 'full' models also serve listings that state none."))
-    threads: int = Field(default=1, ge=1, description=(
-        "Threads for torch and the tree libraries. 1 by default: on shared, busy CPUs spinning threads "
-        "were measured 5x slower; raise it on a dedicated machine."))
+    threads: int | None = Field(default=None, ge=1, description=(
+        "Threads for torch, BLAS and the tree libraries; default: the cores available to the run's process. "
+        "On a CPU shared with other busy processes, spinning threads were measured up to 5x slower: set 1 there."))
     embeddings_path: str | None = Field(default=None, description=(
         "product_embeddings Parquet; default: the path recorded by the product_embeddings asset."))
+
+
+def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
+    """{(task, regime): model} to retrain (each published classifier's model, when this config still
+    trains it), and a note; empty in select mode or with nothing published."""
+    if config.mode == "select":
+        return {}, "selecting on validation among every configured model"
+    configured = set(config.classical_models) | set(config.neural_models)
+    chosen, other = {}, []
+    for task in TASKS:
+        for regime in config.regimes:
+            info = store.published(model_name(task, regime))
+            model = ((info or {}).get("features_spec") or {}).get("model")
+            if model in configured:
+                chosen[(task, regime)] = model
+            else:
+                other.append(f"{task}/{regime}")
+    note = f"retraining the published choices {sorted(f'{t}/{r}={m}' for (t, r), m in chosen.items())}"
+    if other:
+        note += f"; selecting on validation for {other} (nothing published, or a model this config does not train)"
+    return chosen, note
 
 
 def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
@@ -76,8 +110,10 @@ def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
     group_name=GROUP,
     deps=[dg.AssetKey("product_embeddings")],
     outs={
-        "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, description=(
-            "Test-split accuracy, macro-F1, weighted-F1 per task x model x input regime x source, with training time.")),
+        "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, is_required=False, description=(
+            "The model-selection experiment: test-split accuracy, macro-F1, weighted-F1 per task x model x input "
+            "regime x source, with training time, and the serving model chosen on validation. Written when a run "
+            "selects (mode 'select', or a task/regime with nothing published); a retrain leaves it as it was.")),
         "attribute_classifiers": dg.AssetOut(kinds={"duckdb"}, description=(
             "The candidate serving classifier per task and regime, saved (not yet published) in the model store: "
             "name, version, model, test metrics, and the published model and linear baseline on the same test split "
@@ -90,23 +126,26 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         set(config.regimes) - set(REGIMES))
     if unknown:
         raise ValueError(f"unknown models or regimes in config: {sorted(unknown)}")
+    threads = resolve_threads(config.threads)
+    store = model_store.store()
+    chosen, mode_note = retrain_choice(store, config)
+    context.log.info(f"mode {config.mode}: {mode_note}")
     image, text, no_row, path = load_embeddings(context, clean_products, config.embeddings_path)
+    encoder = encoder_record(read_embedding_metadata(path))  # scoring builds and checks this encoder
     ids = clean_products["product_id"].tolist()
     frame = with_embeddings(clean_products, ids, image, text)
     cfg = LeaderboardConfig(
         tasks=TASKS, regimes=tuple(config.regimes), classical=tuple(config.classical_models),
         neural=tuple(config.neural_models),
         neural_config=NeuralConfig(epochs=config.neural_epochs, patience=config.neural_patience,
-                                   hidden=config.neural_hidden, seed=config.seed, n_threads=config.threads),
+                                   hidden=config.neural_hidden, seed=config.seed, n_threads=threads),
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
-        max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=config.threads,
-        brand_mask_rate=config.brand_mask_rate,
+        max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=threads,
+        brand_mask_rate=config.brand_mask_rate, chosen=chosen,
     )
-    with threadpool_limits(limits=config.threads):  # BLAS / OpenMP pools too, not only torch
+    with threadpool_limits(limits=threads):  # BLAS / OpenMP pools too, not only torch
         result = run_leaderboard(frame, cfg, context.log.info)
     lb = result.leaderboard
-
-    store = model_store.store()
     stored = []
     plots = {}
     for (task, regime), clf in sorted(result.serving.items()):
@@ -114,7 +153,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         metrics = {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "weighted_f1": r.weighted_f1, "n": r.n}
                    for r in rows.itertuples()}
         name = model_name(task, regime)
-        version = store.save(name, clf, {"test": metrics, "selected_on": "validation macro-F1"}, clf.features_spec())
+        version = store.save(name, clf, {"test": metrics, "selected_on": "validation macro-F1"}, {**clf.features_spec(), "encoder": encoder})
         all_row = rows[rows.source == "all"].iloc[0]
         published = store.published(name)
         pub_f1, pub_note = None, "nothing published"
@@ -148,22 +187,26 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     decision = classifier_gate(stored_df)
     best = best_per_task(lb)
     counts = result.label_counts
-    yield dg.Output(lb, output_name="classifier_leaderboard", metadata={
-        "best_per_task_and_regime": _table_md(best[["task", "regime", "model", "accuracy", "macro_f1", "weighted_f1",
-                                                   "n", "train_seconds"]]),
-        "leaderboard_all_sources": _table_md(lb[lb.source == "all"].drop(columns=["source"])
-                                             .sort_values(["task", "regime", "macro_f1"], ascending=[True, True, False])),
-        "label_counts": _table_md(counts),
-        **{f"excluded_null_label/{t}": dg.MetadataValue.int(int(counts[counts.task == t].excluded_null_label.sum()))
-           for t in cfg.tasks},
-        "dropped/no_embedding_row": dg.MetadataValue.int(no_row),
-        "featurizer_seconds": dg.MetadataValue.json(result.timings["featurizer_seconds"]),
-        "total_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
-        **plots,
-    })
+    selected_any = len(chosen) < len(TASKS) * len(cfg.regimes)
+    if selected_any:  # a pure retrain leaves the last selection's leaderboard in place
+        yield dg.Output(lb, output_name="classifier_leaderboard", metadata={
+            "best_per_task_and_regime": _table_md(best[["task", "regime", "model", "accuracy", "macro_f1", "weighted_f1",
+                                                       "n", "train_seconds"]]),
+            "leaderboard_all_sources": _table_md(lb[lb.source == "all"].drop(columns=["source"])
+                                                 .sort_values(["task", "regime", "macro_f1"], ascending=[True, True, False])),
+            "label_counts": _table_md(counts),
+            **{f"excluded_null_label/{t}": dg.MetadataValue.int(int(counts[counts.task == t].excluded_null_label.sum()))
+               for t in cfg.tasks},
+            "dropped/no_embedding_row": dg.MetadataValue.int(no_row),
+            "featurizer_seconds": dg.MetadataValue.json(result.timings["featurizer_seconds"]),
+            "total_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
+            **plots,
+        })
     yield dg.Output(stored_df, output_name="attribute_classifiers", metadata={
         "models": _table_md(stored_df), "model_store": dg.MetadataValue.path(str(store.root)),
         "gate_preview": dg.MetadataValue.md(decision.markdown()),
+        "mode": f"{config.mode}: {mode_note}",
+        "train_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
     })
 
 

@@ -16,6 +16,7 @@ from fashion_pipeline import metadata as md
 from fashion_pipeline.core.clustering import METHODS, ClusteringConfig, cluster_products
 from fashion_pipeline.core.features import read_embeddings_file
 from fashion_pipeline.core.plots import scatter_2d_png
+from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.paths import default_var_path, resolve
 
 GROUP = "models"
@@ -69,8 +70,9 @@ class ClusteringAssetConfig(dg.Config):
     dec_update_interval: int = Field(default=50, ge=1, description="Steps between DEC target-distribution updates.")
     silhouette_sample: int = Field(default=2000, ge=10, description="Products in the sampled silhouette.")
     seed: int = Field(default=0, description="Random seed for every method.")
-    threads: int = Field(default=1, ge=1, description=(
-        "torch threads for DEC. 1 by default: on shared, busy CPUs spinning threads were measured 5x slower."))
+    threads: int | None = Field(default=None, ge=1, description=(
+        "Threads for DEC (torch), k-means and PCA (BLAS / OpenMP); default: the cores available to the run's "
+        "process. On a CPU shared with other busy processes spinning threads were measured 5x slower: set 1 there."))
     embeddings_path: str | None = Field(default=None, description=(
         "product_embeddings Parquet; default: the path recorded by the product_embeddings asset."))
 
@@ -91,9 +93,9 @@ def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetC
         n_clusters=config.n_clusters, inputs=config.inputs, pca_components=config.pca_components,
         methods=tuple(config.methods), seed=config.seed, silhouette_sample=config.silhouette_sample,
         dec_pretrain_epochs=config.dec_pretrain_epochs, dec_max_iter=config.dec_max_iter,
-        dec_update_interval=config.dec_update_interval, n_threads=config.threads,
+        dec_update_interval=config.dec_update_interval, n_threads=resolve_threads(config.threads),
     )
-    with threadpool_limits(limits=config.threads):  # BLAS / OpenMP pools too (k-means, PCA)
+    with threadpool_limits(limits=resolve_threads(config.threads)):  # BLAS / OpenMP pools too (k-means, PCA)
         assign, metrics, extras = cluster_products(
             clean_products["product_id"].tolist(), image, text, clean_products["category"], cfg, context.log.info)
     wide = assign.pivot(index="product_id", columns="method", values="cluster").add_prefix("cluster_").reset_index()

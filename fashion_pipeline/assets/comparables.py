@@ -45,7 +45,7 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
     published = store.published(PRICE_MODEL_NAME)
     if published is None:
         raise dg.Failure(description=f"no published {PRICE_MODEL_NAME}: materialize published_price_regressor first")
-    emb, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
+    emb, encoder, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
     if emb is None:  # not a failure: scoring works without embeddings, and says why there are no comparables
         context.log.warning(f"no comparables index built: {emb_note}")
         return dg.MaterializeResult(metadata={"index_size": dg.MetadataValue.int(0), "embeddings": emb_note,
@@ -57,7 +57,7 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
     build_s = time.perf_counter() - t0
     price_version = str(published["version"])
     version = comparables.save_to_store(store, index, price_version,
-                                        {"embeddings": emb_note, "splits": list(config.splits)})
+                                        {"embeddings": emb_note, "splits": list(config.splits), "encoder": encoder})
     context.log.info(f"{comparables.COMPARABLES_NAME} {version}: {index.size} products x {index.dimension} dims "
                      f"for {PRICE_MODEL_NAME} {price_version} in {build_s:.1f} s")
     by_source = items.loc[:, "source"].value_counts().to_dict() if len(items) else {}

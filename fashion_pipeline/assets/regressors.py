@@ -1,7 +1,9 @@
 """Price model: train + evaluate on listings (regressor_metrics), then publish behind a blocking gate.
 
 Flow: ``regressor_metrics`` trains one regressor per listing form (full / sparse / image; each
-chosen among ridge, LightGBM, MLP and their blend on validation rows), calibrates its intervals
+chosen among ridge, LightGBM, MLP and their blend on validation rows in ``mode="select"``, the
+model-selection experiment; the weekly retrain, ``mode="retrain"``, trains only the kind the
+published model chose per form), calibrates its intervals
 on calibration rows, saves the candidate unpublished, and scores the test split *as listings*
 through the code path of ``fashion-pipeline score`` in every listing form, beside the published
 model and the TF-IDF recipe on the same listings. The blocking check ``price_regressor_gate``
@@ -12,6 +14,7 @@ The science lives in fashion_pipeline.core.pricing and core.listing_eval.
 
 
 import os
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -25,6 +28,7 @@ from fashion_pipeline.core.pricing import plots
 from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
+from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.paths import resolve
 from fashion_pipeline.profiles import get_profile
@@ -34,6 +38,11 @@ GROUP = "pricing"
 
 
 class RegressorConfig(dg.Config):
+    mode: Literal["retrain", "select"] = Field(default="retrain", description=(
+        "retrain (the weekly schedule, the sensor): each listing form retrains only the model kind the published "
+        "price model chose for it, on fresh data; a form it lacks, or a store with nothing published, is selected "
+        "as in 'select'. select (model_selection_job, on demand): every kind in `models` (+ the blend) is trained "
+        "and the best per form chosen on validation."))
     use_attributes: bool = Field(default=True, description=(
         "Train the price model with the extracted attributes (product_attributes: brand filled from the title, "
         "materials / fit / pattern / occasion / style words beside the description); scoring then extracts them "
@@ -50,6 +59,8 @@ class RegressorConfig(dg.Config):
                             description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine); default: the profile's.")
     mixed_precision: bool = Field(default=True,
                                   description="torch.autocast: bfloat16 on CPU, float16 + GradScaler on CUDA.")
+    threads: int | None = Field(default=None, ge=1, description=(
+        "LightGBM threads; default: the cores available to the run's process."))
     train_fraction: float = Field(default=1.0, gt=0, le=1,
                                   description="Share of the train split used (deterministic); validation and test "
                                   "are always whole. Below 1 only for quick experiments.")
@@ -59,9 +70,6 @@ class RegressorConfig(dg.Config):
     max_interval_ratio: float = Field(default=6.0, gt=1, description=(
         "Abstain (price_usd null, flag no_price_interval_too_wide) where the calibrated interval for what the "
         "listing shows spans more than this factor."))
-    encoder_backend: str = Field(default="offline", description=(
-        "Embedding backend the test listings are embedded with in the listing evaluation (as the scoring CLI does); "
-        "must be the one product_embeddings used."))
     listing_eval_max_rows: int | None = Field(default=None, ge=10, description=(
         "Score at most this many test products (seeded sample) per listing form in the evaluation; all by default."))
     embeddings_path: str | None = Field(
@@ -73,16 +81,31 @@ class RegressorConfig(dg.Config):
     )
 
 
+def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | None, str]:
+    """{form: model kind} to retrain (the published model's choices), or None to select; and why."""
+    if config.mode == "select":
+        return None, f"selecting per form on validation among {list(config.models)}" + (" + blend" if config.blend else "")
+    published = store.published(PRICE_MODEL_NAME)
+    forms = ((published or {}).get("features_spec") or {}).get("forms") or {}
+    usable = {f: k for f, k in forms.items() if k in config.models or (k == "blend" and len(config.models) >= 2)}
+    if not usable:
+        why = "nothing published" if published is None else "the published model names no kind this config trains"
+        return None, f"{why}: selecting per form on validation among {list(config.models)}"
+    return usable, (f"retraining the published {PRICE_MODEL_NAME} {published['version']}'s choices {usable} "
+                    "(model_selection_job re-selects)")
+
+
 def load_embeddings(path: str):
-    """(ids, image, text) from the embeddings Parquet, or None with the reason."""
+    """((ids, image, text), encoder record) from the embeddings Parquet, or (None, None) — and the reason."""
     p = resolve(path)
     if not os.path.exists(p):
-        return None, f"no embeddings file at {p}"
+        return None, None, f"no embeddings file at {p}"
     try:
-        from fashion_pipeline.core.encoders.io import read_embeddings
+        from fashion_pipeline.core.encoders.io import read_embedding_metadata, read_embeddings
+        from fashion_pipeline.core.encoders.record import encoder_record
     except ImportError:  # the embedding stage is not installed in this code location
-        return None, "fashion_pipeline.core.encoders not available"
-    return read_embeddings(p), f"read from {p}"
+        return None, None, "fashion_pipeline.core.encoders not available"
+    return read_embeddings(p), encoder_record(read_embedding_metadata(p)), f"read from {p}"
 
 
 def _md_table(df: pd.DataFrame) -> dg.MetadataValue:
@@ -103,23 +126,26 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
 def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig, clean_products: pd.DataFrame,
                       product_attributes: pd.DataFrame, model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
-    emb, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
+    emb, encoder, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
     context.log.info(f"embeddings: {emb_note}")
+    threads = resolve_threads(config.threads)
     params = {
-        "lightgbm": {"n_estimators": config.lightgbm_estimators},
+        "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": threads},
         "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                 "mixed_precision": config.mixed_precision},
     }
+    chosen, mode_note = retrain_choice(store, config)
+    context.log.info(f"mode {config.mode}: {mode_note}")
     res = train_price_models(clean_products, emb, product_attributes if config.use_attributes else None,
                              models=tuple(config.models), params=params,
                              blend=config.blend, coverage=config.interval_coverage,
                              train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
-                             progress=context.log.info)
+                             chosen=chosen, progress=context.log.info)
     model = res.model
     features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                      "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
                      "forms": {f: m.chosen for f, m in model.forms.items()},
-                     "encoder_backend": config.encoder_backend,
+                     "encoder": encoder,
                      "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
     version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
                                                    "counts": res.counts, "intervals": model.describe()}, features_spec)
@@ -130,7 +156,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         test = test.sample(config.listing_eval_max_rows, random_state=0).reset_index(drop=True)
     train = clean_products[clean_products["split"] == "train"]
     try:
-        embedder = scoring.encoder_embedder(config.encoder_backend) if emb is not None else None
+        embedder = scoring.encoder_embedder(record=encoder) if emb is not None else None
     except ImportError as e:
         embedder = None
         context.log.warning(f"listing evaluation without embeddings: {e}")
@@ -178,6 +204,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "published_listing_metrics": _md_table(metrics[metrics["model"] == "published"][LISTING_COLUMNS]),
         "validation_selection": _md_table(res.selection),
         "forms": dg.MetadataValue.json(features_spec["forms"]),
+        "mode": f"{config.mode}: {mode_note}",
         "intervals": dg.MetadataValue.json(model.describe()),
         "candidate_version": version,
         **{f"test_rmsle/{f}": dg.MetadataValue.float(float(overall.loc[(f, "all"), "rmsle"]))

@@ -25,8 +25,9 @@ class ScoringConfig(dg.Config):
         description="Folder of new listings: .json / .jsonl / .csv files (title, description, image_path) "
         "and/or sub-folders in the Kaggle or H&M dataset layout. Relative to the project root.",
     )
-    encoder_backend: str = Field(default="offline",
-                                 description="Embedding backend for listings; must be the one the models were trained with.")
+    encoder_backend: str | None = Field(default=None, description=(
+        "Embedding backend for listings; default: the encoder the published models record (backend, weights, "
+        "preprocessing). Another encoder than the recorded one fails the run."))
     embed: bool = Field(default=True, description="Compute image/text embeddings for the listings.")
     extract_attributes: bool = Field(default=True, description="Run the rules attribute extractor on listings.")
     classify: bool = Field(default=True, description=(
@@ -79,20 +80,27 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
     context.log.info(f"scoring {len(listings)} listings from {folder}")
     notes = {}
     embedder = extractor = None
-    if config.embed and len(listings):
-        try:
-            embedder = scoring.encoder_embedder(config.encoder_backend)
-        except ImportError as e:  # encoder stage not in this code location: text + metadata only
-            notes["embeddings"] = f"unavailable: {e}"
-            context.log.warning(f"no embeddings for listings ({e}); prices use text and metadata only")
-    if config.extract_attributes:
-        extractor, notes["attributes"] = scoring.listing_extractor(store, model.known_brands())
-        if not notes["attributes"].startswith("learned"):
-            context.log.warning(f"attribute extraction for listings with {notes['attributes']}")
     classifiers = scoring.load_published_classifiers(store) if config.classify else {}
     if config.classify and not classifiers:
         notes["classifiers"] = f"none published: materialize {scoring.CLASSIFIER_ASSET}"
         context.log.warning("no published classifiers; category / gender / usage as given by the listings")
+    if config.embed and len(listings):
+        from fashion_pipeline.core.encoders.record import EncoderMismatchError
+
+        try:
+            record = scoring.models_encoder(info, classifiers)
+            embedder = scoring.encoder_embedder(config.encoder_backend, record=record)
+            notes["embeddings"] = f"{record['backend']}, as the published models record" if record else (
+                "the published models record no encoder (older version): unchecked")
+        except ImportError as e:  # encoder stage not in this code location: text + metadata only
+            notes["embeddings"] = f"unavailable: {e}"
+            context.log.warning(f"no embeddings for listings ({e}); prices use text and metadata only")
+        except EncoderMismatchError as e:
+            raise dg.Failure(description=str(e)) from e
+    if config.extract_attributes:
+        extractor, notes["attributes"] = scoring.listing_extractor(store, model.known_brands())
+        if not notes["attributes"].startswith("learned"):
+            context.log.warning(f"attribute extraction for listings with {notes['attributes']}")
     index = None
     if config.comparables and embedder is not None:
         from fashion_pipeline.core.comparables import load_for_price_model

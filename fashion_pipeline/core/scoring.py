@@ -381,20 +381,62 @@ def read_dataset_folder(folder: Path, report=None) -> pd.DataFrame:
 Embedder = Callable[[pd.DataFrame, "pd.DataFrame | None"], tuple[list[str], np.ndarray, np.ndarray, list[str | None]]]
 
 
-def encoder_embedder(backend: str = "offline", batch_size: int = 64, **options) -> Embedder:
+def recorded_encoder(info: dict) -> dict | None:
+    """The encoder record (``core.encoders.record``) a model's features_spec carries, if any."""
+    return (info.get("features_spec") or {}).get("encoder")
+
+
+def models_encoder(info: dict, classifiers: dict | None = None) -> dict | None:
+    """The one encoder the published price model and classifiers were trained on (None when none
+    records one: models trained before encoders were recorded). Raises EncoderMismatchError when
+    two of them record different encoders — scoring could not serve both."""
+    from .encoders.record import EncoderMismatchError, differences
+
+    records = [("the published price model", recorded_encoder(info))]
+    records += [(f"the published {classifier_name(t, r)}", recorded_encoder(ci))
+                for (t, r), (_, ci) in sorted((classifiers or {}).items())]
+    known = [(name, rec) for name, rec in records if rec]
+    if not known:
+        return None
+    first_name, first = known[0]
+    for name, rec in known[1:]:
+        diff = differences(first, rec)
+        if diff:
+            raise EncoderMismatchError(f"{first_name} and {name} were trained on different encoders "
+                                       f"({'; '.join(diff)}); retrain and publish them on the same embeddings")
+    return first
+
+
+def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: dict | None = None,
+                     **options) -> Embedder:
     """Embeddings for listings with the encoder stage's own backend, text building and image
     decoding, so a listing's vectors are computed exactly like a catalogue product's.
 
-    Returns ids, image [n, d] (NaN rows where no image could be used), text [n, d], and per row
-    the image error (None when the image was embedded).
+    ``record`` (see ``models_encoder``): build the encoder the models were trained on (its backend
+    and options; ``options`` given here override, e.g. ``device``) and raise EncoderMismatchError
+    when the loaded encoder is another one; ``backend`` defaults to the record's, else "offline".
+    The default batch of 32 was the fastest for both offline encoders on 2 CPU cores
+    (benchmarks/results/listings.md).
+
+    Returns a function: listings -> (ids, image [n, d] (NaN rows where no image could be used),
+    text [n, d], and per row the image error (None when the image was embedded)). Its ``encoder``
+    attribute is the record of the encoder it runs (``core.encoders.record.encoder_record``).
     """
     import torch
 
     from .encoders import build_backend
     from .encoders.images import decode_image, read_image_bytes
+    from .encoders.record import EncoderMismatchError, check_encoder, encoder_record
     from .encoders.text import build_texts
 
-    be = build_backend(backend, **options)
+    if record is not None:
+        if backend is not None and backend != record["backend"]:
+            raise EncoderMismatchError(f"encoder backend {backend!r} requested, but the models were trained on "
+                                       f"{record['backend']!r} embeddings")
+        backend, options = record["backend"], {**record.get("options", {}), **options}
+    be = build_backend(backend or "offline", **options)
+    if record is not None:
+        check_encoder(record, be.describe(), "the published models")
     transform = be.image_transform()
     # Within one embedder, a text or an image file seen before is not encoded again (the listing
     # evaluation scores the same products in several forms; a listings file may repeat a photo).
@@ -440,6 +482,7 @@ def encoder_embedder(backend: str = "offline", batch_size: int = 64, **options) 
                 image[i] = vec
         return products["product_id"].tolist(), image, text, errors
 
+    embed.encoder = encoder_record(be.describe())  # what a model trained on these vectors records
     return embed
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -56,10 +57,16 @@ class EmbeddingBackend(ABC):
     def encode_text_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Non-empty texts -> float32 [B, text.dim]."""
 
+    @abstractmethod
+    def build_options(self) -> dict:
+        """The ``build_backend`` keyword options (besides device and precision) that rebuild this
+        encoder: recorded with the embeddings so scoring can load the encoder a model was trained on."""
+
     def describe(self) -> dict[str, str]:
         """Flat string metadata (Parquet schema metadata and Dagster metadata)."""
         return {
             "backend": self.name,
+            "build_options": json.dumps(self.build_options(), sort_keys=True),
             "device": self.device,
             "precision": self.precision,
             "aligned": str(self.aligned).lower(),

@@ -107,6 +107,9 @@ class OfflineBackend(EmbeddingBackend):
         if probe.shape != (1, self.text.dim):
             raise EncoderConfigError(f"{TEXT_MODEL} returned shape {probe.shape}, expected (1, {self.text.dim})")
 
+    def build_options(self) -> dict:
+        return {"resolution": self.resolution, "text_max_tokens": int(self._text_model.max_seq_length)}
+
     def image_transform(self):
         return self._transform
 

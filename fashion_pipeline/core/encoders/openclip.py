@@ -112,6 +112,7 @@ class OpenClipBackend(EmbeddingBackend):
             cache_dir=cache_dir,
         )
         self._model = model.eval()
+        self._options = {"model_name": model_name, "pretrained": pretrained, "image_resize_mode": image_resize_mode}
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model_arg)
         dim = self._embed_dim()
@@ -141,6 +142,9 @@ class OpenClipBackend(EmbeddingBackend):
                 size = visual.image_size if isinstance(visual.image_size, (tuple, list)) else (visual.image_size,) * 2
                 out = self._model.encode_image(torch.zeros(1, 3, *size, device=self.device)).shape[-1]
         return int(out)
+
+    def build_options(self) -> dict:
+        return dict(self._options)
 
     def image_transform(self):
         return self._preprocess

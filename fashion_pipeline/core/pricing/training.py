@@ -89,11 +89,20 @@ def train_price_models(
     calibration_fraction: float = 0.125,
     mask_rate: float = 0.5,
     max_interval_ratio: float = 6.0,
+    chosen: dict[str, str] | None = None,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
-    routers on train; intervals on the calibration rows. Test rows are not read."""
+    routers on train; intervals on the calibration rows. Test rows are not read.
+
+    ``chosen`` ({form: model kind}, e.g. the published model's): a retrain, not a selection —
+    each form named there trains only its kind ("blend": the blend of ``models``); other forms
+    are selected among ``models`` as usual."""
     params = params or {}
+    chosen = dict(chosen or {})
+    bad = {k for k in chosen.values() if k != "blend" and k not in models}
+    if bad:
+        raise ValueError(f"chosen model kinds {sorted(bad)} are not among the models to train {list(models)}")
     unknown = set(forms) - set(FORMS)
     if unknown:
         raise ValueError(f"unknown listing forms {sorted(unknown)}; expected some of {list(FORMS)}")
@@ -124,12 +133,13 @@ def train_price_models(
             continue
         y_tr, y_va = log_target(ftr.frame["price_usd"]), log_target(fva.frame["price_usd"])
         cands: dict[str, object] = {}
-        for kind in models:
+        kinds = models if chosen.get(form) in (None, "blend") else (chosen[form],)
+        for kind in kinds:
             progress(f"{form}: training {kind} on {len(ftr)} rows")
             reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, **params.get(kind, {}))
             cands[kind] = reg
             seconds[f"{form}/{kind}"] = round(secs, 2)
-        if blend and len(cands) >= 2:
+        if (blend if form not in chosen else chosen[form] == "blend") and len(cands) >= 2:
             t0 = time.perf_counter()
             cands["blend"] = BlendPriceRegressor(list(cands.values())).fit(ftr, y_tr, fva, y_va)
             seconds[f"{form}/blend"] = round(time.perf_counter() - t0, 2)
@@ -140,16 +150,17 @@ def train_price_models(
             m = regression_metrics(np.expm1(y_va), np.expm1(p))
             selection.append({"form": form, "model": kind, "split": "validation", "n": m["n"],
                               "rmsle": m["rmsle"], "r2_log": m["r2_log"], "mae": m["mae"]})
-        chosen = min(val_scores, key=val_scores.get)
+        pick = chosen[form] if chosen.get(form) in cands else min(val_scores, key=val_scores.get)
         router = SourceRouter().fit(ftr)
         # Calibration rows go through the same routing as a listing that states no source.
         fcal = regime_view(cal_m.subset(form_rows(cal_m, form)), form)
         hidden = PriceInputs(fcal.frame.assign(source=None), fcal.text, fcal.image)
         fcal.frame["source"] = route_sources(hidden, router, set(router.classes_))
-        pm = PriceModel(cands[chosen], coverage).calibrate(fcal, log_target(fcal.frame["price_usd"]), train_prices)
-        fitted[form] = FormModel(pm, router, chosen)
+        pm = PriceModel(cands[pick], coverage).calibrate(fcal, log_target(fcal.frame["price_usd"]), train_prices)
+        fitted[form] = FormModel(pm, router, pick)
         seconds[f"{form}/total"] = round(time.perf_counter() - t_form, 2)
-        progress(f"{form}: chose {chosen} (validation RMSLE {val_scores[chosen]:.4f}); intervals "
+        how = "retrained the chosen" if chosen.get(form) == pick else "chose"
+        progress(f"{form}: {how} {pick} (validation RMSLE {val_scores[pick]:.4f}); intervals "
                  f"{ {k: tuple(round(v, 3) for v in q) for k, q in pm.residual_quantiles_.items()} }")
     if not fitted:
         raise ValueError(f"no listing form could be trained: {counts}")

@@ -96,14 +96,12 @@ def time_scoring(products: pd.DataFrame, model, info, classifiers, n: int, seed:
     """Score ``n`` listings ('full' form) from scratch: a fresh embedder, nothing cached; with
     ``store``, the comparables index of the published price model is loaded and searched as the
     CLI does (both inside the timed span)."""
-    from fashion_pipeline.core.comparables import load_for_price_model
-
     rows = products.sample(min(n, len(products)), random_state=seed).reset_index(drop=True)
     listings = listing_eval.as_listings(rows, "full")
     t0 = time.perf_counter()
     embedder = scoring.encoder_embedder(record=scoring.models_encoder(info, classifiers))
     extractor = scoring.listing_extractor(store, model.known_brands())[0] if store is not None else None
-    index = load_for_price_model(store, info.get("version"))[0] if store is not None else None
+    index = scoring.comparables_index_for(store, info.get("version"), embedder)[0] if store is not None else None
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
                                             classifiers=classifiers, comparables_index=index)
     seconds = time.perf_counter() - t0
@@ -144,7 +142,9 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     table, _ = listing_eval.evaluate_price_model(
-        model, info, test, train, embedder=scoring.encoder_embedder(record=scoring.models_encoder(info, classifiers)),
+        model, info, test, train,
+        embedder=scoring.encoder_embedder(record=scoring.models_encoder(info, classifiers),
+                                          cache_dir=args.var_dir / "cache" / "embeddings"),
         extractor=scoring.listing_extractor(store, model.known_brands())[0], classifiers=classifiers, forms=forms,
         progress=logging.info)
     eval_s = time.perf_counter() - t0

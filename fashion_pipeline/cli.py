@@ -102,23 +102,13 @@ def _comparables_index(store, info: dict, k: int, embedder):
         return None, "disabled (--comparables 0)"
     if embedder is None:
         return None, "not loaded: listings are not embedded"
-    try:
-        from fashion_pipeline.core import comparables
-    except ImportError as e:  # pragma: no cover - faiss is a main dependency
-        print(f"warning: no comparables ({e})", file=sys.stderr)
-        return None, f"unavailable: {e}"
-    try:
-        index, index_info, note = comparables.load_for_price_model(store, info.get("version"))
-    except ImportError as e:
-        print(f"warning: no comparables ({e})", file=sys.stderr)
-        return None, f"unavailable: {e}"
     from fashion_pipeline.core import scoring
-    from fashion_pipeline.core.encoders.record import differences
 
-    built_on = scoring.recorded_encoder(index_info or {})
-    diff = differences(built_on, embedder.encoder) if built_on and getattr(embedder, "encoder", None) else []
-    if index is not None and diff:
-        index, note = None, f"not used: built from other embeddings ({'; '.join(diff)})"
+    try:
+        index, note = scoring.comparables_index_for(store, info.get("version"), embedder)
+    except ImportError as e:  # faiss is a main dependency; a broken install still gets one line
+        print(f"warning: no comparables ({e})", file=sys.stderr)
+        return None, f"unavailable: {e}"
     if index is None:
         print(f"warning: no comparables: {note}", file=sys.stderr)
     return index, note

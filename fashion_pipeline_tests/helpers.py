@@ -7,6 +7,7 @@ import dagster as dg
 from fashion_pipeline.definitions import defs
 from fashion_pipeline.resources import build_resources
 from fashion_pipeline.resources.data import RawDataResource
+from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseIOManager, WarehouseResource
 
@@ -20,6 +21,9 @@ def resources_for(data_root: Path, var_dir: Path, **overrides) -> dict:
         "warehouse": WarehouseResource(path=warehouse),
         "raw_data": RawDataResource(root=str(data_root)),
         "model_store": ModelStoreResource(root=str(var_dir / "models")),
+        # the local profile's encoders, with their Parquet file and cache in the private var folder too
+        "encoder": EncoderResource(backend="offline", device="cpu", output_dir=str(var_dir / "embeddings"),
+                                   cache_dir=str(var_dir / "cache" / "embeddings")),
     })
     resources.update(overrides)
     return resources

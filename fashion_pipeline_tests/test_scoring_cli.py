@@ -276,6 +276,36 @@ def test_scoring_builds_the_encoder_the_models_record(classified, tmp_path, caps
     assert summary["classified_by_regime"] == {"sparse": 1}
 
 
+def test_the_listing_embedder_shares_the_embedding_stage_cache(tmp_path):
+    """Listings whose photo or text the embedding stage already embedded are served from its cache
+    (the same vectors it wrote), and what the embedder computes is added for the next run."""
+    from fashion_pipeline.core.encoders import build_backend, embed_products, read_embeddings
+
+    products = clean_sample()
+    products = products[products["image_path"].notna()].head(6).reset_index(drop=True)
+    cache = tmp_path / "cache"
+    embed_products(products, build_backend("offline", resolution=64), tmp_path / "e.parquet", cache)
+    ids, cat_image, cat_text = read_embeddings(tmp_path / "e.parquet")
+    assert ids == products["product_id"].tolist()
+
+    listings = products.assign(description="")  # a seller's shorter text: not in the cache yet
+    first = scoring.encoder_embedder("offline", resolution=64, cache_dir=cache)
+    _, image, text, errors = first(listings, None)
+    assert first.counts == {"text_encoded": 6, "text_from_cache": 0, "image_encoded": 0, "image_from_cache": 6}
+    assert errors == [None] * 6
+    np.testing.assert_array_equal(image, cat_image)  # the catalogue's own vectors
+    second = scoring.encoder_embedder("offline", resolution=64, cache_dir=cache)
+    _, image2, text2, _ = second(listings, None)
+    assert second.counts == {"text_encoded": 0, "text_from_cache": 6, "image_encoded": 0, "image_from_cache": 6}
+    np.testing.assert_array_equal(text2, text)
+    # Without a cache everything is computed, and agrees with the cached vectors.
+    fresh = scoring.encoder_embedder("offline", resolution=64)
+    _, image3, text3, _ = fresh(listings, None)
+    assert fresh.counts["image_encoded"] == 6 and fresh.counts["text_encoded"] == 6
+    np.testing.assert_allclose(image3, cat_image, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(text3, text, rtol=1e-5, atol=1e-5)
+
+
 def _with_price_model_record(src: ModelStore, dest: Path, record: dict) -> ModelStore:
     """A copy of ``src`` whose published price model records ``record`` as its encoder."""
     shutil.copytree(src.root, dest)

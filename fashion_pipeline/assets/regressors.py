@@ -32,6 +32,7 @@ from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.paths import resolve
 from fashion_pipeline.profiles import get_profile
+from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
 
 GROUP = "pricing"
@@ -124,9 +125,10 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
                       "CLI's code path, beside the published model and the TF-IDF recipe on the same listings.",
           **gpu_declarations("regressor_metrics"))
 def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig, clean_products: pd.DataFrame,
-                      product_attributes: pd.DataFrame, model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
+                      product_attributes: pd.DataFrame, model_store: ModelStoreResource,
+                      encoder: EncoderResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
-    emb, encoder, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
+    emb, encoder_rec, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
     context.log.info(f"embeddings: {emb_note}")
     threads = resolve_threads(config.threads)
     params = {
@@ -145,7 +147,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                      "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
                      "forms": {f: m.chosen for f, m in model.forms.items()},
-                     "encoder": encoder,
+                     "encoder": encoder_rec,
                      "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
     version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
                                                    "counts": res.counts, "intervals": model.describe()}, features_spec)
@@ -156,7 +158,9 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         test = test.sample(config.listing_eval_max_rows, random_state=0).reset_index(drop=True)
     train = clean_products[clean_products["split"] == "train"]
     try:
-        embedder = scoring.encoder_embedder(record=encoder) if emb is not None else None
+        # The embedding stage's cache: the test products' photos were embedded with the catalogue, and a
+        # re-run finds the listing texts of the previous one.
+        embedder = scoring.encoder_embedder(record=encoder_rec, cache_dir=encoder.cache_path()) if emb is not None else None
     except ImportError as e:
         embedder = None
         context.log.warning(f"listing evaluation without embeddings: {e}")
@@ -205,6 +209,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "validation_selection": _md_table(res.selection),
         "forms": dg.MetadataValue.json(features_spec["forms"]),
         "mode": f"{config.mode}: {mode_note}",
+        "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
         "intervals": dg.MetadataValue.json(model.describe()),
         "candidate_version": version,
         **{f"test_rmsle/{f}": dg.MetadataValue.float(float(overall.loc[(f, "all"), "rmsle"]))

@@ -103,9 +103,7 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
             context.log.warning(f"attribute extraction for listings with {notes['attributes']}")
     index = None
     if config.comparables and embedder is not None:
-        from fashion_pipeline.core.comparables import load_for_price_model
-
-        index, _, notes["comparables"] = load_for_price_model(store, info.get("version"))  # once per run
+        index, notes["comparables"] = scoring.comparables_index_for(store, info.get("version"), embedder)  # once per run
         if index is None:
             context.log.warning(f"no comparables: {notes['comparables']}")
     scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,

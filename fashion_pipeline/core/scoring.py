@@ -408,7 +408,7 @@ def models_encoder(info: dict, classifiers: dict | None = None) -> dict | None:
 
 
 def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: dict | None = None,
-                     **options) -> Embedder:
+                     cache_dir: str | os.PathLike | None = None, **options) -> Embedder:
     """Embeddings for listings with the encoder stage's own backend, text building and image
     decoding, so a listing's vectors are computed exactly like a catalogue product's.
 
@@ -416,18 +416,21 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     and options; ``options`` given here override, e.g. ``device``) and raise EncoderMismatchError
     when the loaded encoder is another one; ``backend`` defaults to the record's, else "offline".
     The default batch of 32 was the fastest for both offline encoders on 2 CPU cores
-    (benchmarks/results/listings.md).
+    (benchmarks/results/listings.md). ``cache_dir``: the embedding stage's content-addressed cache
+    (``core.encoders.cache``): a text or image file whose bytes that encoder embedded before is
+    read from it, and new vectors are added — the listing evaluation's photos are the catalogue's.
 
     Returns a function: listings -> (ids, image [n, d] (NaN rows where no image could be used),
     text [n, d], and per row the image error (None when the image was embedded)). Its ``encoder``
-    attribute is the record of the encoder it runs (``core.encoders.record.encoder_record``).
+    attribute is the record of the encoder it runs (``core.encoders.record.encoder_record``); ``counts``
+    says how many texts / images it encoded and how many came from the cache.
     """
     import torch
 
     from .encoders import build_backend
     from .encoders.images import decode_image, read_image_bytes
     from .encoders.record import EncoderMismatchError, check_encoder, encoder_record
-    from .encoders.text import build_texts
+    from .encoders.text import build_texts, text_sha256
 
     if record is not None:
         if backend is not None and backend != record["backend"]:
@@ -443,37 +446,59 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     text_memo: dict[str, np.ndarray] = {}
     image_memo: dict[str, tuple[np.ndarray | None, str | None]] = {}
 
+    caches = None
+    if cache_dir is not None:  # the embedding stage's content-addressed caches for this encoder
+        from .encoders.cache import EmbeddingCache
+
+        caches = {"text": EmbeddingCache(cache_dir, "text", be.text.identity, be.text.dim),
+                  "image": EmbeddingCache(cache_dir, "image", be.image.identity, be.image.dim)}
+    embed_counts = {"text_encoded": 0, "text_from_cache": 0, "image_encoded": 0, "image_from_cache": 0}
+
     def embed(products: pd.DataFrame, attributes: pd.DataFrame | None):
         n = len(products)
         texts = build_texts(products, attributes)
         text = np.full((n, be.text.dim), np.nan, dtype=np.float32)
         todo = sorted({t for t in texts if t and t not in text_memo})
+        if caches is not None and todo:
+            keyed = {text_sha256(t): t for t in todo}
+            hits = caches["text"].get_many(keyed)
+            text_memo.update({keyed[k]: v for k, v in hits.items()})
+            embed_counts["text_from_cache"] += len(hits)
+            todo = [t for t in todo if t not in text_memo]
         for s in range(0, len(todo), batch_size):
             chunk = todo[s : s + batch_size]
-            text_memo.update(zip(chunk, be.encode_text_batch(chunk)))
+            vecs = be.encode_text_batch(chunk)
+            text_memo.update(zip(chunk, vecs))
+            if caches is not None:
+                caches["text"].put_many([text_sha256(t) for t in chunk], vecs)
+        embed_counts["text_encoded"] += len(todo)
         for i, t in enumerate(texts):
             if t:
                 text[i] = text_memo[t]
         image = np.full((n, be.image.dim), np.nan, dtype=np.float32)
         paths = list(products["image_path"]) if "image_path" in products else [None] * n
+        raws = {str(p): read_image_bytes(p) for p in dict.fromkeys(paths) if str(p) not in image_memo}
+        hits = caches["image"].get_many({r.sha256 for r in raws.values() if r.sha256}) if caches and raws else {}
+        embed_counts["image_from_cache"] += len(hits)
         pixels, keys = [], []
-        for path in dict.fromkeys(paths):
-            key = str(path)
-            if key in image_memo:
-                continue
-            raw = read_image_bytes(path)
+        for key, raw in raws.items():
             if raw.error:
                 image_memo[key] = (None, raw.error)
-                continue
-            im, _, err = decode_image(raw.data)
-            image_memo[key] = (None, err)
-            if im is not None:
-                pixels.append(transform(im))
-                keys.append(key)
+            elif raw.sha256 in hits:  # these very bytes were embedded before by this encoder
+                image_memo[key] = (hits[raw.sha256], None)
+            else:
+                im, _, err = decode_image(raw.data)
+                image_memo[key] = (None, err)
+                if im is not None:
+                    pixels.append(transform(im))
+                    keys.append(key)
         for s in range(0, len(keys), batch_size):
             vecs = be.encode_image_batch(torch.stack(pixels[s : s + batch_size]))
             for key, v in zip(keys[s : s + batch_size], vecs):
                 image_memo[key] = (v, image_memo[key][1])
+            if caches is not None:
+                caches["image"].put_many([raws[k].sha256 for k in keys[s : s + batch_size]], vecs)
+        embed_counts["image_encoded"] += len(keys)
         errors: list[str | None] = []
         for i, path in enumerate(paths):
             vec, err = image_memo[str(path)]
@@ -483,7 +508,23 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
         return products["product_id"].tolist(), image, text, errors
 
     embed.encoder = encoder_record(be.describe())  # what a model trained on these vectors records
+    embed.counts = embed_counts  # encoded vs served from the cache, so far
     return embed
+
+
+def comparables_index_for(store, price_model_version: str | None, embedder) -> tuple[Any, str]:
+    """The comparables index built for the published price model, loaded once per run, and a note;
+    None (with the reason in the note) when there is none, or when it was built from another
+    encoder's embeddings than ``embedder`` gives (its neighbours would be meaningless)."""
+    from . import comparables
+    from .encoders.record import differences
+
+    index, index_info, note = comparables.load_for_price_model(store, price_model_version)
+    built_on, listings_on = recorded_encoder(index_info or {}), getattr(embedder, "encoder", None)
+    diff = differences(built_on, listings_on) if index is not None and built_on and listings_on else []
+    if diff:
+        return None, f"not used: built from other embeddings ({'; '.join(diff)})"
+    return index, note
 
 
 def listing_extractor(store, brands=(), max_chars: int = 2000

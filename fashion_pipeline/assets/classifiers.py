@@ -54,8 +54,8 @@ class ClassifierConfig(dg.Config):
     mode: Literal["retrain", "select"] = Field(default="retrain", description=(
         "retrain (the weekly schedule, the sensor): each task and regime retrains only the model its published "
         "classifier is (plus the linear baseline the gate compares with), on fresh data, and the "
-        "classifier_leaderboard table keeps the last selection's; a pair with nothing published is selected as in "
-        "'select'. select (model_selection_job, on demand): every configured model is trained on every regime, "
+        "classifier_leaderboard table keeps the last selection's; a pair with nothing published (e.g. its candidate "
+        "was refused by the gate) is selected as in 'select'. select (model_selection_job, on demand): every configured model is trained on every regime, "
         "the serving one chosen on validation, and classifier_leaderboard rewritten."))
     regimes: list[str] = Field(default=list(REGIMES), description=(
         "Input regimes: full (image + title + description + brand), sparse (image + title), image (image only)."))
@@ -113,7 +113,8 @@ def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
         "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, is_required=False, description=(
             "The model-selection experiment: test-split accuracy, macro-F1, weighted-F1 per task x model x input "
             "regime x source, with training time, and the serving model chosen on validation. Written when a run "
-            "selects (mode 'select', or a task/regime with nothing published); a retrain leaves it as it was.")),
+            "selects (mode 'select', or a store with no published classifier); a retrain — even one that selects "
+            "anew for a task/regime whose candidate the gate refused — leaves it as it was.")),
         "attribute_classifiers": dg.AssetOut(kinds={"duckdb"}, description=(
             "The candidate serving classifier per task and regime, saved (not yet published) in the model store: "
             "name, version, model, test metrics, and the published model and linear baseline on the same test split "
@@ -187,8 +188,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     decision = classifier_gate(stored_df)
     best = best_per_task(lb)
     counts = result.label_counts
-    selected_any = len(chosen) < len(TASKS) * len(cfg.regimes)
-    if selected_any:  # a pure retrain leaves the last selection's leaderboard in place
+    if not chosen:  # a selection (or a first run); a retrain leaves the last selection's leaderboard in place
         yield dg.Output(lb, output_name="classifier_leaderboard", metadata={
             "best_per_task_and_regime": _table_md(best[["task", "regime", "model", "accuracy", "macro_f1", "weighted_f1",
                                                        "n", "train_seconds"]]),

@@ -233,13 +233,29 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def portable_command(argv: list[str]) -> str:
+    """The command line as a reader can reuse it: this machine's data and output folders are
+    replaced by placeholders (a report must not name paths outside the repository)."""
+    shown, hide = ["python", "benchmarks/pipeline.py"], {"--data": '"$FASHION_DATA_ROOT"', "--out": "<out dir>"}
+    args = list(argv[1:])
+    for i, a in enumerate(args):
+        flag = a.split("=", 1)[0]
+        if flag in hide and "=" in a:
+            shown.append(f"{flag}={hide[flag]}")
+        elif i > 0 and args[i - 1] in hide:
+            shown.append(hide[args[i - 1]])
+        else:
+            shown.append(a)
+    return " ".join(shown)
+
+
 def write_report(results: list[dict], info: dict, out: Path) -> Path:
     plot(results, out / "stages.png")
     lines = ["# Pipeline benchmark", "",
              f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; Python {info['python']}; "
              f"load average at start {tuple(round(x, 1) for x in info['load_avg_at_start'])} (shared machine).",
              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), "",
-             "Command: `" + " ".join([Path(sys.executable).name, *sys.argv]) + "`", "",
+             "Command: `" + portable_command(sys.argv) + "`", "",
              "The first run on a fresh var dir has nothing published, so the model assets *select* (every family "
              "trained, chosen on validation); the re-runs use the default `mode: retrain` (the weekly schedule's): "
              "only the published choice per classifier task/regime and price form is retrained.", "",

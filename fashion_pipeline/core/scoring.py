@@ -416,9 +416,10 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     and options; ``options`` given here override, e.g. ``device``) and raise EncoderMismatchError
     when the loaded encoder is another one; ``backend`` defaults to the record's, else "offline".
     The default batch of 32 was the fastest for both offline encoders on 2 CPU cores (1,000 catalogue
-    listings, bf16: images ~31 s vs ~46 s per 10k at 64 and ~40 s at 16; texts ~45 s vs ~52 s at 64). ``cache_dir``: the embedding stage's content-addressed cache
-    (``core.encoders.cache``): a text or image file whose bytes that encoder embedded before is
-    read from it, and new vectors are added — the listing evaluation's photos are the catalogue's.
+    listings, bf16: images ~31 s vs ~46 s per 10k at 64 and ~40 s at 16; texts ~45 s vs ~52 s at 64).
+    ``cache_dir``: the embedding stage's content-addressed cache (``core.encoders.cache``): a text or
+    image file whose bytes that encoder embedded before is read from it, and new vectors are added —
+    the listing evaluation's photos are the catalogue's.
 
     Returns a function: listings -> (ids, image [n, d] (NaN rows where no image could be used),
     text [n, d], and per row the image error (None when the image was embedded)). Its ``encoder``
@@ -459,10 +460,10 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
         texts = build_texts(products, attributes)
         text = np.full((n, be.text.dim), np.nan, dtype=np.float32)
         todo = sorted({t for t in texts if t and t not in text_memo})
-        if caches is not None and todo:
-            keyed = {text_sha256(t): t for t in todo}
-            hits = caches["text"].get_many(keyed)
-            text_memo.update({keyed[k]: v for k, v in hits.items()})
+        key_of = {t: text_sha256(t) for t in todo} if caches is not None else {}
+        if key_of:
+            hits = caches["text"].get_many(key_of.values())
+            text_memo.update({t: hits[k] for t, k in key_of.items() if k in hits})
             embed_counts["text_from_cache"] += len(hits)
             todo = [t for t in todo if t not in text_memo]
         for s in range(0, len(todo), batch_size):
@@ -470,7 +471,7 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
             vecs = be.encode_text_batch(chunk)
             text_memo.update(zip(chunk, vecs))
             if caches is not None:
-                caches["text"].put_many([text_sha256(t) for t in chunk], vecs)
+                caches["text"].put_many([key_of[t] for t in chunk], vecs)
         embed_counts["text_encoded"] += len(todo)
         for i, t in enumerate(texts):
             if t:

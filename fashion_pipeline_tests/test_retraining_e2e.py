@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 import duckdb
+import pandas as pd
 import pytest
 
 from fashion_pipeline.core import scoring
@@ -96,6 +97,16 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
                 2026, 11, 30, 3, 0, tzinfo=timezone.utc)) as ctx:
             request = sched.evaluate_tick(ctx).run_requests[0]
         result = _execute(d, sched.job_name, instance, cfg, tags=request.tags)
+        emb_file = var / "embeddings" / "product_embeddings.parquet"
+        emb_stat = (emb_file.stat().st_size, emb_file.stat().st_mtime_ns)
+        classifiers_table = _table(var, "select * from attribute_classifiers")
+        versions_after_retrain = {n: store.versions(n) for n in names}
+        published_after_retrain = {n: (store.published(n) or {}).get("version") for n in names}
+
+        # 3. The schedule fires again with nothing changed but the clustering seed: only the clustering
+        # recomputes; every other stage reuses what the retrain computed.
+        cfg3 = {"ops": {**cfg["ops"], "product_clusters": {"config": {"methods": ["kmeans"], "seed": 1}}}}
+        again = _execute(d, sched.job_name, instance, cfg3, tags=request.tags)
 
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
     assert {"product_attributes", "product_embeddings", "attribute_classifiers",
@@ -139,6 +150,25 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
         rec = store.info(n, after[n])["features_spec"]["encoder"]
         assert (rec["backend"], rec["image_identity"], rec["text_identity"]) == (
             "offline", meta["image_identity"], meta["text_identity"]), n
+    # 3. Nothing retrained: no new version of any model, the same ones published, the same candidates and
+    # embeddings file; each stage says which run computed what it re-emitted; the clustering recomputed.
+    assert {n: store.versions(n) for n in names} == versions_after_retrain
+    assert {n: (store.published(n) or {}).get("version") for n in names} == published_after_retrain
+    assert (emb_file.stat().st_size, emb_file.stat().st_mtime_ns) == emb_stat
+    pd.testing.assert_frame_equal(_table(var, "select * from attribute_classifiers"), classifiers_table)
+    meta3 = {e.asset_key.path[-1]: e.materialization.metadata for e in again.get_asset_materialization_events()}
+    for asset in ("attribute_extractor", "product_attributes", "product_embeddings", "attribute_classifiers",
+                  "price_comparables"):
+        assert meta3[asset]["reused_from_run"].value == result.run_id, asset
+    assert "reused_from_run" not in meta3["product_clusters"] and "reused_from_run" not in meta3["clustering_metrics"]
+    meta2 = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert meta3["product_clusters"]["input_fingerprint"].value != meta2["product_clusters"]["input_fingerprint"].value
+    # The price model's training is reused; its listing evaluation reads the classifiers the retrain
+    # published after it ran, so it is scored again (the candidate now being the published model).
+    assert meta3["regressor_metrics"]["candidate_trained_in_run"].value == result.run_id
+    assert meta3["regressor_metrics"]["candidate_version"].value == after[scoring.PRICE_MODEL_NAME]
+    assert meta3["regressor_metrics"]["published_model"].value.endswith("is the candidate itself (its training inputs are unchanged)")
+
     scored = _table(var, "select * from scored_listings")
     shop_rows = scored[scored["listing_id"].astype(str).str.startswith("shop/") |
                        scored["listing_id"].astype(str).isin(new_ids)]

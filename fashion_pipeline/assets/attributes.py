@@ -8,6 +8,8 @@ import pandas as pd
 from pydantic import Field
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline import reuse
+from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.extraction import brands as brandmod
 from fashion_pipeline.core.extraction import learned, quality
 from fashion_pipeline.core.extraction.pipeline import ProductText, fill_rates, results_to_records
@@ -17,9 +19,12 @@ from fashion_pipeline.core.extraction.text import prepare
 from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
+from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "attributes"
 EXTRACTOR_MODEL = learned.STORE_NAME
+# What the extractor's training reads from clean_products (its input fingerprint).
+TRAINING_COLUMNS = ["product_id", "title", "description", "article_attributes", "source_category", "split", "brand"]
 
 
 class AttributeExtractorConfig(dg.Config):
@@ -36,7 +41,22 @@ class AttributeExtractorConfig(dg.Config):
                       "the 'unknown' threshold chosen on validation), plus the brand matcher. Published to the model "
                       "store; the table is its test-split report next to the TF-IDF + LinearSVC recipe.")
 def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtractorConfig,
-                        clean_products: pd.DataFrame, model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
+                        clean_products: pd.DataFrame, model_store: ModelStoreResource,
+                        warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
+    store = model_store.store()
+    fingerprint = combine({"products": frame_digest(clean_products[TRAINING_COLUMNS]),
+                           "config": config.model_dump(), "code": code_digest()})
+
+    def published_again(event) -> bool:  # the version it trained is still in the store: serve it
+        version = str(event.asset_materialization.metadata["store_version"].value)
+        if version not in store.versions(EXTRACTOR_MODEL):
+            return False
+        store.publish(EXTRACTOR_MODEL, version)
+        return True
+
+    if (previous := reuse.reused_table(context, "attribute_extractor", fingerprint, warehouse.read_table,
+                                       still_there=published_again)) is not None:
+        return previous
     t0 = time.perf_counter()
     texts = [prepare(t, d, config.max_description_chars)
              for t, d in zip(clean_products["title"], clean_products["description"].fillna(""))]
@@ -58,7 +78,6 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     report = pd.DataFrame(learned.evaluate(model, test_texts, test_truths, recipe))
     report.insert(0, "split", "test")
     brand = brandmod.score_titles(model.brands.find, model.brands.brands, clean_products["title"][test], clean_products["brand"][test])
-    store = model_store.store()
     metrics = {"test": report.to_dict("records"), "brand_test": brand, "train_seconds": round(train_s, 1)}
     version = store.save(EXTRACTOR_MODEL, model, metrics,
                          {"input": "title + description (HTML stripped)", **model.describe()})
@@ -78,6 +97,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         "gold_values_outside_vocabulary": dg.MetadataValue.json(unknown_gold),
         "thresholds": dg.MetadataValue.json({a: h["threshold"] for a, h in model.describe()["heads"].items()}),
         "brands": dg.MetadataValue.json(model.brands.describe()),
+        reuse.FINGERPRINT_KEY: fingerprint,
     })
 
 
@@ -116,7 +136,15 @@ def quality_report(clean_products: pd.DataFrame, results: list, backend: str,
           **gpu_declarations("product_attributes"))
 def product_attributes(context: dg.AssetExecutionContext, clean_products: pd.DataFrame,
                        attribute_extractor: pd.DataFrame, extractor: ExtractorResource,
-                       model_store: ModelStoreResource) -> dg.Output[pd.DataFrame]:
+                       model_store: ModelStoreResource, warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
+    published = model_store.store().published(EXTRACTOR_MODEL) if extractor.backend == "learned" else None
+    fingerprint = combine({
+        "products": frame_digest(clean_products[["product_id", "title", "description", "brand",
+                                                 "article_attributes", "split"]]),
+        "extractor": reuse.resource_config(extractor), "learned_version": (published or {}).get("version"),
+        "code": code_digest()})
+    if (previous := reuse.reused_table(context, "product_attributes", fingerprint, warehouse.read_table)) is not None:
+        return previous
     brands = clean_products["brand"].dropna().unique().tolist()
     model = None
     if extractor.backend == "learned":
@@ -160,5 +188,6 @@ def product_attributes(context: dg.AssetExecutionContext, clean_products: pd.Dat
         "material_accuracy": dg.MetadataValue.float(float(scores[runner.backend]["material"].accuracy)
                                                     if scores[runner.backend]["material"].n_truth else 0.0),
         "preview": md.preview(df),
+        reuse.FINGERPRINT_KEY: fingerprint,
     }
     return dg.Output(df, metadata=meta)

@@ -30,11 +30,13 @@ from pydantic import Field
 from threadpoolctl import threadpool_limits
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline import reuse
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.assets.clustering import load_embeddings
 from fashion_pipeline.core.encoders.io import read_embedding_metadata
 from fashion_pipeline.core.encoders.record import encoder_record
 from fashion_pipeline.core.features import REGIMES, with_embeddings
+from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
 from fashion_pipeline.core.models.classifiers import CLASSICAL
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
@@ -42,6 +44,7 @@ from fashion_pipeline.core.models.publishing import baseline_row, classifier_gat
 from fashion_pipeline.core.plots import confusion_matrix_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.resources.model_store import ModelStoreResource
+from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "models"
 
@@ -102,6 +105,20 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
     return chosen, note
 
 
+def _reused(context, fingerprint: str, warehouse: WarehouseResource, store, with_leaderboard: bool):
+    """The previous run's outputs when it had the same inputs and its candidates are still in the store."""
+    keys = (["classifier_leaderboard"] if with_leaderboard else []) + ["attribute_classifiers"]
+    outputs = [reuse.reused_table(context, k, fingerprint, warehouse.read_table, output_name=k) for k in keys]
+    if any(o is None for o in outputs):
+        return None
+    candidates = outputs[-1].value
+    missing = [f"{n} {v}" for n, v in zip(candidates["name"], candidates["version"]) if str(v) not in store.versions(n)]
+    if missing:
+        context.log.warning(f"inputs unchanged but candidates are gone from the model store ({missing}); retraining")
+        return None
+    return outputs
+
+
 def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.round(4).to_markdown(index=False) if len(df) else "_empty_")
 
@@ -122,7 +139,7 @@ def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
     },
 )
 def classifier_leaderboard(context: dg.AssetExecutionContext, config: ClassifierConfig, clean_products: pd.DataFrame,
-                           model_store: ModelStoreResource):
+                           model_store: ModelStoreResource, warehouse: WarehouseResource):
     unknown = (set(config.classical_models) - set(CLASSICAL)) | (set(config.neural_models) - set(ARCHITECTURES)) | (
         set(config.regimes) - set(REGIMES))
     if unknown:
@@ -132,6 +149,12 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
     image, text, no_row, path = load_embeddings(context, clean_products, config.embeddings_path)
+    fingerprint = combine({"products": frame_digest(clean_products), "embeddings": array_digest(image, text),
+                           "config": config.model_dump(exclude={"threads", "embeddings_path"}),
+                           "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()), "code": code_digest()})
+    if (previous := _reused(context, fingerprint, warehouse, store, with_leaderboard=not chosen)) is not None:
+        yield from previous
+        return
     encoder = encoder_record(read_embedding_metadata(path))  # scoring builds and checks this encoder
     ids = clean_products["product_id"].tolist()
     frame = with_embeddings(clean_products, ids, image, text)
@@ -201,12 +224,14 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
             "featurizer_seconds": dg.MetadataValue.json(result.timings["featurizer_seconds"]),
             "total_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
             **plots,
+            reuse.FINGERPRINT_KEY: fingerprint,
         })
     yield dg.Output(stored_df, output_name="attribute_classifiers", metadata={
         "models": _table_md(stored_df), "model_store": dg.MetadataValue.path(str(store.root)),
         "gate_preview": dg.MetadataValue.md(decision.markdown()),
         "mode": f"{config.mode}: {mode_note}",
         "train_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
+        reuse.FINGERPRINT_KEY: fingerprint,
     })
 
 

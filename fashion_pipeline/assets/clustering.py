@@ -13,11 +13,14 @@ from pydantic import Field
 from threadpoolctl import threadpool_limits
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline import reuse
+from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
 from fashion_pipeline.core.clustering import METHODS, ClusteringConfig, cluster_products
 from fashion_pipeline.core.features import read_embeddings_file
 from fashion_pipeline.core.plots import scatter_2d_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.paths import default_var_path, resolve
+from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "models"
 EMBEDDINGS_ASSET = dg.AssetKey("product_embeddings")
@@ -87,8 +90,18 @@ class ClusteringAssetConfig(dg.Config):
             "Per method: NMI, ARI, purity against the known categories, sampled silhouette, seconds.")),
     },
 )
-def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetConfig, clean_products: pd.DataFrame):
+def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetConfig, clean_products: pd.DataFrame,
+                     warehouse: WarehouseResource):
     image, text, no_row, path = load_embeddings(context, clean_products, config.embeddings_path)
+    fingerprint = combine({
+        "products": frame_digest(clean_products[["product_id", "source", "category"]]),
+        "embeddings": array_digest(image, text),
+        "config": config.model_dump(exclude={"threads", "embeddings_path"}), "code": code_digest()})
+    reused = [reuse.reused_table(context, key, fingerprint, warehouse.read_table, output_name=key)
+              for key in ("product_clusters", "clustering_metrics")]
+    if all(r is not None for r in reused):
+        yield from reused
+        return
     cfg = ClusteringConfig(
         n_clusters=config.n_clusters, inputs=config.inputs, pca_components=config.pca_components,
         methods=tuple(config.methods), seed=config.seed, silhouette_sample=config.silhouette_sample,
@@ -118,10 +131,11 @@ def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetC
     }
     yield dg.Output(wide, output_name="product_clusters", metadata={
         "metrics": metrics_md, **plots, **dropped, "embeddings_path": dg.MetadataValue.path(str(path)),
-        "preview": md.preview(wide),
+        "preview": md.preview(wide), reuse.FINGERPRINT_KEY: fingerprint,
     })
     yield dg.Output(metrics, output_name="clustering_metrics", metadata={
         "metrics": metrics_md,
         **{f"{r.method}/nmi": dg.MetadataValue.float(float(r.nmi)) for r in metrics.itertuples()},
         **{f"{r.method}/purity": dg.MetadataValue.float(float(r.purity)) for r in metrics.itertuples()},
+        reuse.FINGERPRINT_KEY: fingerprint,
     })

@@ -14,10 +14,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from fashion_pipeline import reuse
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.assets.clustering import embeddings_path
 from fashion_pipeline.assets.regressors import GROUP, load_embeddings, published_price_regressor
 from fashion_pipeline.core import comparables
+from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.resources.model_store import ModelStoreResource
 
@@ -51,6 +53,15 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
         return dg.MaterializeResult(metadata={"index_size": dg.MetadataValue.int(0), "embeddings": emb_note,
                                               "price_model_version": str(published["version"]),
                                               "skipped": "no product embeddings: nothing to index"})
+    fingerprint = combine({"products": frame_digest(clean_products), "embeddings": array_digest(*emb),
+                           "config": config.model_dump(exclude={"embeddings_path"}),
+                           "price_model_version": str(published["version"]), "code": code_digest()})
+    event = reuse.matching(context, "price_comparables", fingerprint)
+    if event is not None and str(event.asset_materialization.metadata["version"].value) in store.versions(
+            comparables.COMPARABLES_NAME):
+        context.log.info(f"inputs unchanged since run {reuse.origin_run(event)}: its index serves "
+                         f"{PRICE_MODEL_NAME} {published['version']}")
+        return dg.MaterializeResult(metadata=reuse.carried_metadata(event, fingerprint))
     t0 = time.perf_counter()
     items, image, text = comparables.catalogue_items(clean_products, emb, tuple(config.splits))
     index = comparables.ComparablesIndex.build(items, image, text)
@@ -75,4 +86,5 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
         "catalogue_rows_by_source": dg.MetadataValue.json({str(k): int(v) for k, v in by_source.items()}),
         "splits": dg.MetadataValue.json(list(config.splits)),
         "embeddings": emb_note,
+        reuse.FINGERPRINT_KEY: fingerprint,
     })

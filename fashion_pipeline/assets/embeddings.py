@@ -12,6 +12,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from fashion_pipeline import reuse
+from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.gpu import gpu_declarations
 
 from fashion_pipeline.core import warehouse as wh
@@ -44,6 +46,24 @@ def _attributes(context, warehouse: WarehouseResource, use: bool) -> pd.DataFram
         return None
 
 
+def _file_stat(path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _reused(context, fingerprint: str, path) -> dg.MaterializeResult | None:
+    """The previous materialization, when it had these inputs and its Parquet file is untouched."""
+    event = reuse.matching(context, "product_embeddings", fingerprint)
+    if event is None:
+        return None
+    recorded = event.asset_materialization.metadata.get("file_stat")
+    if not path.is_file() or recorded is None or recorded.value != _file_stat(path):
+        context.log.warning(f"product_embeddings: inputs unchanged but {path} is gone or was rewritten; re-embedding")
+        return None
+    context.log.info(f"product_embeddings: inputs unchanged since run {reuse.origin_run(event)}; reusing {path}")
+    return dg.MaterializeResult(metadata=reuse.carried_metadata(event, fingerprint))
+
+
 def _counts_md(counter: dict) -> dg.MetadataValue:
     if not counter:
         return dg.MetadataValue.md("_none_")
@@ -67,9 +87,14 @@ def product_embeddings(
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     attributes = _attributes(context, warehouse, config.use_attributes)
+    path = encoder.output_path()
+    fingerprint = combine({"products": frame_digest(clean_products), "attributes": frame_digest(attributes),
+                           "encoder": reuse.resource_config(encoder), "config": config.model_dump(),
+                           "code": code_digest()})
+    if (previous := _reused(context, fingerprint, path)) is not None:
+        return previous
     backend = encoder.build_backend()
     context.log.info(f"encoders: {backend.describe()}")
-    path = encoder.output_path()
     report = embed_products(
         clean_products,
         backend,
@@ -122,6 +147,8 @@ def product_embeddings(
         "texts_per_s": dg.MetadataValue.float(round(txt.per_second, 1)),
         "attributes_rows_matched": dg.MetadataValue.int(matched),
         "wall_seconds": dg.MetadataValue.float(round(report.wall_seconds, 1)),
+        "file_stat": _file_stat(path),
+        reuse.FINGERPRINT_KEY: fingerprint,
     }
     if len(report.sample_ids) >= 3:
         metadata["image_projection"] = dg.MetadataValue.md(

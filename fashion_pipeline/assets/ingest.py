@@ -1,22 +1,39 @@
-"""Raw ingestion: each dataset read exactly as its download is laid out."""
+"""Raw ingestion: each dataset read exactly as its download is laid out.
+
+A re-run over raw folders whose files are unchanged (same names, sizes and modification times,
+core.raw_files; symlinked sub-folders followed) reuses the stored tables (fashion_pipeline.reuse)."""
 
 
 import dagster as dg
 import pandas as pd
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline import reuse
+from fashion_pipeline.core.fingerprint import code_digest, combine
+from fashion_pipeline.core.raw_files import fingerprint_folders
 from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
 from fashion_pipeline.core.reports import DropReport
 from fashion_pipeline.resources.data import RawDataResource
+from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "ingest"
 
 
+def _raw_fingerprint(root, raw_data: RawDataResource) -> str:
+    files = fingerprint_folders([root], follow_links=True)  # a linked-in images folder counts
+    return combine({"files": files.digest, "root": str(root), "check_images": raw_data.check_images,
+                    "code": code_digest()})
+
+
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
           description="Kaggle Fashion Product Images: styles.csv rows enriched from styles/<id>.json when present.")
-def kaggle_products_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource) -> dg.Output[pd.DataFrame]:
+def kaggle_products_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource,
+                        warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
     report = DropReport()
     root = raw_data.kaggle_root()
+    fingerprint = _raw_fingerprint(root, raw_data)
+    if (previous := reuse.reused_table(context, "kaggle_products_raw", fingerprint, warehouse.read_table)) is not None:
+        return previous
     context.log.info(f"reading Kaggle products from {root}")
     df = read_kaggle_products(root, report, check_image_files=raw_data.check_images, log=context.log.info)
     context.log.info(f"{len(df)} Kaggle rows; problems: {report.as_dict()}")
@@ -25,20 +42,26 @@ def kaggle_products_raw(context: dg.AssetExecutionContext, raw_data: RawDataReso
         "json_status": md.counts_table(df["json_status"], "json_status"),
         "preview": md.preview(df[["id", "title", "brand", "price_raw", "article_type", "image_path"]]),
         **md.drops(report, "problems"),
+        reuse.FINGERPRINT_KEY: fingerprint,
     })
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
           description="H&M articles.csv with article_id kept as a zero-padded 10-digit string.")
-def hm_articles_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource) -> dg.Output[pd.DataFrame]:
+def hm_articles_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource,
+                    warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
     report = DropReport()
     root = raw_data.hm_root()
+    fingerprint = _raw_fingerprint(root, raw_data)
+    if (previous := reuse.reused_table(context, "hm_articles_raw", fingerprint, warehouse.read_table)) is not None:
+        return previous
     context.log.info(f"reading H&M articles from {root}")
     df = read_hm_articles(root, report, check_image_files=raw_data.check_images)
     return dg.Output(df, metadata={
         "source_path": dg.MetadataValue.path(str(root)),
         "preview": md.preview(df[["article_id", "prod_name", "product_type_name", "index_name", "image_path"]]),
         **md.drops(report, "problems"),
+        reuse.FINGERPRINT_KEY: fingerprint,
     })
 
 

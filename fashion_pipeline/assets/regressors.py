@@ -21,9 +21,12 @@ import pandas as pd
 from pydantic import Field
 
 from fashion_pipeline import metadata as md
+from fashion_pipeline import reuse
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.assets.clustering import embeddings_path
 from fashion_pipeline.core import listing_eval, scoring
+from fashion_pipeline.core.features import REGIMES
+from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
 from fashion_pipeline.core.pricing import plots
 from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import train_price_models
@@ -34,6 +37,7 @@ from fashion_pipeline.paths import resolve
 from fashion_pipeline.profiles import get_profile
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
+from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "pricing"
 
@@ -126,31 +130,54 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
           **gpu_declarations("regressor_metrics"))
 def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig, clean_products: pd.DataFrame,
                       product_attributes: pd.DataFrame, model_store: ModelStoreResource,
-                      encoder: EncoderResource) -> dg.Output[pd.DataFrame]:
+                      encoder: EncoderResource, warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
     emb, encoder_rec, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
     context.log.info(f"embeddings: {emb_note}")
-    threads = resolve_threads(config.threads)
-    params = {
-        "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": threads},
-        "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
-                "mixed_precision": config.mixed_precision},
-    }
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
-    res = train_price_models(clean_products, emb, product_attributes if config.use_attributes else None,
-                             models=tuple(config.models), params=params,
-                             blend=config.blend, coverage=config.interval_coverage,
-                             train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
-                             chosen=chosen, progress=context.log.info)
-    model = res.model
-    features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
-                     "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
-                     "forms": {f: m.chosen for f, m in model.forms.items()},
-                     "encoder": encoder_rec,
-                     "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
-    version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
-                                                   "counts": res.counts, "intervals": model.describe()}, features_spec)
+    attributes = product_attributes if config.use_attributes else None
+    # Two fingerprints: what the candidate's training reads, and that plus what its listing evaluation
+    # reads (the published models it is compared with and served beside).
+    train_fp = combine({
+        "products": frame_digest(clean_products), "attributes": frame_digest(attributes),
+        "embeddings": array_digest(*(emb if emb is not None else (None,))),
+        "config": config.model_dump(exclude={"threads", "embeddings_path", "listing_eval_max_rows"}),
+        "chosen": chosen, "code": code_digest()})
+    trained = _previous_candidate(context, store, train_fp)
+    if trained is not None:
+        version = trained[0]
+        eval_fp = _evaluation_fingerprint(store, train_fp, version, config)
+        if (previous := reuse.reused_table(context, "regressor_metrics", eval_fp, warehouse.read_table)) is not None:
+            return previous
+        context.log.info(f"training inputs unchanged since run {trained[2]}: reusing candidate {version}; "
+                         "the listing evaluation runs again (the published models it reads changed)")
+        model, info = store.load(PRICE_MODEL_NAME, version)
+        features_spec = info["features_spec"]
+        selection = pd.DataFrame(info["metrics"]["validation"])
+        counts, train_seconds = info["metrics"]["counts"], trained[1]
+    else:
+        threads = resolve_threads(config.threads)
+        params = {
+            "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": threads},
+            "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
+                    "mixed_precision": config.mixed_precision},
+        }
+        res = train_price_models(clean_products, emb, attributes,
+                                 models=tuple(config.models), params=params,
+                                 blend=config.blend, coverage=config.interval_coverage,
+                                 train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
+                                 chosen=chosen, progress=context.log.info)
+        model = res.model
+        features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
+                         "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
+                         "forms": {f: m.chosen for f, m in model.forms.items()},
+                         "encoder": encoder_rec,
+                         "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
+        version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
+                                                       "counts": res.counts, "intervals": model.describe()}, features_spec)
+        selection, counts, train_seconds = res.selection, res.counts, res.train_seconds
+        eval_fp = _evaluation_fingerprint(store, train_fp, version, config)
 
     # Test rows, as listings, through score_listings: the candidate and the published model.
     test = clean_products[clean_products["split"] == "test"].reset_index(drop=True)
@@ -181,7 +208,13 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     tables = [cand_table]
     published = store.published(PRICE_MODEL_NAME)
     pub_note = "nothing published"
-    if published is not None:
+    if published is not None and str(published["version"]) == version:
+        # The reused candidate is the published model: the same listings give the same scores.
+        pub_table = cand_table[cand_table["form"].isin(listing_eval.GATE_FORMS)].copy()
+        pub_table["model"] = "published"
+        tables.append(pub_table)
+        pub_note = f"{version} is the candidate itself (its training inputs are unchanged)"
+    elif published is not None:
         try:
             pmodel, pinfo = store.load(PRICE_MODEL_NAME, published["version"])
             if not hasattr(pmodel, "forms"):
@@ -206,7 +239,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     return dg.Output(metrics, metadata={
         "listing_metrics": _md_table(cand_table[LISTING_COLUMNS]),
         "published_listing_metrics": _md_table(metrics[metrics["model"] == "published"][LISTING_COLUMNS]),
-        "validation_selection": _md_table(res.selection),
+        "validation_selection": _md_table(selection),
         "forms": dg.MetadataValue.json(features_spec["forms"]),
         "mode": f"{config.mode}: {mode_note}",
         "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
@@ -219,12 +252,44 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "published_version_before": published["version"] if published else "none",
         "published_model": pub_note,
         "gate_preview": dg.MetadataValue.md(decision.markdown()),
-        "train_seconds": dg.MetadataValue.json(res.train_seconds),
-        "rows": dg.MetadataValue.json({**res.counts, "test_listings_per_form": int(len(test))}),
+        "train_seconds": dg.MetadataValue.json(train_seconds),
+        "rows": dg.MetadataValue.json({**counts, "test_listings_per_form": int(len(test))}),
         "embeddings": emb_note,
         "predicted_vs_actual": md.png(pva, "predicted vs actual"),
         "residuals_by_category": md.png(rbc, "residuals by category"),
+        TRAINED_IN_KEY: trained[2] if trained is not None else context.run.run_id,
+        TRAIN_FINGERPRINT_KEY: train_fp,
+        reuse.FINGERPRINT_KEY: eval_fp,
     })
+
+
+TRAIN_FINGERPRINT_KEY = "train_fingerprint"
+TRAINED_IN_KEY = "candidate_trained_in_run"
+
+
+def _previous_candidate(context, store, train_fp: str) -> tuple[str, object, str] | None:
+    """(candidate version, its training seconds, the run that trained it) when the latest
+    regressor_metrics had the same training inputs and its candidate is still in the store."""
+    event = reuse.matching(context, "regressor_metrics", train_fp, metadata_key=TRAIN_FINGERPRINT_KEY)
+    if event is None:
+        return None
+    meta = event.asset_materialization.metadata
+    version = str(meta["candidate_version"].value)
+    if version not in store.versions(PRICE_MODEL_NAME):
+        context.log.warning(f"training inputs unchanged but candidate {version} is gone from the store; retraining")
+        return None
+    origin = meta.get(TRAINED_IN_KEY)
+    return version, meta["train_seconds"].value, str(origin.value) if origin is not None else event.run_id
+
+
+def _evaluation_fingerprint(store, train_fp: str, version: str, config: RegressorConfig) -> str:
+    """The candidate and what its listing evaluation reads: the published price model, classifiers
+    and attribute extractor (scoring serves the candidate beside them)."""
+    published = {n: (store.published(n) or {}).get("version") for n in (
+        PRICE_MODEL_NAME, scoring.EXTRACTOR_MODEL, *(scoring.classifier_name(t, r) for t in scoring.CLASSIFIER_TASKS
+                                             for r in REGIMES))}
+    return combine({"train": train_fp, "candidate": version, "published": published,
+                    "listing_eval_max_rows": config.listing_eval_max_rows, "code": code_digest()})
 
 
 @dg.asset(group_name=GROUP, kinds={"python"},

@@ -31,14 +31,15 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES)
 
 
-def fingerprint_folders(folders: list[Path]) -> Fingerprint:
-    """Fingerprint every regular file below ``folders`` (a missing folder counts as empty)."""
+def fingerprint_folders(folders: list[Path], follow_links: bool = False) -> Fingerprint:
+    """Fingerprint every regular file below ``folders`` (a missing folder counts as empty);
+    ``follow_links`` descends into symlinked sub-folders too (e.g. an images folder linked in)."""
     entries: list[tuple[str, int, int]] = []
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             continue
-        for dirpath, dirnames, filenames in os.walk(folder):
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_links):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if _ignored(name):

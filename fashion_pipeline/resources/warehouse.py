@@ -69,3 +69,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def write_table(self, name: str, df: pd.DataFrame) -> int:
         return wh.write_table(self.file(), name, df)
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """The table as the IO manager stored it (LookupError when it is not there)."""
+        return wh.read_table(self.file(), name)

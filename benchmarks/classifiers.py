@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fashion_pipeline.core.clustering import ClusteringConfig, cluster_products  # noqa: E402
-from fashion_pipeline.core.features import read_embeddings_file, with_embeddings  # noqa: E402
+from fashion_pipeline.core.encoders.io import read_embeddings  # noqa: E402
+from fashion_pipeline.core.features import with_embeddings  # noqa: E402
 from fashion_pipeline.core.models.classifiers import CLASSICAL  # noqa: E402
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig  # noqa: E402
 from fashion_pipeline.core.models.leaderboard import LeaderboardConfig, best_per_task, run_leaderboard  # noqa: E402
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
         groups = products["group_id"].drop_duplicates().sample(frac=1, random_state=0)
         keep = set(groups.head(max(1, int(len(groups) * args.limit_products / len(products)))))
         products = products[products["group_id"].isin(keep)].reset_index(drop=True)
-    ids, image, text = read_embeddings_file(args.embeddings)
+    ids, image, text = read_embeddings(args.embeddings)
     frame = with_embeddings(products, ids, image, text)
     if args.smoke_resplit:  # smoke runs only: products with an image, re-split 60/20/20 by group hash
         frame = frame[frame["image_embedding"].notna()].copy()

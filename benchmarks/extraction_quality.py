@@ -43,7 +43,7 @@ def load_clean_products(data_root: Path, warehouse: Path | None, var_dir: Path) 
         os.environ["FASHION_VAR_DIR"] = str(var_dir)
         import dagster as dg
 
-        from fashion_pipeline_tests.helpers import INGEST_CHAIN, materialize
+        from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, materialize
 
         t0 = time.time()
         result = materialize(INGEST_CHAIN, data_root, var_dir)

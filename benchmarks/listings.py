@@ -92,18 +92,18 @@ def f1_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def time_scoring(products: pd.DataFrame, model, info, classifiers, n: int, seed: int = 0, store=None) -> dict:
-    """Score ``n`` listings ('full' form) from scratch: a fresh embedder, nothing cached; with
-    ``store``, the comparables index of the published price model is loaded and searched as the
-    CLI does (both inside the timed span)."""
+def time_scoring(products: pd.DataFrame, model, info, n: int, store, seed: int = 0) -> dict:
+    """Score ``n`` listings ('full' form) from scratch as the CLI does: the published classifiers,
+    a fresh embedder (nothing cached), the attribute extractor and the comparables index loaded
+    and searched, all inside the timed span."""
     rows = products.sample(min(n, len(products)), random_state=seed).reset_index(drop=True)
     listings = listing_eval.as_listings(rows, "full")
     t0 = time.perf_counter()
-    embedder = scoring.encoder_embedder(record=scoring.models_encoder(info, classifiers))
-    extractor = scoring.listing_extractor(store, model.known_brands())[0] if store is not None else None
-    index = scoring.comparables_index_for(store, info.get("version"), embedder)[0] if store is not None else None
-    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
-                                            classifiers=classifiers, comparables_index=index)
+    # What `fashion-pipeline score` loads (scoring.load_serving), then scores.
+    serving = scoring.load_serving(store, model, info)
+    scores, counts = scoring.score_listings(listings, model, info, embedder=serving.embedder,
+                                            extractor=serving.extractor, classifiers=serving.classifiers,
+                                            comparables_index=serving.index)
     seconds = time.perf_counter() - t0
     return {"listings": len(listings), "seconds": round(seconds, 1), "per_second": round(len(listings) / seconds, 1),
             "priced": int(scores["price_usd"].notna().sum()), "comparables": counts["comparables"]}
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         extractor=scoring.listing_extractor(store, model.known_brands())[0], classifiers=classifiers, forms=forms,
         progress=logging.info)
     eval_s = time.perf_counter() - t0
-    timing = time_scoring(products, model, info, classifiers, args.timing_listings, store=store)
+    timing = time_scoring(products, model, info, args.timing_listings, store)
     logging.info("timing: %s", timing)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

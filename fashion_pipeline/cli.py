@@ -55,63 +55,28 @@ def _score(args, summary_out=None) -> int:
         print(f"warning: no listings found in {args.input}"
               + (f" ({report.total} problem(s) counted under not_scored/ in the summary)" if report.total else "")
               + "; writing an empty output", file=sys.stderr)
-    embedder = extractor = None
-    extraction_note = "off"
-    classifiers = {} if args.no_classifiers else scoring.load_published_classifiers(store)
-    if not classifiers and not args.no_classifiers:
-        print(f"warning: no published classifiers in {store.root}; category / gender / usage are taken from the "
-              f"listings as given (materialize '{scoring.CLASSIFIER_ASSET}' to predict them)", file=sys.stderr)
-    if not args.no_embeddings and len(listings):
-        try:
-            from fashion_pipeline.core.encoders.record import EncoderMismatchError
+    from fashion_pipeline.core.encoders.record import EncoderMismatchError
 
-            record = scoring.models_encoder(info, classifiers)
-            if record is None:
-                print("warning: the published models record no encoder (trained by an older version); "
-                      f"embedding with {args.encoder_backend or 'offline'!r}, unchecked", file=sys.stderr)
-            embedder = scoring.encoder_embedder(args.encoder_backend, record=record)
-        except ImportError as e:  # encoder stage not installed: price from text + metadata, and say so
-            print(f"warning: no embeddings ({e}); prices use text and metadata only", file=sys.stderr)
-        except EncoderMismatchError as e:
-            print(f"error: {_one_line(e)}", file=sys.stderr)
-            return EXIT_UNUSABLE
-    if not args.no_extraction:
-        extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
-        if not extraction_note.startswith("learned"):
-            print(f"warning: attribute extraction with {extraction_note}", file=sys.stderr)
-    index, index_note = _comparables_index(store, info, args.comparables, embedder)
-    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
-                                            classifiers=classifiers, comparables_index=index,
-                                            comparables_k=args.comparables)
-    if index_note:
-        counts["comparables"]["index"] = index_note
-    counts["attribute_extraction"] = extraction_note
+    try:
+        serving = scoring.load_serving(store, model, info, classify=not args.no_classifiers,
+                                       embed=not args.no_embeddings and len(listings) > 0,
+                                       extract=not args.no_extraction, comparables_k=args.comparables,
+                                       encoder_backend=args.encoder_backend)
+    except EncoderMismatchError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    for warning in serving.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    scores, counts = scoring.score_listings(listings, model, info, embedder=serving.embedder,
+                                            extractor=serving.extractor, classifiers=serving.classifiers,
+                                            comparables_index=serving.index, comparables_k=args.comparables)
+    counts["comparables"]["index"] = serving.notes["comparables"]
+    counts["attribute_extraction"] = serving.notes["attributes"]
     out = scoring.write_scores(scores, args.output)
     counts.update({f"not_scored/{k}": v for k, v in report.as_dict().items()})
     print(json.dumps({"output": str(out), "price_model_version": info.get("version"), **counts}, indent=2),
           file=summary_out or sys.stdout)
     return EXIT_OK
-
-
-def _comparables_index(store, info: dict, k: int, embedder):
-    """The comparables index of the published price model, loaded once per run; None with one
-    warning when none was built for it or it was built from another encoder's embeddings than the
-    listings get. Not loaded when comparables are off or the listings are not embedded (the user's
-    choice, or already warned about): the summary says so."""
-    if k <= 0:
-        return None, "disabled (--comparables 0)"
-    if embedder is None:
-        return None, "not loaded: listings are not embedded"
-    from fashion_pipeline.core import scoring
-
-    try:
-        index, note = scoring.comparables_index_for(store, info.get("version"), embedder)
-    except ImportError as e:  # faiss is a main dependency; a broken install still gets one line
-        print(f"warning: no comparables ({e})", file=sys.stderr)
-        return None, f"unavailable: {e}"
-    if index is None:
-        print(f"warning: no comparables: {note}", file=sys.stderr)
-    return index, note
 
 
 def main(argv: list[str] | None = None) -> int:

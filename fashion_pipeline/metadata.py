@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-
 import dagster as dg
 import pandas as pd
 
+from fashion_pipeline.core.plots import png_markdown
 from fashion_pipeline.core.reports import DropReport
 
 
@@ -32,5 +31,4 @@ def counts_table(series: pd.Series, title: str) -> dg.MetadataValue:
 
 
 def png(image_bytes: bytes, alt: str = "plot") -> dg.MetadataValue:
-    encoded = base64.b64encode(image_bytes).decode()
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
+    return dg.MetadataValue.md(png_markdown(image_bytes, alt))

@@ -12,7 +12,7 @@ import pytest
 from fashion_pipeline.core.features import with_embeddings
 from fashion_pipeline.core.models.fusion import NeuralConfig
 from fashion_pipeline.core.models.leaderboard import LeaderboardConfig, run_leaderboard
-from fashion_pipeline_tests.test_classifiers_fixtures import real_products_with_embeddings
+from fashion_pipeline_tests.fixtures.real_products import real_products_with_embeddings
 
 TASKS = ("category", "gender", "usage")
 

@@ -11,12 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fashion_pipeline.core.features import read_embeddings_file, with_embeddings
+from fashion_pipeline.core.encoders.io import read_embeddings
+from fashion_pipeline.core.features import with_embeddings
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
 from fashion_pipeline.checks import classifier_gate_check
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, defs, materialize, resources_for
-from fashion_pipeline_tests.test_classifiers_fixtures import encode
+from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, assets_by_name, defs, materialize, resources_for
+from fashion_pipeline_tests.fixtures.real_products import encode
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +111,7 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     # scoring's path: load the published model and predict
     clf, info = store.load("category_classifier")
     assert info["version"] == stored.set_index("name").loc["category_classifier", "version"]
-    ids, image, text = read_embeddings_file(emb)
+    ids, image, text = read_embeddings(emb)
     frame = with_embeddings(test, ids, image, text)
     pred = clf.predict(frame)
     acc = float((pred["label"].to_numpy() == test["category"].to_numpy()).mean())

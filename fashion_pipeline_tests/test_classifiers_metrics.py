@@ -1,4 +1,4 @@
-"""Shared metric and plot helpers (also used by the price regressors)."""
+"""Clustering and classification metrics, and the plot helpers every stage uses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fashion_pipeline.core.metrics import classification_metrics, regression_metrics, sampled_silhouette
+from fashion_pipeline.core.metrics import classification_metrics, sampled_silhouette
 from fashion_pipeline.core.plots import confusion_matrix_png, png_markdown, predicted_vs_true_png, scatter_2d_png
 
 
@@ -20,15 +20,6 @@ def test_classification_metrics_by_hand():
     assert math.isnan(classification_metrics([], [])["accuracy"])
     with pytest.raises(ValueError):
         classification_metrics(["a"], ["a", "b"])
-
-
-def test_regression_metrics_by_hand():
-    m = regression_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
-    assert m["rmse"] == pytest.approx(math.sqrt(4 / 3))
-    assert m["mae"] == pytest.approx(2 / 3)
-    assert m["r2"] == pytest.approx(1 - 4 / 2)
-    assert m["rmsle"] == pytest.approx(math.sqrt((math.log(6) - math.log(4)) ** 2 / 3))
-    assert "rmsle" not in regression_metrics([0.1, 0.2], [0.1, 0.3], log_space=True)
 
 
 def test_silhouette_is_seeded_and_bounded():

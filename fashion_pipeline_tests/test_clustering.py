@@ -10,7 +10,7 @@ import torch
 from fashion_pipeline.core.clustering import ClusteringConfig, cluster_products, clustering_inputs, reduce
 from fashion_pipeline.core.metrics import clustering_metrics, purity
 from fashion_pipeline.core.models.dec import DEC, kl_loss, soft_assignment, target_distribution
-from fashion_pipeline_tests.test_classifiers_fixtures import real_products_with_embeddings
+from fashion_pipeline_tests.fixtures.real_products import real_products_with_embeddings
 
 
 @pytest.fixture(scope="module")

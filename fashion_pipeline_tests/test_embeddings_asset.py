@@ -11,7 +11,7 @@ from fashion_pipeline.definitions import defs
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, materialize, resources_for
+from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, assets_by_name, materialize, resources_for
 
 
 def _metadata(result, name):

@@ -15,7 +15,6 @@ from PIL import Image
 from fashion_pipeline.core.encoders import (
     EncoderConfigError,
     build_backend,
-    create_duckdb_view,
     embed_products,
     read_embedding_metadata,
     read_embeddings,
@@ -24,6 +23,7 @@ from fashion_pipeline.core.encoders import images as imgs
 from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
 from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file
 from fashion_pipeline.core.encoders.io import EmbeddingsWriter
+from fashion_pipeline.core.warehouse import create_parquet_view
 from fashion_pipeline.core.encoders.text import build_product_text, build_texts
 from fashion_pipeline_tests.fixtures.encoders import damaged
 
@@ -156,9 +156,10 @@ def test_parquet_round_trip_with_nulls_and_duckdb_view(tmp_path):
     assert np.array_equal(text[1], [1, 0]) and np.isnan(text[2]).all()
     assert read_embedding_metadata(path)["rows"] == "3"
     assert pq.ParquetFile(path).metadata.num_row_groups == 2
-    con = duckdb.connect()
-    create_duckdb_view(con, path)
-    assert con.execute("SELECT count(*), count(image_embedding) FROM product_embeddings").fetchone() == (3, 1)
+    warehouse = tmp_path / "w.duckdb"
+    create_parquet_view(warehouse, "product_embeddings", path)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(image_embedding) FROM product_embeddings").fetchone() == (3, 1)
 
 
 def test_aborted_write_keeps_the_previous_file(tmp_path):

@@ -8,7 +8,7 @@ import duckdb
 
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, materialize, resources_for
+from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, assets_by_name, materialize, resources_for
 
 COLUMNS = ["product_id", "brand", "materials", "care", "fit", "pattern", "occasion", "style", "backend", "model",
            "status"]

@@ -74,7 +74,7 @@ def clean_sample(tmp_path_factory):
     import duckdb
 
     from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-    from fashion_pipeline_tests.helpers import INGEST_CHAIN, materialize
+    from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, materialize
 
     var = tmp_path_factory.mktemp("learned") / "var"
     assert materialize(INGEST_CHAIN, SAMPLE_ROOT, var).success
@@ -122,7 +122,7 @@ def test_listing_extractor_uses_the_published_model_and_names_a_damaged_file(tra
     out = extract(pd.DataFrame({"product_id": ["x"], "title": ["vintage Nike tee"],
                                 "description": ["Composition: 100% cotton"]}))
     assert out.loc[0, "materials"].startswith('["cotton"')
-    artefact = tmp_path / "models" / learned.STORE_NAME / version / "model.joblib"
+    artefact = tmp_path / "models" / learned.STORE_NAME / version / "model.pkl"
     artefact.write_bytes(b"not a model")
     _, note = listing_extractor(store)
     assert note.startswith("rules (attribute_extractor unusable:") and str(artefact) in note

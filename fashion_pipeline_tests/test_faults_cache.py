@@ -30,7 +30,7 @@ def _two_versions(tmp_path):
 
 
 def _artefact(store, version):
-    return store.root / "price" / version / "model.joblib"
+    return store.root / "price" / version / "model.pkl"
 
 
 def test_versions_sort_in_save_order_even_within_one_second(tmp_path):
@@ -133,7 +133,7 @@ def test_parquet_missing_a_required_column_is_a_corrupt_file_error(tmp_path):
 def test_a_damaged_warehouse_file_stops_the_step_naming_it_and_is_never_replaced_silently(tmp_path, damage):
     from fashion_pipeline.core import warehouse as wh
     from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-    from fashion_pipeline_tests.helpers import materialize
+    from fashion_pipeline_tests.fixtures.runs import materialize
 
     var = tmp_path / "var"
     path = var / "warehouse.duckdb"
@@ -147,3 +147,24 @@ def test_a_damaged_warehouse_file_stops_the_step_naming_it_and_is_never_replaced
     message = failure.event_specific_data.error.to_string()
     assert str(path) in message and "IOException" in message
     assert path.read_bytes() == before       # left as found, for inspection; derived data: move it aside and re-run
+
+
+def test_a_version_saved_as_joblib_by_an_earlier_release_still_loads_and_new_ones_are_pickles(tmp_path):
+    import joblib
+
+    from fashion_pipeline.core.atomic import sha256_file
+
+    store = ModelStore(tmp_path)
+    old = tmp_path / "price" / "20260101T000000-000001"
+    old.mkdir(parents=True)
+    joblib.dump({"weights": [1.0, 2.0]}, old / "model.joblib")
+    (old / "info.json").write_text(json.dumps({  # the info.json such a release wrote: no "artefact" key
+        "name": "price", "version": old.name, "metrics": {}, "features_spec": {},
+        "artefact_sha256": sha256_file(old / "model.joblib")}))
+    assert store.load("price", old.name)[0] == {"weights": [1.0, 2.0]}
+    new = store.save("price", {"weights": [3.0]}, {}, {})
+    assert sorted(p.name for p in (tmp_path / "price" / new).iterdir()) == ["info.json", "model.pkl"]
+    assert store.load("price")[0] == {"weights": [3.0]}  # nothing published: the newest intact one
+    (old / "model.joblib").write_bytes(b"not a joblib file")
+    with pytest.raises(ModelCorruptError):  # its checksum still guards it
+        store.load("price", old.name)

@@ -27,7 +27,7 @@ from fashion_pipeline.core.atomic import atomic_write_parquet, remove_stale_temp
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline.core.split import assign_splits
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, materialize
+from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, materialize
 from fashion_pipeline_tests.test_reliability_support import (
     FULL_RUN, assert_frames_equal, assert_same_outputs, kill, pause_forever, reference_run, start_module,
     wait_for_file, warehouse_tables,
@@ -202,7 +202,7 @@ def test_training_killed_mid_save_leaves_previous_model_and_cleans_up(tmp_path):
     proc = start_module(MODULE, "model_save", store.root, ready)
     wait_for_file(ready, proc)
     partial = [p for p in (store.root / "price").iterdir() if p.name.startswith(".")]
-    assert len(partial) == 1 and (partial[0] / "model.joblib").stat().st_size > 1_000_000  # really mid-write
+    assert len(partial) == 1 and (partial[0] / "model.pkl").stat().st_size > 1_000_000  # really mid-write
     kill(proc)
 
     assert store.versions("price") == [v1]                     # the half-written folder is not a version

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fashion_pipeline.core.features import ProductFeaturizer, TokenSequencer, with_embeddings
-from fashion_pipeline_tests.test_classifiers_fixtures import load_products, real_products_with_embeddings
+from fashion_pipeline_tests.fixtures.real_products import load_products, real_products_with_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from fashion_pipeline.core.cleaning import PRODUCT_COLUMNS
 from fashion_pipeline.core.taxonomy import CATEGORIES
 from fashion_pipeline.definitions import defs
 from fashion_pipeline_tests.conftest import HM, KAGGLE, SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, materialize
+from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, materialize
 
 
 def test_the_chain_materializes_into_the_warehouse(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_pipeline.core.prices import parse_price, price_outliers
+from fashion_pipeline.core.raw_prices import parse_price, price_outliers
 from fashion_pipeline.core.split import assign_splits, split_for_group
 
 

@@ -13,7 +13,7 @@ from fashion_pipeline.checks import price_regressor_gate
 from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, assets_by_name, resources_for
+from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, assets_by_name, resources_for
 from fashion_pipeline_tests.test_scoring_cli import _kaggle_listing_folder, _unseen_kaggle_ids
 
 PRICING = ["regressor_metrics", "published_price_regressor"]

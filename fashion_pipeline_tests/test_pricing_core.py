@@ -167,6 +167,13 @@ def test_train_price_models_selects_each_form_on_validation_and_counts_rows():
     assert sum(res.counts[k] for k in ("train", "calibration", "validation", "test")) == priced
     assert res.counts["test"] == ((df["split"] == "test") & (df["price_status"] == "ok")).sum()
     assert res.counts["validation"] == ((df["split"] == "validation") & (df["price_status"] == "ok")).sum()
+    # Every calibration row calibrates both views of its source: brand / colour stated, and neither
+    # stated (a listing usually states neither), so no (source, stated) interval rests on a random share.
+    for form, desc in res.model.describe().items():
+        rows = desc["calibration_rows"]
+        for src in ("kaggle", "hm"):
+            assert rows[f"{src}|unstated"] * 2 == rows[src], (form, rows)
+        assert rows["kaggle|stated"] > 0.9 * rows["kaggle|unstated"], (form, rows)  # the catalogue states a brand
 
 
 def test_a_retrain_trains_only_the_chosen_kind_per_form_even_when_another_validates_better():

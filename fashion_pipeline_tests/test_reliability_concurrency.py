@@ -16,7 +16,7 @@ import pytest
 
 from fashion_pipeline.core import warehouse as wh
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import materialize
+from fashion_pipeline_tests.fixtures.runs import materialize
 from fashion_pipeline_tests.test_reliability_support import (
     assert_same_outputs, kill, output_of, reference_run, start_module, subprocess_env,
 )

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from fashion_pipeline.core.split import assign_splits
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import materialize
+from fashion_pipeline_tests.fixtures.runs import materialize
 from fashion_pipeline_tests.test_reliability_support import (
     FULL_RUN, assert_same_outputs, output_of, reference_run, start_module, warehouse_tables,
 )

@@ -27,7 +27,7 @@ import pytest
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline.paths import PROJECT_ROOT
 from fashion_pipeline_tests.conftest import SAMPLE_ROOT
-from fashion_pipeline_tests.helpers import INGEST_CHAIN, materialize
+from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, materialize
 
 # ---- registries: what must be identical for identical inputs + config -----------------------
 DETERMINISTIC_TABLES: list[str] = list(INGEST_CHAIN)

@@ -24,7 +24,7 @@ from fashion_pipeline.jobs import ALL_JOBS
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.schedules import build_retraining_schedule
 from fashion_pipeline_tests.conftest import KAGGLE
-from fashion_pipeline_tests.helpers import resources_for
+from fashion_pipeline_tests.fixtures.runs import resources_for
 
 N_NEW = 12
 

@@ -11,7 +11,7 @@ import pandas as pd
 from fashion_pipeline.core.fingerprint import array_digest, combine, frame_digest
 from fashion_pipeline.reuse import REUSE_ENV, REUSE_TAG
 from fashion_pipeline_tests.conftest import KAGGLE
-from fashion_pipeline_tests.helpers import assets_by_name, resources_for
+from fashion_pipeline_tests.fixtures.runs import assets_by_name, resources_for
 
 
 def test_a_frame_digest_follows_content_not_identity():

@@ -32,25 +32,20 @@ from threadpoolctl import threadpool_limits
 from fashion_pipeline import metadata as md
 from fashion_pipeline import reuse
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
-from fashion_pipeline.assets.clustering import load_embeddings
-from fashion_pipeline.core.encoders.io import read_embedding_metadata
-from fashion_pipeline.core.encoders.record import encoder_record
 from fashion_pipeline.core.features import REGIMES, with_embeddings
-from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
+from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.models.classifiers import CLASSICAL
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
-from fashion_pipeline.core.models.publishing import baseline_row, classifier_gate, gate_each, test_macro_f1
+from fashion_pipeline.core.models.publishing import (baseline_row, classifier_gate, classifier_name, gate_each,
+                                                     macro_f1_on_test_rows)
 from fashion_pipeline.core.plots import confusion_matrix_png
 from fashion_pipeline.core.threads import resolve_threads
+from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "models"
-
-
-def model_name(task: str, regime: str) -> str:
-    return f"{task}_classifier" if regime == "full" else f"{task}_classifier_{regime}"
 
 
 class ClassifierConfig(dg.Config):
@@ -93,7 +88,7 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
     chosen, other = {}, []
     for task in TASKS:
         for regime in config.regimes:
-            info = store.published(model_name(task, regime))
+            info = store.published(classifier_name(task, regime))
             model = ((info or {}).get("features_spec") or {}).get("model")
             if model in configured:
                 chosen[(task, regime)] = model
@@ -125,7 +120,7 @@ def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
 
 @dg.multi_asset(
     group_name=GROUP,
-    deps=[dg.AssetKey("product_embeddings")],
+    deps=[EMBEDDINGS_ASSET],
     outs={
         "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, is_required=False, description=(
             "The model-selection experiment: test-split accuracy, macro-F1, weighted-F1 per task x model x input "
@@ -148,14 +143,15 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     store = model_store.store()
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
-    image, text, no_row, path = load_embeddings(context, clean_products, config.embeddings_path)
-    fingerprint = combine({"products": frame_digest(clean_products), "embeddings": array_digest(image, text),
+    emb = require_catalogue_embeddings(context, config.embeddings_path)
+    image, text, no_row = emb.aligned(clean_products)
+    fingerprint = combine({"products": frame_digest(clean_products), "embeddings": emb.digest(),
                            "config": config.model_dump(exclude={"threads", "embeddings_path"}),
                            "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()), "code": code_digest()})
     if (previous := _reused(context, fingerprint, warehouse, store, with_leaderboard=not chosen)) is not None:
         yield from previous
         return
-    encoder = encoder_record(read_embedding_metadata(path))  # scoring builds and checks this encoder
+    encoder = emb.encoder  # scoring builds and checks this encoder
     ids = clean_products["product_id"].tolist()
     frame = with_embeddings(clean_products, ids, image, text)
     cfg = LeaderboardConfig(
@@ -176,7 +172,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         rows = lb[(lb.task == task) & (lb.regime == regime) & (lb.model == clf.model_name)]
         metrics = {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "weighted_f1": r.weighted_f1, "n": r.n}
                    for r in rows.itertuples()}
-        name = model_name(task, regime)
+        name = classifier_name(task, regime)
         version = store.save(name, clf, {"test": metrics, "selected_on": "validation macro-F1"}, {**clf.features_spec(), "encoder": encoder})
         all_row = rows[rows.source == "all"].iloc[0]
         published = store.published(name)
@@ -184,7 +180,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         if published is not None:
             # Re-scored on this run's test rows: the published model's recorded metrics came from another split.
             try:
-                pub_f1, _ = test_macro_f1(store.load(name, published["version"])[0], frame, task)
+                pub_f1, _ = macro_f1_on_test_rows(store.load(name, published["version"])[0], frame, task)
                 pub_note = "re-scored on this run's test split"
             except Exception as e:  # an old model this code cannot run: say so, the baseline still applies
                 pub_note = f"could not be scored: {type(e).__name__}: {e}"

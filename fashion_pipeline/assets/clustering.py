@@ -5,8 +5,6 @@ score the clusterings, never to form them.
 """
 
 
-from pathlib import Path
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -14,53 +12,14 @@ from threadpoolctl import threadpool_limits
 
 from fashion_pipeline import metadata as md
 from fashion_pipeline import reuse
-from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
+from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.clustering import METHODS, ClusteringConfig, cluster_products
-from fashion_pipeline.core.features import read_embeddings_file
 from fashion_pipeline.core.plots import scatter_2d_png
 from fashion_pipeline.core.threads import resolve_threads
-from fashion_pipeline.paths import default_var_path, resolve
+from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
 from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "models"
-EMBEDDINGS_ASSET = dg.AssetKey("product_embeddings")
-
-
-def embeddings_path(context: dg.AssetExecutionContext, configured: str | None) -> Path:
-    """The Parquet written by product_embeddings: configured path, else the path recorded in its
-    latest materialization, else the embedding stage's default location."""
-    if configured:
-        return resolve(configured)
-    event = context.instance.get_latest_materialization_event(EMBEDDINGS_ASSET)
-    mat = event.asset_materialization if event is not None else None
-    if mat is not None and "path" in mat.metadata:
-        return Path(str(mat.metadata["path"].value))
-    return resolve(default_var_path("embeddings", "product_embeddings.parquet"))
-
-
-def load_embeddings(context, products: pd.DataFrame, configured: str | None):
-    """Embeddings aligned to ``products`` rows: (image, text) arrays with NaN rows where missing,
-    and the number of products with no embedding row at all."""
-    import numpy as np
-
-    path = embeddings_path(context, configured)
-    if not path.is_file():
-        raise FileNotFoundError(f"product_embeddings Parquet not found at {path}: materialize product_embeddings first")
-    ids, image, text = read_embeddings_file(path)
-    pos = {pid: i for i, pid in enumerate(ids)}
-    rows = products["product_id"].map(pos)
-    missing = int(rows.isna().sum())
-
-    def align(arr):
-        if arr is None:
-            return None
-        out = np.full((len(products), arr.shape[1]), np.nan, np.float32)
-        ok = rows.notna().to_numpy()
-        out[ok] = arr[rows[ok].astype(int).to_numpy()]
-        return out
-
-    context.log.info(f"embeddings from {path}: {len(ids)} rows, {missing} products without a row")
-    return align(image), align(text), missing, path
 
 
 class ClusteringAssetConfig(dg.Config):
@@ -92,10 +51,12 @@ class ClusteringAssetConfig(dg.Config):
 )
 def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetConfig, clean_products: pd.DataFrame,
                      warehouse: WarehouseResource):
-    image, text, no_row, path = load_embeddings(context, clean_products, config.embeddings_path)
+    emb = require_catalogue_embeddings(context, config.embeddings_path)
+    image, text, no_row = emb.aligned(clean_products)
+    path = emb.path
     fingerprint = combine({
         "products": frame_digest(clean_products[["product_id", "source", "category"]]),
-        "embeddings": array_digest(image, text),
+        "embeddings": emb.digest(),
         "config": config.model_dump(exclude={"threads", "embeddings_path"}), "code": code_digest()})
     reused = [reuse.reused_table(context, key, fingerprint, warehouse.read_table, output_name=key)
               for key in ("product_clusters", "clustering_metrics")]

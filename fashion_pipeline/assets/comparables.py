@@ -16,10 +16,10 @@ from pydantic import Field
 
 from fashion_pipeline import reuse
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
-from fashion_pipeline.assets.clustering import embeddings_path
-from fashion_pipeline.assets.regressors import GROUP, load_embeddings, published_price_regressor
+from fashion_pipeline.assets.regressors import GROUP, published_price_regressor
 from fashion_pipeline.core import comparables
-from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
+from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
+from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, read_catalogue_embeddings
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.resources.model_store import ModelStoreResource
 
@@ -34,7 +34,7 @@ class ComparablesConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"faiss", "parquet"},
-          deps=[published_price_regressor, dg.AssetKey("product_embeddings")],
+          deps=[published_price_regressor, EMBEDDINGS_ASSET],
           description="Nearest-neighbour index (faiss: exact IndexFlatIP, HNSW from 10k rows; normalised image + text embeddings) of "
                       "the priced train + validation catalogue products, saved next to the published price model "
                       "and versioned with it; scoring cites the k most similar products per listing.",
@@ -47,13 +47,14 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
     published = store.published(PRICE_MODEL_NAME)
     if published is None:
         raise dg.Failure(description=f"no published {PRICE_MODEL_NAME}: materialize published_price_regressor first")
-    emb, encoder, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
-    if emb is None:  # not a failure: scoring works without embeddings, and says why there are no comparables
+    catalogue, emb_note = read_catalogue_embeddings(context, config.embeddings_path)
+    if catalogue is None:  # not a failure: scoring works without embeddings, and says why there are no comparables
         context.log.warning(f"no comparables index built: {emb_note}")
         return dg.MaterializeResult(metadata={"index_size": dg.MetadataValue.int(0), "embeddings": emb_note,
                                               "price_model_version": str(published["version"]),
                                               "skipped": "no product embeddings: nothing to index"})
-    fingerprint = combine({"products": frame_digest(clean_products), "embeddings": array_digest(*emb),
+    emb, encoder = catalogue.arrays, catalogue.encoder
+    fingerprint = combine({"products": frame_digest(clean_products), "embeddings": catalogue.digest(),
                            "config": config.model_dump(exclude={"embeddings_path"}),
                            "price_model_version": str(published["version"]), "code": code_digest()})
     event = reuse.matching(context, "price_comparables", fingerprint)

@@ -16,8 +16,7 @@ from fashion_pipeline import reuse
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.gpu import gpu_declarations
 
-from fashion_pipeline.core import warehouse as wh
-from fashion_pipeline.core.encoders import create_duckdb_view, embed_products
+from fashion_pipeline.core.encoders import embed_products
 from fashion_pipeline.core.encoders.report import projection_markdown
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
@@ -108,10 +107,7 @@ def product_embeddings(
         sample_size=config.plot_sample,
         progress=context.log.info,
     )
-    # Under the warehouse's process lock. (WarehouseResource.create_parquet_view binds the path as a
-    # prepared parameter, which DuckDB refuses inside CREATE VIEW.)
-    with wh.connect(warehouse.file()) as con:
-        create_duckdb_view(con, path, "product_embeddings")
+    warehouse.create_parquet_view("product_embeddings", str(path))  # under the warehouse's process lock
 
     category = clean_products.set_index("product_id")["category"] if "category" in clean_products else None
     labels = [str(category.get(i, "?")) if category is not None else "?" for i in report.sample_ids]

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from fashion_pipeline import metadata as md
 from fashion_pipeline.core.cleaning import CleaningSettings, clean_products as clean_core, merge_sources
-from fashion_pipeline.core.prices import DEFAULT_HM_PRICE_SCALE, DEFAULT_INR_TO_USD
+from fashion_pipeline.core.raw_prices import DEFAULT_HM_PRICE_SCALE, DEFAULT_INR_TO_USD
 from fashion_pipeline.core.reports import DropReport
 
 GROUP = "products"

@@ -13,7 +13,6 @@ The science lives in fashion_pipeline.core.pricing and core.listing_eval.
 """
 
 
-import os
 from typing import Literal
 
 import dagster as dg
@@ -23,17 +22,16 @@ from pydantic import Field
 from fashion_pipeline import metadata as md
 from fashion_pipeline import reuse
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
-from fashion_pipeline.assets.clustering import embeddings_path
 from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.features import REGIMES
-from fashion_pipeline.core.fingerprint import array_digest, code_digest, combine, frame_digest
+from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.pricing import plots
 from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.core.threads import resolve_threads
+from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, read_catalogue_embeddings
 from fashion_pipeline.gpu import gpu_declarations
-from fashion_pipeline.paths import resolve
 from fashion_pipeline.profiles import get_profile
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
@@ -100,19 +98,6 @@ def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | Non
                     "(model_selection_job re-selects)")
 
 
-def load_embeddings(path: str):
-    """((ids, image, text), encoder record) from the embeddings Parquet, or (None, None) — and the reason."""
-    p = resolve(path)
-    if not os.path.exists(p):
-        return None, None, f"no embeddings file at {p}"
-    try:
-        from fashion_pipeline.core.encoders.io import read_embedding_metadata, read_embeddings
-        from fashion_pipeline.core.encoders.record import encoder_record
-    except ImportError:  # the embedding stage is not installed in this code location
-        return None, None, "fashion_pipeline.core.encoders not available"
-    return read_embeddings(p), encoder_record(read_embedding_metadata(p)), f"read from {p}"
-
-
 def _md_table(df: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.round(4).to_markdown(index=False) if len(df) else "_empty_")
 
@@ -123,7 +108,7 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas", "lightgbm", "pytorch"},
-          deps=[dg.AssetKey("product_embeddings")],
+          deps=[EMBEDDINGS_ASSET],
           description="The candidate listing price model (one regressor per listing form, chosen on validation), "
                       "saved unpublished, and its test-split listing metrics per form and source through the scoring "
                       "CLI's code path, beside the published model and the TF-IDF recipe on the same listings.",
@@ -132,8 +117,10 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                       product_attributes: pd.DataFrame, model_store: ModelStoreResource,
                       encoder: EncoderResource, warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
-    emb, encoder_rec, emb_note = load_embeddings(str(embeddings_path(context, config.embeddings_path)))
+    catalogue, emb_note = read_catalogue_embeddings(context, config.embeddings_path)
     context.log.info(f"embeddings: {emb_note}")
+    emb = catalogue.arrays if catalogue is not None else None
+    encoder_rec = catalogue.encoder if catalogue is not None else None
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
     attributes = product_attributes if config.use_attributes else None
@@ -141,7 +128,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     # reads (the published models it is compared with and served beside).
     train_fp = combine({
         "products": frame_digest(clean_products), "attributes": frame_digest(attributes),
-        "embeddings": array_digest(*(emb if emb is not None else (None,))),
+        "embeddings": catalogue.digest() if catalogue is not None else None,
         "config": config.model_dump(exclude={"threads", "embeddings_path", "listing_eval_max_rows"}),
         "chosen": chosen, "code": code_digest()})
     trained = _previous_candidate(context, store, train_fp)

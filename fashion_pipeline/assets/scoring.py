@@ -78,46 +78,26 @@ def scored_listings(context: dg.AssetExecutionContext, config: ScoringConfig,
             frames.append(frame)
     listings = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["product_id", "title"])
     context.log.info(f"scoring {len(listings)} listings from {folder}")
-    notes = {}
-    embedder = extractor = None
-    classifiers = scoring.load_published_classifiers(store) if config.classify else {}
-    if config.classify and not classifiers:
-        notes["classifiers"] = f"none published: materialize {scoring.CLASSIFIER_ASSET}"
-        context.log.warning("no published classifiers; category / gender / usage as given by the listings")
-    if config.embed and len(listings):
-        from fashion_pipeline.core.encoders.record import EncoderMismatchError
+    from fashion_pipeline.core.encoders.record import EncoderMismatchError
 
-        try:
-            record = scoring.models_encoder(info, classifiers)
-            embedder = scoring.encoder_embedder(config.encoder_backend, record=record)
-            notes["embeddings"] = f"{record['backend']}, as the published models record" if record else (
-                "the published models record no encoder (older version): unchecked")
-        except ImportError as e:  # encoder stage not in this code location: text + metadata only
-            notes["embeddings"] = f"unavailable: {e}"
-            context.log.warning(f"no embeddings for listings ({e}); prices use text and metadata only")
-        except EncoderMismatchError as e:
-            raise dg.Failure(description=str(e)) from e
-    if config.extract_attributes:
-        extractor, notes["attributes"] = scoring.listing_extractor(store, model.known_brands())
-        if not notes["attributes"].startswith("learned"):
-            context.log.warning(f"attribute extraction for listings with {notes['attributes']}")
-    index = None
-    if config.comparables and embedder is not None:
-        index, notes["comparables"] = scoring.comparables_index_for(store, info.get("version"), embedder)  # once per run
-        if index is None:
-            context.log.warning(f"no comparables: {notes['comparables']}")
-    scores, counts = scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
-                                            classifiers=classifiers, comparables_index=index,
-                                            comparables_k=config.comparables)
+    try:
+        serving = scoring.load_serving(store, model, info, classify=config.classify,
+                                       embed=config.embed and len(listings) > 0, extract=config.extract_attributes,
+                                       comparables_k=config.comparables, encoder_backend=config.encoder_backend)
+    except EncoderMismatchError as e:
+        raise dg.Failure(description=str(e)) from e
+    for warning in serving.warnings:
+        context.log.warning(warning)
+    classifiers = serving.classifiers
+    scores, counts = scoring.score_listings(listings, model, info, embedder=serving.embedder,
+                                            extractor=serving.extractor, classifiers=classifiers,
+                                            comparables_index=serving.index, comparables_k=config.comparables)
     return dg.Output(scores, metadata={
         "incoming_dir": dg.MetadataValue.path(str(folder)),
         "price_model_version": str(info.get("version")),
         "listings": dg.MetadataValue.int(len(scores)),
         "flag_counts": dg.MetadataValue.json(counts),
-        "stages": dg.MetadataValue.json({"embeddings": "off" if not config.embed else "on",
-                                         "attributes": "off" if not config.extract_attributes else "on",
-                                         "classifiers": "off" if not config.classify else "on",
-                                         "comparables": "off" if not config.comparables else "on", **notes}),
+        "stages": dg.MetadataValue.json(serving.notes),
         "classifier_versions": dg.MetadataValue.json(
             {scoring.classifier_name(t, r): str(i.get("version")) for (t, r), (_, i) in sorted(classifiers.items())}),
         "preview": md.preview(scores[["listing_id", "title", "category", "category_confidence", "gender", "usage",

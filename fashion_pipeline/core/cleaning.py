@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fashion_pipeline.core import taxonomy as tx
-from fashion_pipeline.core.prices import (
+from fashion_pipeline.core.raw_prices import (
     DEFAULT_HM_PRICE_SCALE, DEFAULT_INR_TO_USD, parse_price, price_outliers,
 )
 from fashion_pipeline.core.reports import DropReport

@@ -50,7 +50,8 @@ REGIMES: dict[str, Regime] = {
     "image": Regime("image", title=False, description=False, brand=False, image=True, text_embedding=False, attributes=False),
 }
 
-ATTRIBUTE_COLUMNS = ("pattern", "fit", "occasion", "style")
+# Extracted attributes the classifiers' featurizer reads (single values, and lists as JSON).
+CLASSIFIER_ATTRIBUTE_COLUMNS = ("pattern", "fit", "occasion", "style")
 LIST_ATTRIBUTE_COLUMNS = ("materials",)
 
 
@@ -123,7 +124,7 @@ def _text(frame: pd.DataFrame, col: str) -> pd.Series:
 
 def _attr_tokens(frame: pd.DataFrame) -> list[list[str]]:
     toks: list[list[str]] = [[] for _ in range(len(frame))]
-    for col in ATTRIBUTE_COLUMNS:
+    for col in CLASSIFIER_ATTRIBUTE_COLUMNS:
         if col in frame.columns:
             for i, v in enumerate(frame[col].tolist()):
                 if isinstance(v, str) and v:
@@ -402,36 +403,3 @@ class TokenSequencer:
             ids = [self.vocab_.get(w, 1) for w in toks[: self.max_len]]
             out[i, : len(ids)] = ids
         return out
-
-
-def read_embeddings_file(path) -> tuple[list[str], np.ndarray | None, np.ndarray | None]:
-    """(ids, image [n,d] with NaN rows for missing, text [n,d]) from a product_embeddings Parquet.
-
-    Delegates to the embedding stage's own reader when it is installed; otherwise reads the same
-    documented schema (product_id, image_embedding, text_embedding as list<float32>|null).
-    """
-    try:
-        from fashion_pipeline.core.encoders.io import read_embeddings  # the embedding stage's reader
-    except ImportError:
-        read_embeddings = None
-    if read_embeddings is not None:
-        return read_embeddings(path)
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    ids = table.column("product_id").to_pylist()
-
-    def dense(col: str) -> np.ndarray | None:
-        if col not in table.column_names:
-            return None
-        vals = table.column(col).to_pylist()
-        dim = next((len(v) for v in vals if v is not None), None)
-        if dim is None:
-            return None
-        out = np.full((len(vals), dim), np.nan, np.float32)
-        for i, v in enumerate(vals):
-            if v is not None:
-                out[i] = v
-        return out
-
-    return ids, dense("image_embedding"), dense("text_embedding")

@@ -1,4 +1,5 @@
-"""Evaluation metrics shared by the clustering, classification and regression stages.
+"""Evaluation metrics of the clustering and classification stages (the price model's are in
+core.pricing.metrics).
 
 Plain functions over numpy arrays / sequences; no Dagster, no model code. Every function
 returns plain Python floats/ints so results can go straight into metadata and tables.
@@ -31,29 +32,6 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, floa
         "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "weighted_f1": float(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0)),
     }
-
-
-def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float], log_space: bool = False) -> dict[str, float]:
-    """R², RMSE, MAE (and, when ``log_space`` is False and values are positive, RMSLE).
-
-    ``log_space=True`` means the inputs already are log-prices: RMSE then *is* the RMSLE.
-    """
-    yt = np.asarray(y_true, dtype=float)
-    yp = np.asarray(y_pred, dtype=float)
-    if yt.shape != yp.shape:
-        raise ValueError(f"y_true and y_pred differ in length: {yt.shape} vs {yp.shape}")
-    n = int(len(yt))
-    if n == 0:
-        return {"n": 0, "r2": float("nan"), "rmse": float("nan"), "mae": float("nan")}
-    out = {
-        "n": n,
-        "r2": float(skm.r2_score(yt, yp)) if n > 1 else float("nan"),
-        "rmse": float(np.sqrt(np.mean((yt - yp) ** 2))),
-        "mae": float(np.mean(np.abs(yt - yp))),
-    }
-    if not log_space and np.all(yt > -1) and np.all(yp > -1):
-        out["rmsle"] = float(np.sqrt(np.mean((np.log1p(yt) - np.log1p(yp)) ** 2)))
-    return out
 
 
 def purity(labels_true: Sequence, labels_pred: Sequence) -> float:

@@ -15,7 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _to_png(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
+    """PNG bytes of a Figure built without pyplot (the one plotting idiom of this package)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
@@ -56,7 +57,7 @@ def confusion_matrix_png(
                         color="white" if shown[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
-    return _to_png(fig)
+    return figure_png(fig)
 
 
 def scatter_2d_png(xy: np.ndarray, labels: Sequence, title: str = "", max_points: int = 5000, seed: int = 0) -> bytes:
@@ -78,7 +79,7 @@ def scatter_2d_png(xy: np.ndarray, labels: Sequence, title: str = "", max_points
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    return _to_png(fig)
+    return figure_png(fig)
 
 
 def predicted_vs_true_png(y_true: Sequence[float], y_pred: Sequence[float], title: str = "", log: bool = False) -> bytes:
@@ -97,4 +98,4 @@ def predicted_vs_true_png(y_true: Sequence[float], y_pred: Sequence[float], titl
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
     ax.set_title(title, fontsize=9)
-    return _to_png(fig)
+    return figure_png(fig)

@@ -35,17 +35,20 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_output
 from .comparables import DEFAULT_K as COMPARABLES_K
 from .comparables import comparables_columns
 from .extraction.learned import STORE_NAME as EXTRACTOR_MODEL
 from .model_store import ModelCorruptError, ModelNotFoundError
-from .prices import parse_price
+from .models.publishing import classifier_name
+from .raw_prices import parse_price
 from .pricing.features import build_price_inputs
 from .pricing.listing_model import ABSTAIN_NO_INPUT, ABSTAIN_NO_MODEL, ABSTAIN_WIDE_INTERVAL
 from .reports import DropReport
@@ -56,7 +59,8 @@ log = logging.getLogger(__name__)
 PRICE_MODEL_NAME = "price_regressor"
 PRICE_MODEL_ASSET = "published_price_regressor"
 
-ATTRIBUTE_COLUMNS = ("materials", "care", "fit", "pattern", "occasion", "style")
+# Extracted attributes in the scoring output (brand has its own column).
+SCORED_ATTRIBUTE_COLUMNS = ("materials", "care", "fit", "pattern", "occasion", "style")
 CLASSIFIER_TASKS = ("category", "gender", "usage")
 CLASSIFIER_ASSET = "published_classifiers"
 # Which published model serves a listing, by what the listing shows; later entries are fallbacks
@@ -67,7 +71,7 @@ OUTPUT_COLUMNS = (
     "listing_id", "title", "source", "category", "gender", "usage",
     "category_predicted", "category_confidence", "gender_predicted", "gender_confidence",
     "usage_predicted", "usage_confidence", "classifier_regime", "brand", "colour",
-    *ATTRIBUTE_COLUMNS, "price_usd", "price_low_usd", "price_high_usd", "price_form", "price_source",
+    *SCORED_ATTRIBUTE_COLUMNS, "price_usd", "price_low_usd", "price_high_usd", "price_form", "price_source",
     "price_abstained", "asking_price_usd", "price_model_version", "flags",
 )
 # The k most similar catalogue products (core.comparables) as evidence, and their median price.
@@ -562,6 +566,69 @@ def listing_extractor(store, brands=(), max_chars: int = 2000
     return extract, note
 
 
+@dataclass
+class Serving:
+    """What scoring listings needs besides the price model, loaded once per run: the published
+    classifiers, the embedder of the encoder the models record, the listing attribute extractor and
+    the comparables index. ``notes`` say per stage what is used or why not; ``warnings`` are what a
+    user should be told (the CLI prints them, the asset logs them)."""
+
+    classifiers: dict = field(default_factory=dict)
+    embedder: Any = None
+    extractor: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    index: Any = None
+    notes: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_serving(store, model, info: dict, *, classify: bool = True, embed: bool = True, extract: bool = True,
+                 comparables_k: int = COMPARABLES_K, encoder_backend: str | None = None) -> Serving:
+    """Everything `score_listings` serves beside the published price model (``model``, ``info``).
+
+    Raises `encoders.record.EncoderMismatchError` when the encoder asked for (``encoder_backend``)
+    or the models' records disagree: scoring with other embeddings than the models learned from is
+    refused. Everything else missing degrades, with a note and a warning: no classifiers (the
+    listings' own values), no encoder stage (text and metadata only), no learned extractor (rules),
+    no comparables index."""
+    out = Serving(notes={"classifiers": "off", "embeddings": "off", "attributes": "off"})
+    if classify:
+        out.classifiers = load_published_classifiers(store)
+        out.notes["classifiers"] = f"{len(out.classifiers)} published"
+        if not out.classifiers:
+            out.notes["classifiers"] = f"none published: materialize '{CLASSIFIER_ASSET}'"
+            out.warnings.append(f"no published classifiers in {getattr(store, 'root', '?')}; category / gender / usage "
+                                f"are taken from the listings as given (materialize '{CLASSIFIER_ASSET}' to predict them)")
+    if embed:
+        try:
+            record = models_encoder(info, out.classifiers)
+            out.embedder = encoder_embedder(encoder_backend, record=record)
+        except ImportError as e:  # the encoder stage is not installed: price from text + metadata, and say so
+            out.notes["embeddings"] = f"unavailable: {e}"
+            out.warnings.append(f"no embeddings ({e}); prices use text and metadata only")
+        else:
+            out.notes["embeddings"] = (f"{record['backend']}, as the published models record" if record else
+                                       "the published models record no encoder (older version): unchecked")
+            if record is None:
+                out.warnings.append("the published models record no encoder (trained by an older version); "
+                                    f"embedding with {encoder_backend or 'offline'!r}, unchecked")
+    if extract:
+        out.extractor, out.notes["attributes"] = listing_extractor(store, model.known_brands())
+        if not out.notes["attributes"].startswith("learned"):
+            out.warnings.append(f"attribute extraction with {out.notes['attributes']}")
+    if comparables_k <= 0:
+        out.notes["comparables"] = "disabled (k = 0)"
+    elif out.embedder is None:
+        out.notes["comparables"] = "not loaded: listings are not embedded"
+    else:
+        try:
+            out.index, out.notes["comparables"] = comparables_index_for(store, info.get("version"), out.embedder)
+        except ImportError as e:  # faiss is a main dependency; a broken install still gets one line
+            out.notes["comparables"] = f"unavailable: {e}"
+        if out.index is None:
+            out.warnings.append(f"no comparables: {out.notes['comparables']}")
+    return out
+
+
 def _flags(row: pd.Series, image_error: str | None, price_range: tuple[float, float] | None) -> str:
     f = []
     if not _s(row.get("image_path")) or image_error in _ABSENT_IMAGE:
@@ -599,7 +666,7 @@ def load_published_price_model(store) -> tuple[Any, dict]:
         raise NoPublishedModelError(
             f"No published '{PRICE_MODEL_NAME}' in the model store at {getattr(store, 'root', '?')}. "
             f"Materialize the asset '{PRICE_MODEL_ASSET}' first "
-            f"(e.g. `dagster asset materialize -m fashion_pipeline.definitions --select +{PRICE_MODEL_ASSET}`)."
+            f"(e.g. `dg launch --assets '+{PRICE_MODEL_ASSET}' -m fashion_pipeline.definitions`)."
         )
     model, info = store.load(PRICE_MODEL_NAME)
     if not hasattr(model, "forms"):
@@ -608,11 +675,6 @@ def load_published_price_model(store) -> tuple[Any, dict]:
             f"older version that priced catalogue rows, not listings. Re-materialize '{PRICE_MODEL_ASSET}'."
         )
     return model, info
-
-
-def classifier_name(task: str, regime: str) -> str:
-    """Model store name of the serving classifier (same naming as the classifier assets)."""
-    return f"{task}_classifier" if regime == "full" else f"{task}_classifier_{regime}"
 
 
 def load_published_classifiers(store) -> dict[tuple[str, str], tuple[Any, dict]]:
@@ -639,7 +701,7 @@ def classify_listings(df: pd.DataFrame, classifiers: dict, embeddings=None, attr
                       has_image: list[bool] | None = None) -> pd.DataFrame:
     """Per listing: ``<task>_predicted`` / ``<task>_confidence`` for category, gender, usage and
     the ``classifier_regime`` whose published model served it (None where none could)."""
-    from .features import ATTRIBUTE_COLUMNS as CLASSIFIER_ATTRIBUTES
+    from .features import CLASSIFIER_ATTRIBUTE_COLUMNS
     from .features import LIST_ATTRIBUTE_COLUMNS, with_embeddings
 
     n = len(df)
@@ -653,7 +715,7 @@ def classify_listings(df: pd.DataFrame, classifiers: dict, embeddings=None, attr
     frame = df.copy()
     if attributes is not None and len(attributes):
         a = attributes.drop_duplicates("product_id").set_index("product_id").reindex(frame["product_id"])
-        for c in (*LIST_ATTRIBUTE_COLUMNS, *CLASSIFIER_ATTRIBUTES):  # what the classifiers' featurizer reads
+        for c in (*LIST_ATTRIBUTE_COLUMNS, *CLASSIFIER_ATTRIBUTE_COLUMNS):  # what the classifiers' featurizer reads
             if c in a.columns:
                 frame[c] = a[c].to_numpy()
     ids, image, text = embeddings if embeddings is not None else (list(frame["product_id"]), None, None)
@@ -735,11 +797,11 @@ def score_listings(
         out[c] = pred[c].to_numpy()
     for c in predicted.columns:
         out[c] = predicted[c].to_numpy()
-    for c in ATTRIBUTE_COLUMNS:
+    for c in SCORED_ATTRIBUTE_COLUMNS:
         out[c] = None
     if attributes is not None and len(attributes):
         a = attributes.drop_duplicates("product_id").set_index("product_id").reindex(out["product_id"])
-        for c in ATTRIBUTE_COLUMNS:
+        for c in SCORED_ATTRIBUTE_COLUMNS:
             if c in a.columns:
                 out[c] = a[c].to_numpy()
     price_range = getattr(price_model, "price_range_", None)
@@ -773,15 +835,13 @@ def score_listings(
 
 
 def write_scores(scores: pd.DataFrame, output: str | os.PathLike) -> Path:
-    """Parquet or CSV by suffix, written atomically (temp name + os.replace)."""
+    """Parquet or CSV by suffix, written atomically (core.atomic: temp name, fsync, os.replace)."""
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix.lower() == ".csv":
-        scores.to_csv(tmp, index=False)
-    elif out.suffix.lower() == ".parquet":
-        scores.to_parquet(tmp, index=False)
-    else:
+    if out.suffix.lower() not in (".csv", ".parquet"):
         raise ValueError(f"{out}: output must end in .parquet or .csv")
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        if out.suffix.lower() == ".csv":
+            scores.to_csv(tmp, index=False)
+        else:
+            scores.to_parquet(tmp, index=False)
     return out

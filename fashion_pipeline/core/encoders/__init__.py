@@ -6,11 +6,11 @@
 - images / text: robust image decoding and product text building
 - cache: content-addressed, checksummed vector cache per encoder identity
 - pipeline: embed_products(), the batched, incremental, streaming driver
-- io: the Parquet layout, read_embeddings(), the DuckDB view
+- io: the Parquet layout, read_embeddings() (the warehouse puts a DuckDB view over the file)
 """
 
 from .base import EmbeddingBackend, EncoderConfigError, ModalityInfo
-from .io import create_duckdb_view, read_embedding_metadata, read_embeddings
+from .io import read_embedding_metadata, read_embeddings
 from .pipeline import EmbeddingReport, embed_products
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "embed_products",
     "read_embeddings",
     "read_embedding_metadata",
-    "create_duckdb_view",
     "build_backend",
 ]
 

@@ -1,4 +1,4 @@
-"""The product_embeddings Parquet file: schema, incremental writer, reader, DuckDB view.
+"""The product_embeddings Parquet file: schema, incremental writer, reader.
 
 Layout (one row per product, row groups written as they are produced):
     product_id       string, not null
@@ -138,12 +138,3 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.
         raise ValueError(f"{path} lacks embedding dimensions in its schema metadata") from exc
     ids = table.column("product_id").to_pylist()
     return ids, _to_matrix(table.column(IMAGE_COLUMN), image_dim), _to_matrix(table.column(TEXT_COLUMN), text_dim)
-
-
-def create_duckdb_view(con, parquet_path: str | os.PathLike, view_name: str = "product_embeddings") -> None:
-    """(Re)create a DuckDB view over the Parquet file, so SQL users see the embeddings in the warehouse.
-
-    The path is absolute so the view works from any working directory.
-    """
-    path = str(Path(parquet_path).resolve()).replace("'", "''")
-    con.execute(f'CREATE OR REPLACE VIEW "{view_name}" AS SELECT * FROM read_parquet(\'{path}\')')

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
+
+from fashion_pipeline.core.plots import figure_png, png_markdown
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
@@ -24,18 +25,16 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
 
 def projection_png(vectors: np.ndarray, labels: Sequence[str], title: str) -> bytes:
     """PCA scatter coloured by label, as PNG bytes. NaN rows (missing embeddings) are skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     vectors = np.asarray(vectors, dtype=np.float32)
     labels = np.asarray([str(v) for v in labels])
     keep = ~np.isnan(vectors).any(axis=1)
     xy = pca_2d(vectors[keep]) if keep.any() else np.zeros((0, 2))
     labels = labels[keep]
-    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=80)
-    cmap = plt.get_cmap("tab20")
+    fig = Figure(figsize=(6.5, 5), dpi=80)
+    ax = fig.subplots()
+    cmap = colormaps["tab20"]
     for i, lab in enumerate(sorted(set(labels.tolist()))):
         sel = labels == lab
         ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.6, color=cmap(i % 20), label=f"{lab} ({int(sel.sum())})")
@@ -45,13 +44,9 @@ def projection_png(vectors: np.ndarray, labels: Sequence[str], title: str) -> by
     if len(labels):
         ax.legend(fontsize=6, markerscale=2, loc="best", frameon=False)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def projection_markdown(vectors: np.ndarray, labels: Sequence[str], title: str) -> str:
     """Markdown with the plot inlined as a base64 PNG (for dagster MetadataValue.md)."""
-    png = base64.b64encode(projection_png(vectors, labels, title)).decode("ascii")
-    return f"![{title}](data:image/png;base64,{png})"
+    return png_markdown(projection_png(vectors, labels, title), title)

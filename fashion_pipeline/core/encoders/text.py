@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Columns of the product_attributes table (CONTRACT) used in the text, in this order.
-ATTRIBUTE_COLUMNS: tuple[str, ...] = ("brand", "materials", "care", "fit", "pattern", "occasion", "style")
+EMBEDDED_ATTRIBUTE_COLUMNS: tuple[str, ...] = ("brand", "materials", "care", "fit", "pattern", "occasion", "style")
 # Columns of clean_products that are used when present.
 PRODUCT_ATTRIBUTE_COLUMNS: tuple[str, ...] = ("colour",)
 
@@ -96,7 +96,7 @@ def build_texts(products, attributes=None) -> list[str]:
     """
     attr_by_id: dict[str, dict[str, Any]] = {}
     if attributes is not None and len(attributes) and "product_id" in attributes.columns:
-        cols = [c for c in ATTRIBUTE_COLUMNS if c in attributes.columns]
+        cols = [c for c in EMBEDDED_ATTRIBUTE_COLUMNS if c in attributes.columns]
         if cols:
             dedup = attributes.drop_duplicates("product_id", keep="last").set_index("product_id")[cols]
             attr_by_id = dedup.to_dict(orient="index")
@@ -106,7 +106,7 @@ def build_texts(products, attributes=None) -> list[str]:
     for i, (pid, title, desc) in enumerate(zip(products["product_id"], products["title"], descriptions)):
         attrs: dict[str, Any] = {}
         extracted = attr_by_id.get(pid, {})
-        for c in ATTRIBUTE_COLUMNS:
+        for c in EMBEDDED_ATTRIBUTE_COLUMNS:
             if c in extracted:
                 attrs[c] = extracted[c]
         for c in product_cols:

@@ -266,39 +266,18 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
     return model
 
 
-@dataclass
-class HeadScore:
-    attribute: str
-    n: int  # products with a catalogue value (not "not applicable")
-    answered: int
-    right: int
-    macro_f1: float
-
-    @property
-    def coverage(self) -> float:
-        return self.answered / self.n if self.n else float("nan")
-
-    @property
-    def accuracy(self) -> float:
-        return self.right / self.n if self.n else float("nan")
-
-    @property
-    def precision(self) -> float:
-        return self.right / self.answered if self.answered else float("nan")
-
-
-def score_values(truth: Sequence[str | None], pred: Sequence[str | None], attribute: str) -> HeadScore:
+def score_values(truth: Sequence[str | None], pred: Sequence[str | None], attribute: str) -> quality.AttributeScore:
     """Right / answered / macro-F1 over products with a catalogue value; an unknown answer is wrong."""
     from sklearn.metrics import f1_score
 
     pairs = [(t, p) for t, p in zip(truth, pred) if t is not None and t != NOT_APPLICABLE]
     if not pairs:
-        return HeadScore(attribute, 0, 0, 0, float("nan"))
+        return quality.AttributeScore(attribute, 0, 0, 0)
     t, p = zip(*pairs)
     p = ["(unknown)" if x is None else x for x in p]
     f1 = f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0)
-    return HeadScore(attribute, len(t), sum(x != "(unknown)" for x in p), sum(a == b for a, b in zip(t, p)),
-                     float(f1))
+    return quality.AttributeScore(attribute, len(t), sum(x != "(unknown)" for x in p), sum(a == b for a, b in zip(t, p)),
+                                  float(f1))
 
 
 def reference_recipe(texts: Sequence[PreparedText], truths: Sequence[dict], train: Sequence[bool],
@@ -342,7 +321,7 @@ def evaluate(model: LearnedAttributeModel, texts: Sequence[PreparedText], truths
             else:  # as shipped; an attribute without a head is the rules value
                 values = [attribute_value(a, attr) for a in shipped]
             s = score_values([t.get(attr) for t in truths], values, attr)
-            rows.append({"extractor": name, "attribute": attr, "n": s.n, "coverage": s.coverage,
+            rows.append({"extractor": name, "attribute": attr, "n": s.n_truth, "coverage": s.coverage,
                          "precision": s.precision, "accuracy": s.accuracy, "macro_f1": s.macro_f1})
     return rows
 

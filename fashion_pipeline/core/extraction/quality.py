@@ -89,10 +89,13 @@ def _correct(attr: str, truth: str, a: Attributes) -> bool:
 
 @dataclass
 class AttributeScore:
+    """One extractor on one attribute, over the products with a catalogue value for it."""
+
     attribute: str
     n_truth: int
-    n_predicted: int
+    n_predicted: int  # answered (not "unknown")
     n_correct: int
+    macro_f1: float = float("nan")  # over the catalogue's values; set where the predictions are single values
 
     @property
     def coverage(self) -> float:

@@ -29,7 +29,12 @@ BASELINE_MODELS = ("linear_svc", "logreg")
 TOLERANCE = 0.02
 
 
-def test_macro_f1(clf, frame: pd.DataFrame, task: str) -> tuple[float | None, int]:
+def classifier_name(task: str, regime: str) -> str:
+    """The model store name a task's classifier for an input regime is saved and published under."""
+    return f"{task}_classifier" if regime == "full" else f"{task}_classifier_{regime}"
+
+
+def macro_f1_on_test_rows(clf, frame: pd.DataFrame, task: str) -> tuple[float | None, int]:
     """Macro-F1 of a serving classifier on the labelled test rows of ``frame`` (same rows as the leaderboard)."""
     test = frame[(frame["split"] == "test") & frame[task].notna()]
     if not len(test):

@@ -71,6 +71,12 @@ class PriceInputs:
         return PriceInputs(self.frame[m].reset_index(drop=True), self.text[m], self.image[m])
 
 
+def concat_inputs(parts: list[PriceInputs]) -> PriceInputs:
+    """Rows of several PriceInputs, in order."""
+    return PriceInputs(pd.concat([p.frame for p in parts], ignore_index=True),
+                       np.concatenate([p.text for p in parts]), np.concatenate([p.image for p in parts]))
+
+
 def build_price_inputs(
     products: pd.DataFrame,
     embeddings: tuple[list[str], np.ndarray, np.ndarray] | None = None,

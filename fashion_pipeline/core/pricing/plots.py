@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import io
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: runs inside Dagster workers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+from fashion_pipeline.core.plots import figure_png
 
 
 def predicted_vs_actual_png(actual_usd, predicted_usd, source, title: str) -> bytes:
     a, p = np.asarray(actual_usd, float), np.asarray(predicted_usd, float)
     src = np.asarray(source, dtype=object)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5), dpi=90)
+    ax = fig.subplots()
     for s in sorted(set(src)):
         m = src == s
         ax.scatter(a[m], p[m], s=4, alpha=0.35, label=f"{s} (n={int(m.sum())})")
@@ -30,16 +21,17 @@ def predicted_vs_actual_png(actual_usd, predicted_usd, source, title: str) -> by
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="actual price (USD)", ylabel="predicted price (USD)", title=title)
     ax.legend(markerscale=3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def residuals_by_category_png(actual_usd, predicted_usd, category, title: str) -> bytes:
     res = np.log1p(np.asarray(predicted_usd, float)) - np.log1p(np.asarray(actual_usd, float))
     df = pd.DataFrame({"category": pd.Series(category).fillna("(none)").to_numpy(), "residual": res})
     order = df.groupby("category")["residual"].median().sort_values().index.tolist()
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1.5))
+    fig = Figure(figsize=(7, 0.35 * len(order) + 1.5), dpi=90)
+    ax = fig.subplots()
     ax.boxplot([df.loc[df.category == c, "residual"] for c in order], orientation="horizontal", showfliers=False)
     ax.set_yticks(range(1, len(order) + 1), [f"{c} ({int((df.category == c).sum())})" for c in order])
     ax.axvline(0, color="k", lw=1)
     ax.set(xlabel="log1p(predicted) - log1p(actual)", title=title)
-    return _png(fig)
+    return figure_png(fig)

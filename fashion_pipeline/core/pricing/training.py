@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .features import PriceInputs, build_price_inputs, mask_stated, regime_view
+from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, regime_view
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
 from .metrics import regression_metrics
 from .models import BlendPriceRegressor, PriceModel, log_target, train_regressor
@@ -120,7 +120,11 @@ def train_price_models(
     train_prices = tr.frame["price_usd"].to_numpy(dtype=np.float64)
     # Stated fields hidden on half the rows (different draws per split), so each form's model and
     # its calibration see listings with and without brand / colour.
-    tr_m, va_m, cal_m = mask_stated(tr, mask_rate, 1), mask_stated(va, mask_rate, 2), mask_stated(cal, mask_rate, 3)
+    tr_m, va_m = mask_stated(tr, mask_rate, 1), mask_stated(va, mask_rate, 2)
+    # Calibration rows in both views a listing shows: the catalogue's brand / colour stated, and
+    # neither stated. Each (source, stated) interval is then calibrated on every calibration row of
+    # its source rather than on the random share a mask left in that group.
+    cal_m = concat_inputs([mask_stated(cal, 0.0, 3), mask_stated(cal, 1.0, 3)])
     fitted: dict[str, FormModel] = {}
     selection, seconds = [], {}
     for form in forms:

@@ -1,4 +1,5 @@
-"""Price parsing, currency conversion and outlier rules."""
+"""Prices as the datasets state them: parsing, conversion to USD, outlier rules (the price
+model itself lives in core.pricing)."""
 
 from __future__ import annotations
 

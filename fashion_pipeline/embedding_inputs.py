@@ -1,0 +1,92 @@
+"""How the model assets find and read the product_embeddings Parquet: one place for all of them
+(classifiers, clustering, the price model, the comparables index).
+
+The file is located by the asset's configured path, else the path the latest product_embeddings
+materialization recorded, else the embedding stage's default location; it is read with the
+embedding stage's own reader (core.encoders.io) together with the encoder record every model
+stores (core.encoders.record).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from fashion_pipeline.core.encoders.io import read_embedding_metadata, read_embeddings
+from fashion_pipeline.core.encoders.record import encoder_record
+from fashion_pipeline.core.fingerprint import array_digest
+from fashion_pipeline.paths import default_var_path, resolve
+
+EMBEDDINGS_ASSET = dg.AssetKey("product_embeddings")
+
+
+def embeddings_path(context, configured: str | None) -> Path:
+    """The Parquet written by product_embeddings: configured path, else the path recorded in its
+    latest materialization, else the embedding stage's default location."""
+    if configured:
+        return resolve(configured)
+    event = context.instance.get_latest_materialization_event(EMBEDDINGS_ASSET)
+    mat = event.asset_materialization if event is not None else None
+    if mat is not None and "path" in mat.metadata:
+        return Path(str(mat.metadata["path"].value))
+    return resolve(default_var_path("embeddings", "product_embeddings.parquet"))
+
+
+@dataclass
+class CatalogueEmbeddings:
+    """The file's rows: ids, image and text matrices (NaN rows where missing), and its encoder."""
+
+    path: Path
+    ids: list[str]
+    image: np.ndarray
+    text: np.ndarray
+    encoder: dict | None
+
+    @property
+    def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        return self.ids, self.image, self.text
+
+    @property
+    def note(self) -> str:
+        return f"read from {self.path}"
+
+    def digest(self) -> str:
+        return array_digest(self.ids, self.image, self.text)
+
+    def aligned(self, products: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+        """(image, text) with one row per ``products`` row (NaN where the file has none), and the
+        number of products the file has no row for."""
+        pos = {pid: i for i, pid in enumerate(self.ids)}
+        rows = products["product_id"].map(pos)
+        ok = rows.notna().to_numpy()
+        take = rows[ok].astype(int).to_numpy()
+
+        def align(arr: np.ndarray) -> np.ndarray:
+            out = np.full((len(products), arr.shape[1]), np.nan, np.float32)
+            out[ok] = arr[take]
+            return out
+
+        return align(self.image), align(self.text), int((~ok).sum())
+
+
+def read_catalogue_embeddings(context, configured: str | None) -> tuple[CatalogueEmbeddings | None, str]:
+    """The embeddings file (None when there is none) and a note saying where it came from or why not."""
+    path = embeddings_path(context, configured)
+    if not path.is_file():
+        return None, f"no embeddings file at {path}"
+    ids, image, text = read_embeddings(path)
+    emb = CatalogueEmbeddings(path, ids, image, text, encoder_record(read_embedding_metadata(path)))
+    context.log.info(f"embeddings from {path}: {len(ids)} rows")
+    return emb, emb.note
+
+
+def require_catalogue_embeddings(context, configured: str | None) -> CatalogueEmbeddings:
+    """The embeddings file, or a clear error for assets that cannot work without it."""
+    emb, note = read_catalogue_embeddings(context, configured)
+    if emb is None:
+        raise FileNotFoundError(f"product_embeddings Parquet not found ({note}): materialize product_embeddings first")
+    return emb

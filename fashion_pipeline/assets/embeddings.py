@@ -91,6 +91,7 @@ def product_embeddings(
                            "encoder": reuse.resource_config(encoder), "config": config.model_dump(),
                            "code": code_digest()})
     if (previous := _reused(context, fingerprint, path)) is not None:
+        warehouse.create_parquet_view("product_embeddings", str(path))  # a replaced warehouse gets it back
         return previous
     backend = encoder.build_backend()
     context.log.info(f"encoders: {backend.describe()}")

@@ -81,24 +81,49 @@ def carried_metadata(event: dg.EventLogEntry, fingerprint: str, drop: tuple[str,
     return meta
 
 
-def reused_table(context, key: str, fingerprint: str, read_table: Callable[[str], pd.DataFrame],
-                 output_name: str | None = None,
-                 still_there: Callable[[dg.EventLogEntry], bool] | None = None) -> dg.Output | None:
-    """An Output re-emitting the stored table of ``key`` when its last materialization had this
-    fingerprint; None (compute) when it did not, or the table (or, per ``still_there``, what else
-    the output stands for, e.g. a model store version) can no longer be read."""
+def _reusable(context, key: str, fingerprint: str,
+              still_there: Callable[[dg.EventLogEntry], bool] | None) -> dg.EventLogEntry | None:
+    """The latest materialization of ``key`` when it had this fingerprint and (per ``still_there``)
+    what it stored can still be served; None means compute."""
     event = matching(context, key, fingerprint)
     if event is None:
         return None
     if still_there is not None and not still_there(event):
         context.log.warning(f"{key}: inputs unchanged but what its last run stored is gone; recomputing")
         return None
+    return event
+
+
+def _log_reuse(context, key: str, event: dg.EventLogEntry, fingerprint: str) -> None:
+    context.log.info(f"{key}: inputs unchanged since run {origin_run(event)} "
+                     f"(fingerprint {fingerprint[:12]}); reusing its output")
+
+
+def reused_table(context, key: str, fingerprint: str, read_table: Callable[[str], pd.DataFrame],
+                 output_name: str | None = None,
+                 still_there: Callable[[dg.EventLogEntry], bool] | None = None) -> dg.Output | None:
+    """An Output re-emitting the stored table of ``key`` when its last materialization had this
+    fingerprint; None (compute) when it did not, or the table (or, per ``still_there``, what else
+    the output stands for, e.g. a model store version) can no longer be read."""
+    event = _reusable(context, key, fingerprint, still_there)
+    if event is None:
+        return None
     try:
         table = read_table(key)
     except Exception as e:  # the warehouse lost the table: compute it again, and say why
         context.log.warning(f"{key}: inputs unchanged but the stored table cannot be read ({e}); recomputing")
         return None
-    context.log.info(f"{key}: inputs unchanged since run {origin_run(event)} "
-                     f"(fingerprint {fingerprint[:12]}); reusing its output")
+    _log_reuse(context, key, event, fingerprint)
     kwargs = {"output_name": output_name} if output_name else {}
     return dg.Output(table, metadata=carried_metadata(event, fingerprint, drop=_IO_MANAGER_KEYS), **kwargs)
+
+
+def reused_result(context, key: str, fingerprint: str,
+                  still_there: Callable[[dg.EventLogEntry], bool] | None = None) -> dg.MaterializeResult | None:
+    """`reused_table` for an asset that stores its output itself (a file, a model store artefact)
+    and returns a MaterializeResult: the previous metadata, marked as reused."""
+    event = _reusable(context, key, fingerprint, still_there)
+    if event is None:
+        return None
+    _log_reuse(context, key, event, fingerprint)
+    return dg.MaterializeResult(metadata=carried_metadata(event, fingerprint))

@@ -47,15 +47,10 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     fingerprint = combine({"products": frame_digest(clean_products[TRAINING_COLUMNS]),
                            "config": config.model_dump(), "code": code_digest()})
 
-    def published_again(event) -> bool:  # the version it trained is still in the store: serve it
-        version = str(event.asset_materialization.metadata["store_version"].value)
-        if version not in store.versions(EXTRACTOR_MODEL):
-            return False
-        store.publish(EXTRACTOR_MODEL, version)
-        return True
-
+    trained = lambda event: str(event.asset_materialization.metadata["store_version"].value)  # noqa: E731
     if (previous := reuse.reused_table(context, "attribute_extractor", fingerprint, warehouse.read_table,
-                                       still_there=published_again)) is not None:
+                                       still_there=lambda e: trained(e) in store.versions(EXTRACTOR_MODEL))) is not None:
+        store.publish(EXTRACTOR_MODEL, str(previous.metadata["store_version"].value))  # serve what it trained
         return previous
     t0 = time.perf_counter()
     texts = [prepare(t, d, config.max_description_chars)

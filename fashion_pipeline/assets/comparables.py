@@ -57,12 +57,10 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
     fingerprint = combine({"products": frame_digest(clean_products), "embeddings": catalogue.digest(),
                            "config": config.model_dump(exclude={"embeddings_path"}),
                            "price_model_version": str(published["version"]), "code": code_digest()})
-    event = reuse.matching(context, "price_comparables", fingerprint)
-    if event is not None and str(event.asset_materialization.metadata["version"].value) in store.versions(
-            comparables.COMPARABLES_NAME):
-        context.log.info(f"inputs unchanged since run {reuse.origin_run(event)}: its index serves "
-                         f"{PRICE_MODEL_NAME} {published['version']}")
-        return dg.MaterializeResult(metadata=reuse.carried_metadata(event, fingerprint))
+    index_kept = lambda event: str(  # noqa: E731 - the index it built is still in the store
+        event.asset_materialization.metadata["version"].value) in store.versions(comparables.COMPARABLES_NAME)
+    if (previous := reuse.reused_result(context, "price_comparables", fingerprint, still_there=index_kept)) is not None:
+        return previous
     t0 = time.perf_counter()
     items, image, text = comparables.catalogue_items(clean_products, emb, tuple(config.splits))
     index = comparables.ComparablesIndex.build(items, image, text)

@@ -50,19 +50,6 @@ def _file_stat(path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _reused(context, fingerprint: str, path) -> dg.MaterializeResult | None:
-    """The previous materialization, when it had these inputs and its Parquet file is untouched."""
-    event = reuse.matching(context, "product_embeddings", fingerprint)
-    if event is None:
-        return None
-    recorded = event.asset_materialization.metadata.get("file_stat")
-    if not path.is_file() or recorded is None or recorded.value != _file_stat(path):
-        context.log.warning(f"product_embeddings: inputs unchanged but {path} is gone or was rewritten; re-embedding")
-        return None
-    context.log.info(f"product_embeddings: inputs unchanged since run {reuse.origin_run(event)}; reusing {path}")
-    return dg.MaterializeResult(metadata=reuse.carried_metadata(event, fingerprint))
-
-
 def _counts_md(counter: dict) -> dg.MetadataValue:
     if not counter:
         return dg.MetadataValue.md("_none_")
@@ -90,7 +77,9 @@ def product_embeddings(
     fingerprint = combine({"products": frame_digest(clean_products), "attributes": frame_digest(attributes),
                            "encoder": reuse.resource_config(encoder), "config": config.model_dump(),
                            "code": code_digest()})
-    if (previous := _reused(context, fingerprint, path)) is not None:
+    untouched = lambda event: path.is_file() and getattr(  # noqa: E731 - the Parquet file it wrote, as it wrote it
+        event.asset_materialization.metadata.get("file_stat"), "value", None) == _file_stat(path)
+    if (previous := reuse.reused_result(context, "product_embeddings", fingerprint, still_there=untouched)) is not None:
         warehouse.create_parquet_view("product_embeddings", str(path))  # a replaced warehouse gets it back
         return previous
     backend = encoder.build_backend()

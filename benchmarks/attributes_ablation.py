@@ -33,7 +33,7 @@ from fashion_pipeline.core.encoders.io import read_embeddings  # noqa: E402
 from fashion_pipeline.core.extraction import learned, quality  # noqa: E402
 from fashion_pipeline.core.extraction.pipeline import Extractor, ProductText, results_to_records  # noqa: E402
 from fashion_pipeline.core.extraction.rules import RulesExtractor  # noqa: E402
-from fashion_pipeline.core.extraction.text import prepare  # noqa: E402
+from fashion_pipeline.core.extraction.prepared_text import prepare  # noqa: E402
 from fashion_pipeline.core.model_store import ModelStore  # noqa: E402
 from fashion_pipeline.core.pricing.training import train_price_models  # noqa: E402
 

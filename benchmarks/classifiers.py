@@ -39,7 +39,7 @@ from fashion_pipeline.core.features import with_embeddings  # noqa: E402
 from fashion_pipeline.core.models.classifiers import CLASSICAL  # noqa: E402
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig  # noqa: E402
 from fashion_pipeline.core.models.leaderboard import LeaderboardConfig, best_per_task, run_leaderboard  # noqa: E402
-from fashion_pipeline.core.plots import confusion_matrix_png  # noqa: E402
+from fashion_pipeline.core.figures import confusion_matrix_png  # noqa: E402
 
 
 def build_clean_products(data_root: Path, cache: Path) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from fashion_pipeline.core.extraction import quality  # noqa: E402
 from fashion_pipeline.core.extraction.cache import ExtractionCache  # noqa: E402
 from fashion_pipeline.core.extraction.pipeline import Extractor, ProductText, fill_rates  # noqa: E402
 from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline, RulesExtractor  # noqa: E402
-from fashion_pipeline.core.extraction.text import prepare  # noqa: E402
+from fashion_pipeline.core.extraction.prepared_text import prepare  # noqa: E402
 
 
 def load_clean_products(data_root: Path, warehouse: Path | None, var_dir: Path) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pandas as pd
 
-from fashion_pipeline.core.plots import png_markdown
+from fashion_pipeline.core.figures import png_markdown
 from fashion_pipeline.core.reports import DropReport
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fashion_pipeline.core.clustering import ClusteringConfig, cluster_products, clustering_inputs, reduce
-from fashion_pipeline.core.metrics import clustering_metrics, purity
+from fashion_pipeline.core.label_metrics import clustering_metrics, purity
 from fashion_pipeline.core.models.dec import DEC, kl_loss, soft_assignment, target_distribution
 from fashion_pipeline_tests.fixtures.real_products import real_products_with_embeddings
 

@@ -24,7 +24,7 @@ from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
 from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file
 from fashion_pipeline.core.encoders.io import EmbeddingsWriter
 from fashion_pipeline.core.warehouse import create_parquet_view
-from fashion_pipeline.core.encoders.text import build_product_text, build_texts
+from fashion_pipeline.core.encoders.product_text import build_product_text, build_texts
 from fashion_pipeline_tests.fixtures.encoders import damaged
 
 # ---------------------------------------------------------------- images

@@ -13,8 +13,8 @@ from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, build_messag
 from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline, RulesExtractor, split_sections
 from fashion_pipeline.core.extraction.schema import (ATTRIBUTE_SCHEMA, NormaliseReport, SchemaViolation,
                                                      validate_output)
-from fashion_pipeline.core.extraction.text import prepare
-from fashion_pipeline.core.text import strip_html
+from fashion_pipeline.core.extraction.prepared_text import prepare
+from fashion_pipeline.core.text_cleaning import strip_html
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline_tests.conftest import HM, KAGGLE, SAMPLE_ROOT
 
@@ -110,6 +110,18 @@ def test_html_only_long_and_non_english_inputs_are_flagged():
     assert prepare("Футболка", "Хлопковая футболка с круглым вырезом", 2000).non_english
     title, desc, _, _ = kaggle("31293")
     assert not prepare(title, desc, 2000).non_english
+
+
+@pytest.mark.parametrize("raw, text", [
+    # Written with a space after "<", as in a few Kaggle descriptions: still tags, not words.
+    ("< b> Style Note< /b>\nCertain scents", "Style Note\nCertain scents"),
+    ("<p>Soft <i>cotton</i> &amp; linen</p><br/>Machine wash", "Soft cotton & linen\nMachine wash"),
+    ("size 3 < 5 and 7 > 2", "size 3 < 5 and 7 > 2"),
+    ("", ""),
+])
+def test_ingestion_and_extraction_strip_html_the_same_way(raw, text):
+    assert strip_html(raw) == text
+    assert prepare("T", raw, 2000).description == text
 
 
 def test_prompt_carries_version_vocabulary_and_the_product_text():

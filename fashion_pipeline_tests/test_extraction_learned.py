@@ -9,7 +9,7 @@ import pytest
 
 from fashion_pipeline.core.extraction import learned, quality
 from fashion_pipeline.core.extraction.brands import BrandMatcher, normalise, score_titles
-from fashion_pipeline.core.extraction.text import prepare
+from fashion_pipeline.core.extraction.prepared_text import prepare
 from fashion_pipeline.core.model_store import ModelCorruptError, ModelStore
 from fashion_pipeline.core.scoring import listing_extractor
 

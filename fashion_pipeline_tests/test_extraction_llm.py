@@ -14,8 +14,8 @@ from fashion_pipeline.core.extraction.cache import ExtractionCache
 from fashion_pipeline.core.extraction.model_files import ensure_smollm2_hf
 from fashion_pipeline.core.extraction.pipeline import Extractor, ProductText
 from fashion_pipeline.core.extraction.rules import RulesExtractor
-from fashion_pipeline.core.extraction.text import prepare
-from fashion_pipeline.core.text import strip_html
+from fashion_pipeline.core.extraction.prepared_text import prepare
+from fashion_pipeline.core.text_cleaning import strip_html
 from fashion_pipeline.paths import PROJECT_ROOT
 from fashion_pipeline_tests.conftest import KAGGLE, SAMPLE_ROOT
 

@@ -13,7 +13,7 @@ import pytest
 from fashion_pipeline.core.cleaning import CleaningSettings, clean_products, merge_sources
 from fashion_pipeline.core.pricing.features import PriceFeaturizer, build_price_inputs
 from fashion_pipeline.core.pricing.gate import gate
-from fashion_pipeline.core.pricing.metrics import regression_metrics
+from fashion_pipeline.core.pricing.price_metrics import regression_metrics
 from fashion_pipeline.core.pricing.models import (
     LightGBMPriceRegressor, MLPConfig, MLPPriceRegressor, PriceModel, RidgePriceRegressor, log_target,
 )

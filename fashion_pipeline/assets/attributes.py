@@ -15,7 +15,7 @@ from fashion_pipeline.core.extraction import learned, quality
 from fashion_pipeline.core.extraction.pipeline import ProductText, fill_rates, results_to_records
 from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, prompt_fingerprint
 from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline
-from fashion_pipeline.core.extraction.text import prepare
+from fashion_pipeline.core.extraction.prepared_text import prepare
 from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline.resources.model_store import ModelStoreResource

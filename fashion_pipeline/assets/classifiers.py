@@ -39,7 +39,7 @@ from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
 from fashion_pipeline.core.models.publishing import (baseline_row, classifier_gate, classifier_name, gate_each,
                                                      macro_f1_on_test_rows)
-from fashion_pipeline.core.plots import confusion_matrix_png
+from fashion_pipeline.core.figures import confusion_matrix_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
 from fashion_pipeline.resources.model_store import ModelStoreResource

@@ -14,7 +14,7 @@ from fashion_pipeline import metadata as md
 from fashion_pipeline import reuse
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.clustering import METHODS, ClusteringConfig, cluster_products
-from fashion_pipeline.core.plots import scatter_2d_png
+from fashion_pipeline.core.figures import scatter_2d_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
 from fashion_pipeline.resources.warehouse import WarehouseResource

@@ -25,7 +25,7 @@ from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.features import REGIMES
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
-from fashion_pipeline.core.pricing import plots
+from fashion_pipeline.core.pricing import price_plots
 from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
@@ -218,9 +218,9 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     decision = price_gate(metrics, listing_eval.GATE_FORMS, config.interval_coverage)
     full = cand_pred["full"]
     full = full[full["priced"] & full["predicted_usd"].notna()]
-    pva = plots.predicted_vs_actual_png(full["price_usd"], full["predicted_usd"], full["source"],
+    pva = price_plots.predicted_vs_actual_png(full["price_usd"], full["predicted_usd"], full["source"],
                                         "candidate, 'full' listings: predicted vs actual (test)")
-    rbc = plots.residuals_by_category_png(full["price_usd"], full["predicted_usd"], full["category"],
+    rbc = price_plots.residuals_by_category_png(full["price_usd"], full["predicted_usd"], full["category"],
                                           "candidate, 'full' listings: residuals by category (test)")
     overall = cand_table.set_index(["form", "source"])
     return dg.Output(metrics, metadata={

@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
-from fashion_pipeline.core.metrics import clustering_metrics, sampled_silhouette
+from fashion_pipeline.core.label_metrics import clustering_metrics, sampled_silhouette
 from fashion_pipeline.core.models.dec import DEC
 
 METHODS = ("kmeans", "gmm", "dec")

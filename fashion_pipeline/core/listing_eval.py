@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import scoring
-from .metrics import classification_metrics
+from .label_metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 

@@ -435,7 +435,7 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     from .encoders import build_backend
     from .encoders.images import decode_image, read_image_bytes
     from .encoders.record import EncoderMismatchError, check_encoder, encoder_record
-    from .encoders.text import build_texts, text_sha256
+    from .encoders.product_text import build_texts, text_sha256
 
     if record is not None:
         if backend is not None and backend != record["backend"]:

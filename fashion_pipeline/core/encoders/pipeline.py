@@ -29,7 +29,7 @@ from .base import EmbeddingBackend
 from .cache import EmbeddingCache
 from .images import decode_image, read_image_bytes
 from .io import EmbeddingsWriter
-from .text import build_texts, text_sha256
+from .product_text import build_texts, text_sha256
 
 log = logging.getLogger(__name__)
 

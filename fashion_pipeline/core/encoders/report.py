@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from fashion_pipeline.core.plots import figure_png, png_markdown
+from fashion_pipeline.core.figures import figure_png, png_markdown
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ from fashion_pipeline.core.extraction import quality, vocab
 from fashion_pipeline.core.extraction.brands import BrandMatcher
 from fashion_pipeline.core.extraction.rules import RulesExtractor
 from fashion_pipeline.core.extraction.schema import MAX_CARE, MAX_MATERIALS, Attributes
-from fashion_pipeline.core.extraction.text import PreparedText
+from fashion_pipeline.core.extraction.prepared_text import PreparedText
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from fashion_pipeline.core.extraction import text as textmod
+from fashion_pipeline.core.extraction import prepared_text as textmod
 from fashion_pipeline.core.extraction.backends import Generation, LLMBackend
 from fashion_pipeline.core.extraction.cache import ExtractionCache, cache_key
 from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, build_messages

@@ -7,7 +7,7 @@ import hashlib
 
 from fashion_pipeline.core.extraction import vocab
 from fashion_pipeline.core.extraction.schema import SCHEMA_JSON
-from fashion_pipeline.core.extraction.text import PreparedText
+from fashion_pipeline.core.extraction.prepared_text import PreparedText
 
 PROMPT_VERSION = "attr-v1"
 

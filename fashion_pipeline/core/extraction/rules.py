@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from fashion_pipeline.core.extraction import vocab
 from fashion_pipeline.core.extraction.schema import (MAX_CARE, MAX_MATERIALS, MAX_STYLE, Attributes)
-from fashion_pipeline.core.extraction.text import PreparedText
+from fashion_pipeline.core.extraction.prepared_text import PreparedText
 
 # Section header -> role. Headers are matched as whole short lines or as "Header:" prefixes.
 _SECTION_ROLES: dict[str, str] = {

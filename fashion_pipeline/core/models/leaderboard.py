@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_pipeline.core.features import ProductFeaturizer, TokenSequencer
-from fashion_pipeline.core.metrics import classification_metrics
+from fashion_pipeline.core.label_metrics import classification_metrics
 from fashion_pipeline.core.models.classifiers import CLASSICAL, TaskClassifier, estimator_proba, fit_classical
 from fashion_pipeline.core.models.fusion import (
     ARCHITECTURES,

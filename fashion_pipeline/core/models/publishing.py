@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fashion_pipeline.core.metrics import classification_metrics
+from fashion_pipeline.core.label_metrics import classification_metrics
 from fashion_pipeline.core.pricing.gate import GateDecision, gate
 
 BASELINE_MODELS = ("linear_svc", "logreg")

@@ -1,7 +1,7 @@
 """Price regression: features, regressors, intervals, metrics and the publishing gate."""
 
 from .features import PriceInputs, build_price_inputs
-from .metrics import regression_metrics
+from .price_metrics import regression_metrics
 from .models import PriceModel
 from .training import TrainingResult, train_price_models
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, regime_view
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
-from .metrics import regression_metrics
+from .price_metrics import regression_metrics
 from .models import BlendPriceRegressor, PriceModel, log_target, train_regressor
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import pandas as pd
 from fashion_pipeline.core.readers.common import DataRootError, MissingColumnError, read_csv_rows
 from fashion_pipeline.core.readers.images import check_images
 from fashion_pipeline.core.reports import DropReport
-from fashion_pipeline.core.text import normalise_space, strip_html
+from fashion_pipeline.core.text_cleaning import normalise_space, strip_html
 
 ARTICLE_COLUMNS = [
     "article_id", "product_code", "prod_name", "product_type_name", "product_group_name",

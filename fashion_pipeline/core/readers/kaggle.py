@@ -18,7 +18,7 @@ import pandas as pd
 from fashion_pipeline.core.readers.common import DataRootError, read_csv_rows
 from fashion_pipeline.core.readers.images import check_images
 from fashion_pipeline.core.reports import DropReport
-from fashion_pipeline.core.text import normalise_space, strip_html
+from fashion_pipeline.core.text_cleaning import normalise_space, strip_html
 
 STYLES_COLUMNS = [
     "id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season",

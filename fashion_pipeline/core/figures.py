@@ -81,21 +81,3 @@ def scatter_2d_png(xy: np.ndarray, labels: Sequence, title: str = "", max_points
     ax.set_yticks([])
     return figure_png(fig)
 
-
-def predicted_vs_true_png(y_true: Sequence[float], y_pred: Sequence[float], title: str = "", log: bool = False) -> bytes:
-    """Regression diagnostic: predictions against truth with the identity line."""
-    yt = np.asarray(y_true, dtype=float)
-    yp = np.asarray(y_pred, dtype=float)
-    fig = Figure(figsize=(5, 5), dpi=90)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(yt, yp, s=4, alpha=0.4)
-    if len(yt):
-        lo, hi = float(np.nanmin([yt.min(), yp.min()])), float(np.nanmax([yt.max(), yp.max()]))
-        ax.plot([lo, hi], [lo, hi], color="black", lw=1)
-    if log:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel("true")
-    ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=9)
-    return figure_png(fig)

@@ -1,5 +1,5 @@
 """Evaluation metrics of the clustering and classification stages (the price model's are in
-core.pricing.metrics).
+core.pricing.price_metrics).
 
 Plain functions over numpy arrays / sequences; no Dagster, no model code. Every function
 returns plain Python floats/ints so results can go straight into metadata and tables.

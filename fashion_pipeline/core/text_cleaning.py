@@ -1,4 +1,4 @@
-"""Text normalisation shared by ingestion, extraction and scoring."""
+"""Text normalisation shared by ingestion, extraction and scoring: the one HTML-to-text step."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from html.parser import HTMLParser
 
 _WS = re.compile(r"\s+")
 _BLOCK_TAGS = {"p", "br", "li", "div", "ul", "ol", "tr", "h1", "h2", "h3", "h4", "strong", "b"}
+# Tags written with a space after "<" ("< b>Style Note< /b>", in a few Kaggle descriptions) are text
+# to an HTML parser; these known names are removed like real tags.
+_SPACED_TAG = re.compile(r"<\s+/?\s*(%s|i|em|u|span)\s*/?\s*>" % "|".join(sorted(_BLOCK_TAGS)), re.I)
 
 
 class _TextExtractor(HTMLParser):
@@ -35,6 +38,7 @@ def strip_html(value: object) -> str:
     if "<" not in value and "&" not in value:
         text = value
     else:
+        value = _SPACED_TAG.sub(lambda m: "\n" if m.group(1).lower() in _BLOCK_TAGS else " ", value)
         parser = _TextExtractor()
         try:
             parser.feed(value)

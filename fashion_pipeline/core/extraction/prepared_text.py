@@ -1,14 +1,11 @@
-"""Input hygiene for extraction: HTML to text, length budget, rough language check."""
+"""Input hygiene for extraction: HTML to text (`core.text_cleaning.strip_html`), length budget, rough language check."""
 
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 
-_BLOCK_TAGS = re.compile(r"<\s*(?:br|/p|p|/div|div|li|/li|tr|/h\d|h\d)\b[^>]*>", re.I)
-_TAG = re.compile(r"<[^>]+>")
-_WS = re.compile(r"[ \t\r\f\v\u00a0]+")
+from fashion_pipeline.core.text_cleaning import strip_html
 
 # Common English function words; a text of some length with none of them is probably not English.
 _EN_WORDS = frozenset(
@@ -20,18 +17,6 @@ _EN_WORDS = frozenset(
     "shirt shirts top tops dress shoes shoe bag jacket jeans trousers shorts socks watch sleeves "
     "sleeve neck collar pocket pockets zip closure front back casual sports solid printed striped "
     "cotton polyester leather lining strap straps sole upper round long short".split())
-
-
-def html_to_text(s: str | None) -> str:
-    """Strip tags keeping block boundaries as newlines (section parsing relies on them)."""
-    if not s:
-        return ""
-    if "<" in s and ">" in s:
-        s = _BLOCK_TAGS.sub("\n", s)
-        s = _TAG.sub(" ", s)
-    s = html.unescape(s)
-    lines = [_WS.sub(" ", line).strip() for line in s.split("\n")]
-    return "\n".join(line for line in lines if line)
 
 
 _FOREIGN_WORDS = frozenset(
@@ -63,8 +48,8 @@ def looks_non_english(text: str) -> bool:
 
 def prepare(title: str | None, description: str | None, max_chars: int) -> PreparedText:
     """Clean title/description and cut the description to `max_chars` (at a word boundary)."""
-    t = " ".join(html_to_text(title).split())
-    d = html_to_text(description)
+    t = " ".join(strip_html(title).split())
+    d = strip_html(description)
     truncated = len(d) > max_chars
     if truncated:
         cut = d[:max_chars]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fashion_pipeline.core.plots import figure_png
+from fashion_pipeline.core.figures import figure_png
 
 
 def predicted_vs_actual_png(actual_usd, predicted_usd, source, title: str) -> bytes:

@@ -102,16 +102,22 @@ def _md_table(df: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.round(4).to_markdown(index=False) if len(df) else "_empty_")
 
 
+# Scoring serves the price model beside these; the asset lives in assets/classifiers.py.
+PUBLISHED_CLASSIFIERS_ASSET = dg.AssetKey("published_classifiers")
+
 LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_rmsle", "coverage",
                    "category_macro_f1", "gender_macro_f1", "usage_macro_f1",
                    "recipe_category_macro_f1", "recipe_gender_macro_f1", "recipe_usage_macro_f1"]
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas", "lightgbm", "pytorch"},
-          deps=[EMBEDDINGS_ASSET],
+          # After published_classifiers: the listing evaluation serves the candidate beside the classifiers
+          # that scoring will use after this run, not the ones a retrain is about to replace.
+          deps=[EMBEDDINGS_ASSET, PUBLISHED_CLASSIFIERS_ASSET],
           description="The candidate listing price model (one regressor per listing form, chosen on validation), "
                       "saved unpublished, and its test-split listing metrics per form and source through the scoring "
-                      "CLI's code path, beside the published model and the TF-IDF recipe on the same listings.",
+                      "CLI's code path (beside the classifiers published before it in the same run), next to the "
+                      "published model and the TF-IDF recipe on the same listings.",
           **gpu_declarations("regressor_metrics"))
 def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig, clean_products: pd.DataFrame,
                       product_attributes: pd.DataFrame, model_store: ModelStoreResource,
@@ -134,7 +140,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     trained = _previous_candidate(context, store, train_fp)
     if trained is not None:
         version = trained[0]
-        eval_fp = _evaluation_fingerprint(store, train_fp, version, config)
+        eval_fp = _evaluation_fingerprint(context, store, train_fp, version, config)
         if (previous := reuse.reused_table(context, "regressor_metrics", eval_fp, warehouse.read_table)) is not None:
             return previous
         context.log.info(f"training inputs unchanged since run {trained[2]}: reusing candidate {version}; "
@@ -164,7 +170,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
                                                        "counts": res.counts, "intervals": model.describe()}, features_spec)
         selection, counts, train_seconds = res.selection, res.counts, res.train_seconds
-        eval_fp = _evaluation_fingerprint(store, train_fp, version, config)
+        eval_fp = _evaluation_fingerprint(context, store, train_fp, version, config)
 
     # Test rows, as listings, through score_listings: the candidate and the published model.
     test = clean_products[clean_products["split"] == "test"].reset_index(drop=True)
@@ -269,13 +275,22 @@ def _previous_candidate(context, store, train_fp: str) -> tuple[str, object, str
     return version, meta["train_seconds"].value, str(origin.value) if origin is not None else event.run_id
 
 
-def _evaluation_fingerprint(store, train_fp: str, version: str, config: RegressorConfig) -> str:
-    """The candidate and what its listing evaluation reads: the published price model, classifiers
-    and attribute extractor (scoring serves the candidate beside them)."""
-    published = {n: (store.published(n) or {}).get("version") for n in (
-        PRICE_MODEL_NAME, scoring.EXTRACTOR_MODEL, *(scoring.classifier_name(t, r) for t in scoring.CLASSIFIER_TASKS
-                                             for r in REGIMES))}
-    return combine({"train": train_fp, "candidate": version, "published": published,
+def _evaluation_fingerprint(context, store, train_fp: str, version: str, config: RegressorConfig) -> str:
+    """The candidate and what its listing evaluation reads: the classifiers and attribute extractor
+    scoring serves it beside, and the published price model it is compared with.
+
+    Once the candidate itself is published (by the run that evaluated it), the comparison that
+    gated it still stands: the model it was compared with then (``published_version_before``)
+    takes the published model's place, so the next unchanged run reuses that evaluation."""
+    serving = {n: (store.published(n) or {}).get("version") for n in (
+        scoring.EXTRACTOR_MODEL, *(scoring.classifier_name(t, r) for t in scoring.CLASSIFIER_TASKS for r in REGIMES))}
+    compared_with = (store.published(PRICE_MODEL_NAME) or {}).get("version")
+    if compared_with == version:
+        event = reuse.matching(context, "regressor_metrics", train_fp, metadata_key=TRAIN_FINGERPRINT_KEY)
+        meta = event.asset_materialization.metadata if event is not None else {}
+        if "published_version_before" in meta and str(meta["candidate_version"].value) == version:
+            compared_with = meta["published_version_before"].value
+    return combine({"train": train_fp, "candidate": version, "serving": serving, "compared_with": compared_with,
                     "listing_eval_max_rows": config.listing_eval_max_rows, "code": code_digest()})
 
 

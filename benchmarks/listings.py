@@ -139,6 +139,13 @@ def main(argv=None) -> int:
         test = test.sample(args.max_test, random_state=0).reset_index(drop=True)
     train = products[products["split"] == "train"]
     forms = tuple(f for f in args.forms.split(",") if f)
+    # The photos are read from the paths clean_products recorded; when that dataset folder is gone
+    # (benchmarks/pipeline.py deletes its subsets) every listing would be scored without its photo.
+    missing = sum(not (isinstance(p, str) and Path(p).is_file()) for p in test["image_path"])
+    if missing > 0.05 * len(test):
+        raise SystemExit(f"{missing} of {len(test)} test products' photos are missing (e.g. "
+                         f"{test['image_path'].iloc[0]!r}): the dataset folder the pipeline read is gone. "
+                         "Rebuild it there (benchmarks/pipeline.py's build_subset) or run with --run-pipeline.")
 
     t0 = time.perf_counter()
     table, _ = listing_eval.evaluate_price_model(

@@ -225,9 +225,9 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     full = cand_pred["full"]
     full = full[full["priced"] & full["predicted_usd"].notna()]
     pva = price_plots.predicted_vs_actual_png(full["price_usd"], full["predicted_usd"], full["source"],
-                                        "candidate, 'full' listings: predicted vs actual (test)")
+                                              "candidate, 'full' listings: predicted vs actual (test)")
     rbc = price_plots.residuals_by_category_png(full["price_usd"], full["predicted_usd"], full["category"],
-                                          "candidate, 'full' listings: residuals by category (test)")
+                                                "candidate, 'full' listings: residuals by category (test)")
     overall = cand_table.set_index(["form", "source"])
     return dg.Output(metrics, metadata={
         "listing_metrics": _md_table(cand_table[LISTING_COLUMNS]),

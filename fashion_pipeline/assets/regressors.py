@@ -140,7 +140,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     trained = _previous_candidate(context, store, train_fp)
     if trained is not None:
         version = trained[0]
-        eval_fp = _evaluation_fingerprint(context, store, train_fp, version, config)
+        eval_fp = _evaluation_fingerprint(store, train_fp, version, config, compared_then=trained[3])
         if (previous := reuse.reused_table(context, "regressor_metrics", eval_fp, warehouse.read_table)) is not None:
             return previous
         context.log.info(f"training inputs unchanged since run {trained[2]}: reusing candidate {version}; "
@@ -170,7 +170,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
                                                        "counts": res.counts, "intervals": model.describe()}, features_spec)
         selection, counts, train_seconds = res.selection, res.counts, res.train_seconds
-        eval_fp = _evaluation_fingerprint(context, store, train_fp, version, config)
+        eval_fp = _evaluation_fingerprint(store, train_fp, version, config)
 
     # Test rows, as listings, through score_listings: the candidate and the published model.
     test = clean_products[clean_products["split"] == "test"].reset_index(drop=True)
@@ -260,9 +260,10 @@ TRAIN_FINGERPRINT_KEY = "train_fingerprint"
 TRAINED_IN_KEY = "candidate_trained_in_run"
 
 
-def _previous_candidate(context, store, train_fp: str) -> tuple[str, object, str] | None:
-    """(candidate version, its training seconds, the run that trained it) when the latest
-    regressor_metrics had the same training inputs and its candidate is still in the store."""
+def _previous_candidate(context, store, train_fp: str) -> tuple[str, object, str, str | None] | None:
+    """(candidate version, its training seconds, the run that trained it, the published model its
+    evaluation compared it with) when the latest regressor_metrics had the same training inputs and
+    its candidate is still in the store."""
     event = reuse.matching(context, "regressor_metrics", train_fp, metadata_key=TRAIN_FINGERPRINT_KEY)
     if event is None:
         return None
@@ -271,25 +272,25 @@ def _previous_candidate(context, store, train_fp: str) -> tuple[str, object, str
     if version not in store.versions(PRICE_MODEL_NAME):
         context.log.warning(f"training inputs unchanged but candidate {version} is gone from the store; retraining")
         return None
-    origin = meta.get(TRAINED_IN_KEY)
-    return version, meta["train_seconds"].value, str(origin.value) if origin is not None else event.run_id
+    origin, before = meta.get(TRAINED_IN_KEY), meta.get("published_version_before")
+    return (version, meta["train_seconds"].value, str(origin.value) if origin is not None else event.run_id,
+            before.value if before is not None else None)
 
 
-def _evaluation_fingerprint(context, store, train_fp: str, version: str, config: RegressorConfig) -> str:
+def _evaluation_fingerprint(store, train_fp: str, version: str, config: RegressorConfig,
+                            compared_then: str | None = None) -> str:
     """The candidate and what its listing evaluation reads: the classifiers and attribute extractor
     scoring serves it beside, and the published price model it is compared with.
 
     Once the candidate itself is published (by the run that evaluated it), the comparison that
-    gated it still stands: the model it was compared with then (``published_version_before``)
-    takes the published model's place, so the next unchanged run reuses that evaluation."""
+    gated it still stands: the model it was compared with then (``compared_then``, recorded as
+    ``published_version_before``) takes the published model's place, so the next unchanged run
+    reuses that evaluation."""
     serving = {n: (store.published(n) or {}).get("version") for n in (
         scoring.EXTRACTOR_MODEL, *(scoring.classifier_name(t, r) for t in scoring.CLASSIFIER_TASKS for r in REGIMES))}
     compared_with = (store.published(PRICE_MODEL_NAME) or {}).get("version")
-    if compared_with == version:
-        event = reuse.matching(context, "regressor_metrics", train_fp, metadata_key=TRAIN_FINGERPRINT_KEY)
-        meta = event.asset_materialization.metadata if event is not None else {}
-        if "published_version_before" in meta and str(meta["candidate_version"].value) == version:
-            compared_with = meta["published_version_before"].value
+    if compared_with == version and compared_then is not None:
+        compared_with = compared_then
     return combine({"train": train_fp, "candidate": version, "serving": serving, "compared_with": compared_with,
                     "listing_eval_max_rows": config.listing_eval_max_rows, "code": code_digest()})
 

@@ -113,6 +113,27 @@ def test_schedule_cron_timezone_and_status_come_from_the_environment(monkeypatch
         build_retraining_schedule()
 
 
+
+def test_a_retrain_keeps_each_classifiers_choice_published_or_refused(tmp_path):
+    """The weekly retrain trains, per task x regime, the published model; where the gate refused every
+    candidate (nothing published) the latest candidate's model; only a pair with nothing stored selects."""
+    from fashion_pipeline.assets.classifiers import ClassifierConfig, retrain_choice
+    from fashion_pipeline.core.model_store import ModelStore
+
+    store = ModelStore(tmp_path)
+    published_old = store.save("category_classifier", {"m": 1}, {}, {"model": "logreg"})
+    store.publish("category_classifier", published_old)
+    store.save("category_classifier", {"m": 2}, {}, {"model": "lightgbm"})  # a newer candidate, refused
+    store.save("usage_classifier", {"m": 3}, {}, {"model": "linear_svc"})  # refused, nothing published
+    store.save("usage_classifier", {"m": 4}, {}, {"model": "clip_fusion"})  # refused again, the latest
+    chosen, note = retrain_choice(store, ClassifierConfig(regimes=["full"]))
+    assert chosen == {("category", "full"): "logreg", ("usage", "full"): "clip_fusion"}
+    assert "usage/full" in note and "gender/full" in note  # gender: nothing stored, so it selects
+    # A model the config no longer trains is selected anew, and 'select' mode ignores the store.
+    assert retrain_choice(store, ClassifierConfig(regimes=["full"], neural_models=[]))[0] == {
+        ("category", "full"): "logreg"}
+    assert retrain_choice(store, ClassifierConfig(regimes=["full"], mode="select"))[0] == {}
+
 # --- jobs select over the asset graph, so stages merged later join them -------------------------------
 
 @dg.asset(group_name="some_new_group")

@@ -52,8 +52,9 @@ class ClassifierConfig(dg.Config):
     mode: Literal["retrain", "select"] = Field(default="retrain", description=(
         "retrain (the weekly schedule, the sensor): each task and regime retrains only the model its published "
         "classifier is (plus the linear baseline the gate compares with), on fresh data, and the "
-        "classifier_leaderboard table keeps the last selection's; a pair with nothing published (e.g. its candidate "
-        "was refused by the gate) is selected as in 'select'. select (model_selection_job, on demand): every configured model is trained on every regime, "
+        "classifier_leaderboard table keeps the last selection's; a pair with nothing published (its candidates "
+        "were refused by the gate) retrains its latest candidate's model, and one with nothing stored is selected "
+        "as in 'select'. select (model_selection_job, on demand): every configured model is trained on every regime, "
         "the serving one chosen on validation, and classifier_leaderboard rewritten."))
     regimes: list[str] = Field(default=list(REGIMES), description=(
         "Input regimes: full (image + title + description + brand), sparse (image + title), image (image only)."))
@@ -80,23 +81,33 @@ class ClassifierConfig(dg.Config):
 
 
 def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
-    """{(task, regime): model} to retrain (each published classifier's model, when this config still
-    trains it), and a note; empty in select mode or with nothing published."""
+    """{(task, regime): model} to retrain, and a note; empty in select mode or with nothing stored.
+
+    The model is the published classifier's; where the gate refused every candidate so far (nothing
+    published), the latest candidate's — the last selection's choice. Re-selecting among every family
+    on a few more rows would pay for the whole leaderboard to reach, almost always, the same choice;
+    `model_selection_job` (mode 'select') is where the families compete again."""
     if config.mode == "select":
         return {}, "selecting on validation among every configured model"
     configured = set(config.classical_models) | set(config.neural_models)
-    chosen, other = {}, []
+    chosen, from_candidate, other = {}, [], []
     for task in TASKS:
         for regime in config.regimes:
-            info = store.published(classifier_name(task, regime))
+            name = classifier_name(task, regime)
+            info = store.published(name)
+            if info is None and (versions := store.versions(name)):
+                info = store.info(name, versions[-1])
+                from_candidate.append(f"{task}/{regime}")
             model = ((info or {}).get("features_spec") or {}).get("model")
             if model in configured:
                 chosen[(task, regime)] = model
             else:
                 other.append(f"{task}/{regime}")
     note = f"retraining the published choices {sorted(f'{t}/{r}={m}' for (t, r), m in chosen.items())}"
+    if from_candidate:
+        note += f" ({from_candidate}: nothing published, the latest candidate's choice)"
     if other:
-        note += f"; selecting on validation for {other} (nothing published, or a model this config does not train)"
+        note += f"; selecting on validation for {other} (nothing stored, or a model this config does not train)"
     return chosen, note
 
 

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 
 from fashion_pipeline.core.features import ProductFeaturizer, TokenSequencer, with_embeddings
@@ -112,3 +113,26 @@ def test_spec_records_whether_the_model_reads_attributes(frame):
     assert with_attrs["attribute_vocab_size"] == 2  # fit=slim, fit=regular
     # The photo-only regime never reads them.
     assert ProductFeaturizer("image").fit(tagged).spec()["uses_attributes"] is False
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (1, 1), (0, 4), (3, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_blocks_become_the_same_csr_matrix_scipy_builds(shape, dtype):
+    """The design matrices' dense blocks skip scipy's COO detour but must stay the same matrix:
+    same shape, values and stored positions (zeros not stored), float32."""
+    from fashion_pipeline.core.sparse_blocks import dense_csr
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    if x.size:
+        x[0] = 0.0
+        x[:, -1] = 0.0
+    want = sp.csr_matrix(x.astype(np.float32))
+    before = x.copy()
+    got = dense_csr(x)
+    assert np.array_equal(x, before)  # the input is left as it was
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert got.nnz == want.nnz
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    assert np.array_equal(got.data, want.data)
+    with pytest.raises(ValueError, match="2-d"):
+        dense_csr(np.zeros(3))

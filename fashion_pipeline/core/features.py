@@ -32,6 +32,8 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from fashion_pipeline.core.sparse_blocks import dense_csr
+
 
 @dataclass(frozen=True)
 class Regime:
@@ -322,10 +324,10 @@ class ProductFeaturizer:
                 img = self._image_projection(b)
                 if kind == "nonneg":
                     img = b["image"]  # NB needs the raw, non-negative (post-ReLU) features
-                parts.append(sp.csr_matrix(img * self.image_weight))
-                parts.append(sp.csr_matrix(b["has_image"]))
+                parts.append(dense_csr(img * self.image_weight))
+                parts.append(dense_csr(b["has_image"]))
             if "text_embedding" in b and kind == "sparse":
-                parts.append(sp.csr_matrix(b["text_embedding"]))
+                parts.append(dense_csr(b["text_embedding"]))
             if "attributes" in b:
                 parts.append(b["attributes"])
             return sp.hstack(parts, format="csr", dtype=np.float32)

@@ -24,6 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from fashion_pipeline.core.sparse_blocks import dense_csr
+
 # Stated listing fields used as one-hot / categorical features. brand and colour are optional in a
 # listing (null becomes its own level "<missing>", and training masks them so the models learn
 # both); source is stated or predicted from the listing (core.pricing.routing) before pricing.
@@ -278,7 +280,7 @@ class PriceFeaturizer:
             for s in getattr(self, "sources_", []):
                 blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
         if self.use_embeddings:
-            blocks.append(sp.csr_matrix(self.scaler_.transform(inputs) * self.embedding_weight))
+            blocks.append(dense_csr(self.scaler_.transform(inputs) * self.embedding_weight))
         return sp.hstack(blocks, format="csr", dtype=np.float32)
 
     def fit_transform(self, inputs: PriceInputs) -> sp.csr_matrix:

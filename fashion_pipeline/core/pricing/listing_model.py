@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fashion_pipeline.core.sparse_blocks import dense_csr
+
 from .features import PriceInputs, _clean_str, regime_view
 from .models import PriceModel
 
@@ -69,7 +71,7 @@ class SourceRouter:
             if have.any():
                 z[have, :-1] = self.pca_.transform(img[have])
             z[:, -1] = have
-            parts.append(sp.csr_matrix(z))
+            parts.append(dense_csr(z))
         if not parts:
             return sp.csr_matrix((len(inputs), 1), dtype=np.float32)
         return sp.hstack(parts, format="csr", dtype=np.float32)

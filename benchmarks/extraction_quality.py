@@ -108,7 +108,7 @@ def learned_section(df: pd.DataFrame, kaggle: pd.DataFrame, rules_by_id: dict, n
         for attr in learned.TARGETS:
             sc = learned.score_values([t.get(attr) for t in test_truths],
                                       [learned.attribute_value(a, attr) for a in attrs], attr)
-            rows.append({"extractor": name, "attribute": attr, "n": sc.n, "coverage": sc.coverage,
+            rows.append({"extractor": name, "attribute": attr, "n": sc.n_truth, "coverage": sc.coverage,
                          "precision": sc.precision, "accuracy": sc.accuracy, "macro_f1": sc.macro_f1})
     # Brand: the catalogue's test titles as written, and rewritten as a seller might type them.
     tt, tb = df["title"][test].tolist(), df["brand"][test].tolist()

@@ -30,7 +30,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.svm import LinearSVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pricing import build_clean_products  # noqa: E402  (benchmarks/pricing.py)
+from classifiers import build_clean_products  # noqa: E402  (benchmarks/classifiers.py)
 
 from fashion_pipeline.paths import default_var_path  # noqa: E402
 

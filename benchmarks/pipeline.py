@@ -330,12 +330,13 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     results = []
-    for token in args.sizes.split(","):
-        size = None if token.strip() == "all" else int(token)
+    sizes = [t.strip() for t in args.sizes.split(",")]
+    for token in sizes:
+        size = None if token == "all" else int(token)
         results.append(run_size(args.data, out, size, incremental=not args.no_incremental))
         write_report(results, info, out)  # a partial report survives an interrupted run
     report = write_report(results, info, out)
-    if "all" in [t.strip() for t in args.sizes.split(",")] and not args.no_incremental:
+    if "all" in sizes and not args.no_incremental:
         # Only a run that measures what the report answers (the full data, with the re-runs) replaces it.
         results_dir = ROOT / "benchmarks" / "results"
         results_dir.mkdir(exist_ok=True)

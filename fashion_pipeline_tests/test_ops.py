@@ -134,6 +134,31 @@ def test_a_retrain_keeps_each_classifiers_choice_published_or_refused(tmp_path):
         ("category", "full"): "logreg"}
     assert retrain_choice(store, ClassifierConfig(regimes=["full"], mode="select"))[0] == {}
 
+def test_a_retrain_keeps_the_price_models_choices_published_or_refused(tmp_path):
+    """Per listing form, the weekly retrain trains the kind the published price model chose; when the
+    gate refused every candidate so far (nothing published), the latest candidate's kinds; with no
+    price model stored, or in 'select' mode, it selects (None)."""
+    from fashion_pipeline.assets.regressors import RegressorConfig, retrain_choice
+    from fashion_pipeline.core.model_store import ModelStore
+    from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
+
+    store = ModelStore(tmp_path)
+    assert retrain_choice(store, RegressorConfig())[0] is None  # nothing stored: select
+    store.save(PRICE_MODEL_NAME, {"m": 1}, {}, {"forms": {"full": "ridge", "image": "mlp"}})
+    latest = store.save(PRICE_MODEL_NAME, {"m": 2}, {}, {"forms": {"full": "blend", "sparse": "lightgbm"}})
+    chosen, note = retrain_choice(store, RegressorConfig())  # both refused: the latest candidate's choice
+    assert chosen == {"full": "blend", "sparse": "lightgbm"}
+    assert latest in note and "candidate" in note
+    published = store.save(PRICE_MODEL_NAME, {"m": 3}, {}, {"forms": {"full": "ridge", "sparse": "mlp"}})
+    store.publish(PRICE_MODEL_NAME, published)
+    store.save(PRICE_MODEL_NAME, {"m": 4}, {}, {"forms": {"full": "lightgbm"}})  # a newer candidate, refused
+    chosen, note = retrain_choice(store, RegressorConfig())
+    assert chosen == {"full": "ridge", "sparse": "mlp"} and published in note
+    # A kind the config no longer trains is selected anew; 'select' mode ignores the store.
+    assert retrain_choice(store, RegressorConfig(models=["ridge", "lightgbm"]))[0] == {"full": "ridge"}
+    assert retrain_choice(store, RegressorConfig(mode="select"))[0] is None
+
+
 # --- jobs select over the asset graph, so stages merged later join them -------------------------------
 
 @dg.asset(group_name="some_new_group")

@@ -94,9 +94,8 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
     for task in TASKS:
         for regime in config.regimes:
             name = classifier_name(task, regime)
-            info = store.published(name)
-            if info is None and (versions := store.versions(name)):
-                info = store.info(name, versions[-1])
+            info, published = store.published_or_latest(name)
+            if info is not None and not published:
                 from_candidate.append(f"{task}/{regime}")
             model = ((info or {}).get("features_spec") or {}).get("model")
             if model in configured:

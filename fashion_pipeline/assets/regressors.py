@@ -43,8 +43,8 @@ GROUP = "pricing"
 class RegressorConfig(dg.Config):
     mode: Literal["retrain", "select"] = Field(default="retrain", description=(
         "retrain (the weekly schedule, the sensor): each listing form retrains only the model kind the published "
-        "price model chose for it, on fresh data; a form it lacks, or a store with nothing published, is selected "
-        "as in 'select'. select (model_selection_job, on demand): every kind in `models` (+ the blend) is trained "
+        "price model chose for it (the latest candidate's, when the gate has refused every one so far), on fresh "
+        "data; a form it lacks, or a store with no price model, is selected as in 'select'. select (model_selection_job, on demand): every kind in `models` (+ the blend) is trained "
         "and the best per form chosen on validation."))
     use_attributes: bool = Field(default=True, description=(
         "Train the price model with the extracted attributes (product_attributes: brand filled from the title, "
@@ -85,16 +85,20 @@ class RegressorConfig(dg.Config):
 
 
 def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | None, str]:
-    """{form: model kind} to retrain (the published model's choices), or None to select; and why."""
+    """{form: model kind} to retrain, or None to select; and why.
+
+    The kinds are the published price model's; when the gate refused every candidate so far (nothing
+    published), the latest candidate's — the last selection's choice, as for the classifiers."""
     if config.mode == "select":
         return None, f"selecting per form on validation among {list(config.models)}" + (" + blend" if config.blend else "")
-    published = store.published(PRICE_MODEL_NAME)
-    forms = ((published or {}).get("features_spec") or {}).get("forms") or {}
+    info, published = store.published_or_latest(PRICE_MODEL_NAME)
+    forms = ((info or {}).get("features_spec") or {}).get("forms") or {}
     usable = {f: k for f, k in forms.items() if k in config.models or (k == "blend" and len(config.models) >= 2)}
     if not usable:
-        why = "nothing published" if published is None else "the published model names no kind this config trains"
+        why = "nothing stored" if info is None else f"{PRICE_MODEL_NAME} {info['version']} names no kind this config trains"
         return None, f"{why}: selecting per form on validation among {list(config.models)}"
-    return usable, (f"retraining the published {PRICE_MODEL_NAME} {published['version']}'s choices {usable} "
+    whose = "published" if published else "latest candidate (nothing published: the gate refused it)"
+    return usable, (f"retraining the {whose} {PRICE_MODEL_NAME} {info['version']}'s choices {usable} "
                     "(model_selection_job re-selects)")
 
 

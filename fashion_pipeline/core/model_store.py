@@ -199,6 +199,16 @@ class ModelStore:
             return None
         return self.info(name, marker.read_text().strip())
 
+    def published_or_latest(self, name: str) -> tuple[dict | None, bool]:
+        """(info, published): the published version's info, else the newest saved version's (a
+        candidate a gate refused), else (None, False). What a retrain keeps training: the model a
+        selection chose, whether or not its gate let it serve."""
+        info = self.published(name)
+        if info is not None:
+            return info, True
+        versions = self.versions(name)
+        return (self.info(name, versions[-1]), False) if versions else (None, False)
+
     def load(self, name: str, version: str | None = None) -> tuple[Any, dict]:
         """Load a version; ``None`` means the published one, else the newest intact one.
 

@@ -137,4 +137,10 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.
     except KeyError as exc:
         raise ValueError(f"{path} lacks embedding dimensions in its schema metadata") from exc
     ids = table.column("product_id").to_pylist()
-    return ids, _to_matrix(table.column(IMAGE_COLUMN), image_dim), _to_matrix(table.column(TEXT_COLUMN), text_dim)
+    image, text = _to_matrix(table.column(IMAGE_COLUMN), image_dim), _to_matrix(table.column(TEXT_COLUMN), text_dim)
+    del table
+    # Arrow's allocator keeps freed pages for its next read; numpy cannot use them. Measured on the
+    # full catalogue (43.7k rows, 277 MB of vectors): the process kept 1.46 GB more than before the
+    # read without this, 0.32 GB with it.
+    pa.default_memory_pool().release_unused()
+    return ids, image, text

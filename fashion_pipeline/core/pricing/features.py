@@ -211,16 +211,15 @@ class CategoricalEncoder:
 
 def dense_embeddings(inputs: PriceInputs) -> np.ndarray:
     """[text | image | text_missing | image_missing], NaN rows replaced by zeros."""
-    t_missing = np.isnan(inputs.text).any(axis=1)
-    i_missing = np.isnan(inputs.image).any(axis=1)
-    return np.hstack(
-        [
-            np.nan_to_num(inputs.text, nan=0.0),
-            np.nan_to_num(inputs.image, nan=0.0),
-            t_missing[:, None].astype(np.float32),
-            i_missing[:, None].astype(np.float32),
-        ]
-    ).astype(np.float32)
+    n_t, n_i = inputs.text.shape[1], inputs.image.shape[1]
+    # Filled in place in one preallocated block (no per-part copies: this runs on every training row).
+    x = np.empty((len(inputs), n_t + n_i + 2), dtype=np.float32)
+    x[:, :n_t] = inputs.text
+    x[:, n_t : n_t + n_i] = inputs.image
+    x[:, n_t + n_i] = np.isnan(inputs.text).any(axis=1)
+    x[:, n_t + n_i + 1] = np.isnan(inputs.image).any(axis=1)
+    np.nan_to_num(x, copy=False, nan=0.0)
+    return x
 
 
 class EmbeddingScaler:
@@ -230,19 +229,23 @@ class EmbeddingScaler:
         x = dense_embeddings(inputs)
         valid = np.hstack([~np.isnan(inputs.text), ~np.isnan(inputs.image), np.ones((len(x), 2), bool)])
         cnt = np.maximum(valid.sum(0), 1)
-        self.mean_ = (np.where(valid, x, 0).sum(0) / cnt).astype(np.float32)
-        var = (np.where(valid, (x - self.mean_) ** 2, 0).sum(0) / cnt).astype(np.float32)
+        self.mean_ = (x.sum(0) / cnt).astype(np.float32)  # x is 0 where not valid
+        x -= self.mean_  # in place: squared deviations, 0 where not valid
+        x **= 2
+        x[~valid] = 0.0
+        var = (x.sum(0) / cnt).astype(np.float32)
         self.scale_ = np.sqrt(var) + 1e-6
         return self
 
     def transform(self, inputs: PriceInputs) -> np.ndarray:
-        x = dense_embeddings(inputs)
-        z = (x - self.mean_) / self.scale_
+        z = dense_embeddings(inputs)  # a fresh array: standardised in place
+        z -= self.mean_
+        z /= self.scale_
         # A missing embedding stays at 0 (= the train mean) so it does not look like a signal.
         n_t = inputs.text.shape[1]
-        z[:, :n_t][np.isnan(inputs.text).any(axis=1)] = 0.0
-        z[:, n_t : n_t + inputs.image.shape[1]][np.isnan(inputs.image).any(axis=1)] = 0.0
-        return z.astype(np.float32)
+        z[np.isnan(inputs.text).any(axis=1), :n_t] = 0.0
+        z[np.isnan(inputs.image).any(axis=1), n_t : n_t + inputs.image.shape[1]] = 0.0
+        return z
 
 
 class PriceFeaturizer:
@@ -280,7 +283,10 @@ class PriceFeaturizer:
             for s in getattr(self, "sources_", []):
                 blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
         if self.use_embeddings:
-            blocks.append(dense_csr(self.scaler_.transform(inputs) * self.embedding_weight))
+            z = self.scaler_.transform(inputs)
+            z *= self.embedding_weight
+            blocks.append(dense_csr(z))
+            del z
         return sp.hstack(blocks, format="csr", dtype=np.float32)
 
     def fit_transform(self, inputs: PriceInputs) -> sp.csr_matrix:

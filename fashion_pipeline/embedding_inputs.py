@@ -57,6 +57,19 @@ class CatalogueEmbeddings:
     def digest(self) -> str:
         return array_digest(self.ids, self.image, self.text)
 
+    def release(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The arrays, handed over: this object keeps no reference, so whoever takes them can free
+        them (hundreds of MB on the full catalogue) as soon as it has used them."""
+        arrays = (self.ids, self.image, self.text)
+        if arrays[1] is None:
+            raise RuntimeError(f"the embeddings read from {self.path} were already handed over")
+        self.ids, self.image, self.text = [], None, None
+        return arrays
+
+    def missing(self, products: pd.DataFrame) -> int:
+        """How many ``products`` rows the file has no row for."""
+        return int((~products["product_id"].isin(set(self.ids))).sum())
+
     def aligned(self, products: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
         """(image, text) with one row per ``products`` row (NaN where the file has none), and the
         number of products the file has no row for."""

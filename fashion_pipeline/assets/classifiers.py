@@ -154,7 +154,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
     emb = require_catalogue_embeddings(context, config.embeddings_path)
-    image, text, no_row = emb.aligned(clean_products)
+    no_row = emb.missing(clean_products)
     fingerprint = combine({"products": frame_digest(clean_products), "embeddings": emb.digest(),
                            "config": config.model_dump(exclude={"threads", "embeddings_path"}),
                            "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()), "code": code_digest()})
@@ -162,8 +162,9 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         yield from previous
         return
     encoder = emb.encoder  # scoring builds and checks this encoder
-    ids = clean_products["product_id"].tolist()
-    frame = with_embeddings(clean_products, ids, image, text)
+    # Rows of the file's own matrices, joined by product_id (an aligned copy would double them).
+    frame = with_embeddings(clean_products, *emb.arrays)
+    del emb
     cfg = LeaderboardConfig(
         tasks=TASKS, regimes=tuple(config.regimes), classical=tuple(config.classical_models),
         neural=tuple(config.neural_models),

@@ -53,7 +53,7 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
         return dg.MaterializeResult(metadata={"index_size": dg.MetadataValue.int(0), "embeddings": emb_note,
                                               "price_model_version": str(published["version"]),
                                               "skipped": "no product embeddings: nothing to index"})
-    emb, encoder = catalogue.arrays, catalogue.encoder
+    encoder = catalogue.encoder
     fingerprint = combine({"products": frame_digest(clean_products), "embeddings": catalogue.digest(),
                            "config": config.model_dump(exclude={"embeddings_path"}),
                            "price_model_version": str(published["version"]), "code": code_digest()})
@@ -62,7 +62,8 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
     if (previous := reuse.reused_result(context, "price_comparables", fingerprint, still_there=index_kept)) is not None:
         return previous
     t0 = time.perf_counter()
-    items, image, text = comparables.catalogue_items(clean_products, emb, tuple(config.splits))
+    # Handed over: the file's matrices are freed once the catalogue rows are aligned.
+    items, image, text = comparables.catalogue_items(clean_products, catalogue.release(), tuple(config.splits))
     index = comparables.ComparablesIndex.build(items, image, text)
     build_s = time.perf_counter() - t0
     price_version = str(published["version"])

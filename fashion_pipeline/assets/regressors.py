@@ -130,7 +130,6 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     store = model_store.store()
     catalogue, emb_note = read_catalogue_embeddings(context, config.embeddings_path)
     context.log.info(f"embeddings: {emb_note}")
-    emb = catalogue.arrays if catalogue is not None else None
     encoder_rec = catalogue.encoder if catalogue is not None else None
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
@@ -161,7 +160,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                     "mixed_precision": config.mixed_precision},
         }
-        res = train_price_models(clean_products, emb, attributes,
+        # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
+        res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,
                                  models=tuple(config.models), params=params,
                                  blend=config.blend, coverage=config.interval_coverage,
                                  train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
@@ -185,7 +185,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     try:
         # The embedding stage's cache: the test products' photos were embedded with the catalogue, and a
         # re-run finds the listing texts of the previous one.
-        embedder = scoring.encoder_embedder(record=encoder_rec, cache_dir=encoder.cache_path()) if emb is not None else None
+        embedder = scoring.encoder_embedder(record=encoder_rec, cache_dir=encoder.cache_path()) if catalogue is not None else None
     except ImportError as e:
         embedder = None
         context.log.warning(f"listing evaluation without embeddings: {e}")

@@ -106,9 +106,9 @@ def _unit(m: np.ndarray | None, n: int, dim: int) -> tuple[np.ndarray, np.ndarra
     (finite, non-zero). ``None`` means the modality is absent for every row."""
     if m is None:
         return np.zeros((n, dim), np.float32), np.zeros(n, bool)
-    m = np.asarray(m, dtype=np.float32)
-    finite = np.isfinite(m).all(axis=1)
-    out = np.where(finite[:, None], m, 0.0).astype(np.float32)
+    out = np.array(m, dtype=np.float32)  # one copy, normalised in place
+    finite = np.isfinite(out).all(axis=1)
+    out[~finite] = 0.0
     norms = np.linalg.norm(out, axis=1)
     ok = finite & (norms > 0)
     out[ok] /= norms[ok, None]
@@ -146,10 +146,16 @@ class ComparablesIndex:
         img, has_img = _unit(image, n, dims["image"])
         txt, has_txt = _unit(text, n, dims["text"])
         keep = has_img | has_txt
-        w = np.float32(1.0 / math.sqrt(len(MODALITIES)))
-        vectors = np.ascontiguousarray(np.hstack([img[keep] * w, txt[keep] * w]), dtype=np.float32)
-        faiss = _faiss()
         d = dims["image"] + dims["text"]
+        # Filled block by block, each freed as soon as it is copied (the full catalogue's vectors are
+        # hundreds of MB, and faiss keeps its own copy).
+        vectors = np.empty((int(keep.sum()), d), np.float32)
+        vectors[:, : dims["image"]] = img[keep]
+        del img
+        vectors[:, dims["image"] :] = txt[keep]
+        del txt
+        vectors *= np.float32(1.0 / math.sqrt(len(MODALITIES)))
+        faiss = _faiss()
         if len(vectors) >= hnsw_min_rows:
             index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION

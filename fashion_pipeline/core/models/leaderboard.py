@@ -190,10 +190,16 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
                 if not cfg.trains(task, regime, name):
                     continue
                 spec = CLASSICAL[name]
-                x_tr = feats[spec.kind]["train"][tr]
                 y_tr = codes[task]["train"][tr]
                 sub = _sample_rows(len(y_tr), cfg.max_train_rows.get(name), cfg.seed)
-                est, secs = fit_classical(name, x_tr[sub], y_tr[sub], cfg.seed, cfg.n_threads)
+                # One row selection (none when every row trains): a copy of a wide CSR block is hundreds
+                # of MB beside the solver's own copy of it.
+                rows_used = np.flatnonzero(tr)[sub]
+                x_fit = feats[spec.kind]["train"]
+                if len(rows_used) < x_fit.shape[0]:
+                    x_fit = x_fit[rows_used]
+                est, secs = fit_classical(name, x_fit, y_tr[sub], cfg.seed, cfg.n_threads)
+                del x_fit
 
                 def full_proba(s, est=est, spec=spec, task=task):
                     p = estimator_proba(est, feats[spec.kind][s])
@@ -206,6 +212,8 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
                                  task, name, fz, classes[task], est, spec.kind))
                 say(f"[{regime}] {task} {name}: {secs:.1f} s, val macro-F1 {vf1:.3f}")
 
+        # The neural heads read only the wide block: the classical blocks are freed before they train.
+        feats = {k: v for k, v in feats.items() if k == "wide"}
         for arch in cfg.neural:
             arch_tasks = [t for t in cfg.tasks if cfg.trains(t, regime, arch)]
             if regime not in NEURAL_REGIMES[arch] or not arch_tasks:
@@ -238,6 +246,8 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
                        int((y_train[task] >= 0).sum()),
                        lambda task=task, arch=arch, x_fz=x_fz, seq=seq, net=net: NeuralTaskClassifier(
                            task, arch, x_fz, classes[task], net, seq, "wide"))
+            del xs, toks, net
+        del feats  # before the next regime builds its own
     timings["total_seconds"] = round(time.perf_counter() - t_all, 2)
     lb = pd.DataFrame(rows)
     for key, (vf1, model) in best_val.items():

@@ -70,6 +70,8 @@ class PriceInputs:
 
     def subset(self, mask: np.ndarray | pd.Series) -> "PriceInputs":
         m = np.asarray(mask, dtype=bool)
+        if m.all():  # every row: the same (never written) embedding arrays, not a copy of them
+            return PriceInputs(self.frame.reset_index(drop=True), self.text, self.image)
         return PriceInputs(self.frame[m].reset_index(drop=True), self.text[m], self.image[m])
 
 

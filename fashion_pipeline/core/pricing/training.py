@@ -108,12 +108,14 @@ def train_price_models(
         raise ValueError(f"unknown listing forms {sorted(unknown)}; expected some of {list(FORMS)}")
     rows, counts = priced_rows(products)
     inputs = build_price_inputs(rows, embeddings, attributes)
+    embeddings = None  # the aligned copy is all training reads (a caller that handed them over frees them now)
     split = pricing_splits(inputs.frame, calibration_fraction)
     if train_fraction < 1.0:  # deterministic subsample of train only; the other splits stay whole
         keep = np.random.default_rng(0).random(len(split)) < train_fraction
         split = np.where((split == "train") & ~keep, "unused", split)
         counts["train_rows_unused"] = int((split == "unused").sum())
     tr, cal, va = (inputs.subset(split == s) for s in ("train", "calibration", "validation"))
+    del inputs  # the three subsets are copies; test rows are not read here
     counts.update({"train": len(tr), "calibration": len(cal), "validation": len(va), "test": int((split == "test").sum())})
     if len(tr) == 0 or len(va) == 0 or len(cal) == 0:
         raise ValueError(f"price training needs train, calibration and validation rows, got {counts}")

@@ -136,3 +136,20 @@ def test_dense_blocks_become_the_same_csr_matrix_scipy_builds(shape, dtype):
     assert np.array_equal(got.data, want.data)
     with pytest.raises(ValueError, match="2-d"):
         dense_csr(np.zeros(3))
+
+
+def test_the_fitted_digest_names_what_transform_reads(frame):
+    import pickle
+
+    train = frame[frame["split"] == "train"]
+    a = ProductFeaturizer("sparse", svd_components=8, image_components=8).fit(train)
+    b = pickle.loads(pickle.dumps(ProductFeaturizer("sparse", svd_components=8, image_components=8).fit(train)))
+    assert a.fit_digest_ == b.fit_digest_  # refitted on the same rows, and through a pickle: same features
+    rows = frame[frame["split"] == "test"].head(15)
+    # (equal up to float32 rounding: BLAS may take another path for arrays at another alignment)
+    np.testing.assert_allclose(a.transform(rows, "sparse").toarray(), b.transform(rows, "sparse").toarray(),
+                               rtol=1e-5, atol=1e-6)
+    # Other training rows, other settings, another regime: another digest.
+    assert ProductFeaturizer("sparse", svd_components=8, image_components=8).fit(train.iloc[:-5]).fit_digest_ != a.fit_digest_
+    assert ProductFeaturizer("sparse", svd_components=8, image_components=9).fit(train).fit_digest_ != a.fit_digest_
+    assert ProductFeaturizer("full", svd_components=8, image_components=8).fit(train).fit_digest_ != a.fit_digest_

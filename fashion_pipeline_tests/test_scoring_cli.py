@@ -254,6 +254,36 @@ def test_free_form_listings_get_category_gender_usage_from_the_published_classif
         assert acc.mean() > base + 0.1, task
 
 
+def test_the_tasks_classifiers_featurize_a_listing_batch_once_per_regime(classified, monkeypatch):
+    """Category, gender and usage of one regime were fitted on one featurizer; each is unpickled
+    from the store on its own, yet scoring transforms the batch once per regime, with the answers
+    each classifier gives alone."""
+    from fashion_pipeline.core.features import ProductFeaturizer, with_embeddings
+
+    s, embed = classified
+    classifiers = scoring.load_published_classifiers(s)
+    featurizers = [clf.featurizer for clf, _ in classifiers.values()]
+    assert len(classifiers) == 9 and len({id(f) for f in featurizers}) == 9
+    df = clean_sample()
+    listings = df[df["split"] == "test"].head(30)[["product_id", "title", "description", "image_path"]]
+    listings = listings.reset_index(drop=True)
+    listings.loc[10:19, "description"] = ""
+    listings.loc[20:, ["title", "description"]] = ""
+    ids, image, text, _ = embed(listings, None)
+    seen = []
+    real = ProductFeaturizer.transform_kinds
+    monkeypatch.setattr(ProductFeaturizer, "transform_kinds",
+                        lambda self, frame, kinds: seen.append(self.regime) or real(self, frame, kinds))
+    out = scoring.classify_listings(listings, classifiers, (ids, image, text))
+    assert sorted(seen) == ["full", "image", "sparse"]
+    frame = with_embeddings(listings, ids, image, text)
+    for (task, regime), (clf, _) in classifiers.items():
+        rows = (out["classifier_regime"] == regime).to_numpy()
+        alone = clf.predict(frame.loc[rows])
+        assert list(out.loc[rows, f"{task}_predicted"]) == list(alone["label"]), (task, regime)
+        np.testing.assert_allclose(out.loc[rows, f"{task}_confidence"], alone["confidence"])
+
+
 def test_scoring_builds_the_encoder_the_models_record(classified, tmp_path, capsys):
     """The classifiers were trained on 64 px embeddings (not the default 112 px): the CLI embeds
     listings at 64 px from their record alone, and the vectors equal the training-time ones."""
@@ -515,7 +545,7 @@ class FixedLabelClassifier(ServingPredictions):
     def __init__(self, task: str):
         self.classes = [FIXED_PREDICTION[task], "other"]
 
-    def _proba_array(self, frame: pd.DataFrame) -> np.ndarray:
+    def _proba_array(self, frame: pd.DataFrame, memo: dict | None = None) -> np.ndarray:
         return np.tile([0.75, 0.25], (len(frame), 1))
 
 

@@ -21,6 +21,7 @@ only (it refuses a frame whose ``split`` column holds anything but "train"), and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -252,7 +253,28 @@ class ProductFeaturizer:
             k = min(self.text_components, txt.shape[1])
             if present.sum() > k:
                 self.text_pca_ = PCA(k, random_state=self.seed).fit(_l2(txt)[present])
+        self.fit_digest_ = self._fitted_digest()
         return self
+
+    def _fitted_digest(self) -> str:
+        """A digest of everything ``transform`` reads: two featurizers with the same digest give the
+        same features (the classifiers of one training run share one per regime; scoring then
+        transforms a listing batch once for all of them, see :func:`shared_transform`)."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.regime, self.word_max_features, self.char_max_features, self.desc_max_features,
+                             self.svd_components, self.image_components, self.text_components, self.image_weight,
+                             self.seed, self.image_dim_, self.text_dim_, self.attr_vocab_], default=str).encode())
+        for name in sorted(self.vectorizers_):
+            vec = self.vectorizers_[name]
+            h.update(json.dumps([name, vec.get_params(deep=False)], sort_keys=True, default=str).encode())
+            h.update("\n".join(sorted(vec.vocabulary_, key=vec.vocabulary_.get)).encode())  # term per column
+            h.update(np.ascontiguousarray(vec.idf_).tobytes())
+        for est in (self.svd_, getattr(self, "image_pca_", None), getattr(self, "text_pca_", None)):
+            for attr in ("components_", "mean_"):
+                if est is not None and hasattr(est, attr):
+                    h.update(np.ascontiguousarray(getattr(est, attr)).tobytes())
+            h.update(b"|")
+        return h.hexdigest()
 
     def _tfidf(self, frame: pd.DataFrame):
         blocks = []
@@ -365,6 +387,20 @@ class ProductFeaturizer:
             "tfidf_vocab_sizes": {k: len(v.vocabulary_) for k, v in getattr(self, "vectorizers_", {}).items()},
             "n_fit_rows": getattr(self, "n_fit_rows_", None),
         }
+
+
+def shared_transform(featurizer, frame: pd.DataFrame, kind: str, memo: dict | None = None):
+    """``featurizer.transform(frame, kind)``, computed once per (fitted featurizer, frame object,
+    kind) in ``memo``: the category, gender and usage classifiers of one training run were fitted
+    on the same features, and each carries its own (unpickled) copy of the featurizer. A
+    featurizer without ``fit_digest_`` (one pickled before it existed) is never shared."""
+    digest = getattr(featurizer, "fit_digest_", None)
+    if memo is None or digest is None:
+        return featurizer.transform(frame, kind)
+    key = (digest, kind, id(frame))
+    if key not in memo:
+        memo[key] = (frame, featurizer.transform(frame, kind))  # the frame is kept: its id stays its own
+    return memo[key][1]
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")

@@ -723,13 +723,21 @@ def classify_listings(df: pd.DataFrame, classifiers: dict, embeddings=None, attr
     if has_image is None:
         has_image = [v is not None for v in frame["image_embedding"]]
     wanted = [listing_regime(t, d, h) for t, d, h in zip(frame["title"], frame["description"], has_image)]
+    # The tasks' classifiers usually serve the same rows per regime: one sub-frame per set of rows, and
+    # one feature transform per featurizer they share (features.shared_transform).
+    parts: dict[bytes, pd.DataFrame] = {}
+    memo: dict = {}
     for task in CLASSIFIER_TASKS:
         served = [next((r for r in REGIME_PREFERENCE[w] if (task, r) in classifiers), None) if w else None
                   for w in wanted]
         for regime in sorted({r for r in served if r}):
             rows = np.array([r == regime for r in served])
             clf, _ = classifiers[(task, regime)]
-            pred = clf.predict(frame.loc[rows])
+            key = rows.tobytes()
+            if key not in parts:
+                parts[key] = frame.loc[rows]
+            part = parts[key]
+            pred = clf.predict(part, memo=memo)
             out.loc[rows, f"{task}_predicted"] = pred["label"].to_numpy()
             out.loc[rows, f"{task}_confidence"] = pred["confidence"].to_numpy(dtype=float)
             if task == "category":

@@ -30,7 +30,7 @@ import pandas as pd
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.class_weight import compute_sample_weight
 
-from fashion_pipeline.core.features import ProductFeaturizer
+from fashion_pipeline.core.features import ProductFeaturizer, shared_transform
 
 
 @dataclass(frozen=True)
@@ -165,13 +165,15 @@ def fit_classical(name: str, x, y_codes: np.ndarray, seed: int = 0, n_threads: i
 
 class ServingPredictions:
     """predict / predict_proba for a serving classifier that defines ``classes`` and
-    ``_proba_array(frame) -> [n, n_classes]``: shared by the classical and neural models."""
+    ``_proba_array(frame, memo) -> [n, n_classes]``: shared by the classical and neural models."""
 
-    def predict_proba(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(self._proba_array(frame), columns=self.classes, index=frame.index)
+    def predict_proba(self, frame: pd.DataFrame, memo: dict | None = None) -> pd.DataFrame:
+        return pd.DataFrame(self._proba_array(frame, memo), columns=self.classes, index=frame.index)
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        p = self._proba_array(frame)
+    def predict(self, frame: pd.DataFrame, memo: dict | None = None) -> pd.DataFrame:
+        """``memo``: features shared with other classifiers scoring the same frame object
+        (features.shared_transform)."""
+        p = self._proba_array(frame, memo)
         out = pd.DataFrame(
             {"label": np.asarray(self.classes, dtype=object)[p.argmax(axis=1)], "confidence": p.max(axis=1)},
             index=frame.index,
@@ -203,8 +205,8 @@ class TaskClassifier(ServingPredictions):
         self.estimator = estimator
         self.kind = kind
 
-    def _proba_array(self, frame: pd.DataFrame) -> np.ndarray:
-        x = self.featurizer.transform(frame, self.kind)
+    def _proba_array(self, frame: pd.DataFrame, memo: dict | None = None) -> np.ndarray:
+        x = shared_transform(self.featurizer, frame, self.kind, memo)
         p = estimator_proba(self.estimator, x)
         # Estimators may have seen only a subset of the label codes.
         out = np.zeros((len(frame), len(self.classes)), np.float64)

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from fashion_pipeline.core.features import shared_transform
 from fashion_pipeline.core.models.classifiers import ServingPredictions
 
 ARCHITECTURES = ("image_cnn", "multimodal_cnn", "clip_fusion")
@@ -205,8 +206,8 @@ class NeuralTaskClassifier(ServingPredictions):
         self.sequencer = sequencer
         self.kind = kind
 
-    def _proba_array(self, frame: pd.DataFrame) -> np.ndarray:
-        x = self.featurizer.transform(frame, self.kind)
+    def _proba_array(self, frame: pd.DataFrame, memo: dict | None = None) -> np.ndarray:
+        x = shared_transform(self.featurizer, frame, self.kind, memo)
         tok = self.sequencer.transform(frame) if self.sequencer is not None else None
         return predict_multitask(self.net, x, tok)[self.task]
 

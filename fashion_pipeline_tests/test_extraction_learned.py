@@ -47,6 +47,50 @@ def test_brand_matcher_prefers_the_longest_brand_and_refuses_ambiguous_typos():
     assert m.find("lacostx shirt") is None  # one edit from two brands: no guess
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("lacste polo", "Lacoste"),       # one letter dropped
+    ("lacoxte polo", "Lacoste"),      # one letter replaced
+    ("laccoste polo", "Lacoste"),     # one letter added
+    ("lacsote polo", "Lacoste"),      # two neighbours swapped
+    ("lcoxte polo", None),            # two edits
+    ("birkenstok sandals", "Birkenstock"),
+    ("birkenstockk sandals", "Birkenstock"),
+    ("birkenstack sandals", "Birkenstock"),
+])
+def test_brand_matcher_takes_one_edit_of_any_kind(text, expected):
+    assert BrandMatcher(["Lacoste", "Birkenstock", "Puma", "Nike"]).find(text) == expected
+
+
+def test_brand_matcher_finds_what_a_scan_of_every_brand_finds():
+    """The deletion index only narrows the search: over random brands and random one- and two-edit
+    typos, the brands found are those a scan of every word of a near length finds."""
+    import random
+    import string
+
+    from fashion_pipeline.core.extraction.brands import _one_edit
+
+    rnd = random.Random(7)
+    words = sorted({"".join(rnd.choice("abcde") for _ in range(rnd.randint(6, 9))) for _ in range(400)})
+    m = BrandMatcher([w.capitalize() for w in words])
+    for _ in range(2000):
+        t = list(rnd.choice(words))
+        for _ in range(rnd.randint(1, 2)):
+            i = rnd.randrange(len(t))
+            op = rnd.randrange(4)
+            if op == 0:
+                t[i] = rnd.choice("abcdef")
+            elif op == 1 and len(t) > 6:
+                del t[i]
+            elif op == 2:
+                t.insert(i, rnd.choice(string.ascii_lowercase[:6]))
+            elif i + 1 < len(t):
+                t[i], t[i + 1] = t[i + 1], t[i]
+        token = "".join(t)
+        near = {w.capitalize() for w in words if _one_edit(token, w)}
+        expected = token.capitalize() if token in words else (near.pop() if len(near) == 1 else None)
+        assert m.find(token) == expected, token
+
+
 def test_brand_matcher_fit_limits_brands_that_are_ordinary_words():
     # "Basics" names a brand, but other brands' titles use the word: accepted only as the first word.
     titles = ["Basics Men Blue Shirt"] * 6 + ["Puma Basics Black Tee"] * 6 + ["Roxy Top"] * 6

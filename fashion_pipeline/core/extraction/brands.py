@@ -48,6 +48,10 @@ def _one_edit(a: str, b: str) -> bool:
     return a[i:] == b[i + 1:]
 
 
+def _deletions(word: str) -> set[str]:
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
+
+
 @dataclass
 class Match:
     brand: str
@@ -101,11 +105,28 @@ class BrandMatcher:
                 if t in self._joined:
                     out.append(Match(self._joined[t], i, True))
                 elif len(t) >= self.fuzzy_min_chars:
-                    near = {b for n in (len(t) - 1, len(t), len(t) + 1)
-                            for w, b in self._fuzzy.get(n, ()) if _one_edit(t, w)}
+                    near = {b for w, b in self._one_edit_candidates(t) if _one_edit(t, w)}
                     if len(near) == 1:  # two brands one typo away: no guess
                         out.append(Match(near.pop(), i, False))
         return [m for m in out if m.start == 0 or m.brand not in self.start_only]
+
+    def _one_edit_candidates(self, token: str) -> set[tuple[str, str]]:
+        """Single-word brands that may be one edit from ``token``: those sharing a one-deletion
+        variant with it, or equal to one of its variants or it to theirs (a superset of the one-edit
+        words, which ``_one_edit`` then checks; a scan of every brand of a near length was the
+        scorer's slowest step). The index is built on first use and never pickled."""
+        index = self.__dict__.get("_deletion_index")
+        if index is None:
+            index = {}
+            for n in sorted(self._fuzzy):
+                for w, b in self._fuzzy[n]:
+                    for key in _deletions(w) | {w}:
+                        index.setdefault(key, []).append((w, b))
+            self.__dict__["_deletion_index"] = index
+        return {wb for key in _deletions(token) | {token} for wb in index.get(key, ())}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_deletion_index"}
 
     def find(self, text: str | None) -> str | None:
         """The brand named in the text: exact before fuzzy, then the longest, then the earliest."""

@@ -38,9 +38,10 @@ def looks_non_english(text: str) -> bool:
     words than English (catalogue) words. Telegraphic English listings have few function words,
     so the absence of English words alone is not evidence."""
     # "Ã", "Â" are mojibake (UTF-8 read as Latin-1) in these catalogues, not a foreign language.
-    letters = [c for c in text if c.isalpha() and c not in "ÃÂ"]
-    if len(letters) >= 20 and sum(c.isascii() for c in letters) / len(letters) < 0.7:
-        return True
+    if not text.isascii():  # (an ASCII text's letters are all ASCII: nothing to count)
+        letters = [c for c in text if c.isalpha() and c not in "ÃÂ"]
+        if len(letters) >= 20 and sum(c.isascii() for c in letters) / len(letters) < 0.7:
+            return True
     words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) > 1]
     foreign = sum(w in _FOREIGN_WORDS for w in words)
     return foreign >= 2 and foreign > sum(w in _EN_WORDS for w in words)

@@ -83,6 +83,8 @@ def test_bad_info_json_is_a_clear_error_and_latest_skips_it(tmp_path, damage):
     with pytest.raises(ModelCorruptError, match="info.json"):
         store.info("price", v2)
     assert store.load("price")[1]["version"] == v1
+    # What a retrain keeps training, with nothing published: the newest candidate that is readable.
+    assert store.published_or_latest("price") == (store.info("price", v1), False)
 
 
 def test_every_version_damaged_says_so(tmp_path):
@@ -91,6 +93,11 @@ def test_every_version_damaged_says_so(tmp_path):
         _artefact(store, v).unlink()
     with pytest.raises(ModelCorruptError, match="every saved version of 'price' is damaged"):
         store.load("price")
+    for v in (v1, v2):
+        (store.root / "price" / v / "info.json").write_bytes(b"{not json")
+    with pytest.raises(ModelCorruptError, match="every saved version of 'price' is damaged"):
+        store.published_or_latest("price")
+    assert ModelStore(tmp_path / "empty").published_or_latest("price") == (None, False)
     with pytest.raises(ModelNotFoundError):
         ModelStore(tmp_path / "empty").load("price")
 

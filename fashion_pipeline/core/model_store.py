@@ -202,12 +202,22 @@ class ModelStore:
     def published_or_latest(self, name: str) -> tuple[dict | None, bool]:
         """(info, published): the published version's info, else the newest saved version's (a
         candidate a gate refused), else (None, False). What a retrain keeps training: the model a
-        selection chose, whether or not its gate let it serve."""
+        selection chose, whether or not its gate let it serve. A candidate whose info.json is
+        damaged is skipped with a warning, as :meth:`load` skips it; when every one is,
+        :class:`ModelCorruptError` says so."""
         info = self.published(name)
         if info is not None:
             return info, True
-        versions = self.versions(name)
-        return (self.info(name, versions[-1]), False) if versions else (None, False)
+        errors = []
+        for version in reversed(self.versions(name)):
+            try:
+                return self.info(name, version), False
+            except ModelCorruptError as exc:
+                log.warning("skipping damaged model version: %s", exc)
+                errors.append(str(exc))
+        if errors:
+            raise ModelCorruptError(f"every saved version of '{name}' is damaged: {errors}")
+        return None, False
 
     def load(self, name: str, version: str | None = None) -> tuple[Any, dict]:
         """Load a version; ``None`` means the published one, else the newest intact one.

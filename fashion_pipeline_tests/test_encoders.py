@@ -30,6 +30,21 @@ from fashion_pipeline_tests.fixtures.encoders import damaged
 # ---------------------------------------------------------------- images
 
 
+def test_letterbox_keeps_the_whole_photo_pads_white_and_normalises_per_channel():
+    from fashion_pipeline.core.encoders.base import LetterboxTransform
+
+    tf = LetterboxTransform(32, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    # A solid 40x80 portrait photo scales to 16x32 and sits in columns 8..23 of the 32x32 square.
+    px = tf(Image.new("RGB", (40, 80), (255, 0, 51)))
+    assert px.shape == (3, 32, 32) and px.dtype.is_floating_point and px.is_contiguous()
+    photo = np.array([1.0, -1.0, 0.2])  # ((255, 0, 51) / 255 - mean) / std
+    white = np.array([1.0, 3.0, 1.0])  # ((255, 255, 255) / 255 - mean) / std
+    arr = px.numpy()
+    np.testing.assert_allclose(arr[:, :, 8:24], np.broadcast_to(photo[:, None, None], (3, 32, 16)), atol=1e-6)
+    np.testing.assert_allclose(arr[:, :, :8], np.broadcast_to(white[:, None, None], (3, 32, 8)), atol=1e-6)
+    np.testing.assert_allclose(arr[:, :, 24:], np.broadcast_to(white[:, None, None], (3, 32, 8)), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def photos():
     return damaged.real_images(6, hm=2)

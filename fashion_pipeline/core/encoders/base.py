@@ -168,6 +168,9 @@ class LetterboxTransform:
         self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, -1)
         self.std = np.asarray(std, dtype=np.float32).reshape(1, 1, -1)
         self.fill = int(fill)
+        # (x / 255 - mean) / std as one multiply-add per pixel, in CHW order.
+        self._scale = torch.from_numpy(1.0 / (255.0 * self.std)).permute(2, 0, 1).contiguous()
+        self._shift = torch.from_numpy(-self.mean / self.std).permute(2, 0, 1).contiguous()
 
     def __call__(self, im: Image.Image) -> torch.Tensor:
         w, h = im.size
@@ -176,9 +179,10 @@ class LetterboxTransform:
         resized = im.resize((nw, nh), Image.BICUBIC)
         canvas = Image.new("RGB", (self.size, self.size), (self.fill,) * 3)
         canvas.paste(resized, ((self.size - nw) // 2, (self.size - nh) // 2))
-        arr = np.asarray(canvas, dtype=np.float32) / 255.0
-        arr = (arr - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        chw = torch.from_numpy(np.array(canvas)).permute(2, 0, 1)  # a writable copy: torch refuses read-only buffers
+        out = torch.empty(chw.shape, dtype=torch.float32)
+        out.copy_(chw)  # uint8 HWC -> contiguous float CHW in one pass
+        return out.mul_(self._scale).add_(self._shift)
 
     def describe(self) -> str:
         return f"letterbox{self.size}-fill{self.fill}-mean{self.mean.ravel().tolist()}-std{self.std.ravel().tolist()}"

@@ -146,14 +146,17 @@ def test_a_retrain_keeps_the_price_models_choices_published_or_refused(tmp_path)
     assert retrain_choice(store, RegressorConfig())[0] is None  # nothing stored: select
     store.save(PRICE_MODEL_NAME, {"m": 1}, {}, {"forms": {"full": "ridge", "image": "mlp"}})
     latest = store.save(PRICE_MODEL_NAME, {"m": 2}, {}, {"forms": {"full": "blend", "sparse": "lightgbm"}})
-    chosen, note = retrain_choice(store, RegressorConfig())  # both refused: the latest candidate's choice
-    assert chosen == {"full": "blend", "sparse": "lightgbm"}
+    chosen, tuned, note = retrain_choice(store, RegressorConfig())  # both refused: the latest candidate's choice
+    assert chosen == {"full": "blend", "sparse": "lightgbm"} and tuned == {}  # it recorded no tuning
     assert latest in note and "candidate" in note
-    published = store.save(PRICE_MODEL_NAME, {"m": 3}, {}, {"forms": {"full": "ridge", "sparse": "mlp"}})
+    published = store.save(PRICE_MODEL_NAME, {"m": 3}, {}, {
+        "forms": {"full": "ridge", "sparse": "mlp"},
+        "tuned": {"full": {"ridge": {"alphas": [0.5]}}, "image": {"ridge": {"alphas": [1.0]}}}})
     store.publish(PRICE_MODEL_NAME, published)
     store.save(PRICE_MODEL_NAME, {"m": 4}, {}, {"forms": {"full": "lightgbm"}})  # a newer candidate, refused
-    chosen, note = retrain_choice(store, RegressorConfig())
+    chosen, tuned, note = retrain_choice(store, RegressorConfig())
     assert chosen == {"full": "ridge", "sparse": "mlp"} and published in note
+    assert tuned == {"full": {"ridge": {"alphas": [0.5]}}}  # the published model's, for the forms retrained
     # A kind the config no longer trains is selected anew; 'select' mode ignores the store.
     assert retrain_choice(store, RegressorConfig(models=["ridge", "lightgbm"]))[0] == {"full": "ridge"}
     assert retrain_choice(store, RegressorConfig(mode="select"))[0] is None

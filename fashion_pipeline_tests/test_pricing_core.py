@@ -193,6 +193,33 @@ def test_a_retrain_trains_only_the_chosen_kind_per_form_even_when_another_valida
         train_price_models(clean_sample(), None, models=("ridge",), chosen={"full": "mlp"})
 
 
+def test_a_retrain_reuses_what_selection_tuned_instead_of_searching_again():
+    from fashion_pipeline.core.pricing.training import tuned_params
+
+    params = {"lightgbm": {"n_estimators": 60}}
+    select = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"), params=params,
+                                forms=("full", "sparse"))
+    tuned = tuned_params(select.model)
+    members = {f: {type(m).__name__: m for m in fm.price_model.regressor.members}
+               for f, fm in select.model.forms.items() if fm.chosen == "blend"}
+    assert members, "expected a blend on the sample"
+    for form, by_kind in members.items():
+        assert tuned[form]["ridge"] == {"alphas": [by_kind["RidgePriceRegressor"].alpha_]}
+        assert tuned[form]["ridge"]["alphas"][0] in (0.25, 0.5, 1.0)  # searched on validation
+        assert tuned[form]["lightgbm"] == {"n_estimators": by_kind["LightGBMPriceRegressor"].best_iteration_}
+    # A retrain of 'full' takes the recorded values (here ones outside the search grid); 'sparse',
+    # selected anew, searches as usual.
+    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"), params=params,
+                             forms=("full", "sparse"), chosen={"full": "blend"},
+                             tuned={"full": {"ridge": {"alphas": [7.0]}, "lightgbm": {"n_estimators": 5}},
+                                    "sparse": {"ridge": {"alphas": [9.0]}}})
+    full = {type(m).__name__: m for m in res.model.forms["full"].price_model.regressor.members}
+    assert full["RidgePriceRegressor"].alpha_ == 7.0
+    assert full["LightGBMPriceRegressor"].model_.n_estimators == 5
+    assert tuned_params(res.model)["full"]["ridge"] == {"alphas": [7.0]}  # carried to the next retrain
+    assert tuned_params(res.model)["sparse"]["ridge"]["alphas"][0] in (0.25, 0.5, 1.0)
+
+
 def test_known_brands_come_from_training_for_every_model_kind():
     tr, va, _ = sample_splits()
     y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])

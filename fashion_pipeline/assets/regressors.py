@@ -3,7 +3,7 @@
 Flow: ``regressor_metrics`` trains one regressor per listing form (full / sparse / image; each
 chosen among ridge, LightGBM, MLP and their blend on validation rows in ``mode="select"``, the
 model-selection experiment; the weekly retrain, ``mode="retrain"``, trains only the kind the
-published model chose per form), calibrates its intervals
+published model chose per form, with the hyper-parameters its selection tuned), calibrates its intervals
 on calibration rows, saves the candidate unpublished, and scores the test split *as listings*
 through the code path of ``fashion-pipeline score`` in every listing form, beside the published
 model and the TF-IDF recipe on the same listings. The blocking check ``price_regressor_gate``
@@ -27,7 +27,7 @@ from fashion_pipeline.core.features import REGIMES
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.pricing import price_plots
 from fashion_pipeline.core.pricing.gate import price_gate
-from fashion_pipeline.core.pricing.training import train_price_models
+from fashion_pipeline.core.pricing.training import train_price_models, tuned_params
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, read_catalogue_embeddings
@@ -44,7 +44,7 @@ class RegressorConfig(dg.Config):
     mode: Literal["retrain", "select"] = Field(default="retrain", description=(
         "retrain (the weekly schedule, the sensor): each listing form retrains only the model kind the published "
         "price model chose for it (the latest candidate's, when the gate has refused every one so far), on fresh "
-        "data; a form it lacks, or a store with no price model, is selected as in 'select'. select "
+        "data, with the hyper-parameters that model's selection tuned (ridge's alpha, LightGBM's rounds); a form it lacks, or a store with no price model, is selected as in 'select'. select "
         "(model_selection_job, on demand): every kind in `models` (+ the blend) is trained and the best per form "
         "chosen on validation."))
     use_attributes: bool = Field(default=True, description=(
@@ -85,22 +85,26 @@ class RegressorConfig(dg.Config):
     )
 
 
-def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | None, str]:
-    """{form: model kind} to retrain, or None to select; and why.
+def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | None, dict[str, dict], str]:
+    """{form: model kind} to retrain, or None to select; the hyper-parameters that model's selection
+    tuned ({form: {kind: params}}, reused by the retrain); and why.
 
     The kinds are the published price model's; when the gate refused every candidate so far (nothing
     published), the latest candidate's — the last selection's choice, as for the classifiers."""
     if config.mode == "select":
-        return None, f"selecting per form on validation among {list(config.models)}" + (" + blend" if config.blend else "")
+        return None, {}, f"selecting per form on validation among {list(config.models)}" + (" + blend" if config.blend else "")
     info, published = store.published_or_latest(PRICE_MODEL_NAME)
-    forms = ((info or {}).get("features_spec") or {}).get("forms") or {}
+    spec = (info or {}).get("features_spec") or {}
+    forms = spec.get("forms") or {}
     usable = {f: k for f, k in forms.items() if k in config.models or (k == "blend" and len(config.models) >= 2)}
     if not usable:
         why = "nothing stored" if info is None else f"{PRICE_MODEL_NAME} {info['version']} names no kind this config trains"
-        return None, f"{why}: selecting per form on validation among {list(config.models)}"
+        return None, {}, f"{why}: selecting per form on validation among {list(config.models)}"
+    tuned = {f: p for f, p in (spec.get("tuned") or {}).items() if f in usable}  # older models record none
     whose = "published" if published else "latest candidate (nothing published: the gate refused it)"
-    return usable, (f"retraining the {whose} {PRICE_MODEL_NAME} {info['version']}'s choices {usable} "
-                    "(model_selection_job re-selects)")
+    return usable, tuned, (f"retraining the {whose} {PRICE_MODEL_NAME} {info['version']}'s choices {usable} "
+                           f"with its tuned hyper-parameters {tuned or '(none recorded: searched again)'} "
+                           "(model_selection_job re-selects and re-tunes)")
 
 
 def _md_table(df: pd.DataFrame) -> dg.MetadataValue:
@@ -131,7 +135,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     catalogue, emb_note = read_catalogue_embeddings(context, config.embeddings_path)
     context.log.info(f"embeddings: {emb_note}")
     encoder_rec = catalogue.encoder if catalogue is not None else None
-    chosen, mode_note = retrain_choice(store, config)
+    chosen, tuned, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
     attributes = product_attributes if config.use_attributes else None
     # Two fingerprints: what the candidate's training reads, and that plus what its listing evaluation
@@ -140,7 +144,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "products": frame_digest(clean_products), "attributes": frame_digest(attributes),
         "embeddings": catalogue.digest() if catalogue is not None else None,
         "config": config.model_dump(exclude={"threads", "embeddings_path", "listing_eval_max_rows"}),
-        "chosen": chosen, "code": code_digest()})
+        "chosen": chosen, "tuned": tuned, "code": code_digest()})
     trained = _previous_candidate(context, store, train_fp)
     if trained is not None:
         version = trained[0]
@@ -165,11 +169,12 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                                  models=tuple(config.models), params=params,
                                  blend=config.blend, coverage=config.interval_coverage,
                                  train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
-                                 chosen=chosen, progress=context.log.info)
+                                 chosen=chosen, tuned=tuned, progress=context.log.info)
         model = res.model
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                          "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
                          "forms": {f: m.chosen for f, m in model.forms.items()},
+                         "tuned": tuned_params(model),
                          "encoder": encoder_rec,
                          "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),

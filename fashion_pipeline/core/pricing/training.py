@@ -23,7 +23,7 @@ import pandas as pd
 from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, regime_view
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
 from .price_metrics import regression_metrics
-from .models import BlendPriceRegressor, PriceModel, log_target, train_regressor
+from .models import BlendPriceRegressor, LightGBMPriceRegressor, PriceModel, RidgePriceRegressor, log_target, train_regressor
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
@@ -90,6 +90,7 @@ def train_price_models(
     mask_rate: float = 0.5,
     max_interval_ratio: float = 6.0,
     chosen: dict[str, str] | None = None,
+    tuned: dict[str, dict[str, dict]] | None = None,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
@@ -97,8 +98,12 @@ def train_price_models(
 
     ``chosen`` ({form: model kind}, e.g. the published model's): a retrain, not a selection —
     each form named there trains only its kind ("blend": the blend of ``models``); other forms
-    are selected among ``models`` as usual."""
+    are selected among ``models`` as usual.
+    ``tuned`` ({form: {kind: params}}, ``tuned_params`` of the model being retrained): what selection
+    searched on validation (ridge's alpha, LightGBM's rounds), reused by a retrain of a form named in
+    ``chosen`` instead of searched again; over ``params``."""
     params = params or {}
+    tuned = tuned or {}
     chosen = dict(chosen or {})
     bad = {k for k in chosen.values() if k != "blend" and k not in models}
     if bad:
@@ -141,8 +146,9 @@ def train_price_models(
         cands: dict[str, object] = {}
         kinds = models if chosen.get(form) in (None, "blend") else (chosen[form],)
         for kind in kinds:
-            progress(f"{form}: training {kind} on {len(ftr)} rows")
-            reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, **params.get(kind, {}))
+            reuse = tuned.get(form, {}).get(kind, {}) if form in chosen else {}
+            progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else ""))
+            reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, **{**params.get(kind, {}), **reuse})
             cands[kind] = reg
             seconds[f"{form}/{kind}"] = round(secs, 2)
         if (blend if form not in chosen else chosen[form] == "blend") and len(cands) >= 2:
@@ -175,3 +181,18 @@ def train_price_models(
     for row in selection:
         row["chosen"] = fitted.get(row["form"]) is not None and fitted[row["form"]].chosen == row["model"]
     return TrainingResult(model, pd.DataFrame(selection), seconds, counts)
+
+
+def tuned_params(model: ListingPriceModel) -> dict[str, dict[str, dict]]:
+    """{form: {kind: params}}: the hyper-parameters the model's regressors found on validation
+    (ridge's alpha; LightGBM's early-stopped number of rounds), alone or inside a blend, in the form
+    ``train_price_models(tuned=...)`` reuses when it retrains those forms."""
+    out: dict[str, dict[str, dict]] = {}
+    for form, fm in model.forms.items():
+        reg = fm.price_model.regressor
+        for member in getattr(reg, "members", [reg]):
+            if isinstance(member, RidgePriceRegressor):
+                out.setdefault(form, {})["ridge"] = {"alphas": [float(member.alpha_)]}
+            elif isinstance(member, LightGBMPriceRegressor):
+                out.setdefault(form, {})["lightgbm"] = {"n_estimators": int(member.best_iteration_)}
+    return out

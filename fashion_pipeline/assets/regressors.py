@@ -27,7 +27,7 @@ from fashion_pipeline.core.features import REGIMES
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.pricing import price_plots
 from fashion_pipeline.core.pricing.gate import price_gate
-from fashion_pipeline.core.pricing.training import train_price_models, tuned_params
+from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, read_catalogue_embeddings
@@ -174,7 +174,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                          "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
                          "forms": {f: m.chosen for f, m in model.forms.items()},
-                         "tuned": tuned_params(model),
+                         "tuned": res.tuned,
                          "encoder": encoder_rec,
                          "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),

@@ -35,6 +35,10 @@ class TrainingResult:
     selection: pd.DataFrame  # one row per (form, candidate) with its validation metrics
     train_seconds: dict[str, float]
     counts: dict[str, int] = field(default_factory=dict)
+    # {form: {kind: params}} for the next retrain: what selection tuned; a retrained form keeps the
+    # values it was given (LightGBM may stop earlier on the new rows: re-deriving them would ratchet
+    # its rounds down retrain after retrain, and change the fingerprint of a run with nothing new).
+    tuned: dict[str, dict[str, dict]] = field(default_factory=dict)
 
 
 def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -180,7 +184,11 @@ def train_price_models(
                               max_interval_ratio)
     for row in selection:
         row["chosen"] = fitted.get(row["form"]) is not None and fitted[row["form"]].chosen == row["model"]
-    return TrainingResult(model, pd.DataFrame(selection), seconds, counts)
+    recorded = tuned_params(model)
+    for form, by_kind in tuned.items():
+        if form in chosen and form in recorded:
+            recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
+    return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded)
 
 
 def tuned_params(model: ListingPriceModel) -> dict[str, dict[str, dict]]:

@@ -9,10 +9,12 @@
 - ``refresh_job`` (the new-raw-files sensor): everything downstream of the raw-file assets, i.e.
   ingestion, then the same chain as the retraining job.
 - ``model_selection_job`` (on demand, never scheduled): the model-selection experiment. The
-  classifier and price model assets run in ``mode="select"`` (every model family trained, the
-  serving one chosen on validation, the full leaderboard rewritten), then the gates, publishing and
-  scoring downstream of them. The retraining and refresh jobs run them in their default
-  ``mode="retrain"``: only the model each task/regime or listing form has published is retrained.
+  attribute extractor, classifier and price model assets run in ``mode="select"`` (C searched per
+  attribute; every model family trained, the serving one chosen on validation, the full leaderboard
+  rewritten), then everything downstream of them: attributes, embeddings, the gates, publishing and
+  scoring. The retraining and refresh jobs run them in their default ``mode="retrain"``: only the
+  model each task/regime or listing form has published is retrained, with the hyper-parameters its
+  selection tuned (the extractor's C, ridge's alpha, LightGBM's rounds).
 
 A job includes the asset checks of the assets it selects, so the blocking checks
 ``price_regressor_gate`` / ``classifier_gate`` run inside the job and a failed one stops the
@@ -50,16 +52,17 @@ refresh_job = dg.define_asset_job(
 )
 
 # The assets whose config `mode` separates selection from retraining (op names = asset names).
-MODEL_ASSETS = ("classifier_leaderboard", "regressor_metrics")
+MODEL_ASSETS = ("attribute_extractor", "classifier_leaderboard", "regressor_metrics")
 # attribute_classifiers is classifier_leaderboard's sibling output (one op): select both.
 model_selection_selection = dg.AssetSelection.assets(*MODEL_ASSETS, "attribute_classifiers").downstream()
 
 model_selection_job = dg.define_asset_job(
     "model_selection_job", selection=model_selection_selection,
     config={"ops": {name: {"config": {"mode": "select"}} for name in MODEL_ASSETS}},
-    description="On demand: select models anew — every classifier and price model family trained and the serving "
-                "one chosen on validation (mode 'select'), then the gates, publishing and scoring. The schedule and "
-                "the sensor only retrain the published choices.",
+    description="On demand: select models anew — the attribute extractor's C searched, every classifier and price "
+                "model family trained and the serving one chosen on validation (mode 'select'), then attributes, "
+                "embeddings, the gates, publishing and scoring. The schedule and the sensor only retrain the "
+                "published choices with their tuned hyper-parameters.",
     tags={"fashion/stage": "model_selection"},
 )
 

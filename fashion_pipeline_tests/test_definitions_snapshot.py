@@ -43,9 +43,13 @@ GPU_ASSETS = {"product_attributes", "product_embeddings", "regressor_metrics"}
 
 # On demand: the model assets in mode 'select' and what is downstream of them. The schedule and the
 # sensor run the default mode, 'retrain' (only the published choices are retrained).
-SELECTION = ["attribute_classifiers", "classifier_leaderboard", "price_comparables", "published_classifiers",
-             "published_price_regressor", "regressor_metrics", "scored_listings"]
-SELECT_MODE = {"ops": {"classifier_leaderboard": {"config": {"mode": "select"}},
+# The attribute extractor is one of them (it searches C per attribute), so selection re-extracts,
+# re-embeds and retrains everything after it.
+SELECTION = ["attribute_classifiers", "attribute_extractor", "classifier_leaderboard", "clustering_metrics",
+             "price_comparables", "product_attributes", "product_clusters", "product_embeddings",
+             "published_classifiers", "published_price_regressor", "regressor_metrics", "scored_listings"]
+SELECT_MODE = {"ops": {"attribute_extractor": {"config": {"mode": "select"}},
+                       "classifier_leaderboard": {"config": {"mode": "select"}},
                        "regressor_metrics": {"config": {"mode": "select"}}}}
 EXPECTED_JOBS = {
     "ingest_job": {"assets": INGEST, "checks": [], "tags": {"fashion/stage": "ingest"}, "run_config": {}},

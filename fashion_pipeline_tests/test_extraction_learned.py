@@ -136,6 +136,19 @@ def trained(clean_sample):
     return model
 
 
+def test_a_retrain_fits_the_tuned_c_instead_of_searching(clean_sample, trained):
+    df = clean_sample
+    texts = [prepare(t, d, 2000) for t, d in zip(df["title"], df["description"].fillna(""))]
+    truths = [quality.catalogue_truth(v) for v in df["article_attributes"]]
+    searched = {a: h.C for a, h in trained.heads.items()}
+    assert set(searched.values()) <= set(learned.DEFAULT_C_GRID) and "material" in searched
+    retrained = learned.fit(texts, truths, df["source_category"].tolist(), df["split"].tolist(),
+                            df["title"].tolist(), df["brand"].tolist(), tuned_c={"material": 7.0})
+    assert retrained.heads["material"].C == 7.0  # outside the grid: only the tuned value was fitted
+    assert {a: h.C for a, h in retrained.heads.items() if a != "material"} == \
+        {a: c for a, c in searched.items() if a != "material"}  # the others searched as before
+
+
 def test_learned_model_reads_the_attribute_from_the_text_not_a_constant(trained):
     # The same title, two fibres: the answer follows the description (the sample model is small,
     # so its forced answer is compared; the shipped answer may be "unknown" at this confidence).

@@ -162,6 +162,22 @@ def test_a_retrain_keeps_the_price_models_choices_published_or_refused(tmp_path)
     assert retrain_choice(store, RegressorConfig(mode="select"))[0] is None
 
 
+def test_the_extractor_retrain_reuses_the_published_c_per_attribute(tmp_path):
+    from fashion_pipeline.assets.attributes import EXTRACTOR_MODEL, AttributeExtractorConfig, retrain_c
+    from fashion_pipeline.core.model_store import ModelStore
+
+    store = ModelStore(tmp_path)
+    assert retrain_c(store, AttributeExtractorConfig())[0] == {}  # nothing published: search
+    v = store.save(EXTRACTOR_MODEL, {"m": 1}, {}, {"heads": {"material": {"C": 3.0}, "fit": {"C": 0.3},
+                                                             "care": {"C": 10.0}}})
+    assert retrain_c(store, AttributeExtractorConfig())[0] == {}  # saved, not published
+    store.publish(EXTRACTOR_MODEL, v)
+    tuned, note = retrain_c(store, AttributeExtractorConfig())
+    assert tuned == {"material": 3.0, "fit": 0.3} and v in note  # 10.0 is not in the configured grid
+    assert retrain_c(store, AttributeExtractorConfig(c_grid=[3.0]))[0] == {"material": 3.0}
+    assert retrain_c(store, AttributeExtractorConfig(mode="select"))[0] == {}
+
+
 # --- jobs select over the asset graph, so stages merged later join them -------------------------------
 
 @dg.asset(group_name="some_new_group")

@@ -2,6 +2,7 @@
 extracted from title + description; the logic lives in fashion_pipeline.core.extraction."""
 
 import time
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -10,6 +11,7 @@ from pydantic import Field
 from fashion_pipeline import metadata as md
 from fashion_pipeline import reuse
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
+from fashion_pipeline.core.model_store import ModelCorruptError
 from fashion_pipeline.core.extraction import brands as brandmod
 from fashion_pipeline.core.extraction import learned, quality
 from fashion_pipeline.core.extraction.pipeline import ProductText, fill_rates, results_to_records
@@ -28,6 +30,10 @@ TRAINING_COLUMNS = ["product_id", "title", "description", "article_attributes", 
 
 
 class AttributeExtractorConfig(dg.Config):
+    mode: Literal["retrain", "select"] = Field(default="retrain", description=(
+        "retrain (the weekly schedule, the sensor): each attribute refits with the C the published extractor "
+        "chose on validation; an attribute it lacks, or a store with no extractor, searches `c_grid`. select "
+        "(model_selection_job): every attribute searches `c_grid` on validation."))
     min_precision: float = Field(default=0.5, gt=0, lt=1, description=(
         "Answer 'unknown' below the confidence where validation guesses are right less often than this."))
     c_grid: list[float] = Field(default=list(learned.DEFAULT_C_GRID), description=(
@@ -37,15 +43,18 @@ class AttributeExtractorConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"scikitlearn", "duckdb"},
           description="Learned attribute extractor: TF-IDF + calibrated LinearSVC per attribute (material, care, fit, "
-                      "pattern, occasion) trained on the Kaggle catalogue's own articleAttributes (train split; C and "
-                      "the 'unknown' threshold chosen on validation), plus the brand matcher. Published to the model "
+                      "pattern, occasion) trained on the Kaggle catalogue's own articleAttributes (train split; C chosen "
+                      "on validation by model selection and reused by the weekly retrain, the 'unknown' threshold "
+                      "on validation every run), plus the brand matcher. Published to the model "
                       "store; the table is its test-split report next to the TF-IDF + LinearSVC recipe.")
 def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtractorConfig,
                         clean_products: pd.DataFrame, model_store: ModelStoreResource,
                         warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
     store = model_store.store()
+    tuned_c, mode_note = retrain_c(store, config)
+    context.log.info(f"mode {config.mode}: {mode_note}")
     fingerprint = combine({"products": frame_digest(clean_products[TRAINING_COLUMNS]),
-                           "config": config.model_dump(), "code": code_digest()})
+                           "config": config.model_dump(), "tuned_c": tuned_c, "code": code_digest()})
 
     trained = lambda event: str(event.asset_materialization.metadata["store_version"].value)  # noqa: E731
     if (previous := reuse.reused_table(context, "attribute_extractor", fingerprint, warehouse.read_table,
@@ -62,7 +71,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         model = learned.fit(texts, truths, clean_products["source_category"].tolist(), splits,
                             clean_products["title"].tolist(), clean_products["brand"].tolist(),
                             min_precision=config.min_precision, c_grid=config.c_grid,
-                            progress=lambda m: context.log.info(m))
+                            progress=lambda m: context.log.info(m), tuned_c=tuned_c)
     except ValueError as e:
         raise dg.Failure(description=f"attribute_extractor cannot be trained: {e}") from e
     train_s = time.perf_counter() - t0
@@ -82,6 +91,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     return dg.Output(report, metadata={
         "store_version": version,
         "model_version": model.version,
+        "mode": mode_note,
         "train_seconds": round(train_s, 1),
         "report": dg.MetadataValue.md(report.to_markdown(index=False, floatfmt=".3f")),
         **{f"test_accuracy_{a}": dg.MetadataValue.float(float(shipped.loc[a, "accuracy"]))
@@ -94,6 +104,24 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         "brands": dg.MetadataValue.json(model.brands.describe()),
         reuse.FINGERPRINT_KEY: fingerprint,
     })
+
+
+def retrain_c(store, config: AttributeExtractorConfig) -> tuple[dict[str, float], str]:
+    """{attribute: C} the retrain reuses — the published extractor's choices among the configured
+    grid (recorded in its info.json) — or {} to search; and why."""
+    if config.mode == "select":
+        return {}, f"searching C in {config.c_grid} per attribute on validation"
+    try:
+        info = store.published(EXTRACTOR_MODEL)
+    except ModelCorruptError as e:
+        return {}, f"published {EXTRACTOR_MODEL} unreadable ({e}): searching C in {config.c_grid}"
+    heads = ((info or {}).get("features_spec") or {}).get("heads") or {}
+    tuned = {a: float(h["C"]) for a, h in heads.items() if isinstance(h, dict) and h.get("C") in config.c_grid}
+    if not tuned:
+        why = "nothing published" if info is None else f"{EXTRACTOR_MODEL} {info['version']} records no C from this grid"
+        return {}, f"{why}: searching C in {config.c_grid} per attribute on validation"
+    return tuned, (f"refitting with the C the published {EXTRACTOR_MODEL} {info['version']} chose {tuned} "
+                   "(model_selection_job searches again)")
 
 
 def _unknown_gold_values(article_attributes: pd.Series) -> dict[str, int]:

@@ -196,8 +196,12 @@ class LearnedAttributeModel:
 def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories: Sequence[str | None],
         splits: Sequence[str], titles: Sequence[str], brands: Sequence[str | None],
         min_precision: float = 0.5, c_grid: Sequence[float] = DEFAULT_C_GRID,
-        progress: Callable[[str], None] | None = None) -> LearnedAttributeModel:
+        progress: Callable[[str], None] | None = None,
+        tuned_c: dict[str, float] | None = None) -> LearnedAttributeModel:
     """Train on `split == "train"` rows, choose C and the unknown threshold on "validation" rows.
+
+    tuned_c: {attribute: C} a previous selection chose (a retrain): those attributes fit that C alone
+    instead of searching ``c_grid``; the threshold is still set on validation.
 
     truths: `quality.catalogue_truth` per product ({} when the product has no catalogue
     attributes, e.g. H&M). titles / brands: the catalogue's brand column, for the brand matcher
@@ -234,7 +238,7 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
             log.warning("learned extractor: fewer than 2 classes for %s; attribute skipped", attr)
             continue
         best = None
-        for C in c_grid:
+        for C in [tuned_c[attr]] if attr in (tuned_c or {}) else c_grid:
             clf = CalibratedClassifierCV(LinearSVC(C=C), cv=3, method="sigmoid", ensemble=False).fit(X[tr], y[tr].astype(str))
             acc = float((clf.predict(X[va]) == y[va].astype(str)).mean()) if va.any() else float("nan")
             if progress:

@@ -209,7 +209,9 @@ def test_a_retrain_reuses_what_selection_tuned_instead_of_searching_again():
         assert tuned[form]["lightgbm"] == {"n_estimators": by_kind["LightGBMPriceRegressor"].best_iteration_}
     # A retrain of 'full' takes the recorded values (here ones outside the search grid); 'sparse',
     # selected anew, searches as usual.
-    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"), params=params,
+    # The configured maximum is raised here, so the tuned rounds apply whole.
+    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
+                             params={"lightgbm": {"n_estimators": 5000}},
                              forms=("full", "sparse"), chosen={"full": "blend"},
                              tuned={"full": {"ridge": {"alphas": [7.0]}, "lightgbm": {"n_estimators": 3000}},
                                     "sparse": {"ridge": {"alphas": [9.0]}}})
@@ -222,6 +224,18 @@ def test_a_retrain_reuses_what_selection_tuned_instead_of_searching_again():
     assert res.tuned["full"] == {"ridge": {"alphas": [7.0]}, "lightgbm": {"n_estimators": 3000}}
     assert res.tuned["sparse"] == tuned_params(res.model)["sparse"]
     assert res.tuned["sparse"]["ridge"]["alphas"][0] in (0.25, 0.5, 1.0)
+
+
+def test_a_retrain_keeps_tuned_rounds_within_a_lowered_configured_maximum():
+    # Selection tuned 3,000 rounds; the user has since lowered lightgbm_estimators to 25.
+    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
+                             params={"lightgbm": {"n_estimators": 25}}, forms=("full",), chosen={"full": "lightgbm"},
+                             tuned={"full": {"lightgbm": {"n_estimators": 3000}}})
+    reg = res.model.forms["full"].price_model.regressor
+    assert reg.model_.n_estimators == 25
+    assert reg.best_iteration_ <= 25
+    # What selection tuned is kept for a retrain under a raised maximum.
+    assert res.tuned["full"] == {"lightgbm": {"n_estimators": 3000}}
 
 
 def test_known_brands_come_from_training_for_every_model_kind():

@@ -44,8 +44,9 @@ class RegressorConfig(dg.Config):
     mode: Literal["retrain", "select"] = Field(default="retrain", description=(
         "retrain (the weekly schedule, the sensor): each listing form retrains only the model kind the published "
         "price model chose for it (the latest candidate's, when the gate has refused every one so far), on fresh "
-        "data, with the hyper-parameters that model's selection tuned (ridge's alpha, LightGBM's rounds); a form it lacks, or a store with no price model, is selected as in 'select'. select "
-        "(model_selection_job, on demand): every kind in `models` (+ the blend) is trained and the best per form "
+        "data, with the hyper-parameters that model's selection tuned (ridge's alpha; LightGBM's rounds, at most "
+        "`lightgbm_estimators`); a form it lacks, or a store with no price model, is selected as in 'select'. "
+        "select (model_selection_job, on demand): every kind in `models` (+ the blend) is trained and the best per form "
         "chosen on validation."))
     use_attributes: bool = Field(default=True, description=(
         "Train the price model with the extracted attributes (product_attributes: brand filled from the title, "

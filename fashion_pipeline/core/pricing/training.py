@@ -105,7 +105,9 @@ def train_price_models(
     are selected among ``models`` as usual.
     ``tuned`` ({form: {kind: params}}, ``tuned_params`` of the model being retrained): what selection
     searched on validation (ridge's alpha, LightGBM's rounds), reused by a retrain of a form named in
-    ``chosen`` instead of searched again; over ``params``."""
+    ``chosen`` instead of searched again; over ``params``, except that LightGBM's reused rounds stay
+    within the configured ``n_estimators`` (a maximum: a user who lowers it gets what they asked for;
+    the tuned value is still recorded for the next retrain)."""
     params = params or {}
     tuned = tuned or {}
     chosen = dict(chosen or {})
@@ -150,7 +152,7 @@ def train_price_models(
         cands: dict[str, object] = {}
         kinds = models if chosen.get(form) in (None, "blend") else (chosen[form],)
         for kind in kinds:
-            reuse = tuned.get(form, {}).get(kind, {}) if form in chosen else {}
+            reuse = _within_limits(tuned.get(form, {}).get(kind, {}) if form in chosen else {}, params.get(kind, {}))
             progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else ""))
             reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, **{**params.get(kind, {}), **reuse})
             cands[kind] = reg
@@ -189,6 +191,13 @@ def train_price_models(
         if form in chosen and form in recorded:
             recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
     return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded)
+
+
+def _within_limits(reuse: dict, configured: dict) -> dict:
+    """Tuned parameters to reuse, with a tuned round count cut to the configured maximum."""
+    if "n_estimators" in reuse and "n_estimators" in configured:
+        return {**reuse, "n_estimators": min(int(reuse["n_estimators"]), int(configured["n_estimators"]))}
+    return reuse
 
 
 def tuned_params(model: ListingPriceModel) -> dict[str, dict[str, dict]]:

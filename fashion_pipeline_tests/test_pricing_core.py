@@ -137,6 +137,25 @@ def test_mlp_early_stopping_keeps_best_validation_epoch():
     assert _rmsle(y_va, reg.predict_log(va)) == pytest.approx(min(val), rel=1e-4)
 
 
+def test_a_blend_transforms_its_members_shared_stacking_ridge_once_per_prediction():
+    from fashion_pipeline.core.pricing.models import BlendPriceRegressor
+
+    tr, va, te = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    lgbm = LightGBMPriceRegressor(n_estimators=30, image_components=4).fit(tr, y_tr, va, y_va)
+    mlp = MLPPriceRegressor(MLPConfig(epochs=3, hidden=32)).fit(tr, y_tr, va, y_va)
+    assert lgbm.text_ridge_ is mlp.text_ridge_  # one stacking fit (tr.cache)
+    blend = BlendPriceRegressor([lgbm, mlp]).fit(tr, y_tr, va, y_va)
+    alone = np.stack([lgbm.predict_log(te), mlp.predict_log(te)], axis=1) @ blend.weights_
+    ridge, calls = lgbm.text_ridge_, []
+    original = type(ridge).predict_log
+    ridge.predict_log = lambda inputs: calls.append(len(inputs)) or original(ridge, inputs)
+    for _ in range(2):  # nothing is kept between predictions
+        np.testing.assert_array_equal(blend.predict_log(te), alone)
+    assert calls == [len(te), len(te)]
+    assert not te.cache  # the caller's inputs carry no memo that could go stale
+
+
 def test_intervals_contain_the_point_and_cover_about_nominal():
     tr, va, te = sample_splits()
     y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])

@@ -81,6 +81,19 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
     return oof, full
 
 
+def _stacked_log(ridge: "RidgePriceRegressor", inputs: PriceInputs) -> np.ndarray:
+    """The stacked TF-IDF ridge's prediction for ``inputs``. Within one blend prediction the tree and
+    neural members share one ridge (see `_text_ridge_oof`); the blend hands them a per-call memo
+    (``inputs.cache["stacked"]``) so its TF-IDF transform runs once, not once per member."""
+    memo = inputs.cache.get("stacked")
+    if memo is None:
+        return ridge.predict_log(inputs)
+    hit = memo.get(id(ridge))
+    if hit is None or hit[0] is not ridge:  # the entry holds the ridge, so its id is not reused meanwhile
+        hit = memo[id(ridge)] = (ridge, ridge.predict_log(inputs))
+    return hit[1]
+
+
 def _mask(n: int, idx: np.ndarray) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
     m[idx] = True
@@ -156,7 +169,7 @@ class LightGBMPriceRegressor:
         return self
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:
-        x = self._design(inputs, self.text_ridge_.predict_log(inputs))
+        x = self._design(inputs, _stacked_log(self.text_ridge_, inputs))
         return self.model_.predict(x, num_iteration=self.best_iteration_)
 
 
@@ -277,7 +290,7 @@ class MLPPriceRegressor:
         return self
 
     def _ridge(self, inputs: PriceInputs):
-        return None if self.text_ridge_ is None else self.text_ridge_.predict_log(inputs)
+        return None if self.text_ridge_ is None else _stacked_log(self.text_ridge_, inputs)
 
     def _predict_tensor(self, net, x, c, autocast) -> np.ndarray:
         import torch
@@ -323,7 +336,9 @@ class BlendPriceRegressor:
         return self
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:
-        return np.stack([m.predict_log(inputs) for m in self.members], axis=1) @ self.weights_
+        # One view per call, with a memo the members share (the stacked ridge); nothing outlives the call.
+        shared = PriceInputs(inputs.frame, inputs.text, inputs.image, cache={"stacked": {}})
+        return np.stack([m.predict_log(shared) for m in self.members], axis=1) @ self.weights_
 
 
 def _simplex(k: int, steps: int):

@@ -46,3 +46,30 @@ def test_a_missing_data_root_stops_the_run_naming_the_path(tmp_path):
     error = failure.event_specific_data.error
     assert error.cause.cls_name == "DataRootError"
     assert str(tmp_path / "no-such-folder") in error.cause.message
+
+
+def test_a_re_ingest_after_one_product_changed_reads_only_that_products_files(sample_copy, tmp_path, monkeypatch):
+    import json
+
+    def files_metadata(result):
+        [mat] = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+        return mat.metadata["files"].value
+
+    var = tmp_path / "var"
+    first = files_metadata(materialize(["kaggle_products_raw"], sample_copy, var))
+    root = sample_copy / KAGGLE
+    n_files = len(list((root / "styles").glob("*.json"))) + len(list((root / "images").glob("*.jpg")))
+    assert (first["files_read"], first["files_reused"]) == (n_files, 0)
+    path = sorted((root / "styles").glob("*.json"))[0]
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["data"]["brandName"] = "Changed Brand"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    second = files_metadata(materialize(["kaggle_products_raw"], sample_copy, var))
+    assert (second["files_read"], second["files_reused"]) == (1, n_files - 1)
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        brand = con.execute("select brand from kaggle_products_raw where id = ?", [path.stem]).fetchone()[0]
+    assert brand == "Changed Brand"
+    # Reuse turned off: every file is read again (and the memo rewritten).
+    monkeypatch.setenv("FASHION_REUSE", "off")
+    third = files_metadata(materialize(["kaggle_products_raw"], sample_copy, var))
+    assert (third["files_read"], third["files_reused"]) == (n_files, 0) and "turned off" in third["memo"]

@@ -184,3 +184,71 @@ def test_label_columns_are_required_for_ingest_and_optional_with_keep_unlabelled
     assert len(h) == a["article_id"].nunique()
     assert h[["product_type_name", "product_group_name"]].isna().all().all()
     assert (h["product_code"] == h["article_id"].str[:7]).all()
+
+
+# ---- the file memo: a re-read parses and decodes only new or changed files ---------------------
+
+def test_a_re_read_with_the_file_memo_reads_only_changed_files_and_gives_the_same_table(sample_copy, tmp_path):
+    import os
+
+    from fashion_pipeline.core.readers.file_memo import FileMemo
+
+    root = sample_copy / KAGGLE
+    memo_path = tmp_path / "memo" / "kaggle_files.parquet"
+    n_files = len(list((root / "styles").glob("*.json"))) + len(list((root / "images").glob("*.jpg")))
+    first = FileMemo(memo_path, "v1")
+    a = read_kaggle_products(root, DropReport(), memo=first)
+    first.save()
+    assert (first.read, first.reused) == (n_files, 0)
+    pd.testing.assert_frame_equal(a, read_kaggle_products(root, DropReport()))
+
+    # One product JSON edited, one photo damaged; everything else as before.
+    edited, damaged = a["id"].iloc[0], a["id"].iloc[1]
+    doc = json.loads((root / "styles" / f"{edited}.json").read_text(encoding="utf-8"))
+    doc["data"]["brandName"] = "Memo Test Brand"
+    (root / "styles" / f"{edited}.json").write_text(json.dumps(doc), encoding="utf-8")
+    (root / "images" / f"{damaged}.jpg").write_bytes(b"not a jpeg")
+    expected_report = DropReport()
+    expected = read_kaggle_products(root, expected_report)  # what a reader without the memo says
+
+    again = FileMemo(memo_path, "v1")
+    report = DropReport()
+    b = read_kaggle_products(root, report, memo=again)
+    again.save()
+    assert (again.read, again.reused) == (2, n_files - 2)
+    pd.testing.assert_frame_equal(b, expected)
+    assert report.as_dict() == expected_report.as_dict()
+    row = b.set_index("id")
+    assert row.loc[edited, "brand"] == "Memo Test Brand"
+    assert row.loc[damaged, "image_path"] is None and report.counts["image_corrupt"] >= 1
+
+    # A file touched (same size, a new modification time) is read again.
+    path = root / "styles" / f"{edited}.json"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    third = FileMemo(memo_path, "v1")
+    read_kaggle_products(root, DropReport(), memo=third)
+    assert third.read == 1
+
+    # Other code: nothing is trusted.
+    other = FileMemo(memo_path, "v2")
+    pd.testing.assert_frame_equal(read_kaggle_products(root, DropReport(), memo=other), expected)
+    assert other.reused == 0 and "other code" in other.note
+
+
+def test_a_damaged_file_memo_costs_one_full_read_not_a_wrong_table(sample_copy, tmp_path):
+    from fashion_pipeline.core.readers.file_memo import FileMemo
+
+    root = sample_copy / HM
+    memo_path = tmp_path / "hm_files.parquet"
+    memo_path.write_bytes(b"PAR1 garbage")
+    memo = FileMemo(memo_path, "v1")
+    assert "unreadable" in memo.note
+    df = read_hm_articles(root, DropReport(), memo=memo)
+    memo.save()
+    pd.testing.assert_frame_equal(df, read_hm_articles(root, DropReport()))
+    n_images = len(list((root / "images").rglob("*.jpg")))
+    assert (memo.read, memo.reused) == (n_images, 0)
+    memo = FileMemo(memo_path, "v1")  # rewritten whole by the save
+    pd.testing.assert_frame_equal(read_hm_articles(root, DropReport(), memo=memo), df)
+    assert (memo.read, memo.reused) == (0, n_images)

@@ -1,7 +1,9 @@
 """Raw ingestion: each dataset read exactly as its download is laid out.
 
 A re-run over raw folders whose files are unchanged (same names, sizes and modification times,
-core.raw_files; symlinked sub-folders followed) reuses the stored tables (fashion_pipeline.reuse)."""
+core.raw_files; symlinked sub-folders followed) reuses the stored tables (fashion_pipeline.reuse).
+When some files changed, the readers still take every unchanged product JSON and image from their
+file memo (core.readers.file_memo) instead of parsing and decoding it again."""
 
 
 import dagster as dg
@@ -12,6 +14,7 @@ from fashion_pipeline import reuse
 from fashion_pipeline.core.fingerprint import code_digest, combine
 from fashion_pipeline.core.raw_files import fingerprint_folders
 from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
+from fashion_pipeline.core.readers.file_memo import FileMemo
 from fashion_pipeline.core.reports import DropReport
 from fashion_pipeline.resources.data import RawDataResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
@@ -35,10 +38,14 @@ def kaggle_products_raw(context: dg.AssetExecutionContext, raw_data: RawDataReso
     if (previous := reuse.reused_table(context, "kaggle_products_raw", fingerprint, warehouse.read_table)) is not None:
         return previous
     context.log.info(f"reading Kaggle products from {root}")
-    df = read_kaggle_products(root, report, check_image_files=raw_data.check_images, log=context.log.info)
-    context.log.info(f"{len(df)} Kaggle rows; problems: {report.as_dict()}")
+    memo = FileMemo(raw_data.memo_path("kaggle"), version=code_digest(), fresh=not reuse.reuse_enabled(context))
+    context.log.info(f"file memo: {memo.note}")
+    df = read_kaggle_products(root, report, check_image_files=raw_data.check_images, log=context.log.info, memo=memo)
+    memo.save()
+    context.log.info(f"{len(df)} Kaggle rows; problems: {report.as_dict()}; files: {memo.counts()}")
     return dg.Output(df, metadata={
         "source_path": dg.MetadataValue.path(str(root)),
+        "files": dg.MetadataValue.json(memo.counts()),
         "json_status": md.counts_table(df["json_status"], "json_status"),
         "preview": md.preview(df[["id", "title", "brand", "price_raw", "article_type", "image_path"]]),
         **md.drops(report, "problems"),
@@ -56,9 +63,13 @@ def hm_articles_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource
     if (previous := reuse.reused_table(context, "hm_articles_raw", fingerprint, warehouse.read_table)) is not None:
         return previous
     context.log.info(f"reading H&M articles from {root}")
-    df = read_hm_articles(root, report, check_image_files=raw_data.check_images)
+    memo = FileMemo(raw_data.memo_path("hm"), version=code_digest(), fresh=not reuse.reuse_enabled(context))
+    context.log.info(f"file memo: {memo.note}")
+    df = read_hm_articles(root, report, check_image_files=raw_data.check_images, memo=memo)
+    memo.save()
     return dg.Output(df, metadata={
         "source_path": dg.MetadataValue.path(str(root)),
+        "files": dg.MetadataValue.json(memo.counts()),
         "preview": md.preview(df[["article_id", "prod_name", "product_type_name", "index_name", "image_path"]]),
         **md.drops(report, "problems"),
         reuse.FINGERPRINT_KEY: fingerprint,

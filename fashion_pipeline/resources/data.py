@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from fashion_pipeline.core.readers import DataRootError
-from fashion_pipeline.paths import resolve
+from fashion_pipeline.paths import default_var_path, resolve
 
 
 class RawDataResource(dg.ConfigurableResource):
@@ -29,6 +29,10 @@ class RawDataResource(dg.ConfigurableResource):
     check_images: bool = Field(
         default=True, description="Decode every image at ingestion and null the path of missing or corrupt ones."
     )
+    cache_dir: str | None = Field(default=None, description=(
+        "Where ingestion remembers what each product JSON and image yielded (keyed by file size and "
+        "modification time), so a re-read after new files arrive parses and decodes only new or changed "
+        "ones; default <var dir>/cache/ingest. Deleting it only costs one full read."))
 
     def root_path(self) -> Path:
         root = resolve(self.root)
@@ -41,3 +45,8 @@ class RawDataResource(dg.ConfigurableResource):
 
     def hm_root(self) -> Path:
         return self.root_path() / self.hm_dir
+
+    def memo_path(self, dataset: str) -> Path:
+        """The file memo of one dataset's reader (core.readers.file_memo)."""
+        base = resolve(self.cache_dir) if self.cache_dir else Path(default_var_path("cache", "ingest"))
+        return base / f"{dataset}_files.parquet"

@@ -16,6 +16,7 @@ import duckdb
 import pandas as pd
 
 from fashion_pipeline.core.readers.common import DataRootError, MissingColumnError, read_csv_rows
+from fashion_pipeline.core.readers.file_memo import FileMemo
 from fashion_pipeline.core.readers.images import check_images
 from fashion_pipeline.core.reports import DropReport
 from fashion_pipeline.core.text_cleaning import normalise_space, strip_html
@@ -71,12 +72,13 @@ def normalise_article_id(value: object) -> str | None:
 
 
 def read_hm_articles(root: Path, report: DropReport, check_image_files: bool = True,
-                     keep_unlabelled: bool = False) -> pd.DataFrame:
+                     keep_unlabelled: bool = False, memo: FileMemo | None = None) -> pd.DataFrame:
     """One row per usable articles.csv row (bad or repeated ids dropped and counted).
 
     ``keep_unlabelled`` (scoring new listings): product_code and the label columns
     (product_type_name, product_group_name) are optional; missing ones read as null. The
-    pipeline's ingest leaves it False.
+    pipeline's ingest leaves it False. ``memo``: images unchanged since the last check are not
+    decoded again (core.readers.file_memo).
     """
     layout = HMLayout(Path(root))
     layout.validate()
@@ -102,7 +104,7 @@ def read_hm_articles(root: Path, report: DropReport, check_image_files: bool = T
         records.append(rec)
     df = pd.DataFrame.from_records(records, columns=ARTICLE_COLUMNS + ["image_path"])
     if check_image_files and len(df):
-        df["image_path"] = check_images(df["image_path"].tolist(), report)
+        df["image_path"] = check_images(df["image_path"].tolist(), report, memo=memo)
     return df
 
 

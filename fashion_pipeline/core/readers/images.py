@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from fashion_pipeline.core.readers.file_memo import FileMemo
 from fashion_pipeline.core.reports import DropReport
 
 # Guard against decompression bombs in user uploads; product photos are far smaller.
@@ -28,10 +29,19 @@ def image_status(path: str | Path | None) -> str:
         return "corrupt"
 
 
-def check_images(paths: list[str | None], report: DropReport, workers: int = 4) -> list[str | None]:
-    """Return the paths with unreadable ones replaced by None, counting each by reason."""
+def check_images(paths: list[str | None], report: DropReport, workers: int = 4,
+                 memo: FileMemo | None = None) -> list[str | None]:
+    """Return the paths with unreadable ones replaced by None, counting each by reason.
+
+    With a ``memo`` (core.readers.file_memo), an image unchanged since the last check keeps its
+    status without being decoded again."""
+    def status(path):
+        if memo is None or path is None:
+            return image_status(path)
+        return memo.lookup("image", path, lambda: image_status(path))
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        statuses = list(pool.map(image_status, paths, chunksize=256))
+        statuses = list(pool.map(status, paths, chunksize=256))
     out: list[str | None] = []
     for path, status in zip(paths, statuses):
         if status == "ok":

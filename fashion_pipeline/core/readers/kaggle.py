@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from fashion_pipeline.core.readers.common import DataRootError, read_csv_rows
+from fashion_pipeline.core.readers.file_memo import FileMemo
 from fashion_pipeline.core.readers.images import check_images
 from fashion_pipeline.core.reports import DropReport
 from fashion_pipeline.core.text_cleaning import normalise_space, strip_html
@@ -105,7 +106,8 @@ def _json_fields(path: Path) -> tuple[str, dict]:
 
 
 def read_kaggle_products(
-    root: Path, report: DropReport, check_image_files: bool = True, log=None, keep_unlabelled: bool = False
+    root: Path, report: DropReport, check_image_files: bool = True, log=None, keep_unlabelled: bool = False,
+    memo: FileMemo | None = None,
 ) -> pd.DataFrame:
     """One row per usable styles.csv row, enriched from its JSON when the JSON exists.
 
@@ -116,6 +118,9 @@ def read_kaggle_products(
     ``keep_unlabelled`` (scoring new listings): the label columns (masterCategory, subCategory,
     articleType) are optional; a file without them reads with null labels. The pipeline's ingest
     leaves it False, so a styles.csv without its labels is an error there.
+
+    ``memo`` (core.readers.file_memo): a product JSON or image unchanged since the last read is
+    taken from it instead of being parsed / decoded again; the result is the same.
     """
     layout = KaggleLayout(Path(root))
     layout.validate()
@@ -151,7 +156,9 @@ def read_kaggle_products(
             "image_path": str(layout.image_path(pid)),
         }
         if has_json_dir:
-            status, fields = _json_fields(layout.styles_dir / f"{pid}.json")
+            path = layout.styles_dir / f"{pid}.json"
+            status, fields = (_json_fields(path) if memo is None
+                              else memo.lookup("json", path, lambda: list(_json_fields(path))))
             rec["json_status"] = status
             rec.update(fields)
             if status != "ok":
@@ -161,5 +168,5 @@ def read_kaggle_products(
             log(f"kaggle: read {i + 1}/{len(rows)} rows")
     df = pd.DataFrame.from_records(records, columns=KAGGLE_COLUMNS)
     if check_image_files and len(df):
-        df["image_path"] = check_images(df["image_path"].tolist(), report)
+        df["image_path"] = check_images(df["image_path"].tolist(), report, memo=memo)
     return df

@@ -252,3 +252,8 @@ def test_a_damaged_file_memo_costs_one_full_read_not_a_wrong_table(sample_copy, 
     memo = FileMemo(memo_path, "v1")  # rewritten whole by the save
     pd.testing.assert_frame_equal(read_hm_articles(root, DropReport(), memo=memo), df)
     assert (memo.read, memo.reused) == (0, n_images)
+    # A memo that cannot be written is reported, not raised.
+    blocked = FileMemo(tmp_path / "a-file" / "hm_files.parquet", "v1")
+    (tmp_path / "a-file").write_text("not a folder")
+    pd.testing.assert_frame_equal(read_hm_articles(root, DropReport(), memo=blocked), df)
+    assert blocked.save() is False and "not saved" in blocked.note

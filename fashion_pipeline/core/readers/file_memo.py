@@ -76,10 +76,19 @@ class FileMemo:
     def counts(self) -> dict[str, Any]:
         return {"files_reused": self.reused, "files_read": self.read, "memo": self.note}
 
-    def save(self) -> None:
-        """Write what this read met (atomically); a no-op without a path."""
+    def save(self) -> bool:
+        """Write what this read met (atomically); a no-op without a path. A memo that cannot be
+        written only costs the next read its speed: the reason goes into ``note``, nothing raises."""
         if self.path is None:
-            return
+            return False
+        try:
+            self._write()
+        except OSError as e:
+            self.note += f"; not saved ({e}): the next read reads every file"
+            return False
+        return True
+
+    def _write(self) -> None:
         import pyarrow as pa
 
         keys = sorted(self._new)

@@ -118,8 +118,14 @@ def _assert_lock_free_and_readable(var: Path) -> dict[str, pd.DataFrame]:
 
 
 def _assert_no_stray_files(var: Path) -> None:
-    stray = {p.name for p in var.iterdir()} - WAREHOUSE_FILES - {"models"}
+    # The model store and the ingest readers' file memo (cache/ingest) are outputs; nothing else is,
+    # and no half-written temporary file (core.atomic.temp_name) may be left under them.
+    stray = {p.name for p in var.iterdir()} - WAREHOUSE_FILES - {"models", "cache"}
     assert not stray, f"unexpected files left in {var}: {stray}"
+    if (var / "cache").exists():
+        assert {p.name for p in (var / "cache").iterdir()} <= {"ingest"}, list((var / "cache").iterdir())
+        temps = [p for p in (var / "cache").rglob(".*.tmp-*")]
+        assert not temps, f"half-written files left: {temps}"
 
 
 # ---------------------------------------------------------------- Dagster runs killed mid-write

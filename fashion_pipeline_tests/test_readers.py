@@ -242,10 +242,13 @@ def test_a_damaged_file_memo_costs_one_full_read_not_a_wrong_table(sample_copy, 
     root = sample_copy / HM
     memo_path = tmp_path / "hm_files.parquet"
     memo_path.write_bytes(b"PAR1 garbage")
+    killed = tmp_path / ".hm_files.parquet.tmp-999999999"  # a save killed half-way (no such process)
+    killed.write_bytes(b"half")
     memo = FileMemo(memo_path, "v1")
     assert "unreadable" in memo.note
     df = read_hm_articles(root, DropReport(), memo=memo)
     memo.save()
+    assert not killed.exists()
     pd.testing.assert_frame_equal(df, read_hm_articles(root, DropReport()))
     n_images = len(list((root / "images").rglob("*.jpg")))
     assert (memo.read, memo.reused) == (n_images, 0)

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from fashion_pipeline.core.atomic import CorruptFileError, atomic_write_parquet, read_parquet_checked
+from fashion_pipeline.core.atomic import CorruptFileError, atomic_write_parquet, read_parquet_checked, remove_stale_temps
 
 COLUMNS = ["kind", "file", "size", "mtime_ns", "value"]
 VERSION_KEY = b"fashion_pipeline.file_memo.version"
@@ -99,4 +99,5 @@ class FileMemo:
             "value": [self._new[k][2] for k in keys],
         }).replace_schema_metadata({VERSION_KEY: self.version.encode()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path.parent)  # a save killed half-way leaves its temporary file
         atomic_write_parquet(table, self.path)

@@ -124,7 +124,7 @@ def _assert_no_stray_files(var: Path) -> None:
     assert not stray, f"unexpected files left in {var}: {stray}"
     if (var / "cache").exists():
         assert {p.name for p in (var / "cache").iterdir()} <= {"ingest"}, list((var / "cache").iterdir())
-        temps = [p for p in (var / "cache").rglob(".*.tmp-*")]
+        temps = list((var / "cache").rglob(".*.tmp-*"))
         assert not temps, f"half-written files left: {temps}"
 
 

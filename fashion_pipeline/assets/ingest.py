@@ -28,6 +28,13 @@ def _raw_fingerprint(root, raw_data: RawDataResource) -> str:
                     "code": code_digest()})
 
 
+def _file_memo(context, raw_data: RawDataResource, dataset: str) -> FileMemo:
+    """The dataset reader's file memo; a run with reuse turned off reads every file (and rewrites it)."""
+    memo = FileMemo(raw_data.memo_path(dataset), version=code_digest(), fresh=not reuse.reuse_enabled(context))
+    context.log.info(f"file memo: {memo.note}")
+    return memo
+
+
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
           description="Kaggle Fashion Product Images: styles.csv rows enriched from styles/<id>.json when present.")
 def kaggle_products_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource,
@@ -38,8 +45,7 @@ def kaggle_products_raw(context: dg.AssetExecutionContext, raw_data: RawDataReso
     if (previous := reuse.reused_table(context, "kaggle_products_raw", fingerprint, warehouse.read_table)) is not None:
         return previous
     context.log.info(f"reading Kaggle products from {root}")
-    memo = FileMemo(raw_data.memo_path("kaggle"), version=code_digest(), fresh=not reuse.reuse_enabled(context))
-    context.log.info(f"file memo: {memo.note}")
+    memo = _file_memo(context, raw_data, "kaggle")
     df = read_kaggle_products(root, report, check_image_files=raw_data.check_images, log=context.log.info, memo=memo)
     memo.save()
     context.log.info(f"{len(df)} Kaggle rows; problems: {report.as_dict()}; files: {memo.counts()}")
@@ -63,8 +69,7 @@ def hm_articles_raw(context: dg.AssetExecutionContext, raw_data: RawDataResource
     if (previous := reuse.reused_table(context, "hm_articles_raw", fingerprint, warehouse.read_table)) is not None:
         return previous
     context.log.info(f"reading H&M articles from {root}")
-    memo = FileMemo(raw_data.memo_path("hm"), version=code_digest(), fresh=not reuse.reuse_enabled(context))
-    context.log.info(f"file memo: {memo.note}")
+    memo = _file_memo(context, raw_data, "hm")
     df = read_hm_articles(root, report, check_image_files=raw_data.check_images, memo=memo)
     memo.save()
     return dg.Output(df, metadata={

@@ -321,7 +321,7 @@ class BlendPriceRegressor:
         self.members = members
 
     def fit(self, train, y, val: PriceInputs, y_val):
-        preds = np.stack([m.predict_log(val) for m in self.members], axis=1)
+        preds = self._member_preds(val)
         best = None
         grid = np.linspace(0, 1, 11)
         if len(self.members) == 2:
@@ -335,10 +335,13 @@ class BlendPriceRegressor:
         self.weights_ = best[1]
         return self
 
-    def predict_log(self, inputs: PriceInputs) -> np.ndarray:
+    def _member_preds(self, inputs: PriceInputs) -> np.ndarray:
         # One view per call, with a memo the members share (the stacked ridge); nothing outlives the call.
         shared = PriceInputs(inputs.frame, inputs.text, inputs.image, cache={"stacked": {}})
-        return np.stack([m.predict_log(shared) for m in self.members], axis=1) @ self.weights_
+        return np.stack([m.predict_log(shared) for m in self.members], axis=1)
+
+    def predict_log(self, inputs: PriceInputs) -> np.ndarray:
+        return self._member_preds(inputs) @ self.weights_
 
 
 def _simplex(k: int, steps: int):

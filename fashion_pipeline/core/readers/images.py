@@ -35,13 +35,13 @@ def check_images(paths: list[str | None], report: DropReport, workers: int = 4,
 
     With a ``memo`` (core.readers.file_memo), an image unchanged since the last check keeps its
     status without being decoded again."""
-    def status(path):
+    def status_of(path):
         if memo is None or path is None:
             return image_status(path)
         return memo.lookup("image", path, lambda: image_status(path))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        statuses = list(pool.map(status, paths, chunksize=256))
+        statuses = list(pool.map(status_of, paths, chunksize=256))
     out: list[str | None] = []
     for path, status in zip(paths, statuses):
         if status == "ok":

@@ -22,6 +22,15 @@ def test_classification_metrics_by_hand():
         classification_metrics(["a"], ["a", "b"])
 
 
+def test_macro_f1_over_the_true_classes_counts_a_missing_prediction_as_a_miss_not_as_a_class():
+    y, pred = ["a", "a", "b", "b"], ["a", "<none>", "b", "b"]
+    # a: precision 1, recall 1/2 -> F1 2/3; b: F1 1. The default also averages in "<none>" (F1 0).
+    assert classification_metrics(y, pred)["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    m = classification_metrics(y, pred, true_classes_only=True)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["accuracy"] == 0.75 and m["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 * 1) / 4)
+
+
 def test_silhouette_is_seeded_and_bounded():
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))])

@@ -13,8 +13,15 @@ import numpy as np
 from sklearn import metrics as skm
 
 
-def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
+def classification_metrics(y_true: Sequence, y_pred: Sequence, *, true_classes_only: bool = False
+                           ) -> dict[str, float]:
     """Accuracy, macro-F1 and weighted-F1 over the labels present in ``y_true`` or ``y_pred``.
+
+    ``true_classes_only``: average the F1s over the classes present in ``y_true`` alone. A prediction
+    outside them (a row left without a value, marked e.g. "<none>") is still a miss (it lowers its
+    true class's recall), but it does not add a class whose F1 is zero by construction: with the
+    default, 11 listings without a photo among 1,500 cost a photo-only category macro-F1 a twelfth
+    (an empty twelfth class), whatever the classifier did on the rest.
 
     Returns ``{"n": 0, ...: nan}`` for empty input instead of raising, so a source or regime
     with no evaluable rows shows up as such in a leaderboard.
@@ -26,11 +33,12 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, floa
     n = int(len(y_true))
     if n == 0:
         return {"n": 0, "accuracy": float("nan"), "macro_f1": float("nan"), "weighted_f1": float("nan")}
+    labels = sorted(set(y_true.tolist())) if true_classes_only else None
     return {
         "n": n,
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "weighted_f1": float(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
     }
 
 

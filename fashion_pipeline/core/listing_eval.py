@@ -183,13 +183,14 @@ def evaluate_listings(
             for task in TASKS:
                 y = truth[task].reindex(test["product_id"]).to_numpy(dtype=object)
                 has = m & pd.notna(y)
-                # A listing left without a value counts as wrong, not as skipped.
+                # A listing left without a value counts as wrong, not as skipped; the F1s are averaged
+                # over the true classes (not over an extra "<none>" class whose F1 is always zero).
                 got_task = np.array([v if isinstance(v, str) else "<none>" for v in s[task]], dtype=object)
-                row[f"{task}_macro_f1"] = classification_metrics(y[has], got_task[has])["macro_f1"] \
-                    if has.any() else float("nan")
+                row[f"{task}_macro_f1"] = classification_metrics(
+                    y[has], got_task[has], true_classes_only=True)["macro_f1"] if has.any() else float("nan")
                 tp = text_preds[task]
-                row[f"recipe_{task}_macro_f1"] = classification_metrics(y[has], tp[has])["macro_f1"] \
-                    if tp is not None and has.any() else float("nan")
+                row[f"recipe_{task}_macro_f1"] = classification_metrics(
+                    y[has], tp[has], true_classes_only=True)["macro_f1"] if tp is not None and has.any() else float("nan")
             rows.append(row)
     return pd.DataFrame(rows), per_listing
 

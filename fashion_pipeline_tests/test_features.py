@@ -93,20 +93,6 @@ def test_missing_image_is_zero_with_flag(frame, fitted):
     assert np.all(x[[0, 2], :-1] == 0) and np.any(x[[1, 3], :-1] != 0)
 
 
-def test_linear_models_of_the_image_regime_read_the_whole_image_embedding(frame, fitted):
-    rows = frame[frame["split"] == "test"].head(5).copy()
-    raw = np.stack(rows["image_embedding"].to_list()).astype(np.float64)
-    rows["image_embedding"] = [None, *rows["image_embedding"].iloc[1:]]
-    x = fitted["image"].transform(rows, "sparse")
-    assert isinstance(x, np.ndarray) and x.shape == (5, raw.shape[1] + 1)
-    want = raw[1:] / np.linalg.norm(raw[1:], axis=1, keepdims=True)
-    np.testing.assert_allclose(x[1:, :-1], want, rtol=1e-5, atol=1e-6)
-    assert x[:, -1].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0] and not x[0].any()
-    # With text beside it the image stays a few PCA components of a CSR matrix.
-    assert sp.issparse(fitted["sparse"].transform(rows, "sparse"))
-    assert fitted["sparse"].transform(rows, "dense").shape[1] < raw.shape[1]
-
-
 def test_with_embeddings_joins_by_id_and_marks_missing():
     df = load_products(n_kaggle=5, n_hm=0)
     ids = list(df["product_id"])[::-1]  # different order than the products

@@ -67,9 +67,7 @@ class ClassifierConfig(dg.Config):
     neural_patience: int = Field(default=3, ge=1, description="Epochs without validation improvement before stopping.")
     neural_hidden: int = Field(default=256, ge=8, description="Width of the neural trunk.")
     svd_components: int = Field(default=64, ge=2, description="TruncatedSVD dimensions of TF-IDF for tree/dense models.")
-    image_components: int = Field(default=64, ge=2, description=(
-        "PCA dimensions of the image embedding for the tree/dense models, and for the linear models where text sits "
-        "beside the image; the image-only regime's linear models read the whole embedding."))
+    image_components: int = Field(default=64, ge=2, description="PCA dimensions of the image embedding for tree/dense models.")
     max_train_rows: dict[str, int] = Field(default={}, description=(
         "Cap training rows per model name (seeded sample), e.g. {'knn': 20000}; reported as n_train."))
     seed: int = Field(default=0, description="Seed for every model.")

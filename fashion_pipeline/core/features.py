@@ -164,8 +164,7 @@ class ProductFeaturizer:
     ``transform(frame, kind)`` returns
 
     - ``"sparse"``: CSR [tfidf blocks | PCA(image) | has_image | text emb (L2) | attributes] for
-      linear models; in the image-only regime a dense [L2 image | has_image] (no PCA: with no text
-      beside it, the linear models need every component);
+      linear models;
     - ``"nonneg"``: tfidf, the raw L2 image embedding (EfficientNet's pooled features are
       post-ReLU, so non-negative), attributes; no text embedding (negative values): naive Bayes;
     - ``"dense"``: float32 [TruncatedSVD(tfidf) | PCA(image) | PCA(text emb) | attributes |
@@ -337,11 +336,6 @@ class ProductFeaturizer:
         return proj
 
     def _assemble(self, b: dict, kind: str):
-        if kind == "sparse" and set(b) == {"image", "has_image"}:
-            # The image-only regime: the linear models read the whole L2 image embedding, dense (no
-            # CSR). On the full development data LinearSVC's photo-only category macro-F1 was 0.83
-            # on 64 PCA components and 0.91 on all 1280 (test; validation 0.82 -> 0.89).
-            return np.hstack([b["image"] * self.image_weight, b["has_image"]]).astype(np.float32)
         if kind in ("sparse", "nonneg"):
             parts = []
             if "tfidf" in b:

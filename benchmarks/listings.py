@@ -92,6 +92,25 @@ def f1_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_class_table(per_listing: dict, form: str = "full", source: str = "kaggle", task: str = "usage") -> str:
+    """F1 and test support per class of one task, form and source: a macro average over classes with a
+    handful of test listings moves by points when one of them changes."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    d = per_listing.get(form)
+    if d is None:
+        return f"(form {form!r} not evaluated)"
+    d = d[(d["source"] == source) & d[f"{task}_true"].notna()]
+    y = d[f"{task}_true"].astype(str).to_numpy()
+    got = np.array([v if isinstance(v, str) else "<none>" for v in d[f"{task}_predicted"]], dtype=object)
+    labels = sorted(set(y))
+    prec, rec, f1, n = precision_recall_fscore_support(y, got, labels=labels, zero_division=0)
+    lines = [f"| {task} | test listings | precision | recall | F1 |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {c} | {k} | {p_:.3f} | {r_:.3f} | {f_:.3f} |" for c, k, p_, r_, f_ in zip(labels, n, prec, rec, f1)]
+    lines.append(f"| macro average | {int(n.sum())} | {prec.mean():.3f} | {rec.mean():.3f} | {f1.mean():.3f} |")
+    return "\n".join(lines)
+
+
 def time_scoring(products: pd.DataFrame, model, info, n: int, store, seed: int = 0) -> dict:
     """Score ``n`` listings ('full' form) from scratch as the CLI does: the published classifiers,
     a fresh embedder (nothing cached), the attribute extractor and the comparables index loaded
@@ -148,7 +167,7 @@ def main(argv=None) -> int:
                          "Rebuild it there (benchmarks/pipeline.py's build_subset) or run with --run-pipeline.")
 
     t0 = time.perf_counter()
-    table, _ = listing_eval.evaluate_price_model(
+    table, per_listing = listing_eval.evaluate_price_model(
         model, info, test, train,
         embedder=scoring.encoder_embedder(record=scoring.models_encoder(info, classifiers),
                                           cache_dir=args.var_dir / "cache" / "embeddings"),
@@ -192,6 +211,10 @@ def main(argv=None) -> int:
         "A listing left without a value counts as a miss of its true class; the F1s are averaged over the classes the rows truly have (a missing value is not a class of its own).",
         "",
         f1_table(table),
+        "",
+        "Usage on full Kaggle listings, per class (the target's row):",
+        "",
+        per_class_table(per_listing),
         "",
         "## Scoring time",
         "",

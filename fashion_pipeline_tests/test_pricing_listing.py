@@ -240,6 +240,10 @@ def test_evaluate_listings_scores_every_form_and_source_beside_the_recipe():
     assert np.isfinite(full["recipe_rmsle"]) and 0 <= full["coverage"] <= 1
     photo = table.set_index(["form", "source"]).loc[("photo", "all")]
     assert np.isfinite(photo["rmsle"]) and np.isfinite(photo["recipe_rmsle"])
+    # The per-listing frame carries each task's truth and the value the listing got, row for row.
+    assert p["usage_true"].tolist() == test["usage"].tolist()
+    scored, _ = score(listing_eval.as_listings(test, "full"))
+    assert p["gender_predicted"].tolist() == scored.set_index("listing_id")["gender"].reindex(test["product_id"]).tolist()
 
 
 # ---- the gate on listing metrics ----------------------------------------------------------------------------

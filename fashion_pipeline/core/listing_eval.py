@@ -149,7 +149,8 @@ def evaluate_listings(
     Price columns cover priced test rows: n_priced, abstained (share), rmsle and coverage (of the
     80% interval) over the listings that got a price, recipe_rmsle over the same listings.
     Classification columns: <task>_macro_f1 over rows with that label, and the recipe's.
-    Also returns per form the listing-level predictions (for plots). Pass fitted ``recipe`` /
+    Also returns per form the listing-level predictions (for plots and per-class tables): price,
+    and ``<task>_true`` / ``<task>_predicted`` (None where the listing got no value). Pass fitted ``recipe`` /
     ``text_recipe`` to reuse them across several models judged on the same rows.
     """
     recipe = recipe or Recipe().fit(train)
@@ -170,7 +171,9 @@ def evaluate_listings(
         text_preds = {t: text_recipe.predict(listings, t) for t in TASKS}
         per_listing[form] = pd.DataFrame({"product_id": test["product_id"].to_numpy(), "source": src,
                                           "category": test["category"].to_numpy(), "price_usd": price,
-                                          "predicted_usd": pred, "priced": priced})
+                                          "predicted_usd": pred, "priced": priced,
+                                          **{f"{t}_true": test[t].to_numpy(dtype=object) for t in TASKS},
+                                          **{f"{t}_predicted": s[t].to_numpy(dtype=object) for t in TASKS}})
         for source in ["all", *sorted(set(src))]:
             m = (src == source) if source != "all" else np.ones(len(src), bool)
             mp = m & priced

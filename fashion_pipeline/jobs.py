@@ -10,8 +10,8 @@
   ingestion, then the same chain as the retraining job.
 - ``model_selection_job`` (on demand, never scheduled): the model-selection experiment. The
   attribute extractor, classifier and price model assets run in ``mode="select"`` (C searched per
-  attribute; every model family trained, the serving one chosen on validation, the full leaderboard
-  rewritten), then everything downstream of them: attributes, embeddings, the gates, publishing and
+  attribute; every model family trained — the neural classifiers only here —, the serving one chosen
+  on validation, the full leaderboard rewritten), then everything downstream of them: attributes, embeddings, the gates, publishing and
   scoring. The retraining and refresh jobs run them in their default ``mode="retrain"``: only the
   model each task/regime or listing form has published is retrained, with the hyper-parameters its
   selection tuned (the extractor's C, ridge's alpha, LightGBM's rounds).
@@ -24,6 +24,8 @@ named here that disappears makes the code location fail to load.
 """
 
 import dagster as dg
+
+from fashion_pipeline.core.models.fusion import ARCHITECTURES
 
 # The assets that read the raw dataset folders (fashion_pipeline/assets/ingest.py).
 RAW_FILE_ASSETS = ("kaggle_products_raw", "hm_articles_raw", "hm_article_prices")
@@ -56,9 +58,13 @@ MODEL_ASSETS = ("attribute_extractor", "classifier_leaderboard", "regressor_metr
 # attribute_classifiers is classifier_leaderboard's sibling output (one op): select both.
 model_selection_selection = dg.AssetSelection.assets(*MODEL_ASSETS, "attribute_classifiers").downstream()
 
+SELECTION_EXTRA = {"classifier_leaderboard": {"neural_models": list(ARCHITECTURES)}}
+
 model_selection_job = dg.define_asset_job(
     "model_selection_job", selection=model_selection_selection,
-    config={"ops": {name: {"config": {"mode": "select"}} for name in MODEL_ASSETS}},
+    # The neural classifiers compete only here (the default lists leave them out of a first run: minutes of
+    # training on a CPU for models that were not chosen on the development data).
+    config={"ops": {name: {"config": {"mode": "select", **SELECTION_EXTRA.get(name, {})}} for name in MODEL_ASSETS}},
     description="On demand: select models anew — the attribute extractor's C searched, every classifier and price "
                 "model family trained and the serving one chosen on validation (mode 'select'), then attributes, "
                 "embeddings, the gates, publishing and scoring. The schedule and the sensor only retrain the "

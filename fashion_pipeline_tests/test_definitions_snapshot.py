@@ -49,7 +49,8 @@ SELECTION = ["attribute_classifiers", "attribute_extractor", "classifier_leaderb
              "price_comparables", "product_attributes", "product_clusters", "product_embeddings",
              "published_classifiers", "published_price_regressor", "regressor_metrics", "scored_listings"]
 SELECT_MODE = {"ops": {"attribute_extractor": {"config": {"mode": "select"}},
-                       "classifier_leaderboard": {"config": {"mode": "select"}},
+                       "classifier_leaderboard": {"config": {"mode": "select", "neural_models": [
+                           "image_cnn", "multimodal_cnn", "clip_fusion"]}},
                        "regressor_metrics": {"config": {"mode": "select"}}}}
 EXPECTED_JOBS = {
     "ingest_job": {"assets": INGEST, "checks": [], "tags": {"fashion/stage": "ingest"}, "run_config": {}},

@@ -117,7 +117,7 @@ def test_schedule_cron_timezone_and_status_come_from_the_environment(monkeypatch
 def test_a_retrain_keeps_each_classifiers_choice_published_or_refused(tmp_path):
     """The weekly retrain trains, per task x regime, the published model; where the gate refused every
     candidate (nothing published) the latest candidate's model; only a pair with nothing stored selects."""
-    from fashion_pipeline.assets.classifiers import ClassifierConfig, retrain_choice
+    from fashion_pipeline.assets.classifiers import ClassifierConfig, models_to_train, retrain_choice
     from fashion_pipeline.core.model_store import ModelStore
 
     store = ModelStore(tmp_path)
@@ -126,12 +126,21 @@ def test_a_retrain_keeps_each_classifiers_choice_published_or_refused(tmp_path):
     store.save("category_classifier", {"m": 2}, {}, {"model": "lightgbm"})  # a newer candidate, refused
     store.save("usage_classifier", {"m": 3}, {}, {"model": "linear_svc"})  # refused, nothing published
     store.save("usage_classifier", {"m": 4}, {}, {"model": "clip_fusion"})  # refused again, the latest
+    # The default config lists no neural model (they compete only in model_selection_job), yet a neural
+    # choice is what the retrain trains: the lists say what competes in a selection, not what is kept.
+    assert ClassifierConfig().neural_models == []
     chosen, note = retrain_choice(store, ClassifierConfig(regimes=["full"]))
     assert chosen == {("category", "full"): "logreg", ("usage", "full"): "clip_fusion"}
     assert "usage/full" in note and "gender/full" in note  # gender: nothing stored, so it selects
-    # A model the config no longer trains is selected anew, and 'select' mode ignores the store.
-    assert retrain_choice(store, ClassifierConfig(regimes=["full"], neural_models=[]))[0] == {
-        ("category", "full"): "logreg"}
+    # ... and the leaderboard is handed that neural model to train, beside the configured lists.
+    assert models_to_train(ClassifierConfig(), chosen) == {
+        "classical": ("linear_svc", "logreg", "complement_nb", "lightgbm"), "neural": ("clip_fusion",)}
+    assert models_to_train(ClassifierConfig(classical_models=["linear_svc"]), chosen)["classical"] == (
+        "linear_svc", "logreg")
+    # A model this code does not know (an older release's) is selected anew; 'select' mode ignores the store.
+    store.publish("category_classifier", store.save("category_classifier", {"m": 5}, {}, {"model": "retired_family"}))
+    chosen, note = retrain_choice(store, ClassifierConfig(regimes=["full"]))
+    assert chosen == {("usage", "full"): "clip_fusion"} and "category/full" in note.split("selecting")[1]
     assert retrain_choice(store, ClassifierConfig(regimes=["full"], mode="select"))[0] == {}
 
 def test_a_retrain_keeps_the_price_models_choices_published_or_refused(tmp_path):

@@ -53,16 +53,22 @@ class ClassifierConfig(dg.Config):
         "retrain (the weekly schedule, the sensor): each task and regime retrains only the model its published "
         "classifier is (plus the linear baseline the gate compares with), on fresh data, and the "
         "classifier_leaderboard table keeps the last selection's; a pair with nothing published (its candidates "
-        "were refused by the gate) retrains its latest candidate's model, and one with nothing stored is selected "
-        "as in 'select'. select (model_selection_job, on demand): every configured model is trained on every regime, "
-        "the serving one chosen on validation, and classifier_leaderboard rewritten."))
+        "were refused by the gate) retrains its latest candidate's model, and one with nothing stored (a first run) is "
+        "selected as in 'select' among `classical_models` and `neural_models`. select (model_selection_job, on "
+        "demand, which adds the neural models): every configured model is trained on every regime, the serving one "
+        "chosen on validation, and classifier_leaderboard rewritten."))
     regimes: list[str] = Field(default=list(REGIMES), description=(
         "Input regimes: full (image + title + description + brand), sparse (image + title), image (image only)."))
     classical_models: list[str] = Field(
         default=["linear_svc", "logreg", "complement_nb", "lightgbm"],
-        description=f"Classical models to train, any of {list(CLASSICAL)}. The default is sized for the embedded "
-                    "sample; benchmarks/classifiers.py trains all eight on the full data.")
-    neural_models: list[str] = Field(default=list(ARCHITECTURES), description=f"Neural models, any of {list(ARCHITECTURES)}.")
+        description=f"Classical models that compete in a selection, any of {list(CLASSICAL)}. The default is sized "
+                    "for the embedded sample; benchmarks/classifiers.py trains all eight on the full data. A retrain "
+                    "retrains a published choice whatever this list says.")
+    neural_models: list[str] = Field(default=[], description=(
+        f"Neural models that compete in a selection, any of {list(ARCHITECTURES)}. Default none: on the full "
+        "development data they trained for ~3 of the leaderboard's ~6 minutes on 2 cores and none was chosen for any "
+        "task or regime (benchmarks/results/classifiers.md); model_selection_job trains all three. A retrain "
+        "retrains a published neural choice whatever this list says."))
     neural_epochs: int = Field(default=20, ge=1, description="Maximum epochs (early stopping on validation loss).")
     neural_patience: int = Field(default=3, ge=1, description="Epochs without validation improvement before stopping.")
     neural_hidden: int = Field(default=256, ge=8, description="Width of the neural trunk.")
@@ -86,10 +92,12 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
     The model is the published classifier's; where the gate refused every candidate so far (nothing
     published), the latest candidate's — the last selection's choice. Re-selecting among every family
     on a few more rows would pay for the whole leaderboard to reach, almost always, the same choice;
-    `model_selection_job` (mode 'select') is where the families compete again."""
+    `model_selection_job` (mode 'select') is where the families compete again. The configured model lists
+    say which families compete in a selection; a stored choice of any known model is retrained (a neural
+    model chosen by model_selection_job stays the choice although the default lists name none)."""
     if config.mode == "select":
         return {}, "selecting on validation among every configured model"
-    configured = set(config.classical_models) | set(config.neural_models)
+    known = set(CLASSICAL) | set(ARCHITECTURES)
     chosen, from_candidate, other = {}, [], []
     for task in TASKS:
         for regime in config.regimes:
@@ -98,7 +106,7 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
             if info is not None and not published:
                 from_candidate.append(f"{task}/{regime}")
             model = ((info or {}).get("features_spec") or {}).get("model")
-            if model in configured:
+            if model in known:
                 chosen[(task, regime)] = model
             else:
                 other.append(f"{task}/{regime}")
@@ -106,8 +114,15 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
     if from_candidate:
         note += f" ({from_candidate}: nothing published, the latest candidate's choice)"
     if other:
-        note += f"; selecting on validation for {other} (nothing stored, or a model this config does not train)"
+        note += f"; selecting on validation for {other} (nothing stored, or a model this code does not know)"
     return chosen, note
+
+
+def models_to_train(config: ClassifierConfig, chosen: dict) -> dict[str, tuple[str, ...]]:
+    """The leaderboard's model lists: the configured ones (what competes where a pair selects) plus every
+    retrained choice, which is trained whether or not the lists name it."""
+    return {"classical": tuple(dict.fromkeys([*config.classical_models, *(m for m in chosen.values() if m in CLASSICAL)])),
+            "neural": tuple(dict.fromkeys([*config.neural_models, *(m for m in chosen.values() if m in ARCHITECTURES)]))}
 
 
 def _reused(context, fingerprint: str, warehouse: WarehouseResource, store, with_leaderboard: bool):
@@ -166,8 +181,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     frame = with_embeddings(clean_products, *emb.arrays)
     del emb
     cfg = LeaderboardConfig(
-        tasks=TASKS, regimes=tuple(config.regimes), classical=tuple(config.classical_models),
-        neural=tuple(config.neural_models),
+        tasks=TASKS, regimes=tuple(config.regimes), **models_to_train(config, chosen),
         neural_config=NeuralConfig(epochs=config.neural_epochs, patience=config.neural_patience,
                                    hidden=config.neural_hidden, seed=config.seed, n_threads=threads),
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},

@@ -60,7 +60,9 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
 
     run_config = {"ops": {
         "product_clusters": {"config": {"embeddings_path": str(emb), "dec_pretrain_epochs": 3, "dec_max_iter": 200}},
+        # The neural models as model_selection_job names them (the default lists leave them out).
         "classifier_leaderboard": {"config": {"embeddings_path": str(emb), "neural_epochs": 6,
+                                              "neural_models": ["image_cnn", "multimodal_cnn", "clip_fusion"],
                                               "classical_models": ["linear_svc", "complement_nb", "lightgbm"]}},
     }}
     names = ["product_clusters", "clustering_metrics", "classifier_leaderboard", "attribute_classifiers",
@@ -81,6 +83,7 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     # every task x regime has results; sparse and image regimes never beat... nothing assumed, just present
     assert set(lb["regime"]) == {"full", "sparse", "image"}
     assert set(lb["task"]) == {"category", "gender", "usage"}
+    assert {"image_cnn", "multimodal_cnn", "clip_fusion"} <= set(lb["model"])
     test = products[products["split"] == "test"]
     for task in ("category", "gender", "usage"):
         n = lb[(lb.task == task) & (lb.source == "all")]["n"]
@@ -119,10 +122,11 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     assert acc == pytest.approx(info["metrics"]["test"]["all"]["accuracy"])
     assert np.allclose(clf.predict_proba(frame).sum(axis=1), 1.0)
 
-    # A much worse candidate set (Complement NB on 60 training rows): the published models, re-scored on
-    # the same test split, beat it: those candidates are refused and their published versions stay.
+    # A much worse candidate set (a selection among Complement NB on 60 training rows; a retrain would
+    # retrain the published choices): the published models, re-scored on the same test split, beat it:
+    # those candidates are refused and their published versions stay.
     worse = {"ops": {"classifier_leaderboard": {"config": {
-        "embeddings_path": str(emb), "classical_models": ["complement_nb"], "neural_models": [],
+        "embeddings_path": str(emb), "mode": "select", "classical_models": ["complement_nb"], "neural_models": [],
         "max_train_rows": {"complement_nb": 60}}}}}
     r2 = _run([*INGEST_CHAIN, "classifier_leaderboard", "attribute_classifiers", "published_classifiers"], var, worse)
     gate2 = {e.asset_check_key.name: e for e in r2.get_asset_check_evaluations()}["classifier_gate"]

@@ -4,21 +4,21 @@
 The file is located by the asset's configured path, else the path the latest product_embeddings
 materialization recorded, else the embedding stage's default location; it is read with the
 embedding stage's own reader (core.encoders.io) together with the encoder record every model
-stores (core.encoders.record).
+stores (core.encoders.record). The assets fingerprint it by the content digest in its footer and
+read the vectors only when they recompute.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from fashion_pipeline.core.encoders.io import read_embedding_metadata, read_embeddings
+from fashion_pipeline.core.encoders.io import (embedding_rows, file_content_digest, read_embedding_ids,
+                                               read_embedding_metadata, read_embeddings)
 from fashion_pipeline.core.encoders.record import encoder_record
-from fashion_pipeline.core.fingerprint import array_digest
 from fashion_pipeline.paths import default_var_path, resolve
 
 EMBEDDINGS_ASSET = dg.AssetKey("product_embeddings")
@@ -36,34 +36,53 @@ def embeddings_path(context, configured: str | None) -> Path:
     return resolve(default_var_path("embeddings", "product_embeddings.parquet"))
 
 
-@dataclass
 class CatalogueEmbeddings:
-    """The file's rows: ids, image and text matrices (NaN rows where missing), and its encoder."""
+    """The embeddings file of the model assets: its encoder and content digest from the footer; the
+    ids, image and text matrices (NaN rows where missing) read when first asked for, so an asset whose
+    inputs are unchanged (it compares digests and re-emits its last output) never reads the vectors."""
 
-    path: Path
-    ids: list[str]
-    image: np.ndarray
-    text: np.ndarray
-    encoder: dict | None
+    def __init__(self, path: Path, encoder: dict | None):
+        self.path = Path(path)
+        self.encoder = encoder
+        self._ids: list[str] | None = None
+        self._matrices: tuple[np.ndarray, np.ndarray] | None = None
+        self._released = False
+        self._digest: tuple[str, str] | None = None
+
+    def _load(self) -> None:
+        if self._released:
+            raise RuntimeError(f"the embeddings read from {self.path} were already handed over")
+        if self._matrices is None:
+            ids, image, text = read_embeddings(self.path)
+            self._ids, self._matrices = ids, (image, text)
+
+    @property
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = read_embedding_ids(self.path)
+        return self._ids
 
     @property
     def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        return self.ids, self.image, self.text
+        self._load()
+        return self._ids, *self._matrices
 
     @property
     def note(self) -> str:
         return f"read from {self.path}"
 
     def digest(self) -> str:
-        return array_digest(self.ids, self.image, self.text)
+        """The content digest the writer recorded in the footer (computed from the vectors for a file
+        without one): what the model assets' fingerprints use."""
+        if self._digest is None:
+            self._digest = file_content_digest(self.path, self.arrays if self._matrices is not None else None)
+        return self._digest[0]
 
     def release(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """The arrays, handed over: this object keeps no reference, so whoever takes them can free
         them (hundreds of MB on the full catalogue) as soon as it has used them."""
-        arrays = (self.ids, self.image, self.text)
-        if arrays[1] is None:
-            raise RuntimeError(f"the embeddings read from {self.path} were already handed over")
-        self.ids, self.image, self.text = [], None, None
+        arrays = self.arrays
+        self._ids, self._matrices, self._released = [], None, True
         return arrays
 
     def missing(self, products: pd.DataFrame) -> int:
@@ -73,7 +92,8 @@ class CatalogueEmbeddings:
     def aligned(self, products: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
         """(image, text) with one row per ``products`` row (NaN where the file has none), and the
         number of products the file has no row for."""
-        pos = {pid: i for i, pid in enumerate(self.ids)}
+        ids, image, text = self.arrays
+        pos = {pid: i for i, pid in enumerate(ids)}
         rows = products["product_id"].map(pos)
         ok = rows.notna().to_numpy()
         take = rows[ok].astype(int).to_numpy()
@@ -83,17 +103,18 @@ class CatalogueEmbeddings:
             out[ok] = arr[take]
             return out
 
-        return align(self.image), align(self.text), int((~ok).sum())
+        return align(image), align(text), int((~ok).sum())
 
 
 def read_catalogue_embeddings(context, configured: str | None) -> tuple[CatalogueEmbeddings | None, str]:
-    """The embeddings file (None when there is none) and a note saying where it came from or why not."""
+    """The embeddings file (None when there is none) and a note saying where it came from or why not.
+    Only the footer is read here; the vectors when the asset first uses them."""
     path = embeddings_path(context, configured)
     if not path.is_file():
         return None, f"no embeddings file at {path}"
-    ids, image, text = read_embeddings(path)
-    emb = CatalogueEmbeddings(path, ids, image, text, encoder_record(read_embedding_metadata(path)))
-    context.log.info(f"embeddings from {path}: {len(ids)} rows")
+    meta = read_embedding_metadata(path)
+    emb = CatalogueEmbeddings(path, encoder_record(meta))
+    context.log.info(f"embeddings from {path}: {embedding_rows(path)} rows")
     return emb, emb.note
 
 

@@ -22,7 +22,7 @@ from fashion_pipeline.core.encoders import (
 from fashion_pipeline.core.encoders import images as imgs
 from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
 from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file
-from fashion_pipeline.core.encoders.io import EmbeddingsWriter
+from fashion_pipeline.core.encoders.io import EmbeddingsWriter, content_digest, file_content_digest
 from fashion_pipeline.core.warehouse import create_parquet_view
 from fashion_pipeline.core.encoders.product_text import build_product_text, build_texts
 from fashion_pipeline_tests.fixtures.encoders import damaged
@@ -175,6 +175,65 @@ def test_parquet_round_trip_with_nulls_and_duckdb_view(tmp_path):
     create_parquet_view(warehouse, "product_embeddings", path)
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*), count(image_embedding) FROM product_embeddings").fetchone() == (3, 1)
+
+
+def _write(path, ids, image, ivalid, text, tvalid, batches=1):
+    w = EmbeddingsWriter(path, {"image_dim": str(image.shape[1]), "text_dim": str(text.shape[1])})
+    for part in np.array_split(np.arange(len(ids)), batches):
+        w.write([ids[i] for i in part], image[part], ivalid[part], text[part], tvalid[part],
+                ["ok"] * len(part), ["ok"] * len(part))
+    return w.commit()
+
+
+def test_the_content_digest_in_the_footer_is_the_digest_of_the_vectors_read_back(tmp_path):
+    """The writer records, batch by batch, the digest of what read_embeddings returns (null vectors as
+    NaN rows, whatever the writer was handed for them), so the model assets can fingerprint the file from
+    its footer; a file without the key gets the same digest from its vectors; any changed id or value
+    changes it."""
+    rng = np.random.default_rng(0)
+    ids = [f"p{i}" for i in range(7)]
+    image, text = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    ivalid, tvalid = np.array([1, 1, 0, 1, 1, 0, 1], bool), np.array([1, 1, 1, 1, 0, 1, 1], bool)
+    a = _write(tmp_path / "a.parquet", ids, image, ivalid, text, tvalid, batches=3)
+    recorded, how = file_content_digest(a)
+    assert how.startswith("recorded") and recorded == read_embedding_metadata(a)["content_digest"]
+    assert recorded == content_digest(*read_embeddings(a))
+    # Other bytes where a vector is null, other batches: the same file content, the same digest.
+    junk = image.copy()
+    junk[~ivalid] = 123.0
+    assert file_content_digest(_write(tmp_path / "b.parquet", ids, junk, ivalid, text, tvalid, batches=1))[0] == recorded
+    # A file without the key (rewritten by another tool): computed from its vectors, the same value.
+    table = pq.read_table(a)
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"content_digest"}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "c.parquet")
+    assert file_content_digest(tmp_path / "c.parquet") == (recorded, "computed from the vectors (the file records none)")
+    changed_value = image.copy()
+    changed_value[3, 2] = np.nextafter(changed_value[3, 2], np.float32(np.inf))
+    changed_null = ivalid.copy()
+    changed_null[0] = False
+    for name, args in {"value": (ids, changed_value, ivalid, text, tvalid),
+                       "null": (ids, image, changed_null, text, tvalid),
+                       "id": (["q0", *ids[1:]], image, ivalid, text, tvalid),
+                       "order": (ids[::-1], image[::-1], ivalid[::-1], text[::-1], tvalid[::-1])}.items():
+        assert file_content_digest(_write(tmp_path / f"{name}.parquet", *args))[0] != recorded, name
+
+
+def test_an_unchanged_model_asset_reads_the_footer_not_the_vectors(tmp_path, monkeypatch):
+    """CatalogueEmbeddings: the fingerprint comes from the footer; the vectors are read on first use only."""
+    from fashion_pipeline import embedding_inputs
+
+    rng = np.random.default_rng(1)
+    path = _write(tmp_path / "e.parquet", ["a", "b"], rng.normal(size=(2, 4)).astype(np.float32), np.ones(2, bool),
+                  rng.normal(size=(2, 2)).astype(np.float32), np.ones(2, bool))
+    reads = []
+    monkeypatch.setattr(embedding_inputs, "read_embeddings", lambda p: reads.append(p) or read_embeddings(p))
+    emb = embedding_inputs.CatalogueEmbeddings(path, None)
+    assert emb.digest() == read_embedding_metadata(path)["content_digest"] and reads == []
+    assert emb.missing(pd.DataFrame({"product_id": ["a", "z"]})) == 1 and reads == []  # ids alone
+    ids, image, _ = emb.release()
+    assert ids == ["a", "b"] and image.shape == (2, 4) and len(reads) == 1
+    with pytest.raises(RuntimeError, match="already handed over"):
+        emb.arrays
 
 
 def test_aborted_write_keeps_the_previous_file(tmp_path):

@@ -169,7 +169,6 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
     emb = require_catalogue_embeddings(context, config.embeddings_path)
-    no_row = emb.missing(clean_products)
     fingerprint = combine({"products": frame_digest(clean_products), "embeddings": emb.digest(),
                            "config": config.model_dump(exclude={"threads", "embeddings_path"}),
                            "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()), "code": code_digest()})
@@ -179,6 +178,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     encoder = emb.encoder  # scoring builds and checks this encoder
     # Rows of the file's own matrices, joined by product_id (an aligned copy would double them).
     frame = with_embeddings(clean_products, *emb.arrays)
+    no_row = emb.missing(clean_products)
     del emb
     cfg = LeaderboardConfig(
         tasks=TASKS, regimes=tuple(config.regimes), **models_to_train(config, chosen),

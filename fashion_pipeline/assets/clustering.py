@@ -52,7 +52,6 @@ class ClusteringAssetConfig(dg.Config):
 def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetConfig, clean_products: pd.DataFrame,
                      warehouse: WarehouseResource):
     emb = require_catalogue_embeddings(context, config.embeddings_path)
-    image, text, no_row = emb.aligned(clean_products)
     path = emb.path
     fingerprint = combine({
         "products": frame_digest(clean_products[["product_id", "source", "category"]]),
@@ -63,6 +62,7 @@ def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetC
     if all(r is not None for r in reused):
         yield from reused
         return
+    image, text, no_row = emb.aligned(clean_products)
     cfg = ClusteringConfig(
         n_clusters=config.n_clusters, inputs=config.inputs, pca_components=config.pca_components,
         methods=tuple(config.methods), seed=config.seed, silhouette_sample=config.silhouette_sample,

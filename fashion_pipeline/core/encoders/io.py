@@ -8,7 +8,11 @@ Layout (one row per product, row groups written as they are produced):
     text_status      string: "ok", "reused", or "empty_text"
 Schema metadata (bytes -> bytes, utf-8): backend, device, precision, aligned ("true"/"false"),
 image_model / image_model_version / image_dim / image_normalized / image_identity, the same for
-text_*, created_at, row counts. ``read_embedding_metadata`` returns it as a str dict.
+text_*, created_at, row counts, and ``content_digest``: a digest of the ids and vectors as
+``read_embeddings`` returns them (``content_digest``), computed while the file is written, so a
+model asset can tell "same embeddings" from the footer alone instead of reading ~300 MB of vectors
+(``file_content_digest`` falls back to reading and hashing a file that lacks it).
+``read_embedding_metadata`` returns the metadata as a str dict.
 
 Downstream model code reads it with ``read_embeddings(path)``:
 
@@ -20,8 +24,10 @@ Downstream model code reads it with ``read_embeddings(path)``:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,47 @@ import pyarrow.parquet as pq
 
 IMAGE_COLUMN = "image_embedding"
 TEXT_COLUMN = "text_embedding"
+CONTENT_DIGEST_KEY = "content_digest"
+
+
+class ContentHasher:
+    """Running digest of (ids, image matrix, text matrix) as ``read_embeddings`` returns them: each id
+    followed by NUL, and each matrix's float32 rows in file order with NaN rows where the vector is
+    null. Fed batch by batch (the writer) or all at once (a file without the footer key), it gives
+    the same digest."""
+
+    def __init__(self, image_dim: int, text_dim: int):
+        self.dims = (int(image_dim), int(text_dim))
+        self._h = {k: hashlib.blake2b(digest_size=20) for k in ("ids", "image", "text")}
+        self.rows = 0
+
+    @staticmethod
+    def _rows(vectors: np.ndarray, valid: np.ndarray | None, dim: int) -> np.ndarray:
+        out = np.array(vectors, dtype=np.float32, copy=True).reshape(-1, dim)
+        if valid is not None:
+            out[~np.asarray(valid, dtype=bool)] = np.nan
+        return np.ascontiguousarray(out)
+
+    def update(self, ids: Sequence[str], image: np.ndarray, text: np.ndarray,
+               image_valid: np.ndarray | None = None, text_valid: np.ndarray | None = None) -> None:
+        self._h["ids"].update("".join(f"{i}\0" for i in ids).encode())
+        self._h["image"].update(memoryview(self._rows(image, image_valid, self.dims[0])).cast("B"))
+        self._h["text"].update(memoryview(self._rows(text, text_valid, self.dims[1])).cast("B"))
+        self.rows += len(ids)
+
+    def hexdigest(self) -> str:
+        h = hashlib.blake2b(digest_size=20)
+        h.update(f"rows={self.rows};dims={self.dims}".encode())
+        for k in ("ids", "image", "text"):
+            h.update(self._h[k].digest())
+        return h.hexdigest()
+
+
+def content_digest(ids: Sequence[str], image: np.ndarray, text: np.ndarray) -> str:
+    """The digest ``EmbeddingsWriter`` records, computed from matrices as ``read_embeddings`` returns them."""
+    h = ContentHasher(image.shape[1], text.shape[1])
+    h.update(ids, image, text)
+    return h.hexdigest()
 
 
 def embeddings_schema(metadata: dict[str, str] | None = None) -> pa.Schema:
@@ -69,6 +116,7 @@ class EmbeddingsWriter:
         self._tmp = Path(tmp)
         self._metadata = dict(metadata)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, embeddings_schema(self._metadata))
+        self._hasher = ContentHasher(int(self._metadata["image_dim"]), int(self._metadata["text_dim"]))
         self.rows = 0
 
     def write(self, ids, image, image_valid, text, text_valid, image_status, text_status) -> None:
@@ -83,14 +131,15 @@ class EmbeddingsWriter:
             schema=embeddings_schema(self._metadata),
         )
         self._writer.write_table(batch)
+        self._hasher.update(ids, image, text, image_valid, text_valid)
         self.rows += len(batch)
 
     def commit(self, extra_metadata: dict[str, str] | None = None) -> Path:
-        """Close and move into place. Row counts known only at the end go into the footer."""
-        if extra_metadata:
-            # ParquetWriter fixes the schema at open; the footer's key-value metadata can still be added.
-            for k, v in extra_metadata.items():
-                self._writer.add_key_value_metadata({k: str(v)})
+        """Close and move into place. Row counts and the content digest, known only at the end, go into
+        the footer."""
+        # ParquetWriter fixes the schema at open; the footer's key-value metadata can still be added.
+        for k, v in {**(extra_metadata or {}), CONTENT_DIGEST_KEY: self._hasher.hexdigest()}.items():
+            self._writer.add_key_value_metadata({k: str(v)})
         self._writer.close()
         self._writer = None
         os.replace(self._tmp, self.path)
@@ -144,3 +193,23 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.
     # this, by 0.32 GB with it.
     pa.default_memory_pool().release_unused()
     return ids, image, text
+
+
+def embedding_rows(path: str | os.PathLike) -> int:
+    """Rows in the file, from its footer."""
+    return pq.read_metadata(path).num_rows
+
+
+def read_embedding_ids(path: str | os.PathLike) -> list[str]:
+    """The file's product ids in file order (the vectors are not read)."""
+    return pq.read_table(path, columns=["product_id"]).column("product_id").to_pylist()
+
+
+def file_content_digest(path: str | os.PathLike, arrays: tuple | None = None) -> tuple[str, str]:
+    """(digest, how): the footer's ``content_digest`` when the writer recorded one, else the same
+    digest computed from ``arrays`` (``read_embeddings(path)``'s result; read here when not given)."""
+    recorded = read_embedding_metadata(path).get(CONTENT_DIGEST_KEY)
+    if recorded:
+        return recorded, "recorded in the file's footer"
+    ids, image, text = arrays if arrays is not None else read_embeddings(path)
+    return content_digest(ids, image, text), "computed from the vectors (the file records none)"

@@ -16,8 +16,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from fashion_pipeline.core.encoders.io import (embedding_rows, file_content_digest, read_embedding_ids,
-                                               read_embedding_metadata, read_embeddings)
+from fashion_pipeline.core.encoders.io import (content_digest, embedding_rows, file_content_digest,
+                                               read_embedding_ids, read_embedding_metadata, read_embeddings)
 from fashion_pipeline.core.encoders.record import encoder_record
 from fashion_pipeline.paths import default_var_path, resolve
 
@@ -54,6 +54,13 @@ class CatalogueEmbeddings:
             raise RuntimeError(f"the embeddings read from {self.path} were already handed over")
         if self._matrices is None:
             ids, image, text = read_embeddings(self.path)
+            if self._digest is not None and (actual := content_digest(ids, image, text)) != self._digest[0]:
+                # The fingerprint was taken from the footer before the vectors were read: the file was
+                # replaced in between (another run's product_embeddings), or its footer does not match
+                # its vectors. A model trained now would carry the wrong fingerprint.
+                raise RuntimeError(
+                    f"{self.path} changed since this step fingerprinted it (digest {self._digest[0][:12]} "
+                    f"{self._digest[1]}, vectors now {actual[:12]}): run the step again")
             self._ids, self._matrices = ids, (image, text)
 
     @property

@@ -234,6 +234,14 @@ def test_an_unchanged_model_asset_reads_the_footer_not_the_vectors(tmp_path, mon
     assert ids == ["a", "b"] and image.shape == (2, 4) and len(reads) == 1
     with pytest.raises(RuntimeError, match="already handed over"):
         emb.arrays
+    # Fingerprinted from the footer, then the file is replaced before the vectors are read: a clear error,
+    # not a model trained on other vectors than its fingerprint names.
+    emb = embedding_inputs.CatalogueEmbeddings(path, None)
+    emb.digest()
+    _write(path, ["a", "b"], rng.normal(size=(2, 4)).astype(np.float32), np.ones(2, bool),
+           rng.normal(size=(2, 2)).astype(np.float32), np.ones(2, bool))
+    with pytest.raises(RuntimeError, match="changed since this step fingerprinted it"):
+        emb.arrays
 
 
 def test_aborted_write_keeps_the_previous_file(tmp_path):

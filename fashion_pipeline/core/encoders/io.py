@@ -52,10 +52,11 @@ class ContentHasher:
 
     @staticmethod
     def _rows(vectors: np.ndarray, valid: np.ndarray | None, dim: int) -> np.ndarray:
-        out = np.array(vectors, dtype=np.float32, copy=True).reshape(-1, dim)
-        if valid is not None:
-            out[~np.asarray(valid, dtype=bool)] = np.nan
-        return np.ascontiguousarray(out)
+        if valid is None:  # already NaN where null (a read file): hashed in place, no copy
+            return np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+        out = np.array(vectors, dtype=np.float32, copy=True).reshape(-1, dim)  # one written batch
+        out[~np.asarray(valid, dtype=bool)] = np.nan
+        return out
 
     def update(self, ids: Sequence[str], image: np.ndarray, text: np.ndarray,
                image_valid: np.ndarray | None = None, text_valid: np.ndarray | None = None) -> None:

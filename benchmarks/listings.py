@@ -102,7 +102,7 @@ def per_class_table(per_listing: dict, form: str = "full", source: str = "kaggle
         return f"(form {form!r} not evaluated)"
     d = d[(d["source"] == source) & d[f"{task}_true"].notna()]
     y = d[f"{task}_true"].astype(str).to_numpy()
-    got = np.array([v if isinstance(v, str) else "<none>" for v in d[f"{task}_predicted"]], dtype=object)
+    got = listing_eval.answers(d[f"{task}_predicted"])
     labels = sorted(set(y))
     prec, rec, f1, n = precision_recall_fscore_support(y, got, labels=labels, zero_division=0)
     lines = [f"| {task} | test listings | precision | recall | F1 |", "|---|---:|---:|---:|---:|"]

@@ -129,6 +129,12 @@ class TextClassifierRecipe:
         return self.models_[task].predict(self.vec_.transform(text))
 
 
+def answers(values) -> np.ndarray:
+    """A task's predicted values with a listing left without one as "<none>": a miss of its true class
+    when scored (never a class of its own in a macro average: see `classification_metrics`)."""
+    return np.array([v if isinstance(v, str) else "<none>" for v in values], dtype=object)
+
+
 def _rmsle(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.log1p(y) - np.log1p(p)) ** 2))) if len(y) else float("nan")
 
@@ -188,7 +194,7 @@ def evaluate_listings(
                 has = m & pd.notna(y)
                 # A listing left without a value counts as wrong, not as skipped; the F1s are averaged
                 # over the true classes (not over an extra "<none>" class whose F1 is always zero).
-                got_task = np.array([v if isinstance(v, str) else "<none>" for v in s[task]], dtype=object)
+                got_task = answers(s[task])
                 row[f"{task}_macro_f1"] = classification_metrics(
                     y[has], got_task[has], true_classes_only=True)["macro_f1"] if has.any() else float("nan")
                 tp = text_preds[task]

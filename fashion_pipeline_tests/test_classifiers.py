@@ -150,3 +150,53 @@ def test_training_rows_hide_the_brand_on_about_the_rate_and_nothing_else():
     assert train["brand"].notna().all()  # the caller's frame is untouched
     assert hidden.equals(hide_brand(train, 0.5, seed=0)["brand"].isna())  # seeded
     assert hide_brand(train, 0.0) is train
+
+
+def _image_task_data(frame):
+    """Image embeddings and category codes (train / validation), as the image regime's network sees them."""
+    rows = frame[frame["image_embedding"].notna() & frame["category"].notna()]
+    classes = sorted(rows.loc[rows.split == "train", "category"].unique())
+    out = {}
+    for s in ("train", "validation"):
+        part = rows[rows.split == s]
+        x = np.stack(part["image_embedding"].to_numpy()).astype(np.float32)
+        y = part["category"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype(int).to_numpy()
+        out[s] = (x, y)
+    return out, len(classes)
+
+
+def test_neural_training_standardises_its_inputs_and_keeps_the_epoch_with_the_best_validation_f1(frame):
+    from sklearn.metrics import f1_score
+
+    from fashion_pipeline.core.models.fusion import predict_multitask, train_multitask
+
+    data, k = _image_task_data(frame)
+    (xt, yt), (xv, yv) = data["train"], data["validation"]
+    yt = yt.copy()
+    yt[:5] = -1  # rows without a label do not train, so they do not enter the standardisation
+    net, info = train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k},
+                                NeuralConfig(epochs=6, patience=6, hidden=32))
+    used = xt[yt >= 0].astype(np.float64)
+    np.testing.assert_allclose(net.x_mean.numpy(), used.mean(axis=0), rtol=1e-4, atol=1e-6)
+    std = used.std(axis=0)
+    np.testing.assert_allclose(net.x_scale.numpy(), np.where(std > 1e-6, std, 1.0), rtol=1e-4, atol=1e-6)
+    # The weights returned are the best epoch's by validation macro-F1, recounted here.
+    f1s = [h["val_macro_f1"] for h in info["history"]]
+    assert len(f1s) == 6 and info["best_val_macro_f1"] == max(f1s)
+    pred = predict_multitask(net, xv)["category"].argmax(axis=1)
+    m = yv >= 0
+    assert f1_score(yv[m], pred[m], average="macro", zero_division=0) == pytest.approx(max(f1s))
+    # A network pickled before inputs were standardised (no buffers) still predicts, on raw inputs.
+    del net._buffers["x_mean"], net._buffers["x_scale"]
+    raw = predict_multitask(net, (xv - used.mean(axis=0)) / np.where(std > 1e-6, std, 1.0))["category"]
+    assert raw.argmax(axis=1).tolist() == pred.tolist()
+
+
+def test_neural_class_weights_are_the_balanced_weights_to_the_configured_power():
+    from fashion_pipeline.core.models.fusion import balanced_weights
+
+    codes = np.array([0] * 97 + [1] + [2] * 2)  # n = 100, k = 3: n / (k * count) = 0.3436, 33.3, 16.7
+    want = [100 / 291, 10.0, 10.0]  # clipped to at most 10
+    np.testing.assert_allclose(balanced_weights(codes, 3), want, rtol=1e-6)
+    np.testing.assert_allclose(balanced_weights(codes, 3, 0.5), np.sqrt(want), rtol=1e-6)
+    assert NeuralConfig().class_weight_power == 0.5

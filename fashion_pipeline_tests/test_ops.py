@@ -126,15 +126,15 @@ def test_a_retrain_keeps_each_classifiers_choice_published_or_refused(tmp_path):
     store.save("category_classifier", {"m": 2}, {}, {"model": "lightgbm"})  # a newer candidate, refused
     store.save("usage_classifier", {"m": 3}, {}, {"model": "linear_svc"})  # refused, nothing published
     store.save("usage_classifier", {"m": 4}, {}, {"model": "clip_fusion"})  # refused again, the latest
-    # The default config lists no neural model (they compete only in model_selection_job), yet a neural
+    # The default config leaves clip_fusion out (it competes only in model_selection_job), yet a clip_fusion
     # choice is what the retrain trains: the lists say what competes in a selection, not what is kept.
-    assert ClassifierConfig().neural_models == []
+    assert "clip_fusion" not in ClassifierConfig().neural_models
     chosen, note = retrain_choice(store, ClassifierConfig(regimes=["full"]))
     assert chosen == {("category", "full"): "logreg", ("usage", "full"): "clip_fusion"}
     assert "usage/full" in note and "gender/full" in note  # gender: nothing stored, so it selects
     # ... and the leaderboard is handed that neural model to train, beside the configured lists.
     assert models_to_train(ClassifierConfig(), chosen) == {
-        "classical": ("linear_svc", "logreg", "complement_nb", "lightgbm"), "neural": ("clip_fusion",)}
+        "classical": ("linear_svc", "logreg", "complement_nb", "lightgbm"), "neural": ("image_cnn", "clip_fusion")}
     assert models_to_train(ClassifierConfig(classical_models=["linear_svc"]), chosen)["classical"] == (
         "linear_svc", "logreg")
     # A model this code does not know (an older release's) is selected anew; 'select' mode ignores the store.

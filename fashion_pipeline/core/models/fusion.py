@@ -14,8 +14,18 @@ gender, usage); a product with a null label for a task simply contributes no los
   after CLIP-style dual-encoder fusion; offline the encoders are EfficientNet-Lite0 + MiniLM
   (no CLIP weights ship in any registry package); with a CLIP backend the same code applies.
 
-Class imbalance: cross-entropy with balanced class weights (n / (k * count)), clipped to
-[0.1, 10] so a handful of rare-class rows cannot dominate a batch.
+Class imbalance: cross-entropy with class weights = the square root of the balanced weights
+(n / (k * count), clipped to [0.1, 10]). Inputs are standardised inside the network (per-column
+mean and scale of the training rows, kept as buffers, so serving applies the same). The epoch kept
+is the one with the best mean validation macro-F1 over the tasks — what the leaderboard chooses
+models on — not the lowest weighted validation loss, which stops while accuracy still climbs.
+Measured on the full development data, image regime, image_cnn, test macro-F1 category / gender /
+usage (products without a photo count as misses): 0.839 / 0.563 / 0.444 with raw inputs, fully
+balanced weights and the lowest validation loss (hidden 512, patience 3, 13 epochs, 26 s);
+standardising alone 0.845 / 0.571 / 0.420; this recipe with the asset's defaults (hidden 256, 20
+epochs, patience 5) 0.895 / 0.654 / 0.525 (14 epochs, 14 s), chosen on validation over LightGBM on 64
+PCA components (0.870 / 0.651 / 0.475). Fully balanced weights instead of their square root cost
+~2 / 8 / 10 points in a stand-alone MLP of the same shape.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import f1_score
 from torch import nn
 
 from fashion_pipeline.core.features import shared_transform
@@ -63,8 +74,13 @@ class MultiTaskNet(nn.Module):
             nn.Linear(hidden, hidden // 2), nn.GELU(), nn.Dropout(dropout),
         )
         self.heads = nn.ModuleDict({t: nn.Linear(hidden // 2, k) for t, k in n_classes.items()})
+        # Input standardisation, set by train_multitask from the training rows (identity until then).
+        self.register_buffer("x_mean", torch.zeros(in_dim))
+        self.register_buffer("x_scale", torch.ones(in_dim))
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if "x_mean" in self._buffers:  # a network pickled before inputs were standardised has none
+            x = (x - self.x_mean) / self.x_scale
         if self.text is not None:
             x = torch.cat([x, self.text(tokens)], dim=1)
         h = self.trunk(x)
@@ -82,13 +98,36 @@ class NeuralConfig:
     dropout: float = 0.3
     seed: int = 0
     n_threads: int = 2
+    # Class weights are the balanced weights raised to this power (1 = fully balanced, 0 = none).
+    class_weight_power: float = 0.5
     history: list = field(default_factory=list)
 
 
-def balanced_weights(codes: np.ndarray, k: int) -> np.ndarray:
+def balanced_weights(codes: np.ndarray, k: int, power: float = 1.0) -> np.ndarray:
+    """n / (k * count) per class, clipped to [0.1, 10] (a handful of rare-class rows cannot dominate a
+    batch), raised to ``power``."""
     counts = np.bincount(codes, minlength=k).astype(np.float64)
-    w = len(codes) / (k * np.maximum(counts, 1))
-    return np.clip(w, 0.1, 10.0).astype(np.float32)
+    w = np.clip(len(codes) / (k * np.maximum(counts, 1)), 0.1, 10.0)
+    return (w ** power).astype(np.float32)
+
+
+def _standardisation(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and scale of ``x[rows]`` (a constant column gets scale 1)."""
+    part = np.asarray(x[rows] if rows.any() else x, dtype=np.float64)
+    mean, std = part.mean(axis=0), part.std(axis=0)
+    return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+def _mean_macro_f1(net: "MultiTaskNet", x: np.ndarray, y: dict[str, np.ndarray], tokens=None) -> float:
+    """Mean over tasks of the macro-F1 on the rows with a label (-1 = none); nan when no task has one."""
+    proba = predict_multitask(net, x, tokens)
+    scores = []
+    for t, codes in y.items():
+        m = np.asarray(codes) >= 0
+        if m.any():
+            # as classification_metrics scores it (labels in the truth or the prediction), on int codes
+            scores.append(float(f1_score(codes[m], proba[t][m].argmax(axis=1), average="macro", zero_division=0)))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def _loss(out, ys, crits) -> torch.Tensor:
@@ -113,19 +152,30 @@ def train_multitask(
     vocab_size: int | None = None,
     log=None,
 ) -> tuple[MultiTaskNet, dict]:
-    """Train with AdamW; stop when the validation loss has not improved for ``patience`` epochs
-    and restore the best epoch's weights. Labels are int codes, -1 = unknown (no loss)."""
+    """Train with AdamW; stop when the mean validation macro-F1 over the tasks has not improved for
+    ``patience`` epochs and restore the best epoch's weights (the validation loss is recorded in the
+    history). Labels are int codes, -1 = unknown (no loss)."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.n_threads)
     try:
         net = MultiTaskNet(x_train.shape[1], n_classes, cfg.hidden, cfg.dropout, vocab_size if tok_train is not None else None)
+        labelled = np.zeros(len(x_train), bool)
+        for v in y_train.values():
+            labelled |= np.asarray(v) >= 0
+        mean, scale = _standardisation(x_train, labelled)  # rows that train, e.g. not the image-less ones
+        net.x_mean.copy_(torch.from_numpy(mean))
+        net.x_scale.copy_(torch.from_numpy(scale))
         crits = {
-            t: nn.CrossEntropyLoss(weight=torch.from_numpy(balanced_weights(y_train[t][y_train[t] >= 0], k)))
+            t: nn.CrossEntropyLoss(weight=torch.from_numpy(
+                balanced_weights(y_train[t][y_train[t] >= 0], k, cfg.class_weight_power)))
             for t, k in n_classes.items()
         }
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Cosine decay over the epoch budget: at a constant rate the validation macro-F1 swung by
+        # ±0.03 from one epoch to the next, so "the best epoch" was mostly noise.
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
         xt = torch.from_numpy(np.ascontiguousarray(x_train, np.float32))
         xv = torch.from_numpy(np.ascontiguousarray(x_val, np.float32))
         yt = {t: torch.from_numpy(np.asarray(v, np.int64)) for t, v in y_train.items()}
@@ -133,7 +183,8 @@ def train_multitask(
         tt = torch.from_numpy(tok_train) if tok_train is not None else None
         tv = torch.from_numpy(tok_val) if tok_val is not None else None
         gen = torch.Generator().manual_seed(cfg.seed)
-        best, best_state, bad, history = float("inf"), None, 0, []
+        y_val_np = {t: np.asarray(v) for t, v in y_val.items()}
+        best, best_state, bad, history = -float("inf"), None, 0, []
         t0 = time.perf_counter()
         for epoch in range(cfg.epochs):
             net.train()
@@ -149,6 +200,7 @@ def train_multitask(
                 loss.backward()
                 opt.step()
                 tr_loss += loss.item() * len(idx)
+            sched.step()
             net.eval()
             with torch.no_grad():
                 vl = 0.0
@@ -157,11 +209,12 @@ def train_multitask(
                     l = _loss(out, {t: v[b : b + 2048] for t, v in yv.items()}, crits)
                     vl += float(l) * len(out[next(iter(out))])
                 vl /= max(len(xv), 1)
-            history.append({"epoch": epoch, "train_loss": tr_loss / len(xt), "val_loss": vl})
+            vf1 = _mean_macro_f1(net, x_val, y_val_np, tok_val)
+            history.append({"epoch": epoch, "train_loss": tr_loss / len(xt), "val_loss": vl, "val_macro_f1": vf1})
             if log:
-                log(f"epoch {epoch}: train {tr_loss / len(xt):.4f} val {vl:.4f}")
-            if vl < best - 1e-4:
-                best, best_state, bad = vl, copy.deepcopy(net.state_dict()), 0
+                log(f"epoch {epoch}: train {tr_loss / len(xt):.4f} val {vl:.4f} val macro-F1 {vf1:.4f}")
+            if best_state is None or vf1 > best + 1e-4:
+                best, best_state, bad = vf1, copy.deepcopy(net.state_dict()), 0
             else:
                 bad += 1
                 if bad >= cfg.patience:
@@ -169,7 +222,7 @@ def train_multitask(
         if best_state is not None:
             net.load_state_dict(best_state)
         net.eval()
-        return net, {"epochs_run": len(history), "best_val_loss": best, "history": history,
+        return net, {"epochs_run": len(history), "best_val_macro_f1": best, "history": history,
                      "seconds": time.perf_counter() - t0}
     finally:
         torch.set_num_threads(prev_threads)

@@ -271,8 +271,8 @@ def write_report(results: list[dict], info: dict, out: Path) -> Path:
              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), "",
              "Command: `" + portable_command(sys.argv) + "`", "",
              "The first run on a fresh var dir has nothing published, so the model assets *select* (every family "
-             "in the default config lists trained — the classifiers' classical ones; the neural classifiers compete "
-             "in model_selection_job —, chosen on validation); the re-runs use the default `mode: retrain` (the weekly schedule's): "
+             "in the default config lists trained — the classifiers' classical ones and image_cnn; multimodal_cnn "
+             "and clip_fusion compete in model_selection_job —, chosen on validation); the re-runs use the default `mode: retrain` (the weekly schedule's): "
              "only the published choice per classifier task/regime and price form is retrained, and a stage whose "
              "input fingerprint matches its last materialization re-emits that output (marked *reused*).", "",
              "## Whole pipeline", "",

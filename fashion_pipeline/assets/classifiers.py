@@ -66,7 +66,7 @@ class ClassifierConfig(dg.Config):
                     "retrains a published choice whatever this list says.")
     neural_models: list[str] = Field(default=["image_cnn"], description=(
         f"Neural models that compete in a selection, any of {list(ARCHITECTURES)}. Default image_cnn alone (image "
-        "regime, one multitask network, ~15 s on the full development data, chosen there for all three tasks: photo-only "
+        "regime, one multitask network, 15-30 s on the full development data, chosen there for all three tasks: photo-only "
         "test macro-F1 category 0.895 vs LightGBM's 0.870); multimodal_cnn and clip_fusion trained for ~2.5 of the "
         "leaderboard's ~6 minutes on 2 cores and were not chosen for any task or regime, so only "
         "model_selection_job trains them. A retrain retrains a published neural choice whatever this list says."))

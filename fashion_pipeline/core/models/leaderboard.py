@@ -240,7 +240,8 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             )
             pv = predict_multitask(net, xs["validation"], toks["validation"])
             pt = predict_multitask(net, xs["test"], toks["test"])
-            say(f"[{regime}] {arch}: {info['seconds']:.1f} s, {info['epochs_run']} epochs (multitask)")
+            say(f"[{regime}] {arch}: {info['seconds']:.1f} s, {info['epochs_run']} epochs (multitask), kept epoch "
+                f"{info['best_epoch']} (mean validation macro-F1 {info['best_val_macro_f1']:.3f})")
             for task in arch_tasks:
                 record(task, arch, "neural", regime, pv[task], pt[task], info["seconds"],
                        int((y_train[task] >= 0).sum()),

@@ -82,7 +82,8 @@ class CatalogueEmbeddings:
         """The content digest the writer recorded in the footer (computed from the vectors for a file
         without one): what the model assets' fingerprints use."""
         if self._digest is None:
-            self._digest = file_content_digest(self.path, self.arrays if self._matrices is not None else None)
+            # A file without the footer key: its vectors are loaded here, once, and kept for the asset.
+            self._digest = file_content_digest(self.path, lambda: self.arrays)
         return self._digest[0]
 
     def release(self) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@
   ingestion, then the same chain as the retraining job.
 - ``model_selection_job`` (on demand, never scheduled): the model-selection experiment. The
   attribute extractor, classifier and price model assets run in ``mode="select"`` (C searched per
-  attribute; every model family trained — the neural classifiers only here —, the serving one chosen
+  attribute; every model family trained — multimodal_cnn and clip_fusion only here —, the serving one chosen
   on validation, the full leaderboard rewritten), then everything downstream of them: attributes, embeddings, the gates, publishing and
   scoring. The retraining and refresh jobs run them in their default ``mode="retrain"``: only the
   model each task/regime or listing form has published is retrained, with the hyper-parameters its

@@ -244,6 +244,28 @@ def test_an_unchanged_model_asset_reads_the_footer_not_the_vectors(tmp_path, mon
         emb.arrays
 
 
+
+def test_a_file_without_the_footer_digest_is_read_once(tmp_path, monkeypatch):
+    """A file rewritten by another tool has no content_digest: the digest comes from its vectors, and the
+    vectors read for it are the ones the asset then uses (one read, not one per use)."""
+    from fashion_pipeline import embedding_inputs
+    from fashion_pipeline.core.encoders import io as emb_io
+
+    rng = np.random.default_rng(2)
+    path = _write(tmp_path / "e.parquet", ["a", "b", "c"], rng.normal(size=(3, 4)).astype(np.float32),
+                  np.array([1, 0, 1], bool), rng.normal(size=(3, 2)).astype(np.float32), np.ones(3, bool))
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata(
+        {k: v for k, v in table.schema.metadata.items() if k != b"content_digest"}), path)
+    reads = []
+    counted = emb_io.read_embeddings
+    monkeypatch.setattr(emb_io, "read_embeddings", lambda p: reads.append(p) or counted(p))
+    monkeypatch.setattr(embedding_inputs, "read_embeddings", emb_io.read_embeddings)
+    emb = embedding_inputs.CatalogueEmbeddings(path, None)
+    assert emb.digest() == content_digest(*counted(path))
+    image, text, no_row = emb.aligned(pd.DataFrame({"product_id": ["c", "a"]}))
+    assert no_row == 0 and image.shape == (2, 4) and len(reads) == 1
+
 def test_aborted_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "e.parquet"
     w = EmbeddingsWriter(path, {"image_dim": "1", "text_dim": "1"})

@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from fashion_pipeline.core.fingerprint import array_digest, combine, frame_digest
+from fashion_pipeline.core.fingerprint import combine, frame_digest
 from fashion_pipeline.reuse import REUSE_ENV, REUSE_TAG
 from fashion_pipeline_tests.conftest import KAGGLE
 from fashion_pipeline_tests.fixtures.runs import assets_by_name, resources_for
@@ -26,15 +26,6 @@ def test_a_frame_digest_follows_content_not_identity():
     digests = {frame_digest(a), frame_digest(changed), frame_digest(listed), frame_digest(renamed),
                frame_digest(a.iloc[::-1]), frame_digest(None)}
     assert len(digests) == 6
-
-
-def test_an_array_digest_sees_values_nan_rows_and_shape():
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    y = x.copy()
-    y[1] = np.nan
-    assert array_digest(x, None) == array_digest(x.copy(), None)
-    assert len({array_digest(x), array_digest(y), array_digest(x.reshape(4, 3)), array_digest(x.astype(np.float64)),
-                array_digest(["a", "b"], x), array_digest(["a", "c"], x)}) == 6
 
 
 def test_combined_parts_ignore_key_order():

@@ -55,7 +55,7 @@ class ClassifierConfig(dg.Config):
         "classifier_leaderboard table keeps the last selection's; a pair with nothing published (its candidates "
         "were refused by the gate) retrains its latest candidate's model, and one with nothing stored (a first run) is "
         "selected as in 'select' among `classical_models` and `neural_models`. select (model_selection_job, on "
-        "demand, which adds the neural models): every configured model is trained on every regime, the serving one "
+        "demand, which adds multimodal_cnn and clip_fusion): every configured model is trained on every regime, the serving one "
         "chosen on validation, and classifier_leaderboard rewritten."))
     regimes: list[str] = Field(default=list(REGIMES), description=(
         "Input regimes: full (image + title + description + brand), sparse (image + title), image (image only)."))
@@ -97,7 +97,7 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
     on a few more rows would pay for the whole leaderboard to reach, almost always, the same choice;
     `model_selection_job` (mode 'select') is where the families compete again. The configured model lists
     say which families compete in a selection; a stored choice of any known model is retrained (a neural
-    model chosen by model_selection_job stays the choice although the default lists name none)."""
+    model chosen by model_selection_job stays the choice although the default list leaves it out)."""
     if config.mode == "select":
         return {}, "selecting on validation among every configured model"
     known = set(CLASSICAL) | set(ARCHITECTURES)

@@ -18,7 +18,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 
 # Libraries whose version can change what a stage computes (models, parsing, numerics).
@@ -51,21 +50,6 @@ def frame_digest(df: pd.DataFrame | None) -> str:
         h.update(values.tobytes())
     return h.hexdigest()
 
-
-def array_digest(*arrays: np.ndarray | list | None) -> str:
-    """Digest of arrays (shape, dtype, bytes; NaN patterns included) or lists of strings."""
-    h = _hasher()
-    for a in arrays:
-        if a is None:
-            h.update(b"<none>")
-        elif isinstance(a, np.ndarray):
-            a = np.ascontiguousarray(a)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(memoryview(a).cast("B"))
-        else:
-            h.update("\0".join(map(str, a)).encode())
-        h.update(b"|")
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)

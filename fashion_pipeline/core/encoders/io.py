@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -206,11 +206,12 @@ def read_embedding_ids(path: str | os.PathLike) -> list[str]:
     return pq.read_table(path, columns=["product_id"]).column("product_id").to_pylist()
 
 
-def file_content_digest(path: str | os.PathLike, arrays: tuple | None = None) -> tuple[str, str]:
+def file_content_digest(path: str | os.PathLike, read: Callable[[], tuple] | None = None) -> tuple[str, str]:
     """(digest, how): the footer's ``content_digest`` when the writer recorded one, else the same
-    digest computed from ``arrays`` (``read_embeddings(path)``'s result; read here when not given)."""
+    digest computed from the vectors, which ``read`` returns as ``read_embeddings(path)`` does (a caller
+    that keeps them passes its own loader, so a file without the key is read once)."""
     recorded = read_embedding_metadata(path).get(CONTENT_DIGEST_KEY)
     if recorded:
         return recorded, "recorded in the file's footer"
-    ids, image, text = arrays if arrays is not None else read_embeddings(path)
+    ids, image, text = read() if read is not None else read_embeddings(path)
     return content_digest(ids, image, text), "computed from the vectors (the file records none)"

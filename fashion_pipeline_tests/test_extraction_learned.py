@@ -187,6 +187,29 @@ def test_listing_extractor_uses_the_published_model_and_names_a_damaged_file(tra
         store.load(learned.STORE_NAME)
 
 
+def test_listing_extractor_extracts_a_repeated_text_once(trained, tmp_path):
+    import pandas as pd
+    store = ModelStore(tmp_path / "models")
+    store.publish(learned.STORE_NAME, store.save(learned.STORE_NAME, trained, {}, {}))
+    extract, _ = listing_extractor(store)
+    first = extract(pd.DataFrame({"product_id": ["a", "b"], "title": ["vintage Nike tee", "Levis jeans"],
+                                  "description": ["Composition: 100% cotton", "denim, slim fit"]}))
+    assert extract.counts == {"extracted": 2, "remembered": 0}
+    # The same two texts under other ids (as in another listing form), and one new text.
+    again = extract(pd.DataFrame({"product_id": ["c", "d", "e"],
+                                  "title": ["Levis jeans", "vintage Nike tee", "wool scarf"],
+                                  "description": ["denim, slim fit", "Composition: 100% cotton", ""]}))
+    assert extract.counts == {"extracted": 3, "remembered": 2}
+    assert again["product_id"].tolist() == ["c", "d", "e"]
+    # Remembered answers are those a fresh extractor gives.
+    fresh, _ = listing_extractor(store)
+    expected = fresh(again.assign(title=["Levis jeans", "vintage Nike tee", "wool scarf"],
+                                  description=["denim, slim fit", "Composition: 100% cotton", ""])[
+        ["product_id", "title", "description"]])
+    pd.testing.assert_frame_equal(again, expected)
+    assert again.loc[1, "materials"] == first.loc[0, "materials"]
+
+
 def test_learned_model_pickles_round_trip_with_the_same_version(trained):
     again = pickle.loads(pickle.dumps(trained))
     assert again.version == trained.version and again.version.startswith("learned-")

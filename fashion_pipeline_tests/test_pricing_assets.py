@@ -92,6 +92,11 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
             for e in r2.get_asset_materialization_events()}
     assert mats["regressor_metrics"]["predicted_vs_actual"].value.startswith("![predicted vs actual](data:image/png;base64,")
     assert "residuals_by_category" in mats["regressor_metrics"]
+    # 7 forms of the candidate + the 3 gated forms of the published model, but a product's listings
+    # carry only three texts (title + description, title, nothing): each is extracted once.
+    n = mats["regressor_metrics"]["rows"].value["test_listings_per_form"]
+    ex = mats["regressor_metrics"]["listing_eval_extraction"].value
+    assert ex["extracted"] + ex["remembered"] == 10 * n and 0 < ex["extracted"] <= 3 * n
     # scored listings: 20 real unseen Kaggle products + 2 JSON listings; the .txt is ignored
     assert len(scores) == 22
     priced = scores["price_usd"].notna()

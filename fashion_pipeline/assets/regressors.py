@@ -247,6 +247,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "forms": dg.MetadataValue.json(features_spec["forms"]),
         "mode": f"{config.mode}: {mode_note}",
         "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
+        "listing_eval_extraction": dg.MetadataValue.json(extractor.counts),
         "intervals": dg.MetadataValue.json(model.describe()),
         "candidate_version": version,
         **{f"test_rmsle/{f}": dg.MetadataValue.float(float(overall.loc[(f, "all"), "rmsle"]))

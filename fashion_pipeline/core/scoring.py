@@ -542,7 +542,10 @@ def listing_extractor(store, brands=(), max_chars: int = 2000
     learned model (`attribute_extractor`) when the store has an intact one, else the rules.
 
     Returns (extract, note); the note names the backend, or why the learned model was not used
-    (missing, or a damaged file named in the message)."""
+    (missing, or a damaged file named in the message). ``extract`` remembers, for as long as it
+    lives, what it extracted from each (title, description); its ``counts`` say how many listings
+    were extracted and how many were answered from an earlier call."""
+    from .extraction.cache import MemoryCache
     from .extraction.learned import LearnedAttributeModel
     from .extraction.pipeline import Extractor, ProductText
     from .extraction.rules import RulesExtractor
@@ -557,16 +560,21 @@ def listing_extractor(store, brands=(), max_chars: int = 2000
         note = f"rules (no published {EXTRACTOR_MODEL} in {store.root}: materialize it for the learned extractor)"
     except ModelCorruptError as e:
         note = f"rules ({EXTRACTOR_MODEL} unusable: {e})"
-    runner = Extractor(RulesExtractor(brands), learned=learned, max_description_chars=max_chars)
+    runner = Extractor(RulesExtractor(brands), learned=learned, max_description_chars=max_chars,
+                       cache=MemoryCache())
+    counts = {"extracted": 0, "remembered": 0}
 
     def extract(products: pd.DataFrame) -> pd.DataFrame:
-        results, _ = runner.run([ProductText(str(pid), _s(title), _s(desc))
-                                 for pid, title, desc in zip(products["product_id"], products["title"],
-                                                             products["description"])])
+        results, stats = runner.run([ProductText(str(pid), _s(title), _s(desc))
+                                     for pid, title, desc in zip(products["product_id"], products["title"],
+                                                                 products["description"])])
+        counts["extracted"] += stats.computed
+        counts["remembered"] += stats.cached
         return pd.DataFrame([{"product_id": pid, **{k: (json.dumps(v) if isinstance(v, list) else v)
                                                     for k, v in r.attributes.to_dict().items()}}
                              for pid, r in zip(products["product_id"], results)])
 
+    extract.counts = counts
     return extract, note
 
 

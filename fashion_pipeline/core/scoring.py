@@ -542,10 +542,10 @@ def listing_extractor(store, brands=(), max_chars: int = 2000
     learned model (`attribute_extractor`) when the store has an intact one, else the rules.
 
     Returns (extract, note); the note names the backend, or why the learned model was not used
-    (missing, or a damaged file named in the message). ``extract`` remembers, for as long as it
-    lives, what it extracted from each (title, description); its ``counts`` say how many listings
-    were extracted and how many were answered from an earlier call."""
-    from .extraction.cache import MemoryCache
+    (missing, or a damaged file named in the message). ``extract`` extracts each distinct (title,
+    description) once for as long as it lives (the listing evaluation scores the same texts in several
+    listing forms; a listings file may repeat a listing): its ``counts`` say how many distinct texts
+    were extracted and how many listings were answered from a text extracted before."""
     from .extraction.learned import LearnedAttributeModel
     from .extraction.pipeline import Extractor, ProductText
     from .extraction.rules import RulesExtractor
@@ -560,19 +560,21 @@ def listing_extractor(store, brands=(), max_chars: int = 2000
         note = f"rules (no published {EXTRACTOR_MODEL} in {store.root}: materialize it for the learned extractor)"
     except ModelCorruptError as e:
         note = f"rules ({EXTRACTOR_MODEL} unusable: {e})"
-    runner = Extractor(RulesExtractor(brands), learned=learned, max_description_chars=max_chars,
-                       cache=MemoryCache())
+    runner = Extractor(RulesExtractor(brands), learned=learned, max_description_chars=max_chars)
+    # (title, description) -> attribute columns. What the runner returns depends on nothing else:
+    # no catalogue brand is given for a listing, and the runner's models and brand list are fixed.
+    memo: dict[tuple[str, str], dict] = {}
     counts = {"extracted": 0, "remembered": 0}
 
     def extract(products: pd.DataFrame) -> pd.DataFrame:
-        results, stats = runner.run([ProductText(str(pid), _s(title), _s(desc))
-                                     for pid, title, desc in zip(products["product_id"], products["title"],
-                                                                 products["description"])])
-        counts["extracted"] += stats.computed
-        counts["remembered"] += stats.cached
-        return pd.DataFrame([{"product_id": pid, **{k: (json.dumps(v) if isinstance(v, list) else v)
-                                                    for k, v in r.attributes.to_dict().items()}}
-                             for pid, r in zip(products["product_id"], results)])
+        texts = [(_s(title), _s(desc)) for title, desc in zip(products["title"], products["description"])]
+        todo = [t for t in dict.fromkeys(texts) if t not in memo]
+        results, _ = runner.run([ProductText(str(i), title, desc) for i, (title, desc) in enumerate(todo)])
+        for t, r in zip(todo, results):
+            memo[t] = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.attributes.to_dict().items()}
+        counts["extracted"] += len(todo)
+        counts["remembered"] += len(texts) - len(todo)
+        return pd.DataFrame([{"product_id": pid, **memo[t]} for pid, t in zip(products["product_id"], texts)])
 
     extract.counts = counts
     return extract, note

@@ -100,23 +100,3 @@ class ExtractionCache:
             if seg != new:
                 seg.unlink(missing_ok=True)
         self._dirty = False
-
-
-class MemoryCache:
-    """The `ExtractionCache` interface, in memory only: within one process a text extracted before
-    is not extracted again (the listing evaluation scores the same titles and descriptions in
-    several listing forms; a listings file may repeat a listing)."""
-
-    corrupted = 0
-
-    def __init__(self) -> None:
-        self._data: dict[str, dict] = {}
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: str) -> dict | None:
-        return self._data.get(key)
-
-    def put_many(self, items: dict[str, dict]) -> None:
-        self._data.update(items)

@@ -6,8 +6,11 @@
 
 Builds clean_products with the project's own readers and cleaning code (cached under
 var/bench/), joins the product_embeddings Parquet, runs every clustering method and every
-classifier on every input regime, and writes a Markdown report with the machine, versions,
-timings, the leaderboard and confusion matrices (PNG next to the report).
+classifier on every input regime with the classifier asset's settings (featurizer sizes, neural
+recipe, brand masking, seed; `ClassifierConfig`'s defaults), and writes a Markdown report with the
+machine, versions, timings, the leaderboard and confusion matrices (PNG next to the report).
+`--cache` may also be a full-data run's clean_products exported to Parquet, so that the products
+match its product_embeddings file row for row.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fashion_pipeline.assets.classifiers import ClassifierConfig  # noqa: E402
 from fashion_pipeline.core.clustering import ClusteringConfig, cluster_products  # noqa: E402
 from fashion_pipeline.core.encoders.io import read_embeddings  # noqa: E402
 from fashion_pipeline.core.features import with_embeddings  # noqa: E402
@@ -88,6 +92,20 @@ def md_table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".4f")
 
 
+# Arguments naming this machine's files are shown as placeholders in the report.
+PLACEHOLDERS = {"--data-root": "<data>", "--embeddings": "<product_embeddings.parquet>",
+                "--cache": "<clean_products.parquet>", "--out": "<report.md>"}
+
+
+def shown_command(args: list[str]) -> str:
+    shown = [PLACEHOLDERS.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
+    return " ".join(f'"{a}"' if " " in a else a for a in shown)
+
+
+# The classifier asset's defaults (featurizer sizes, neural recipe, brand masking, seed): what the pipeline trains.
+PIPELINE = ClassifierConfig()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", type=Path, default=os.environ.get("FASHION_DATA_ROOT"), required="FASHION_DATA_ROOT" not in os.environ,
@@ -98,13 +116,14 @@ def main(argv=None) -> int:
     ap.add_argument("--regimes", default="full,sparse,image")
     ap.add_argument("--classical", default=",".join(CLASSICAL))
     ap.add_argument("--neural", default=",".join(ARCHITECTURES))
-    ap.add_argument("--neural-epochs", type=int, default=20)
+    ap.add_argument("--neural-epochs", type=int, default=PIPELINE.neural_epochs)
     ap.add_argument("--clustering", default="kmeans,gmm,dec", help="'' to skip clustering")
     ap.add_argument("--limit-products", type=int, default=0, help="smoke runs: use about this many products")
     ap.add_argument("--smoke-resplit", action="store_true", help="smoke runs: only products with an image, re-split")
     ap.add_argument("--dec-pretrain-epochs", type=int, default=10)
     ap.add_argument("--dec-max-iter", type=int, default=2000)
-    ap.add_argument("--neural-patience", type=int, default=3)
+    ap.add_argument("--neural-patience", type=int, default=PIPELINE.neural_patience)
+    ap.add_argument("--neural-hidden", type=int, default=PIPELINE.neural_hidden)
     ap.add_argument("--max-train-rows", default="xgboost=8000,lightgbm=10000,extra_trees=10000,knn=15000",
                     help="per-model caps on training rows, name=n,...")
     ap.add_argument("--embeddings-note", default="", help="how the embeddings were produced (goes into the report)")
@@ -162,9 +181,10 @@ def main(argv=None) -> int:
     lcfg = LeaderboardConfig(
         regimes=tuple(args.regimes.split(",")), classical=tuple(m for m in args.classical.split(",") if m),
         neural=tuple(m for m in args.neural.split(",") if m),
-        neural_config=NeuralConfig(epochs=args.neural_epochs, patience=args.neural_patience, hidden=512,
-                                   n_threads=THREADS),
-        max_train_rows=caps, n_threads=THREADS,
+        neural_config=NeuralConfig(epochs=args.neural_epochs, patience=args.neural_patience, hidden=args.neural_hidden,
+                                   seed=PIPELINE.seed, n_threads=THREADS),
+        featurizer={"svd_components": PIPELINE.svd_components, "image_components": PIPELINE.image_components},
+        max_train_rows=caps, seed=PIPELINE.seed, n_threads=THREADS, brand_mask_rate=PIPELINE.brand_mask_rate,
     )
 
     def write_report(parts, clust_md, final):
@@ -205,7 +225,7 @@ def main(argv=None) -> int:
         report = f"""# Classifier and clustering benchmark (full development data)
     {"" if final else "**PARTIAL: written after each regime; regimes done so far: " + ", ".join(done_regimes) + "**"}
 
-    Command: `nice -n 10 python benchmarks/classifiers.py {' '.join(sys.argv[1:] if argv is None else argv)}`
+    Command: `nice -n 10 python benchmarks/classifiers.py {shown_command(sys.argv[1:] if argv is None else argv)}`
 
     - Machine: {load0} (shared with other developers: timings are wall-clock under that load);
       {THREADS} thread(s) for BLAS / OpenMP / torch / tree libraries.

@@ -63,7 +63,7 @@ SELECTION_EXTRA = {"classifier_leaderboard": {"neural_models": list(ARCHITECTURE
 model_selection_job = dg.define_asset_job(
     "model_selection_job", selection=model_selection_selection,
     # multimodal_cnn and clip_fusion compete only here (the default list, image_cnn alone, leaves them out of a
-    # first run: minutes of training on a CPU for models that were not chosen on the development data).
+    # first run: minutes of training on a CPU for models that win nothing on test on the development data).
     config={"ops": {name: {"config": {"mode": "select", **SELECTION_EXTRA.get(name, {})}} for name in MODEL_ASSETS}},
     description="On demand: select models anew — the attribute extractor's C searched, every classifier and price "
                 "model family trained and the serving one chosen on validation (mode 'select'), then attributes, "

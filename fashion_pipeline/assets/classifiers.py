@@ -67,8 +67,9 @@ class ClassifierConfig(dg.Config):
     neural_models: list[str] = Field(default=["image_cnn"], description=(
         f"Neural models that compete in a selection, any of {list(ARCHITECTURES)}. Default image_cnn alone (image "
         "regime, one multitask network, 15-30 s on the full development data, chosen there for all three tasks: photo-only "
-        "test macro-F1 category 0.895 vs LightGBM's 0.870); multimodal_cnn and clip_fusion trained for ~2.5 of the "
-        "leaderboard's ~6 minutes on 2 cores and were not chosen for any task or regime, so only "
+        "test macro-F1 category 0.895 vs LightGBM's 0.870); multimodal_cnn and clip_fusion train for ~5 minutes on "
+        "2 cores there and win nothing on test (multimodal_cnn is chosen on validation only for usage/sparse, then "
+        "0.597 vs LinearSVC's 0.644 test macro-F1; benchmarks/results/classifiers.md), so only "
         "model_selection_job trains them. A retrain retrains a published neural choice whatever this list says."))
     neural_epochs: int = Field(default=20, ge=1, description=(
         "Epoch budget (cosine learning-rate decay over it); the epoch with the best mean validation macro-F1 is kept."))

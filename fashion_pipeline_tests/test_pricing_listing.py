@@ -246,6 +246,30 @@ def test_evaluate_listings_scores_every_form_and_source_beside_the_recipe():
     assert p["gender_predicted"].tolist() == scored.set_index("listing_id")["gender"].reindex(test["product_id"]).tolist()
 
 
+def test_text_classifier_recipe_is_tfidf_and_linear_svc_per_task_whatever_the_threads():
+    """The reference recipe, written out with sklearn here: TF-IDF (1-2 grams, min_df 2, sublinear tf) of
+    title + description + brand on the train rows, one LinearSVC per task on the rows with that label."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    df = clean_sample()
+    train, test = df[df["split"] == "train"], df[df["split"] == "test"].reset_index(drop=True)
+
+    def text(frame):
+        cols = [frame[c].fillna("").astype(str) if c in frame else pd.Series("", index=frame.index)
+                for c in ("title", "description", "brand")]
+        return (cols[0] + " " + cols[1] + " " + cols[2]).str.strip()
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(text(train))
+    listings = listing_eval.as_listings(test, "full+brand+colour")
+    for threads in (1, 2):
+        recipe = listing_eval.TextClassifierRecipe(threads=threads).fit(train)
+        for task in listing_eval.TASKS:
+            ok = train[task].notna().to_numpy()
+            svc = LinearSVC(random_state=0).fit(vec.transform(text(train))[ok], train[task][ok])
+            assert recipe.predict(listings, task).tolist() == svc.predict(vec.transform(text(listings))).tolist(), task
+
+
 # ---- the gate on listing metrics ----------------------------------------------------------------------------
 
 def _gate_table(cand, published, recipe, coverage=0.8):

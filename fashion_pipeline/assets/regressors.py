@@ -65,7 +65,8 @@ class RegressorConfig(dg.Config):
     mixed_precision: bool = Field(default=True,
                                   description="torch.autocast: bfloat16 on CPU, float16 + GradScaler on CUDA.")
     threads: int | None = Field(default=None, ge=1, description=(
-        "LightGBM threads; default: the cores available to the run's process."))
+        "Threads for LightGBM and for the listing evaluation's recipe fits; default: the cores available to the "
+        "run's process."))
     train_fraction: float = Field(default=1.0, gt=0, le=1,
                                   description="Share of the train split used (deterministic); validation and test "
                                   "are always whole. Below 1 only for quick experiments.")
@@ -198,7 +199,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
     context.log.info(f"listing evaluation: attribute extraction with {extraction_note}")
     classifiers = scoring.load_published_classifiers(store)
-    recipe, text_recipe = listing_eval.Recipe().fit(train), listing_eval.TextClassifierRecipe().fit(train)
+    recipe = listing_eval.Recipe().fit(train)
+    text_recipe = listing_eval.TextClassifierRecipe(threads=config.threads).fit(train)
 
     def judge(m, info, forms):
         return listing_eval.evaluate_price_model(m, info, test, train, embedder=embedder, extractor=extractor,

@@ -36,6 +36,8 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from placeholders import shown_command  # noqa: E402  (benchmarks/placeholders.py)
+
 from fashion_pipeline.assets.classifiers import ClassifierConfig  # noqa: E402
 from fashion_pipeline.core.clustering import ClusteringConfig, cluster_products  # noqa: E402
 from fashion_pipeline.core.encoders.io import read_embeddings  # noqa: E402
@@ -95,11 +97,6 @@ def md_table(df: pd.DataFrame) -> str:
 # Arguments naming this machine's files are shown as placeholders in the report.
 PLACEHOLDERS = {"--data-root": "<data>", "--embeddings": "<product_embeddings.parquet>",
                 "--cache": "<clean_products.parquet>", "--out": "<report.md>"}
-
-
-def shown_command(args: list[str]) -> str:
-    shown = [PLACEHOLDERS.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
-    return " ".join(f'"{a}"' if " " in a else a for a in shown)
 
 
 # The classifier asset's defaults (featurizer sizes, neural recipe, brand masking, seed): what the pipeline trains.
@@ -225,7 +222,7 @@ def main(argv=None) -> int:
         report = f"""# Classifier and clustering benchmark (full development data)
     {"" if final else "**PARTIAL: written after each regime; regimes done so far: " + ", ".join(done_regimes) + "**"}
 
-    Command: `nice -n 10 python benchmarks/classifiers.py {shown_command(sys.argv[1:] if argv is None else argv)}`
+    Command: `nice -n 10 python benchmarks/classifiers.py {shown_command(sys.argv[1:] if argv is None else argv, PLACEHOLDERS)}`
 
     - Machine: {load0} (shared with other developers: timings are wall-clock under that load);
       {THREADS} thread(s) for BLAS / OpenMP / torch / tree libraries.

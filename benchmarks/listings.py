@@ -29,6 +29,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from placeholders import shown_command  # benchmarks/placeholders.py
+
 from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.model_store import ModelStore
 
@@ -180,10 +182,9 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out.with_suffix(".csv"), index=False)
     counts = products.groupby(["split", "source"]).size().unstack(fill_value=0)
-    given = list(argv or sys.argv[1:])  # the var dir and output paths are this machine's: placeholders
-    shown = ["<var dir>" if i and given[i - 1] == "--var-dir" else "<report.md>" if i and given[i - 1] == "--out"
-             else "<data>" if i and given[i - 1] == "--data" else a for i, a in enumerate(given)]
-    cmd = "FASHION_DATA_ROOT=<data> python benchmarks/listings.py " + " ".join(shown)
+    # the var dir and output paths are this machine's: placeholders
+    shown = shown_command(list(argv or sys.argv[1:]), {"--var-dir": "<var dir>", "--out": "<report.md>", "--data": "<data>"})
+    cmd = "FASHION_DATA_ROOT=<data> python benchmarks/listings.py " + shown
     report = [
         "# Listings benchmark: the published models, scored as a seller's listings",
         "",

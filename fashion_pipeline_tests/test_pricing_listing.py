@@ -261,12 +261,13 @@ def test_text_classifier_recipe_is_tfidf_and_linear_svc_per_task_whatever_the_th
         return (cols[0] + " " + cols[1] + " " + cols[2]).str.strip()
 
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(text(train))
+    x = vec.transform(text(train))
     listings = listing_eval.as_listings(test, "full+brand+colour")
     for threads in (1, 2):
         recipe = listing_eval.TextClassifierRecipe(threads=threads).fit(train)
         for task in listing_eval.TASKS:
             ok = train[task].notna().to_numpy()
-            svc = LinearSVC(random_state=0).fit(vec.transform(text(train))[ok], train[task][ok])
+            svc = LinearSVC(random_state=0).fit(x[ok], train[task][ok])
             assert recipe.predict(listings, task).tolist() == svc.predict(vec.transform(text(listings))).tolist(), task
 
 

@@ -64,6 +64,9 @@ class PriceInputs:
     image: np.ndarray
     # Per-fit memo (e.g. a stacking fit shared by two regressors); never pickled with a model.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # The training run's tokenisation memo (core.pricing.token_counts), shared by every view of its
+    # rows; None when scoring listings. Never pickled with a model.
+    tokens: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -71,14 +74,15 @@ class PriceInputs:
     def subset(self, mask: np.ndarray | pd.Series) -> "PriceInputs":
         m = np.asarray(mask, dtype=bool)
         if m.all():  # every row: the same (never written) embedding arrays, not a copy of them
-            return PriceInputs(self.frame.reset_index(drop=True), self.text, self.image)
-        return PriceInputs(self.frame[m].reset_index(drop=True), self.text[m], self.image[m])
+            return PriceInputs(self.frame.reset_index(drop=True), self.text, self.image, tokens=self.tokens)
+        return PriceInputs(self.frame[m].reset_index(drop=True), self.text[m], self.image[m], tokens=self.tokens)
 
 
 def concat_inputs(parts: list[PriceInputs]) -> PriceInputs:
-    """Rows of several PriceInputs, in order."""
+    """Rows of several PriceInputs, in order (with the first one's tokenisation memo)."""
     return PriceInputs(pd.concat([p.frame for p in parts], ignore_index=True),
-                       np.concatenate([p.text for p in parts]), np.concatenate([p.image for p in parts]))
+                       np.concatenate([p.text for p in parts]), np.concatenate([p.image for p in parts]),
+                       tokens=parts[0].tokens if parts else None)
 
 
 def build_price_inputs(
@@ -157,7 +161,7 @@ def regime_view(inputs: PriceInputs, regime: str) -> PriceInputs:
     else:
         df["price_text"] = ""
         text = np.full_like(inputs.text, np.nan)
-    return PriceInputs(df, text, inputs.image)
+    return PriceInputs(df, text, inputs.image, tokens=inputs.tokens)
 
 
 def mask_stated(inputs: PriceInputs, rate: float = 0.5, seed: int = 0) -> PriceInputs:
@@ -170,7 +174,7 @@ def mask_stated(inputs: PriceInputs, rate: float = 0.5, seed: int = 0) -> PriceI
     for col in MASKED_COLUMNS:
         hide = hidden_brand if col == "brand" else rng.random(len(df)) < rate
         df[col] = [None if h else v for v, h in zip(df[col], hide)]
-    return PriceInputs(df, inputs.text, inputs.image)
+    return PriceInputs(df, inputs.text, inputs.image, tokens=inputs.tokens)
 
 
 def _categorical_values(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -250,6 +254,12 @@ class EmbeddingScaler:
         return z
 
 
+def price_text_vectorizer(max_features: int = 50_000) -> TfidfVectorizer:
+    """The price text's TF-IDF (word uni- + bigrams), unfitted."""
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=max_features, sublinear_tf=True,
+                           dtype=np.float32)
+
+
 class PriceFeaturizer:
     """Sparse design matrix for the linear model: TF-IDF(text) | one-hots | scaled embeddings."""
 
@@ -265,9 +275,11 @@ class PriceFeaturizer:
     def fit(self, inputs: PriceInputs) -> "PriceFeaturizer":
         docs = inputs.frame["price_text"]
         # A photo-only form has no text: no TF-IDF block (a vectorizer cannot fit on empty texts).
-        self.tfidf_ = TfidfVectorizer(
-            ngram_range=(1, 2), min_df=2, max_features=self.max_features, sublinear_tf=True, dtype=np.float32
-        ).fit(docs) if (docs.str.len() > 0).sum() >= 2 else None
+        self.tfidf_ = None
+        if (docs.str.len() > 0).sum() >= 2:
+            vec = price_text_vectorizer(self.max_features)
+            tokens = inputs.tokens
+            self.tfidf_ = tokens.fit(vec, docs) if tokens is not None and tokens.serves(vec) else vec.fit(docs)
         self.cats_ = CategoricalEncoder().fit(inputs.frame)
         self.sources_ = sorted(set(inputs.frame["source"].map(_clean_str)) - {""})
         if self.use_embeddings:
@@ -277,7 +289,9 @@ class PriceFeaturizer:
     def transform(self, inputs: PriceInputs) -> sp.csr_matrix:
         parts = [self.cats_.one_hot(inputs.frame)]
         if self.tfidf_ is not None:
-            parts.insert(0, self.tfidf_.transform(inputs.frame["price_text"]))
+            docs = inputs.frame["price_text"]
+            tokens = inputs.tokens
+            parts.insert(0, tokens.transform(self.tfidf_, docs) if tokens is not None else self.tfidf_.transform(docs))
         base = sp.hstack(parts, format="csr")
         blocks = [base]
         if self.source_interactions:

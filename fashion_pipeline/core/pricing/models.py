@@ -337,7 +337,7 @@ class BlendPriceRegressor:
 
     def _member_preds(self, inputs: PriceInputs) -> np.ndarray:
         # One view per call, with a memo the members share (the stacked ridge); nothing outlives the call.
-        shared = PriceInputs(inputs.frame, inputs.text, inputs.image, cache={"stacked": {}})
+        shared = PriceInputs(inputs.frame, inputs.text, inputs.image, cache={"stacked": {}}, tokens=inputs.tokens)
         return np.stack([m.predict_log(shared) for m in self.members], axis=1)
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, regime_view
+from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, price_text_vectorizer, regime_view
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
 from .price_metrics import regression_metrics
+from .token_counts import TokenCounts
 from .models import BlendPriceRegressor, LightGBMPriceRegressor, PriceModel, RidgePriceRegressor, log_target, train_regressor
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ def train_price_models(
         raise ValueError(f"unknown listing forms {sorted(unknown)}; expected some of {list(FORMS)}")
     rows, counts = priced_rows(products)
     inputs = build_price_inputs(rows, embeddings, attributes)
+    # Every fit and transform of the price text below shares one tokenisation of each text.
+    inputs.tokens = TokenCounts(price_text_vectorizer())
     embeddings = None  # the aligned copy is all training reads (a caller that handed them over frees them now)
     split = pricing_splits(inputs.frame, calibration_fraction)
     if train_fraction < 1.0:  # deterministic subsample of train only; the other splits stay whole
@@ -172,7 +175,7 @@ def train_price_models(
         router = SourceRouter().fit(ftr)
         # Calibration rows go through the same routing as a listing that states no source.
         fcal = regime_view(cal_m.subset(form_rows(cal_m, form)), form)
-        hidden = PriceInputs(fcal.frame.assign(source=None), fcal.text, fcal.image)
+        hidden = PriceInputs(fcal.frame.assign(source=None), fcal.text, fcal.image, tokens=fcal.tokens)
         fcal.frame["source"] = route_sources(hidden, router, set(router.classes_))
         pm = PriceModel(cands[pick], coverage).calibrate(fcal, log_target(fcal.frame["price_usd"]), train_prices)
         fitted[form] = FormModel(pm, router, pick)
@@ -180,6 +183,8 @@ def train_price_models(
         how = "retrained the chosen" if chosen.get(form) == pick else "chose"
         progress(f"{form}: {how} {pick} (validation RMSLE {val_scores[pick]:.4f}); intervals "
                  f"{ {k: tuple(round(v, 3) for v in q) for k, q in pm.residual_quantiles_.items()} }")
+    progress(f"price text: {tr.tokens.counts['texts_tokenised']} distinct texts tokenised once for "
+             f"{tr.tokens.counts['texts_requested']} rows fitted or transformed")
     if not fitted:
         raise ValueError(f"no listing form could be trained: {counts}")
     model = ListingPriceModel(fitted, (float(train_prices.min()), float(train_prices.max())), coverage,

@@ -1,0 +1,138 @@
+"""Tokenise each price text once per training run.
+
+One form's price training fits a `PriceFeaturizer` (and so a ``TfidfVectorizer``) five times —
+the ridge, the three out-of-fold ridges and the full ridge stacked into LightGBM / the MLP — and
+transforms train, validation and calibration rows some twenty times: on the full development data
+that tokenisation was ~65 s of the 'full' form's 170 s. `TokenCounts` analyses each distinct text
+once and keeps its term counts; a fit or transform through it is then a selection of rows and
+columns of that count matrix followed by the vectorizer's own ``TfidfTransformer``.
+
+The result is the vectorizer sklearn would have fitted on the same texts — same vocabulary, same
+``idf_``, the same transform output bit for bit (fashion_pipeline_tests/test_pricing_token_counts.py
+compares them on every path) — and a plain ``TfidfVectorizer`` is what gets pickled with a model,
+so scoring a listing never meets this memo. The vocabulary selection below is sklearn 1.9's
+``CountVectorizer.fit_transform`` (``min_df`` / ``max_df`` / ``max_features``, features sorted
+by term) written out, because sklearn exposes no fit from counts.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
+
+# Parameters that decide what the analyser emits for a text: a memo serves only vectorizers that agree on them.
+ANALYZER_PARAMS = ("input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor", "tokenizer",
+                   "stop_words", "token_pattern", "ngram_range", "analyzer")
+
+
+def _analyzer_key(vectorizer: TfidfVectorizer) -> tuple:
+    return tuple(repr(getattr(vectorizer, p)) for p in ANALYZER_PARAMS)
+
+
+class TokenCounts:
+    """Term counts of every text seen so far, for vectorizers with one analyser configuration.
+
+    ``counts`` says how many distinct texts were tokenised and how many were asked for."""
+
+    def __init__(self, vectorizer: TfidfVectorizer):
+        self._key = _analyzer_key(vectorizer)
+        self._analyze = vectorizer.build_analyzer()
+        self._terms: dict[str, int] = {}
+        self._names: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._matrix = sp.csr_array((0, 0), dtype=np.float32)
+        self._fitted: dict[int, tuple[TfidfVectorizer, np.ndarray]] = {}  # id -> (vectorizer, memo term ids)
+        self.counts = {"texts_tokenised": 0, "texts_requested": 0}
+
+    def serves(self, vectorizer: TfidfVectorizer) -> bool:
+        """Whether ``vectorizer`` analyses text as this memo does (and counts as sklearn's CountVectorizer
+        would: no binary counts, no fixed vocabulary)."""
+        return (isinstance(vectorizer, TfidfVectorizer) and _analyzer_key(vectorizer) == self._key
+                and not vectorizer.binary and vectorizer.vocabulary is None)
+
+    def _count(self, docs: list[str]) -> sp.csr_array:
+        """Rows of the count matrix for ``docs`` (columns: memo term ids), tokenising only unseen texts."""
+        if isinstance(docs, str):
+            raise ValueError("Iterable over raw text documents expected, string object received.")
+        docs = list(docs)
+        self.counts["texts_requested"] += len(docs)
+        new = [d for d in dict.fromkeys(docs) if d not in self._rows]
+        if new:
+            terms, names = self._terms, self._names
+            indices: list[int] = []
+            values: list[int] = []
+            indptr = [0]
+            for d in new:
+                counter: dict[int, int] = {}
+                for feature in self._analyze(d):
+                    j = terms.get(feature)
+                    if j is None:
+                        j = terms[feature] = len(names)
+                        names.append(feature)
+                    counter[j] = counter.get(j, 0) + 1
+                indices.extend(counter)
+                values.extend(counter.values())
+                indptr.append(len(indices))
+                self._rows[d] = len(self._rows)
+            added = sp.csr_array((np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64),
+                                  np.asarray(indptr, dtype=np.int64)), shape=(len(new), len(names)))
+            old = self._matrix
+            old = sp.csr_array((old.data, old.indices, old.indptr), shape=(old.shape[0], len(names)))
+            self._matrix = sp.vstack([old, added], format="csr")
+            self.counts["texts_tokenised"] += len(new)
+        rows = np.fromiter((self._rows[d] for d in docs), dtype=np.int64, count=len(docs))
+        return self._matrix[rows]
+
+    def fit(self, vectorizer: TfidfVectorizer, docs) -> TfidfVectorizer:
+        """``vectorizer`` fitted on ``docs`` as ``vectorizer.fit(docs)`` would fit it."""
+        if not self.serves(vectorizer):
+            raise ValueError("this TokenCounts memo was built for another analyser configuration")
+        vectorizer._validate_params()
+        vectorizer._check_params()
+        vectorizer._validate_ngram_range()
+        vectorizer._validate_vocabulary()
+        m = self._count(docs)
+        n_doc = m.shape[0]
+        df_all = np.bincount(m.indices, minlength=m.shape[1])
+        present = np.flatnonzero(df_all)
+        if not len(present):
+            raise ValueError("empty vocabulary; perhaps the documents only contain stop words")
+        # sklearn: the vocabulary sorted by term, then pruned by document frequency, then cut to the
+        # max_features most frequent terms (by total count; its argsort breaks the ties).
+        order = np.asarray(sorted(present, key=self._names.__getitem__), dtype=np.int64)
+        x = m[:, order].astype(vectorizer.dtype)  # counts are whole numbers: exact in any float dtype
+        max_df, min_df, limit = vectorizer.max_df, vectorizer.min_df, vectorizer.max_features
+        high = max_df if isinstance(max_df, Integral) else max_df * n_doc
+        low = min_df if isinstance(min_df, Integral) else min_df * n_doc
+        if high < low:
+            raise ValueError("max_df corresponds to < documents than min_df")
+        dfs = df_all[order]
+        mask = (dfs <= high) & (dfs >= low)
+        if limit is not None and mask.sum() > limit:
+            tfs = np.asarray(x.sum(axis=0)).ravel()
+            keep = (-tfs[mask]).argsort()[:limit]
+            new_mask = np.zeros(len(dfs), dtype=bool)
+            new_mask[np.where(mask)[0][keep]] = True
+            mask = new_mask
+        kept = np.flatnonzero(mask)
+        if not len(kept):
+            raise ValueError("After pruning, no terms remain. Try a lower min_df or a higher max_df.")
+        vectorizer.vocabulary_ = {self._names[j]: i for i, j in enumerate(order[kept])}
+        vectorizer._tfidf = TfidfTransformer(norm=vectorizer.norm, use_idf=vectorizer.use_idf,
+                                             smooth_idf=vectorizer.smooth_idf, sublinear_tf=vectorizer.sublinear_tf)
+        vectorizer._tfidf.fit(sp.csr_matrix(x[:, kept]))
+        vectorizer.build_analyzer()  # what sklearn's fit leaves behind (its stop-words consistency mark)
+        self._fitted[id(vectorizer)] = (vectorizer, order[kept])
+        return vectorizer
+
+    def transform(self, vectorizer: TfidfVectorizer, docs):
+        """``vectorizer.transform(docs)``; from the memo when the vectorizer was fitted through it."""
+        hit = self._fitted.get(id(vectorizer))
+        if hit is None or hit[0] is not vectorizer:
+            return vectorizer.transform(docs)
+        x = sp.csr_matrix(self._count(docs)[:, hit[1]].astype(vectorizer.dtype))
+        x.sort_indices()
+        return vectorizer._tfidf.transform(x, copy=False)

@@ -1,0 +1,113 @@
+"""The price training's tokenisation memo gives exactly what sklearn's TfidfVectorizer gives.
+
+Expectations come from sklearn itself (a fresh TfidfVectorizer fitted on the same texts), never
+from the memo's own code path."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from fashion_pipeline.core.pricing.features import (PriceFeaturizer, build_price_inputs, mask_stated,
+                                                    price_text_vectorizer, regime_view)
+from fashion_pipeline.core.pricing.token_counts import TokenCounts
+from fashion_pipeline.core.pricing.training import train_price_models
+
+from .test_pricing_core import clean_sample
+
+
+def _texts() -> list[str]:
+    """The embedded sample's 'full' price texts, with repeats (as train / validation views repeat rows)."""
+    df = clean_sample()
+    inputs = regime_view(build_price_inputs(df[df["price_status"] == "ok"]), "full")
+    return list(inputs.frame["price_text"])
+
+
+def _same(a, b) -> None:
+    assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape
+    a, b = a.tocsr(), b.tocsr()
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.data, b.data)  # bit for bit, not approximately
+
+
+@pytest.mark.parametrize("params", [
+    {"ngram_range": (1, 2), "min_df": 2, "max_features": 500, "sublinear_tf": True, "dtype": np.float32},
+    {"ngram_range": (1, 2), "min_df": 2, "max_features": 50_000, "sublinear_tf": True, "dtype": np.float32},
+    {"min_df": 0.01, "max_df": 0.5},
+    {"ngram_range": (1, 1), "max_features": 40, "smooth_idf": False, "norm": "l1"},
+], ids=["price-limited", "price", "fractions", "unigram-l1"])
+def test_a_vectorizer_fitted_through_the_memo_is_the_one_sklearn_fits(params):
+    texts = _texts()
+    rng = np.random.default_rng(0)
+    memo = TokenCounts(TfidfVectorizer(**params))
+    # Several overlapping fits, as the out-of-fold ridges make, each on the memo grown by the last.
+    for fold in range(3):
+        rows = np.flatnonzero(rng.random(len(texts)) < 0.6)
+        fit_docs = [texts[i] for i in rows]
+        other = [texts[i] for i in np.flatnonzero(rng.random(len(texts)) < 0.3)] + ["unseen words zzqx", ""]
+        expected = TfidfVectorizer(**params).fit(fit_docs)
+        got = memo.fit(TfidfVectorizer(**params), fit_docs)
+        assert got.vocabulary_ == expected.vocabulary_, fold
+        np.testing.assert_array_equal(got.idf_, expected.idf_)
+        assert set(vars(got)) == set(vars(expected))
+        _same(memo.transform(got, other), expected.transform(other))
+        _same(memo.transform(got, fit_docs), expected.transform(fit_docs))
+        # What is pickled with a model is a plain TfidfVectorizer that transforms raw text alone.
+        _same(pickle.loads(pickle.dumps(got)).transform(other), expected.transform(other))
+    assert memo.counts["texts_tokenised"] == len(set(memo._rows))  # each distinct text once
+    assert memo.counts["texts_tokenised"] < memo.counts["texts_requested"] / 3
+
+
+def test_the_memo_raises_what_sklearn_raises_and_refuses_another_analyser():
+    memo = TokenCounts(price_text_vectorizer())
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        memo.fit(price_text_vectorizer(), ["", "a"])
+    with pytest.raises(ValueError, match="no terms remain"):
+        memo.fit(price_text_vectorizer(), ["red shirt", "blue dress"])  # min_df 2: nothing twice
+    with pytest.raises(ValueError, match="string object received"):
+        memo.fit(price_text_vectorizer(), "red shirt")
+    other = TfidfVectorizer(ngram_range=(1, 1))
+    assert not memo.serves(other)
+    with pytest.raises(ValueError, match="another analyser"):
+        memo.fit(other, ["red shirt", "red dress"])
+    # A vectorizer the memo did not fit is transformed by sklearn itself.
+    plain = TfidfVectorizer(ngram_range=(1, 1)).fit(["red shirt", "red dress"])
+    _same(memo.transform(plain, ["red red shirt"]), plain.transform(["red red shirt"]))
+
+
+def test_the_price_featurizer_gives_the_same_matrix_with_and_without_the_memo():
+    df = clean_sample()
+    base = build_price_inputs(df[df["price_status"] == "ok"])
+    split = base.frame["split"].to_numpy()
+    for form in ("full", "sparse"):
+        tr = mask_stated(regime_view(base.subset(split == "train"), form), 0.5, 1)
+        va = regime_view(base.subset(split == "validation"), form)
+        plain = PriceFeaturizer(use_embeddings=False).fit(tr)
+        tr.tokens = TokenCounts(price_text_vectorizer())
+        va.tokens = tr.tokens
+        memo = PriceFeaturizer(use_embeddings=False).fit(tr)
+        for part in (tr, va, tr.subset(np.arange(len(tr)) % 3 == 0)):
+            _same(memo.transform(part), plain.transform(part))
+        assert tr.tokens.counts["texts_tokenised"] > 0
+
+
+def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it():
+    logs: list[str] = []
+    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
+                             params={"lightgbm": {"n_estimators": 30}}, blend=False, progress=logs.append)
+    line = next(m for m in logs if m.startswith("price text:"))
+    tokenised, requested = (int(w) for w in line.split() if w.isdigit())
+    assert 0 < tokenised < requested / 4  # fits and transforms of the same rows share one tokenisation
+    blob = pickle.dumps(res.model)
+    assert b"TokenCounts" not in blob
+    # The pickled model prices raw listing texts without the memo.
+    df = clean_sample()
+    test = build_price_inputs(df[(df["split"] == "test") & (df["price_status"] == "ok")].head(20))
+    served = pickle.loads(blob).predict(test)
+    assert served["price_usd"].notna().sum() > 10
+    assert served.equals(res.model.predict(test))

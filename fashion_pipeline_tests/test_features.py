@@ -153,3 +153,33 @@ def test_the_fitted_digest_names_what_transform_reads(frame):
     assert ProductFeaturizer("sparse", svd_components=8, image_components=8).fit(train.iloc[:-5]).fit_digest_ != a.fit_digest_
     assert ProductFeaturizer("sparse", svd_components=8, image_components=9).fit(train).fit_digest_ != a.fit_digest_
     assert ProductFeaturizer("full", svd_components=8, image_components=8).fit(train).fit_digest_ != a.fit_digest_
+
+
+@pytest.mark.parametrize("regime", ["full", "sparse", "image"])
+def test_fit_transform_kinds_is_fit_then_transform_bit_for_bit(frame, regime):
+    train = frame[frame["split"] == "train"]
+    kinds = ["dense", "nonneg", "sparse", "wide"]
+    once = ProductFeaturizer(regime, svd_components=8, image_components=8)
+    got = once.fit_transform_kinds(train, kinds)
+    plain = ProductFeaturizer(regime, svd_components=8, image_components=8).fit(train)
+    want = plain.transform_kinds(train, kinds)
+    assert once.fit_digest_ == plain.fit_digest_
+    for k in kinds:
+        a, b = got[k], want[k]
+        assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape, k
+        if sp.issparse(a):
+            a, b = a.tocsr(), b.tocsr()
+            for attr in ("indptr", "indices", "data"):
+                np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr), err_msg=k)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=k)
+    # The vectorizers are the ones sklearn fits on the same texts (they fit through a tokenisation memo).
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    for name, vec in once.vectorizers_.items():
+        column = "description" if name == "description_word" else "title"
+        texts = train[column].fillna("").astype(str)
+        if name == "title_word":
+            texts = once._title_text(train)
+        ref = TfidfVectorizer(**vec.get_params()).fit(texts)
+        assert vec.vocabulary_ == ref.vocabulary_, name
+        np.testing.assert_array_equal(vec.idf_, ref.idf_, err_msg=name)

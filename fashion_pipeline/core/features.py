@@ -34,6 +34,7 @@ from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
+from fashion_pipeline.core.token_counts import TokenCounts
 
 
 @dataclass(frozen=True)
@@ -204,39 +205,58 @@ class ProductFeaturizer:
         return t
 
     def fit(self, frame: pd.DataFrame, y=None) -> "ProductFeaturizer":
+        self._fit(frame)
+        return self
+
+    def fit_transform_kinds(self, frame: pd.DataFrame, kinds) -> dict:
+        """``fit(frame)`` then ``transform_kinds(frame, kinds)``, with each training text tokenised
+        once (fit, the SVD's input and the transform otherwise tokenise it three times); the same
+        features bit for bit."""
+        tf = self._fit(frame)
+        b = self.blocks(frame, tfidf=(tf,))
+        return {k: self._assemble(b, k) for k in kinds}
+
+    def _fit(self, frame: pd.DataFrame):
+        """Fit; returns the training rows' TF-IDF (for `fit_transform_kinds`; not kept). Each
+        vectorizer fits through a tokenisation memo (core.token_counts), so computing that
+        TF-IDF for the SVD does not tokenise the texts again; the memos are dropped on return."""
         _require_train_only(frame)
         r = get_regime(self.regime)
         self.regime_ = r
         self.n_fit_rows_ = len(frame)
         self.vectorizers_: dict[str, TfidfVectorizer] = {}
+        memos: dict[str, TokenCounts] = {}
+
+        def fit_vectorizer(name: str, vec: TfidfVectorizer, texts: pd.Series) -> None:
+            memos[name] = TokenCounts(vec)
+            self.vectorizers_[name] = memos[name].fit(vec, texts)
+
         if r.title:
-            title = self._title_text(frame)
-            self.vectorizers_["title_word"] = TfidfVectorizer(
+            fit_vectorizer("title_word", TfidfVectorizer(
                 ngram_range=(1, 2), min_df=2, max_features=self.word_max_features, sublinear_tf=True, dtype=np.float32
-            ).fit(title)
-            self.vectorizers_["title_char"] = TfidfVectorizer(
+            ), self._title_text(frame))
+            fit_vectorizer("title_char", TfidfVectorizer(
                 analyzer="char_wb", ngram_range=(2, 5), min_df=3, max_features=self.char_max_features,
                 sublinear_tf=True, dtype=np.float32,
-            ).fit(_text(frame, "title"))
+            ), _text(frame, "title"))
         if r.description:
             desc = _text(frame, "description")
             if (desc.str.len() > 0).sum() >= 2:
-                self.vectorizers_["description_word"] = TfidfVectorizer(
+                fit_vectorizer("description_word", TfidfVectorizer(
                     ngram_range=(1, 2), min_df=2, max_features=self.desc_max_features, sublinear_tf=True,
                     dtype=np.float32,
-                ).fit(desc)
+                ), desc)
         self.attr_vocab_: list[str] = []
         if r.attributes:
             counts = Counter(t for toks in _attr_tokens(frame) for t in set(toks))
             self.attr_vocab_ = sorted(t for t, c in counts.items() if c >= 2)
         self.image_dim_ = None
         self.text_dim_ = None
-        dense_parts = []
-        tf = self._tfidf(frame)
+        tf = self._tfidf(frame, memos)
         self.svd_ = None
         if tf is not None and tf.shape[1] > self.svd_components:
             self.svd_ = TruncatedSVD(self.svd_components, random_state=self.seed, algorithm="randomized", n_iter=4)
-            dense_parts.append(self.svd_.fit_transform(tf))
+            self.svd_.fit(tf)
         if r.image:
             img, present = embedding_matrix(frame, "image_embedding")
             self.image_dim_ = img.shape[1]
@@ -254,7 +274,7 @@ class ProductFeaturizer:
             if present.sum() > k:
                 self.text_pca_ = PCA(k, random_state=self.seed).fit(_l2(txt)[present])
         self.fit_digest_ = self._fitted_digest()
-        return self
+        return tf
 
     def _fitted_digest(self) -> str:
         """A digest of everything ``transform`` reads: two featurizers with the same digest give the
@@ -276,15 +296,18 @@ class ProductFeaturizer:
             h.update(b"|")
         return h.hexdigest()
 
-    def _tfidf(self, frame: pd.DataFrame):
+    def _tfidf(self, frame: pd.DataFrame, memos: dict | None = None):
         blocks = []
         for name, vec in self.vectorizers_.items():
             if name.startswith("title_word"):
-                blocks.append(vec.transform(self._title_text(frame)))
+                texts = self._title_text(frame)
             elif name == "title_char":
-                blocks.append(vec.transform(_text(frame, "title")))
+                texts = _text(frame, "title")
             elif name == "description_word":
-                blocks.append(vec.transform(_text(frame, "description")))
+                texts = _text(frame, "description")
+            else:
+                continue
+            blocks.append(memos[name].transform(vec, texts) if memos and name in memos else vec.transform(texts))
         return sp.hstack(blocks, format="csr", dtype=np.float32) if blocks else None
 
     def _attrs(self, frame: pd.DataFrame) -> sp.csr_matrix:
@@ -299,11 +322,12 @@ class ProductFeaturizer:
             (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(frame), len(self.attr_vocab_)), dtype=np.float32
         )
 
-    def blocks(self, frame: pd.DataFrame) -> dict[str, object]:
-        """The raw, unreduced feature blocks of this regime (for inspection and tests)."""
+    def blocks(self, frame: pd.DataFrame, tfidf: tuple | None = None) -> dict[str, object]:
+        """The raw, unreduced feature blocks of this regime (for inspection and tests); ``tfidf``:
+        ``(frame's TF-IDF,)`` when already computed."""
         r = self.regime_
         out: dict[str, object] = {}
-        tf = self._tfidf(frame)
+        tf = tfidf[0] if tfidf is not None else self._tfidf(frame)
         if tf is not None:
             out["tfidf"] = tf
         if r.image:

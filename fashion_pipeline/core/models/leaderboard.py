@@ -132,11 +132,12 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
 
     for regime in cfg.regimes:
         t0 = time.perf_counter()
-        fz = ProductFeaturizer(regime=regime, seed=cfg.seed, **cfg.featurizer).fit(parts["train"])
         kinds_needed = {CLASSICAL[m].kind for m in cfg.classical}
         if any(regime in NEURAL_REGIMES[a] for a in cfg.neural):
             kinds_needed.add("wide")
-        by_split = {s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS}
+        fz = ProductFeaturizer(regime=regime, seed=cfg.seed, **cfg.featurizer)
+        by_split = {"train": fz.fit_transform_kinds(parts["train"], sorted(kinds_needed))}
+        by_split.update({s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS if s != "train"})
         feats = {k: {s: by_split[s][k] for s in SPLITS} for k in kinds_needed}
         del by_split
         timings["featurizer_seconds"][regime] = round(time.perf_counter() - t0, 2)

@@ -64,7 +64,7 @@ class PriceInputs:
     image: np.ndarray
     # Per-fit memo (e.g. a stacking fit shared by two regressors); never pickled with a model.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
-    # The training run's tokenisation memo (core.pricing.token_counts), shared by every view of its
+    # The training run's tokenisation memo (core.token_counts), shared by every view of its
     # rows; None when scoring listings. Never pickled with a model.
     tokens: Any = field(default=None, repr=False, compare=False)
 

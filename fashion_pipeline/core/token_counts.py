@@ -1,14 +1,16 @@
-"""Tokenise each price text once per training run.
+"""Tokenise each text once per training run (the price model's and the classifiers' TF-IDF).
 
 One form's price training fits a `PriceFeaturizer` (and so a ``TfidfVectorizer``) five times —
 the ridge, the three out-of-fold ridges and the full ridge stacked into LightGBM / the MLP — and
 transforms train, validation and calibration rows some twenty times: on the full development data
 that tokenisation was ~65 s of the 'full' form's 170 s. `TokenCounts` analyses each distinct text
 once and keeps its term counts; a fit or transform through it is then a selection of rows and
-columns of that count matrix followed by the vectorizer's own ``TfidfTransformer``.
+columns of that count matrix followed by the vectorizer's own ``TfidfTransformer``. The classifiers'
+`ProductFeaturizer` fits each of its vectorizers through one, so the training rows' TF-IDF (for the
+SVD and then the features, `fit_transform_kinds`) does not tokenise them again.
 
 The result is the vectorizer sklearn would have fitted on the same texts — same vocabulary, same
-``idf_``, the same transform output bit for bit (fashion_pipeline_tests/test_pricing_token_counts.py
+``idf_``, the same transform output bit for bit (fashion_pipeline_tests/test_token_counts.py
 compares them on every path) — and a plain ``TfidfVectorizer`` is what gets pickled with a model,
 so scoring a listing never meets this memo. The vocabulary selection below is sklearn 1.9's
 ``CountVectorizer.fit_transform`` (``min_df`` / ``max_df`` / ``max_features``, features sorted

@@ -1,4 +1,5 @@
-"""The price training's tokenisation memo gives exactly what sklearn's TfidfVectorizer gives.
+"""The tokenisation memo (price training, classifier featurizer) gives exactly what sklearn's
+TfidfVectorizer gives.
 
 Expectations come from sklearn itself (a fresh TfidfVectorizer fitted on the same texts), never
 from the memo's own code path."""
@@ -14,7 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.pricing.features import (PriceFeaturizer, build_price_inputs, mask_stated,
                                                     price_text_vectorizer, regime_view)
-from fashion_pipeline.core.pricing.token_counts import TokenCounts
+from fashion_pipeline.core.token_counts import TokenCounts
 from fashion_pipeline.core.pricing.training import train_price_models
 
 from .test_pricing_core import clean_sample
@@ -40,7 +41,9 @@ def _same(a, b) -> None:
     {"ngram_range": (1, 2), "min_df": 2, "max_features": 50_000, "sublinear_tf": True, "dtype": np.float32},
     {"min_df": 0.01, "max_df": 0.5},
     {"ngram_range": (1, 1), "max_features": 40, "smooth_idf": False, "norm": "l1"},
-], ids=["price-limited", "price", "fractions", "unigram-l1"])
+    {"analyzer": "char_wb", "ngram_range": (2, 5), "min_df": 3, "max_features": 2_000, "sublinear_tf": True,
+     "dtype": np.float32},
+], ids=["price-limited", "price", "fractions", "unigram-l1", "classifier-char"])
 def test_a_vectorizer_fitted_through_the_memo_is_the_one_sklearn_fits(params):
     texts = _texts()
     rng = np.random.default_rng(0)

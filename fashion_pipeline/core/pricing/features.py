@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
+from fashion_pipeline.core.token_counts import TokenCounts
 
 # Stated listing fields used as one-hot / categorical features. brand and colour are optional in a
 # listing (null becomes its own level "<missing>", and training masks them so the models learn
@@ -66,7 +67,7 @@ class PriceInputs:
     cache: dict = field(default_factory=dict, repr=False, compare=False)
     # The training run's tokenisation memo (core.token_counts), shared by every view of its
     # rows; None when scoring listings. Never pickled with a model.
-    tokens: Any = field(default=None, repr=False, compare=False)
+    tokens: TokenCounts | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.frame)

@@ -22,8 +22,8 @@ import pandas as pd
 
 from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, price_text_vectorizer, regime_view
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
+from ..token_counts import TokenCounts
 from .price_metrics import regression_metrics
-from fashion_pipeline.core.token_counts import TokenCounts
 from .models import BlendPriceRegressor, LightGBMPriceRegressor, PriceModel, RidgePriceRegressor, log_target, train_regressor
 
 log = logging.getLogger(__name__)

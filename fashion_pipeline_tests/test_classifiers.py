@@ -124,6 +124,29 @@ def test_a_retrain_trains_only_the_chosen_model_and_the_baseline_and_serves_the_
         assert res.serving[key].model_name == result.serving[key].model_name
 
 
+def test_a_retrain_of_linear_choices_fits_only_the_feature_kinds_they_read(frame, result):
+    """Every pair retrains complement_nb (beside the linear_svc baseline): no model reads the 'dense' or
+    'wide' kinds, so no TruncatedSVD or text PCA is fitted and no dense block built, while the lightgbm
+    and neural models the configuration lists are not trained. The linear models' features are those
+    of the selection run: the same test metrics."""
+    cfg = _cfg(chosen={(t, r): "complement_nb" for t in TASKS for r in ("full", "image")})
+    res = run_leaderboard(frame, cfg)
+    for (task, regime), clf in res.serving.items():
+        fz = clf.featurizer
+        assert clf.model_name == "complement_nb"
+        assert fz.kinds_ == ("sparse", "nonneg"), (task, regime)
+        assert fz.svd_ is None and getattr(fz, "text_pca_", None) is None, (task, regime)
+        with pytest.raises(ValueError, match="'dense' was not fitted"):
+            fz.transform(frame.head(3), "dense")
+    # The selection run fitted the SVD (lightgbm, clip_fusion read it) on the same rows.
+    assert result.serving[("category", "full")].featurizer.svd_ is not None
+    cols = ["task", "regime", "model", "source", "accuracy", "macro_f1", "weighted_f1", "n"]
+    lb = res.leaderboard[cols].sort_values(cols[:4]).reset_index(drop=True)
+    assert set(lb["model"]) == {"complement_nb", "linear_svc"}
+    same = result.leaderboard[result.leaderboard["model"].isin(["complement_nb", "linear_svc"])]
+    pd.testing.assert_frame_equal(lb, same[cols].sort_values(cols[:4]).reset_index(drop=True))
+
+
 def test_serving_classifier_predicts_labels_and_probabilities(frame, result):
     rows = frame[frame["split"] == "test"].head(10)
     for (task, regime), clf in result.serving.items():

@@ -183,3 +183,35 @@ def test_fit_transform_kinds_is_fit_then_transform_bit_for_bit(frame, regime):
         ref = TfidfVectorizer(**vec.get_params()).fit(texts)
         assert vec.vocabulary_ == ref.vocabulary_, name
         np.testing.assert_array_equal(vec.idf_, ref.idf_, err_msg=name)
+
+
+@pytest.mark.parametrize("regime", ["full", "sparse", "image"])
+def test_a_featurizer_fitted_for_some_kinds_builds_them_alone_and_refuses_the_others(frame, regime):
+    """Fitted for the linear kinds only, a featurizer skips the TruncatedSVD and the text PCA (only
+    'dense' / 'wide' read them) and gives the same sparse / nonneg features as one fitted for all."""
+    train = frame[frame["split"] == "train"]
+    rows = frame[frame["split"] == "test"]
+    some = ProductFeaturizer(regime, svd_components=8, image_components=8, text_components=4).fit(
+        train, kinds=("nonneg", "sparse"))
+    every = ProductFeaturizer(regime, svd_components=8, image_components=8, text_components=4).fit(train)
+    assert some.kinds_ == ("sparse", "nonneg") and every.kinds_ == ("sparse", "nonneg", "dense", "wide")
+    assert some.svd_ is None and getattr(some, "text_pca_", None) is None
+    if regime != "image":  # the image regime has no text: nothing to reduce either way
+        assert every.svd_ is not None
+    if regime == "full":
+        assert every.text_pca_ is not None
+    for kind in ("sparse", "nonneg"):
+        a, b = some.transform(rows, kind), every.transform(rows, kind)
+        for attr in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr), err_msg=kind)
+    for kind in ("dense", "wide"):
+        with pytest.raises(ValueError, match=f"'{kind}' was not fitted"):
+            some.transform(rows, kind)
+    assert some.fit_digest_ != every.fit_digest_  # never shared with a featurizer that fitted more
+    # 'wide' alone needs the SVD (it reads the reduced TF-IDF) but not the text PCA.
+    wide = ProductFeaturizer(regime, svd_components=8, image_components=8, text_components=4).fit(
+        train, kinds=("wide",))
+    assert (wide.svd_ is None) == (every.svd_ is None) and getattr(wide, "text_pca_", None) is None
+    np.testing.assert_array_equal(wide.transform(rows, "wide"), every.transform(rows, "wide"))
+    with pytest.raises(ValueError, match="unknown feature kinds"):
+        ProductFeaturizer(regime).fit(train, kinds=("sparse", "tree"))

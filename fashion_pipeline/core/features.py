@@ -159,6 +159,9 @@ def _require_train_only(frame: pd.DataFrame) -> None:
             )
 
 
+KINDS = ("sparse", "nonneg", "dense", "wide")
+
+
 class ProductFeaturizer:
     """TF-IDF (word + char n-grams) + embeddings + attribute one-hots for one input regime.
 
@@ -204,23 +207,31 @@ class ProductFeaturizer:
             t = t + " " + _text(frame, "brand").map(_brand_token)
         return t
 
-    def fit(self, frame: pd.DataFrame, y=None) -> "ProductFeaturizer":
-        self._fit(frame)
+    def fit(self, frame: pd.DataFrame, y=None, kinds=KINDS) -> "ProductFeaturizer":
+        """Fit on train rows for the feature ``kinds`` it will be asked for (default: all four).
+        The TruncatedSVD of the TF-IDF ('dense', 'wide') and the PCA of the text embedding
+        ('dense') are fitted only when a kind that reads them is named; asking a featurizer for
+        a kind it was not fitted for is an error."""
+        self._fit(frame, kinds)
         return self
 
     def fit_transform_kinds(self, frame: pd.DataFrame, kinds) -> dict:
-        """``fit(frame)`` then ``transform_kinds(frame, kinds)``, with each training text tokenised
-        once (fit, the SVD's input and the transform otherwise tokenise it three times); the same
-        features bit for bit."""
-        tf = self._fit(frame)
+        """``fit(frame, kinds=kinds)`` then ``transform_kinds(frame, kinds)``, with each training
+        text tokenised once (fit, the SVD's input and the transform otherwise tokenise it three
+        times); the same features bit for bit."""
+        tf = self._fit(frame, kinds)
         b = self.blocks(frame, tfidf=(tf,))
         return {k: self._assemble(b, k) for k in kinds}
 
-    def _fit(self, frame: pd.DataFrame):
+    def _fit(self, frame: pd.DataFrame, kinds=KINDS):
         """Fit; returns the training rows' TF-IDF (for `fit_transform_kinds`; not kept). Each
         vectorizer fits through a tokenisation memo (core.token_counts), so computing that
         TF-IDF for the SVD does not tokenise the texts again; the memos are dropped on return."""
         _require_train_only(frame)
+        unknown = sorted(set(kinds) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown feature kinds {unknown}; expected some of {list(KINDS)}")
+        self.kinds_ = tuple(k for k in KINDS if k in set(kinds))
         r = get_regime(self.regime)
         self.regime_ = r
         self.n_fit_rows_ = len(frame)
@@ -254,7 +265,7 @@ class ProductFeaturizer:
         self.text_dim_ = None
         tf = self._tfidf(frame, memos)
         self.svd_ = None
-        if tf is not None and tf.shape[1] > self.svd_components:
+        if tf is not None and tf.shape[1] > self.svd_components and {"dense", "wide"} & set(self.kinds_):
             self.svd_ = TruncatedSVD(self.svd_components, random_state=self.seed, algorithm="randomized", n_iter=4)
             self.svd_.fit(tf)
         if r.image:
@@ -271,7 +282,7 @@ class ProductFeaturizer:
             self.text_dim_ = txt.shape[1]
             self.text_pca_ = None
             k = min(self.text_components, txt.shape[1])
-            if present.sum() > k:
+            if present.sum() > k and "dense" in self.kinds_:
                 self.text_pca_ = PCA(k, random_state=self.seed).fit(_l2(txt)[present])
         self.fit_digest_ = self._fitted_digest()
         return tf
@@ -283,7 +294,8 @@ class ProductFeaturizer:
         h = hashlib.sha256()
         h.update(json.dumps([self.regime, self.word_max_features, self.char_max_features, self.desc_max_features,
                              self.svd_components, self.image_components, self.text_components, self.image_weight,
-                             self.seed, self.image_dim_, self.text_dim_, self.attr_vocab_], default=str).encode())
+                             self.seed, self.image_dim_, self.text_dim_, self.attr_vocab_, self.kinds_],
+                            default=str).encode())
         for name in sorted(self.vectorizers_):
             vec = self.vectorizers_[name]
             h.update(json.dumps([name, vec.get_params(deep=False)], sort_keys=True, default=str).encode())
@@ -360,6 +372,9 @@ class ProductFeaturizer:
         return proj
 
     def _assemble(self, b: dict, kind: str):
+        fitted = getattr(self, "kinds_", KINDS)  # a featurizer pickled before kinds_ existed fitted all
+        if kind in KINDS and kind not in fitted:
+            raise ValueError(f"feature kind {kind!r} was not fitted: this featurizer was fitted for {list(fitted)}")
         if kind in ("sparse", "nonneg"):
             parts = []
             if "tfidf" in b:

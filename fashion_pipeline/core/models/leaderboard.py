@@ -132,8 +132,10 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
 
     for regime in cfg.regimes:
         t0 = time.perf_counter()
-        kinds_needed = {CLASSICAL[m].kind for m in cfg.classical}
-        if any(regime in NEURAL_REGIMES[a] for a in cfg.neural):
+        # Only the kinds of the models this regime trains: a retrain that trains the linear choices
+        # fits no TruncatedSVD / text PCA and builds no dense block for a tree model it does not fit.
+        kinds_needed = {CLASSICAL[m].kind for m in cfg.classical if any(cfg.trains(t, regime, m) for t in cfg.tasks)}
+        if any(regime in NEURAL_REGIMES[a] and any(cfg.trains(t, regime, a) for t in cfg.tasks) for a in cfg.neural):
             kinds_needed.add("wide")
         fz = ProductFeaturizer(regime=regime, seed=cfg.seed, **cfg.featurizer)
         by_split = {"train": fz.fit_transform_kinds(parts["train"], sorted(kinds_needed))}

@@ -246,6 +246,41 @@ def test_evaluate_listings_scores_every_form_and_source_beside_the_recipe():
     assert p["gender_predicted"].tolist() == scored.set_index("listing_id")["gender"].reindex(test["product_id"]).tolist()
 
 
+def test_the_evaluations_transform_memo_changes_no_number(monkeypatch):
+    """Every form scored with the evaluation's TF-IDF transform memo gives the tables and per-listing
+    predictions of an evaluation whose transforms all run (the memo yielded but never activated)."""
+    import contextlib
+
+    from fashion_pipeline.core.token_counts import TransformMemo
+
+    res = trained()
+    df = clean_sample()
+    test, train = df[df["split"] == "test"].reset_index(drop=True), df[df["split"] == "train"]
+    embedder = scoring.encoder_embedder("offline")
+    recipe, text_recipe = listing_eval.Recipe().fit(train), listing_eval.TextClassifierRecipe(threads=1).fit(train)
+
+    def score(listings):
+        return scoring.score_listings(listings, res.model, {}, embedder=embedder)
+
+    said = []
+    memoised = listing_eval.evaluate_listings(test, train, score, progress=said.append, recipe=recipe,
+                                              text_recipe=text_recipe)
+    asked = [s for s in said if "TF-IDF rows" in s]
+    assert len(asked) == 1 and int(asked[0].split()[2]) < int(asked[0].split()[-3]) / 2, asked
+
+    @contextlib.contextmanager
+    def inactive():
+        yield TransformMemo()
+
+    monkeypatch.setattr(listing_eval, "transform_memo", inactive)
+    plain = listing_eval.evaluate_listings(test, train, score, progress=lambda s: None, recipe=recipe,
+                                           text_recipe=text_recipe)
+    pd.testing.assert_frame_equal(memoised[0], plain[0])
+    assert memoised[1].keys() == plain[1].keys() == set(listing_eval.LISTING_FORMS)
+    for form in plain[1]:
+        pd.testing.assert_frame_equal(memoised[1][form], plain[1][form])
+
+
 def test_text_classifier_recipe_is_tfidf_and_linear_svc_per_task_whatever_the_threads():
     """The reference recipe, written out with sklearn here: TF-IDF (1-2 grams, min_df 2, sublinear tf) of
     title + description + brand on the train rows, one LinearSVC per task on the rows with that label."""

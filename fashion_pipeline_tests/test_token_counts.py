@@ -15,7 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.pricing.features import (PriceFeaturizer, build_price_inputs, mask_stated,
                                                     price_text_vectorizer, regime_view)
-from fashion_pipeline.core.token_counts import TokenCounts
+from fashion_pipeline.core.token_counts import TokenCounts, TransformMemo, tfidf_transform, transform_memo
 from fashion_pipeline.core.pricing.training import train_price_models
 
 from .test_pricing_core import clean_sample
@@ -114,3 +114,31 @@ def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it():
     served = pickle.loads(blob).predict(test)
     assert served["price_usd"].notna().sum() > 10
     assert served.equals(res.model.predict(test))
+
+
+def test_the_transform_memo_gives_the_rows_sklearn_transforms_bit_for_bit():
+    """Inside `transform_memo`, `tfidf_transform` answers overlapping batches (repeats, unseen words, empty
+    texts) of two vectorizers exactly as each vectorizer's own transform does, computing each distinct
+    (vectorizer, text) once; outside it nothing is memoised."""
+    texts = _texts()
+    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(texts[::2])
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3, dtype=np.float32).fit(texts[1::2])
+    rng = np.random.default_rng(1)
+    batches = [[texts[i] for i in np.flatnonzero(rng.random(len(texts)) < 0.4)] + ["unseen words zzqx", "", texts[0]]
+               for _ in range(3)]
+    with transform_memo() as memo:
+        for batch in batches:
+            for vec in (word, char):
+                _same(tfidf_transform(vec, batch), vec.transform(batch))
+        _same(tfidf_transform(word, batches[0][:1]), word.transform(batches[0][:1]))
+        with transform_memo() as inner:  # a nested block goes on with the outer memo
+            assert inner is memo
+        distinct = len({t for b in batches for t in b})
+        assert memo.counts == {"texts_transformed": 2 * distinct, "texts_requested": 2 * sum(map(len, batches)) + 1}
+        with pytest.raises(ValueError, match="string object received"):
+            tfidf_transform(word, "one text")
+    # Outside the block the vectorizer transforms directly: a memo made now sees nothing.
+    assert isinstance(memo, TransformMemo)
+    before = dict(memo.counts)
+    _same(tfidf_transform(word, batches[1]), word.transform(batches[1]))
+    assert memo.counts == before

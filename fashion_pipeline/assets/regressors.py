@@ -30,6 +30,7 @@ from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.core.threads import resolve_threads
+from fashion_pipeline.core.token_counts import transform_memo
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, read_catalogue_embeddings
 from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.profiles import get_profile
@@ -207,32 +208,35 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                                                  classifiers=classifiers, forms=forms, progress=context.log.info,
                                                  recipe=recipe, text_recipe=text_recipe)
 
-    cand_table, cand_pred = judge(model, {"version": version, "features_spec": features_spec},
-                                  tuple(listing_eval.LISTING_FORMS))
-    cand_table.insert(0, "model", "candidate")
-    cand_table["version"] = version
-    tables = [cand_table]
-    published = store.published(PRICE_MODEL_NAME)
-    pub_note = "nothing published"
-    if published is not None and str(published["version"]) == version:
-        # The reused candidate is the published model: the same listings give the same scores.
-        pub_table = cand_table[cand_table["form"].isin(listing_eval.GATE_FORMS)].copy()
-        pub_table["model"] = "published"
-        tables.append(pub_table)
-        pub_note = f"{version} is the candidate itself (its training inputs are unchanged)"
-    elif published is not None:
-        try:
-            pmodel, pinfo = store.load(PRICE_MODEL_NAME, published["version"])
-            if not hasattr(pmodel, "forms"):
-                raise TypeError(f"{type(pmodel).__name__} is not a listing price model (trained by an older version)")
-            pub_table, _ = judge(pmodel, pinfo, listing_eval.GATE_FORMS)
-            pub_table.insert(0, "model", "published")
-            pub_table["version"] = pinfo["version"]
+    # One TF-IDF transform memo for both evaluations: the published model meets the same test texts, and
+    # the classifiers and recipes it is served beside are the same objects (core.token_counts).
+    with transform_memo():
+        cand_table, cand_pred = judge(model, {"version": version, "features_spec": features_spec},
+                                      tuple(listing_eval.LISTING_FORMS))
+        cand_table.insert(0, "model", "candidate")
+        cand_table["version"] = version
+        tables = [cand_table]
+        published = store.published(PRICE_MODEL_NAME)
+        pub_note = "nothing published"
+        if published is not None and str(published["version"]) == version:
+            # The reused candidate is the published model: the same listings give the same scores.
+            pub_table = cand_table[cand_table["form"].isin(listing_eval.GATE_FORMS)].copy()
+            pub_table["model"] = "published"
             tables.append(pub_table)
-            pub_note = f"{pinfo['version']} re-scored on this run's test listings"
-        except Exception as e:  # a model this code cannot serve: say so; the recipe still gates
-            pub_note = f"{published['version']} could not be scored: {type(e).__name__}: {e}"
-            context.log.warning(f"published {PRICE_MODEL_NAME} {pub_note}")
+            pub_note = f"{version} is the candidate itself (its training inputs are unchanged)"
+        elif published is not None:
+            try:
+                pmodel, pinfo = store.load(PRICE_MODEL_NAME, published["version"])
+                if not hasattr(pmodel, "forms"):
+                    raise TypeError(f"{type(pmodel).__name__} is not a listing price model (trained by an older version)")
+                pub_table, _ = judge(pmodel, pinfo, listing_eval.GATE_FORMS)
+                pub_table.insert(0, "model", "published")
+                pub_table["version"] = pinfo["version"]
+                tables.append(pub_table)
+                pub_note = f"{pinfo['version']} re-scored on this run's test listings"
+            except Exception as e:  # a model this code cannot serve: say so; the recipe still gates
+                pub_note = f"{published['version']} could not be scored: {type(e).__name__}: {e}"
+                context.log.warning(f"published {PRICE_MODEL_NAME} {pub_note}")
     metrics = pd.concat(tables, ignore_index=True)
     decision = price_gate(metrics, listing_eval.GATE_FORMS, config.interval_coverage)
     full = cand_pred["full"]

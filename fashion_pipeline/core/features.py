@@ -34,7 +34,7 @@ from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
-from fashion_pipeline.core.token_counts import TokenCounts
+from fashion_pipeline.core.token_counts import TokenCounts, tfidf_transform
 
 
 @dataclass(frozen=True)
@@ -319,7 +319,7 @@ class ProductFeaturizer:
                 texts = _text(frame, "description")
             else:
                 continue
-            blocks.append(memos[name].transform(vec, texts) if memos and name in memos else vec.transform(texts))
+            blocks.append(memos[name].transform(vec, texts) if memos and name in memos else tfidf_transform(vec, texts))
         return sp.hstack(blocks, format="csr", dtype=np.float32) if blocks else None
 
     def _attrs(self, frame: pd.DataFrame) -> sp.csr_matrix:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from . import scoring
 from .label_metrics import classification_metrics
+from .token_counts import tfidf_transform, transform_memo
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Recipe:
         for s in set(sources[by_text]):  # one TF-IDF transform per source, not per listing
             rows = np.flatnonzero(by_text & (sources == s))
             vec, m = self.models_[s]
-            out[rows] = np.expm1(m.predict(vec.transform(text[rows])))
+            out[rows] = np.expm1(m.predict(tfidf_transform(vec, text[rows])))
         for i in np.flatnonzero(~by_text):
             s, c = sources[i], categories[i]
             out[i] = self.median_by_category_.get((s, c), self.median_by_source_.get(s, np.nan))
@@ -139,7 +140,7 @@ class TextClassifierRecipe:
         text = _text(listings)
         if task not in self.models_ or not (text.str.len() > 0).any():
             return None
-        return self.models_[task].predict(self.vec_.transform(text))
+        return self.models_[task].predict(tfidf_transform(self.vec_, text))
 
 
 def answers(values) -> np.ndarray:
@@ -176,45 +177,55 @@ def evaluate_listings(
     text_recipe = text_recipe or TextClassifierRecipe().fit(train)
     truth = test.set_index("product_id")
     rows, per_listing = [], {}
-    for form in forms:
-        listings = as_listings(test, form)
-        progress(f"listing evaluation: scoring {len(listings)} listings as '{form}'")
-        scores, _ = score(listings)
-        s = scores.set_index("listing_id").reindex(test["product_id"])
-        src = test["source"].astype(str).to_numpy()
-        price = test["price_usd"].to_numpy(float)
-        priced = ((test["price_status"] == "ok") & test["price_usd"].notna()).to_numpy()
-        pred = s["price_usd"].to_numpy(float)
-        lo, hi = s["price_low_usd"].to_numpy(float), s["price_high_usd"].to_numpy(float)
-        rec = recipe.predict(listings, src, s["category"].to_numpy())
-        text_preds = {t: text_recipe.predict(listings, t) for t in TASKS}
-        per_listing[form] = pd.DataFrame({"product_id": test["product_id"].to_numpy(), "source": src,
-                                          "category": test["category"].to_numpy(), "price_usd": price,
-                                          "predicted_usd": pred, "priced": priced,
-                                          **{f"{t}_true": test[t].to_numpy(dtype=object) for t in TASKS},
-                                          **{f"{t}_predicted": s[t].to_numpy(dtype=object) for t in TASKS}})
-        for source in ["all", *sorted(set(src))]:
-            m = (src == source) if source != "all" else np.ones(len(src), bool)
-            mp = m & priced
-            got = mp & np.isfinite(pred)
-            row = {"form": form, "source": source, "n": int(m.sum()), "n_priced": int(mp.sum()),
-                   "abstained": float(1 - got.sum() / mp.sum()) if mp.sum() else float("nan"),
-                   "rmsle": _rmsle(price[got], pred[got]),
-                   "coverage": float(np.mean((price[got] >= lo[got]) & (price[got] <= hi[got]))) if got.any() else float("nan"),
-                   "recipe_rmsle": _rmsle(price[got], rec[got]) if got.any() else float("nan")}
-            for task in TASKS:
-                y = truth[task].reindex(test["product_id"]).to_numpy(dtype=object)
-                has = m & pd.notna(y)
-                # A listing left without a value counts as wrong, not as skipped; the F1s are averaged
-                # over the true classes (not over an extra "<none>" class whose F1 is always zero).
-                got_task = answers(s[task])
-                row[f"{task}_macro_f1"] = classification_metrics(
-                    y[has], got_task[has], true_classes_only=True)["macro_f1"] if has.any() else float("nan")
-                tp = text_preds[task]
-                row[f"recipe_{task}_macro_f1"] = classification_metrics(
-                    y[has], tp[has], true_classes_only=True)["macro_f1"] if tp is not None and has.any() else float("nan")
-            rows.append(row)
+    # The forms show the same texts again (and a second model meets them too): each fitted TF-IDF
+    # transforms each distinct text once within this evaluation (the same rows, see core.token_counts).
+    with transform_memo() as memo:
+        for form in forms:
+            _evaluate_form(form, test, truth, score, recipe, text_recipe, rows, per_listing, progress)
+    progress(f"listing evaluation: {memo.counts['texts_transformed']} distinct (vectorizer, text) TF-IDF rows "
+             f"computed for {memo.counts['texts_requested']} asked for")
     return pd.DataFrame(rows), per_listing
+
+
+def _evaluate_form(form, test, truth, score, recipe, text_recipe, rows, per_listing, progress) -> None:
+    """One form's rows of `evaluate_listings` (appended to ``rows``) and its per-listing predictions."""
+    listings = as_listings(test, form)
+    progress(f"listing evaluation: scoring {len(listings)} listings as '{form}'")
+    scores, _ = score(listings)
+    s = scores.set_index("listing_id").reindex(test["product_id"])
+    src = test["source"].astype(str).to_numpy()
+    price = test["price_usd"].to_numpy(float)
+    priced = ((test["price_status"] == "ok") & test["price_usd"].notna()).to_numpy()
+    pred = s["price_usd"].to_numpy(float)
+    lo, hi = s["price_low_usd"].to_numpy(float), s["price_high_usd"].to_numpy(float)
+    rec = recipe.predict(listings, src, s["category"].to_numpy())
+    text_preds = {t: text_recipe.predict(listings, t) for t in TASKS}
+    per_listing[form] = pd.DataFrame({"product_id": test["product_id"].to_numpy(), "source": src,
+                                      "category": test["category"].to_numpy(), "price_usd": price,
+                                      "predicted_usd": pred, "priced": priced,
+                                      **{f"{t}_true": test[t].to_numpy(dtype=object) for t in TASKS},
+                                      **{f"{t}_predicted": s[t].to_numpy(dtype=object) for t in TASKS}})
+    for source in ["all", *sorted(set(src))]:
+        m = (src == source) if source != "all" else np.ones(len(src), bool)
+        mp = m & priced
+        got = mp & np.isfinite(pred)
+        row = {"form": form, "source": source, "n": int(m.sum()), "n_priced": int(mp.sum()),
+               "abstained": float(1 - got.sum() / mp.sum()) if mp.sum() else float("nan"),
+               "rmsle": _rmsle(price[got], pred[got]),
+               "coverage": float(np.mean((price[got] >= lo[got]) & (price[got] <= hi[got]))) if got.any() else float("nan"),
+               "recipe_rmsle": _rmsle(price[got], rec[got]) if got.any() else float("nan")}
+        for task in TASKS:
+            y = truth[task].reindex(test["product_id"]).to_numpy(dtype=object)
+            has = m & pd.notna(y)
+            # A listing left without a value counts as wrong, not as skipped; the F1s are averaged
+            # over the true classes (not over an extra "<none>" class whose F1 is always zero).
+            got_task = answers(s[task])
+            row[f"{task}_macro_f1"] = classification_metrics(
+                y[has], got_task[has], true_classes_only=True)["macro_f1"] if has.any() else float("nan")
+            tp = text_preds[task]
+            row[f"recipe_{task}_macro_f1"] = classification_metrics(
+                y[has], tp[has], true_classes_only=True)["macro_f1"] if tp is not None and has.any() else float("nan")
+        rows.append(row)
 
 
 def evaluate_price_model(

@@ -15,10 +15,21 @@ compares them on every path) — and a plain ``TfidfVectorizer`` is what gets pi
 so scoring a listing never meets this memo. The vocabulary selection below is sklearn 1.9's
 ``CountVectorizer.fit_transform`` (``min_df`` / ``max_df`` / ``max_features``, features sorted
 by term) written out, because sklearn exposes no fit from counts.
+
+`transform_memo` is the serving-side counterpart: while it is active, `tfidf_transform` (what
+the featurizers call instead of ``vectorizer.transform``) transforms each distinct text once per
+fitted vectorizer. The listing evaluation scores the same test products in several listing forms
+and two models through `scoring.score_listings`, so the same texts met the same vectorizers
+again and again; a TF-IDF row depends only on its own text, so the memo's rows are the ones
+``vectorizer.transform`` gives, bit for bit. Nothing is memoised outside the ``with`` block (the
+CLI's scoring runs without one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from numbers import Integral
 
 import numpy as np
@@ -138,3 +149,61 @@ class TokenCounts:
         x = sp.csr_matrix(self._count(docs)[:, hit[1]].astype(vectorizer.dtype))
         x.sort_indices()
         return vectorizer._tfidf.transform(x, copy=False)
+
+
+class TransformMemo:
+    """TF-IDF rows of every (fitted vectorizer, text) transformed while active; see `transform_memo`.
+
+    ``counts``: distinct texts transformed and texts asked for, over all vectorizers."""
+
+    def __init__(self):
+        # id -> (vectorizer, {text: row}, rows so far); the entry holds the vectorizer, so its id is not reused.
+        self._by_vectorizer: dict[int, tuple[TfidfVectorizer, dict[str, int], sp.csr_matrix]] = {}
+        self.counts = {"texts_transformed": 0, "texts_requested": 0}
+
+    def transform(self, vectorizer: TfidfVectorizer, docs) -> sp.csr_matrix:
+        if isinstance(docs, str):
+            raise ValueError("Iterable over raw text documents expected, string object received.")
+        docs = list(docs)
+        entry = self._by_vectorizer.get(id(vectorizer))
+        if entry is None or entry[0] is not vectorizer:
+            entry = (vectorizer, {}, None)
+        _, rows, matrix = entry
+        new = [d for d in dict.fromkeys(docs) if d not in rows]
+        if new:
+            x = vectorizer.transform(new)
+            matrix = x if matrix is None else sp.vstack([matrix, x], format="csr")
+            rows.update((d, len(rows)) for d in new)
+            self.counts["texts_transformed"] += len(new)
+        self._by_vectorizer[id(vectorizer)] = (vectorizer, rows, matrix)
+        self.counts["texts_requested"] += len(docs)
+        if matrix is None:  # no texts at all: what the vectorizer gives for none
+            return vectorizer.transform(docs)
+        out = matrix[np.fromiter((rows[d] for d in docs), dtype=np.int64, count=len(docs))]
+        out.sort_indices()
+        return out
+
+
+_ACTIVE: ContextVar[TransformMemo | None] = ContextVar("tfidf_transform_memo", default=None)
+
+
+@contextmanager
+def transform_memo() -> Iterator[TransformMemo]:
+    """Within the block, `tfidf_transform` transforms each distinct text once per fitted vectorizer.
+    Inside another such block, the outer memo goes on serving (and is the one yielded)."""
+    outer = _ACTIVE.get()
+    if outer is not None:
+        yield outer
+        return
+    memo = TransformMemo()
+    token = _ACTIVE.set(memo)
+    try:
+        yield memo
+    finally:
+        _ACTIVE.reset(token)
+
+
+def tfidf_transform(vectorizer: TfidfVectorizer, docs):
+    """``vectorizer.transform(docs)``, through the active `transform_memo` if there is one."""
+    memo = _ACTIVE.get()
+    return memo.transform(vectorizer, docs) if memo is not None else vectorizer.transform(docs)

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
-from fashion_pipeline.core.token_counts import TokenCounts
+from fashion_pipeline.core.token_counts import TokenCounts, tfidf_transform
 
 # Stated listing fields used as one-hot / categorical features. brand and colour are optional in a
 # listing (null becomes its own level "<missing>", and training masks them so the models learn
@@ -292,7 +292,7 @@ class PriceFeaturizer:
         if self.tfidf_ is not None:
             docs = inputs.frame["price_text"]
             tokens = inputs.tokens
-            parts.insert(0, tokens.transform(self.tfidf_, docs) if tokens is not None else self.tfidf_.transform(docs))
+            parts.insert(0, tokens.transform(self.tfidf_, docs) if tokens is not None else tfidf_transform(self.tfidf_, docs))
         base = sp.hstack(parts, format="csr")
         blocks = [base]
         if self.source_interactions:

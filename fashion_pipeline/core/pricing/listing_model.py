@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
+from fashion_pipeline.core.token_counts import tfidf_transform
 
 from .features import PriceInputs, _clean_str, regime_view
 from .models import PriceModel
@@ -63,7 +64,7 @@ class SourceRouter:
     def _x(self, inputs: PriceInputs):
         parts = []
         if self.tfidf_ is not None:
-            parts.append(self.tfidf_.transform(inputs.frame["price_text"]))
+            parts.append(tfidf_transform(self.tfidf_, inputs.frame["price_text"]))
         if self.pca_ is not None:
             img = np.nan_to_num(inputs.image, nan=0.0)
             have = ~np.isnan(inputs.image).any(axis=1)

@@ -111,6 +111,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def start_module(module: str, *args: str, **env: str) -> subprocess.Popen:
     """Run ``python -m module args`` from the project root with stdout/stderr captured."""
     log = tempfile.NamedTemporaryFile(prefix="fault-", suffix=".log", delete=False)
+    atexit.register(Path(log.name).unlink, missing_ok=True)  # read by output_of() until the session ends
     proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=PROJECT_ROOT,
                             stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(**env), start_new_session=True)
     proc.log_path = log.name  # type: ignore[attr-defined]

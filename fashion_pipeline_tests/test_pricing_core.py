@@ -126,6 +126,50 @@ def test_regressors_beat_the_train_median_on_test(make):
     assert _rmsle(y_te, pred) < 0.85 * baseline
 
 
+@pytest.mark.parametrize("use_embeddings", [True, False])
+def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
+    """BlockRidge on the price featurizer's (sparse, dense) blocks: solved tightly it is the exact ridge
+    solution with an unpenalised intercept (worked out here in the dual form on the centred design);
+    at the default tolerance it prices validation rows as sklearn's Ridge(solver="lsqr") on the same
+    columns as one CSR matrix does, to LSQR's tolerance. A model stored with sklearn's Ridge still predicts."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import Ridge
+
+    from fashion_pipeline.core.pricing.models import BlockRidge
+
+    df = clean_sample()
+    df = df[df["price_status"] == "ok"].reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    ids = df["product_id"].tolist()
+    emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
+    inputs = build_price_inputs(df, emb)
+    split = inputs.frame["split"].to_numpy()
+    tr, va = inputs.subset(split == "train"), inputs.subset(split == "validation")
+    y, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    fz = PriceFeaturizer(use_embeddings=use_embeddings).fit(tr)
+    blocks, blocks_va = fz.transform_blocks(tr), fz.transform_blocks(va)
+    assert (blocks[1] is not None) == use_embeddings
+    x = fz.transform(tr)
+    assert x.shape[1] == blocks[0].shape[1] + (blocks[1].shape[1] if use_embeddings else 0)
+    alpha = 0.5
+    dense_x = x.toarray().astype(np.float64)
+    xc, yc = dense_x - dense_x.mean(axis=0), y - y.mean()
+    w = xc.T @ np.linalg.solve(xc @ xc.T + alpha * np.eye(len(xc)), yc)  # exact, dual form
+    exact_va = (fz.transform(va).toarray() - dense_x.mean(axis=0)) @ w + y.mean()
+    tight = BlockRidge(alpha=alpha, tol=1e-12).fit(*blocks, y)
+    np.testing.assert_allclose(tight.coef_, w, atol=1e-6)
+    np.testing.assert_allclose(tight.predict(*blocks_va), exact_va, atol=1e-5)
+    default = BlockRidge(alpha=alpha).fit(*blocks, y)
+    sk = Ridge(alpha=alpha, solver="lsqr").fit(x, y)
+    p_block, p_sk = default.predict(*blocks_va), sk.predict(fz.transform(va))
+    assert np.abs(p_block - p_sk).max() < 0.02
+    assert abs(_rmsle(y_va, p_block) - _rmsle(y_va, p_sk)) < 1e-3
+    reg = RidgePriceRegressor(alphas=(alpha,), use_embeddings=use_embeddings).fit(tr, y, va, y_va)
+    np.testing.assert_array_equal(reg.predict_log(va), BlockRidge(alpha=alpha).fit(*blocks, y).predict(*blocks_va))
+    reg.model_ = sk  # as unpickled from a store written before BlockRidge
+    np.testing.assert_array_equal(reg.predict_log(va), p_sk)
+
+
 def test_mlp_early_stopping_keeps_best_validation_epoch():
     tr, va, _ = sample_splits()
     y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])

@@ -33,7 +33,11 @@ def _run_config(incoming) -> dict:
     return {"ops": {
         "classifier_leaderboard": {"config": {"classical_models": ["linear_svc", "complement_nb"], "neural_models": []}},
         "product_clusters": {"config": {"methods": ["kmeans"]}},
-        "regressor_metrics": {"config": {"models": ["ridge", "lightgbm"], "lightgbm_estimators": 60, "blend": False}},
+        # Ridge alone: on the sample's ~150 test listings a LightGBM retrained on 12 more products moved
+        # test RMSLE by 1.5% — beyond the gate's 1% — and whether LightGBM or ridge wins the first run's
+        # selection on ~750 training rows turns on LSQR's stopping point. A ridge retrain moves by < 0.1%,
+        # so the gate's refusal path is not what this test exercises (test_pricing_assets / test_pricing_listing do).
+        "regressor_metrics": {"config": {"models": ["ridge"], "blend": False}},
         "scored_listings": {"config": {"incoming_dir": str(incoming)}},
         "product_embeddings": {"config": {"plot_sample": 0}},
     }}

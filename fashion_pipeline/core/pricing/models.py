@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
-from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
 from .features import MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
@@ -44,12 +43,12 @@ class RidgePriceRegressor:
 
     def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None):
         self.featurizer_ = PriceFeaturizer(use_embeddings=self.use_embeddings).fit(train)
-        x = self.featurizer_.transform(train)
+        x = self.featurizer_.transform_blocks(train)
         best = None
-        xv = self.featurizer_.transform(val) if val is not None and len(val) else None
+        xv = self.featurizer_.transform_blocks(val) if val is not None and len(val) else None
         for a in self.alphas if xv is not None else self.alphas[:1]:
-            m = Ridge(alpha=a, solver="lsqr").fit(x, y)  # lsqr: ~2x faster than auto on wide sparse X
-            score = float(np.sqrt(np.mean((m.predict(xv) - y_val) ** 2))) if xv is not None else 0.0
+            m = BlockRidge(alpha=a).fit(*x, y)
+            score = float(np.sqrt(np.mean((m.predict(*xv) - y_val) ** 2))) if xv is not None else 0.0
             if xv is not None:
                 log.info("ridge alpha=%s validation rmse(log)=%.4f", a, score)
             if best is None or score < best[0]:
@@ -58,7 +57,67 @@ class RidgePriceRegressor:
         return self
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:
-        return self.model_.predict(self.featurizer_.transform(inputs))
+        if isinstance(self.model_, BlockRidge):
+            return self.model_.predict(*self.featurizer_.transform_blocks(inputs))
+        return self.model_.predict(self.featurizer_.transform(inputs))  # a model stored with sklearn's Ridge
+
+
+class BlockRidge:
+    """Ridge regression with an intercept on ``[sparse | dense]`` columns, solved as sklearn's
+    ``Ridge(solver="lsqr")`` solves a sparse design (LSQR on the implicitly centred matrix, damp =
+    sqrt(alpha), atol = btol = ``tol``), with the dense block multiplied by BLAS instead of as CSR.
+
+    On the price ridge's design (26.5k rows; 7.7M sparse entries beside a 1,666-column dense
+    embedding block, 44M entries as CSR) one LSQR iteration's two products take ~15 ms instead of
+    ~90 ms. The coefficients solve the same problem; they equal sklearn's to LSQR's tolerance, not
+    bit for bit (fashion_pipeline_tests/test_pricing_core.py compares them)."""
+
+    def __init__(self, alpha: float = 1.0, tol: float = 1e-4):
+        self.alpha = alpha
+        self.tol = tol
+
+    def fit(self, sparse: sp.csr_matrix, dense: np.ndarray | None, y: np.ndarray) -> "BlockRidge":
+        from scipy.sparse.linalg import LinearOperator, lsqr
+
+        sparse = sp.csr_matrix(sparse)
+        sparse_t = sparse.T.tocsr()  # X.T @ r as a row-major product
+        n, k = sparse.shape
+        dense = None if dense is None or dense.shape[1] == 0 else np.ascontiguousarray(dense, dtype=np.float32)
+        d = 0 if dense is None else dense.shape[1]
+        y = np.asarray(y, dtype=np.float64)
+        offset = np.concatenate([np.asarray(sparse.mean(axis=0), dtype=np.float64).ravel(),
+                                 dense.mean(axis=0, dtype=np.float64) if dense is not None else np.zeros(0)])
+        y_offset = float(y.mean())
+
+        def matvec(b):
+            b = np.asarray(b, dtype=np.float64).ravel()
+            out = sparse @ b[:k]
+            if dense is not None:
+                out += dense @ b[k:].astype(np.float32)
+            return out - b.dot(offset)
+
+        def rmatvec(r):
+            r = np.asarray(r, dtype=np.float64).ravel()
+            parts = [sparse_t @ r]
+            if dense is not None:
+                parts.append((dense.T @ r.astype(np.float32)).astype(np.float64))
+            return np.concatenate(parts) - offset * r.sum()
+
+        op = LinearOperator((n, k + d), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+        info = lsqr(op, y - y_offset, damp=np.sqrt(self.alpha), atol=self.tol, btol=self.tol)
+        self.coef_ = info[0]
+        self.n_iter_ = int(info[2])
+        self.intercept_ = y_offset - float(offset @ self.coef_)
+        self.n_sparse_ = k
+        return self
+
+    def predict(self, sparse: sp.csr_matrix, dense: np.ndarray | None) -> np.ndarray:
+        out = np.asarray(sparse @ self.coef_[: self.n_sparse_], dtype=np.float64).ravel()
+        if dense is not None and dense.shape[1]:
+            w = self.coef_[self.n_sparse_:]
+            for s in range(0, len(out), 4096):  # in float64, a row chunk at a time (no full float64 copy)
+                out[s : s + 4096] += np.asarray(dense[s : s + 4096], dtype=np.float64) @ w
+        return out + self.intercept_
 
 
 def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0):

@@ -216,3 +216,32 @@ def test_a_listing_without_known_words_gets_no_learned_attributes(trained):
     blank, gibberish = trained.extract([prepare("", "", 2000), prepare("zzqx vvbn", "", 2000)])
     for a in (blank, gibberish):
         assert (a.materials, a.fit, a.pattern, a.occasion) == ([], None, None, None)
+
+
+def test_one_token_memo_for_model_recipe_and_report_changes_no_answer(clean_sample, trained):
+    """The asset fits the model, the recipe and the report through one TokenCounts: every text is
+    tokenised once, and the vocabularies, the answers and the report are those of plain fits."""
+    from fashion_pipeline.core.token_counts import TokenCounts
+
+    df = clean_sample
+    texts = [prepare(t, d, 2000) for t, d in zip(df["title"], df["description"].fillna(""))]
+    truths = [quality.catalogue_truth(v) for v in df["article_attributes"]]
+    splits = df["split"].tolist()
+    tokens = TokenCounts(learned.text_vectorizer())
+    tuned = {a: h.C for a, h in trained.heads.items()}
+    args = (texts, truths, df["source_category"].tolist(), splits, df["title"].tolist(), df["brand"].tolist())
+    plain, memo = learned.fit(*args, tuned_c=tuned), learned.fit(*args, tuned_c=tuned, tokens=tokens)
+    assert learned.fit(*args, tuned_c=tuned).version == plain.version  # seeded: the same rows, the same model
+    assert memo.vectorizer.vocabulary_ == plain.vectorizer.vocabulary_
+    assert (memo.vectorizer.idf_ == plain.vectorizer.idf_).all()
+    assert memo.version == plain.version  # the content hash covers the heads' fitted classifiers
+    train, test = [s == "train" for s in splits], [s == "test" for s in splits]
+    assert sum(test) > 20
+    recipe = learned.reference_recipe(texts, truths, train, test)
+    assert learned.reference_recipe(texts, truths, train, test, tokens=tokens) == recipe
+    test_texts = [t for t, m in zip(texts, test) if m]
+    test_truths = [t for t, m in zip(truths, test) if m]
+    assert learned.evaluate(memo, test_texts, test_truths, recipe, tokens=tokens) == \
+        learned.evaluate(plain, test_texts, test_truths, recipe)
+    distinct = len({learned.model_text(t) for t in texts})
+    assert tokens.counts["texts_tokenised"] == distinct < tokens.counts["texts_requested"]

@@ -35,6 +35,7 @@ import logging
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from fashion_pipeline.core.extraction.brands import BrandMatcher
 from fashion_pipeline.core.extraction.rules import RulesExtractor
 from fashion_pipeline.core.extraction.schema import MAX_CARE, MAX_MATERIALS, Attributes
 from fashion_pipeline.core.extraction.prepared_text import PreparedText
+
+if TYPE_CHECKING:  # sklearn is imported only when a model is trained or used
+    from fashion_pipeline.core.token_counts import TokenCounts
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +151,11 @@ class LearnedAttributeModel:
                              sorted(self.brands.start_only), sorted(self.brands.excluded)))
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def predict(self, texts: Sequence[PreparedText], abstain: bool = True
+    def predict(self, texts: Sequence[PreparedText], abstain: bool = True, X=None
                 ) -> dict[str, tuple[list[str | None], np.ndarray]]:
-        X = self.vectorizer.transform([model_text(t) for t in texts])
+        """X: ``texts``' TF-IDF rows when the caller has them already (the vectorizer's transform)."""
+        if X is None:
+            X = self.vectorizer.transform([model_text(t) for t in texts])
         out = {a: h.predict(X, abstain) for a, h in self.heads.items()}
         if abstain:  # no known word at all (a photo-only listing, gibberish): the answer would be the prior
             blank = np.asarray(X.getnnz(axis=1) == 0)
@@ -157,12 +163,14 @@ class LearnedAttributeModel:
                 out = {a: ([None if b else v for v, b in zip(values, blank)], conf) for a, (values, conf) in out.items()}
         return out
 
-    def extract(self, texts: Sequence[PreparedText], rules: RulesExtractor | None = None) -> list[Attributes]:
+    def extract(self, texts: Sequence[PreparedText], rules: RulesExtractor | None = None, X=None,
+                rules_results: Sequence[Attributes] | None = None) -> list[Attributes]:
+        """rules_results: ``rules.extract`` of each text when the caller has them already (a cache)."""
         rules = rules or RulesExtractor()
-        pred = self.predict(texts) if texts else {}
+        pred = self.predict(texts, X=X) if texts else {}
         out = []
         for i, t in enumerate(texts):
-            r = rules.extract(t)
+            r = rules_results[i] if rules_results is not None else rules.extract(t)
             # An attribute without a head (too few labelled training products) keeps the rules value.
             v = {a: pred[a][0][i] if a in pred else None for a in TARGETS}
             materials, care = r.materials, r.care
@@ -193,20 +201,49 @@ class LearnedAttributeModel:
                 "not_applicable_types": self.na_types, "brands": self.brands.describe()}
 
 
+def text_vectorizer():
+    """The TF-IDF of the learned heads and of the reference recipe (one analyser: a `TokenCounts`
+    memo built from it serves both)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
+
+
+def _fit_vectorizer(docs: list[str], tokens: TokenCounts | None):
+    """A `text_vectorizer` fitted on ``docs`` — through ``tokens`` when given (the same vocabulary
+    and idf, each text tokenised once across fit, recipe and evaluation) — and its transform."""
+    vec = text_vectorizer()
+    if tokens is None:
+        vec.fit(docs)
+        return vec, vec.transform
+    tokens.fit(vec, docs)
+    return vec, lambda d: _int32_indices(tokens.transform(vec, d))
+
+
+def _int32_indices(x):
+    """The memo's rows with sklearn's int32 index arrays: liblinear refuses int64 indices, and a copy
+    made on the way would put the estimators' inputs on another memory layout than a plain fit's."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((x.data, x.indices.astype(np.int32), x.indptr.astype(np.int32)), shape=x.shape)
+
+
 def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories: Sequence[str | None],
         splits: Sequence[str], titles: Sequence[str], brands: Sequence[str | None],
         min_precision: float = 0.5, c_grid: Sequence[float] = DEFAULT_C_GRID,
         progress: Callable[[str], None] | None = None,
-        tuned_c: dict[str, float] | None = None) -> LearnedAttributeModel:
+        tuned_c: dict[str, float] | None = None, tokens: TokenCounts | None = None) -> LearnedAttributeModel:
     """Train on `split == "train"` rows, choose C and the unknown threshold on "validation" rows.
 
     tuned_c: {attribute: C} a previous selection chose (a retrain): those attributes fit that C alone
     instead of searching ``c_grid``; the threshold is still set on validation.
 
+    tokens: a `TokenCounts` of `text_vectorizer()` shared with `reference_recipe` / `evaluate`, so
+    each text is tokenised once; the fitted model is the same with or without it.
+
     truths: `quality.catalogue_truth` per product ({} when the product has no catalogue
     attributes, e.g. H&M). titles / brands: the catalogue's brand column, for the brand matcher
     (train rows only)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import LinearSVC
 
@@ -219,9 +256,8 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
                                     [t for t, tr in zip(truths, train & labelled) if tr])
     labels = training_labels(source_categories, truths, na_types)
     docs = [model_text(t) for t in texts]
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
-    vec.fit([d for d, m in zip(docs, train & labelled) if m])
-    X = vec.transform(docs)
+    vec, transform = _fit_vectorizer([d for d, m in zip(docs, train & labelled) if m], tokens)
+    X = transform(docs)
     heads: dict[str, AttributeHead] = {}
     for attr in TARGETS:
         y = labels[attr]
@@ -239,7 +275,9 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
             continue
         best = None
         for C in [tuned_c[attr]] if attr in (tuned_c or {}) else c_grid:
-            clf = CalibratedClassifierCV(LinearSVC(C=C), cv=3, method="sigmoid", ensemble=False).fit(X[tr], y[tr].astype(str))
+            # random_state: liblinear shuffles its coordinates; seeded, a retrain on the same rows is the same model.
+            clf = CalibratedClassifierCV(LinearSVC(C=C, random_state=0), cv=3, method="sigmoid",
+                                         ensemble=False).fit(X[tr], y[tr].astype(str))
             acc = float((clf.predict(X[va]) == y[va].astype(str)).mean()) if va.any() else float("nan")
             if progress:
                 progress(f"{attr}: C={C} validation accuracy {acc:.4f} ({int(va.sum())} rows)")
@@ -256,7 +294,8 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
         applicability = None
         if na_rows.sum() >= MIN_CLASS_ROWS:
             rows = tr | na_rows
-            applicability = CalibratedClassifierCV(LinearSVC(C=1.0), cv=3, method="sigmoid", ensemble=False).fit(
+            applicability = CalibratedClassifierCV(LinearSVC(C=1.0, random_state=0), cv=3, method="sigmoid",
+                                                   ensemble=False).fit(
                 X[rows], na_rows[rows].astype(int))
             if va.any():
                 lost = float((applicability.predict_proba(X[va])[:, 1] >= NOT_APPLICABLE_CONFIDENCE).mean())
@@ -285,18 +324,18 @@ def score_values(truth: Sequence[str | None], pred: Sequence[str | None], attrib
 
 
 def reference_recipe(texts: Sequence[PreparedText], truths: Sequence[dict], train: Sequence[bool],
-                     score_rows: Sequence[bool]) -> dict[str, list[str | None]]:
+                     score_rows: Sequence[bool], tokens: TokenCounts | None = None) -> dict[str, list[str | None]]:
     """The plain recipe the learned model must beat: TF-IDF(title, description) word 1-2 grams +
     LinearSVC (C=1) per attribute, trained on the train rows with a catalogue value; predictions
-    for `score_rows` (None where no model could be trained)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    for `score_rows` (None where no model could be trained). tokens: as in `fit`."""
     from sklearn.svm import LinearSVC
 
     train, score_rows = np.asarray(train, bool), np.asarray(score_rows, bool)
     docs = [model_text(t) for t in texts]
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
-    X = vec.fit_transform([d for d, m in zip(docs, train) if m])
-    Xs = vec.transform([d for d, m in zip(docs, score_rows) if m])
+    train_docs = [d for d, m in zip(docs, train) if m]
+    _, transform = _fit_vectorizer(train_docs, tokens)
+    X = transform(train_docs)
+    Xs = transform([d for d, m in zip(docs, score_rows) if m])
     out = {}
     for attr in TARGETS:
         y = np.asarray([t.get(attr) for t, m in zip(truths, train) if m], dtype=object)
@@ -304,17 +343,20 @@ def reference_recipe(texts: Sequence[PreparedText], truths: Sequence[dict], trai
         if len(set(y[has])) < 2:
             out[attr] = [None] * int(score_rows.sum())
             continue
-        out[attr] = [str(v) for v in LinearSVC(C=1.0).fit(X[has], y[has].astype(str)).predict(Xs)]
+        out[attr] = [str(v) for v in LinearSVC(C=1.0, random_state=0).fit(X[has], y[has].astype(str)).predict(Xs)]
     return out
 
 
 def evaluate(model: LearnedAttributeModel, texts: Sequence[PreparedText], truths: Sequence[dict],
-             recipe: dict[str, list[str | None]] | None = None) -> list[dict]:
+             recipe: dict[str, list[str | None]] | None = None, tokens: TokenCounts | None = None) -> list[dict]:
     """Rows (extractor, attribute, n, coverage, precision, accuracy, macro_f1) on the given
     products: the learned model as shipped (with "unknown"), the same model always answering,
-    and the recipe's predictions when given."""
-    shipped = model.extract(texts)
-    forced = model.predict(texts, abstain=False)
+    and the recipe's predictions when given. tokens: the memo ``model`` was fitted through, if any."""
+    docs = [model_text(t) for t in texts]
+    X = (_int32_indices(tokens.transform(model.vectorizer, docs)) if tokens is not None
+         else model.vectorizer.transform(docs))
+    shipped = model.extract(texts, X=X)
+    forced = model.predict(texts, abstain=False, X=X)
     rows = []
     for name in ("learned", "learned, always answering", *(["TF-IDF + LinearSVC recipe"] if recipe else [])):
         for attr in TARGETS:

@@ -245,3 +245,31 @@ def test_one_token_memo_for_model_recipe_and_report_changes_no_answer(clean_samp
         learned.evaluate(plain, test_texts, test_truths, recipe)
     distinct = len({learned.model_text(t) for t in texts})
     assert tokens.counts["texts_tokenised"] == distinct < tokens.counts["texts_requested"]
+
+
+def test_a_retrained_model_reuses_the_cached_rules_values_and_answers_as_without_cache(clean_sample, trained,
+                                                                                      tmp_path):
+    """The learned model completes the rules' values (style, further materials); those depend on the
+    text alone, so a retrained model (a new version: its own results recompute) takes them from the
+    cache — and answers exactly what an uncached run of the same model answers."""
+    from fashion_pipeline.core.extraction.cache import ExtractionCache
+    from fashion_pipeline.core.extraction.pipeline import Extractor, ProductText
+    from fashion_pipeline.core.extraction.rules import RulesExtractor
+
+    df = clean_sample
+    products = [ProductText(p, t, d or "", None) for p, t, d in zip(df["product_id"], df["title"], df["description"])]
+    n_texts = len({(t, d or "") for t, d in zip(df["title"], df["description"])})
+    texts = [prepare(t, d, 2000) for t, d in zip(df["title"], df["description"].fillna(""))]
+    truths = [quality.catalogue_truth(v) for v in df["article_attributes"]]
+    retrained = learned.fit(texts, truths, df["source_category"].tolist(), df["split"].tolist(),
+                            df["title"].tolist(), df["brand"].tolist(), tuned_c={"material": 7.0})
+    assert retrained.version != trained.version
+    cache_dir = tmp_path / "cache"
+
+    first, s1 = Extractor(RulesExtractor(), learned=trained, cache=ExtractionCache(cache_dir)).run(products)
+    assert s1.rules_reused == 0 and s1.computed == len(products)
+    second, s2 = Extractor(RulesExtractor(), learned=retrained, cache=ExtractionCache(cache_dir)).run(products)
+    assert s2.cached == 0 and s2.rules_reused == n_texts  # the new version's results computed, the rules' reused
+    fresh, _ = Extractor(RulesExtractor(), learned=retrained).run(products)
+    assert [r.attributes for r in second] == [r.attributes for r in fresh]
+    assert [r.attributes for r in first] != [r.attributes for r in second]  # the retrained model's own answers

@@ -62,6 +62,7 @@ class RunStats:
     non_english: int = 0
     unknown_values_dropped: int = 0
     cache_corrupted: int = 0
+    rules_reused: int = 0  # learned backend: rows whose rules values came from the cache (the rules backend's entries)
     seconds: float = 0.0
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -113,6 +114,24 @@ class Extractor:
 
     def _rules(self, t: textmod.PreparedText, status: str) -> dict:
         return {"attributes": self.rules.extract(t).to_dict(), "status": status}
+
+    def _rules_values(self, items: list[tuple[str, textmod.PreparedText]], stats: RunStats,
+                      new: dict[str, dict]) -> list[Attributes]:
+        """The rules' values of each text, which the learned model completes: from the cache under the
+        rules backend's own key (they depend on the text and the rules, not on the learned model, so a
+        retrained model reuses them), else computed and added to ``new`` under that key."""
+        if self.cache is None:
+            return [self.rules.extract(t) for _, t in items]
+        out = []
+        for _, t in items:
+            key = cache_key(t.title, t.description, "rules", RULES_MODEL)
+            hit = self.cache.get(key) or new.get(key)
+            if hit is None:
+                hit = new[key] = self._rules(t, "empty" if t.empty_description else "ok")
+            else:
+                stats.rules_reused += 1
+            out.append(Attributes.from_dict(hit["attributes"]))
+        return out
 
     def _validate(self, gens: Sequence[Generation], stats: RunStats) -> list[Attributes | None]:
         out: list[Attributes | None] = []
@@ -192,9 +211,11 @@ class Extractor:
         if self.learned is not None and prepared:
             log.info("extracting %d products with the learned model %s", len(prepared), self.learned.version)
             items = list(prepared.items())
+            rules_values = self._rules_values(items, stats, new)
             for start in range(0, len(items), LEARNED_BATCH):
                 chunk = items[start:start + LEARNED_BATCH]
-                for (key, t), a in zip(chunk, self.learned.extract([t for _, t in chunk], self.rules)):
+                for (key, t), a in zip(chunk, self.learned.extract([t for _, t in chunk], self.rules,
+                                                                   rules_results=rules_values[start:start + LEARNED_BATCH])):
                     new[key] = {"attributes": a.to_dict(), "status": "empty" if t.empty_description else "ok"}
                 if progress:
                     progress(min(start + LEARNED_BATCH, len(items)), len(items))

@@ -1,6 +1,7 @@
 """Core extraction: vocabularies, schema validation, rules on real Kaggle/H&M text, cache, quality."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -257,7 +258,7 @@ def test_resource_builds_backends(tmp_path):
         ExtractorResource(cache_dir=str(tmp_path / "c")).build(["Nike"])
     res = ExtractorResource(backend="rules", cache_dir=str(tmp_path / "c"))
     runner = res.build(["Nike"])
-    assert (runner.backend, runner.model) == ("rules", "rules-v1")
+    assert runner.backend == "rules" and re.fullmatch(r"rules-v1\+[0-9a-f]{8}", runner.model)
     assert runner.cache is not None and runner.cache.dir == tmp_path / "c" / "rules"
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -276,3 +277,16 @@ def test_many_small_runs_are_compacted_without_losing_entries(tmp_path):
     assert not list((tmp_path / "c").glob(".tmp-*"))  # no temp files left behind
     _, stats = Extractor(RulesExtractor(), cache=ExtractionCache(tmp_path / "c")).run(products)
     assert stats.cached == len(products)
+
+
+def test_the_rules_version_follows_their_source(monkeypatch):
+    """Cached rules values are keyed by RULES_MODEL, so an edited rule must change it."""
+    import inspect
+
+    from fashion_pipeline.core.extraction import pipeline, rules
+
+    before = pipeline.rules_digest()
+    assert pipeline.RULES_MODEL == f"rules-v1+{before}"
+    source = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource", lambda m: source(m) + ("\n# edited" if m is rules else ""))
+    assert pipeline.rules_digest() != before

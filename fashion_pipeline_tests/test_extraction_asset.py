@@ -75,6 +75,6 @@ def test_learned_extractor_is_trained_published_and_used_by_product_attributes(t
     assert (shipped["coverage"].dropna() <= 1.0).all() and (shipped["accuracy"] <= shipped["coverage"] + 1e-9).all()
     # product_attributes ran the published learned model (its version keys the cache).
     assert (attrs["backend"] == "learned").all()
-    assert attrs["model"].str.fullmatch(rf"{md['model_version'].value}\+rules-v1").all()
+    assert attrs["model"].str.fullmatch(rf"{md['model_version'].value}\+rules-v1\+[0-9a-f]{{8}}").all()
     pa = _metadata(result, "product_attributes")
     assert pa["backend"].value == "learned" and "| learned | material |" in pa["quality_vs_catalogue"].value

@@ -221,8 +221,8 @@ def _fit_vectorizer(docs: list[str], tokens: TokenCounts | None):
 
 
 def _int32_indices(x):
-    """The memo's rows with sklearn's int32 index arrays: liblinear refuses int64 indices, and a copy
-    made on the way would put the estimators' inputs on another memory layout than a plain fit's."""
+    """The memo's rows with the int32 index arrays sklearn's own transform gives: LinearSVC (liblinear)
+    refuses a matrix with int64 indices."""
     import scipy.sparse as sp
 
     return sp.csr_matrix((x.data, x.indices.astype(np.int32), x.indptr.astype(np.int32)), shape=x.shape)

@@ -26,7 +26,23 @@ from fashion_pipeline.core.extraction.schema import Attributes, NormaliseReport,
 
 log = logging.getLogger(__name__)
 
-RULES_MODEL = "rules-v1"  # bump when rules change: part of the rules backend's cache key
+
+def rules_digest() -> str:
+    """Digest of the rules' source (the rules, their vocabularies, the schema's limits)."""
+    import hashlib
+    import inspect
+
+    from fashion_pipeline.core.extraction import rules, schema, vocab
+
+    h = hashlib.sha256()
+    for module in (rules, vocab, schema):
+        h.update(inspect.getsource(module).encode("utf-8"))
+    return h.hexdigest()[:8]
+
+
+# The rules' version, part of the cache key of their values (the rules backend's, and the ones the
+# learned model completes): an edited rule recomputes them instead of serving the old answers.
+RULES_MODEL = f"rules-v1+{rules_digest()}"
 LEARNED_BATCH = 4096  # products per learned-model call (bounds the TF-IDF matrix; progress per batch)
 
 
@@ -125,7 +141,7 @@ class Extractor:
         out = []
         for _, t in items:
             key = cache_key(t.title, t.description, "rules", RULES_MODEL)
-            hit = self.cache.get(key) or new.get(key)
+            hit = self.cache.get(key)
             if hit is None:
                 hit = new[key] = self._rules(t, "empty" if t.empty_description else "ok")
             else:

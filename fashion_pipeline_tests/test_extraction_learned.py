@@ -270,6 +270,8 @@ def test_a_retrained_model_reuses_the_cached_rules_values_and_answers_as_without
     assert s1.rules_reused == 0 and s1.computed == len(products)
     second, s2 = Extractor(RulesExtractor(), learned=retrained, cache=ExtractionCache(cache_dir)).run(products)
     assert s2.cached == 0 and s2.rules_reused == n_texts  # the new version's results computed, the rules' reused
+    # The first version's results are gone from the cache (no run asks for them again); the rules' stay.
+    assert s2.cache_dropped == n_texts and len(ExtractionCache(cache_dir)) == 2 * n_texts
     fresh, _ = Extractor(RulesExtractor(), learned=retrained).run(products)
     assert [r.attributes for r in second] == [r.attributes for r in fresh]
     assert [r.attributes for r in first] != [r.attributes for r in second]  # the retrained model's own answers

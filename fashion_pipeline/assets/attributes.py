@@ -198,6 +198,7 @@ def product_attributes(context: dg.AssetExecutionContext, clean_products: pd.Dat
         "rows_cached": stats.cached,
         "rows_computed": stats.computed,
         "rows_rules_reused": stats.rules_reused,
+        "cache_entries_dropped": stats.cache_dropped,
         "rows_failed_validation": stats.failed_validation,
         "rows_hit_max_tokens": stats.hit_max_tokens,
         "rows_fell_back_to_rules": stats.fell_back,

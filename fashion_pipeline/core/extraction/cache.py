@@ -92,6 +92,16 @@ class ExtractionCache:
         if len(self._segments()) > MAX_SEGMENTS or self._dirty:
             self.compact()
 
+    def drop_where(self, stale) -> int:
+        """Forget the entries whose value ``stale(value)`` says no run will ask for again, and rewrite
+        the cache without them (one compaction). Returns how many were dropped."""
+        gone = [k for k, v in self._data.items() if stale(v)]
+        for k in gone:
+            del self._data[k]
+        if gone:
+            self.compact()
+        return len(gone)
+
     def compact(self) -> None:
         """Rewrite all valid entries into one segment, then remove the old ones (drops corrupt lines)."""
         old = self._segments()

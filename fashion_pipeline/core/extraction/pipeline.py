@@ -79,6 +79,7 @@ class RunStats:
     unknown_values_dropped: int = 0
     cache_corrupted: int = 0
     rules_reused: int = 0  # learned backend: rows whose rules values came from the cache (the rules backend's entries)
+    cache_dropped: int = 0  # learned backend: cached results of other learned versions, removed
     seconds: float = 0.0
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -232,7 +233,8 @@ class Extractor:
                 chunk = items[start:start + LEARNED_BATCH]
                 for (key, t), a in zip(chunk, self.learned.extract([t for _, t in chunk], self.rules,
                                                                    rules_results=rules_values[start:start + LEARNED_BATCH])):
-                    new[key] = {"attributes": a.to_dict(), "status": "empty" if t.empty_description else "ok"}
+                    new[key] = {"attributes": a.to_dict(), "status": "empty" if t.empty_description else "ok",
+                                "model": self.model}
                 if progress:
                     progress(min(start + LEARNED_BATCH, len(items)), len(items))
             prepared = {}
@@ -248,6 +250,13 @@ class Extractor:
             new.update(self._run_llm(llm_todo, stats, progress))
         if self.cache is not None:
             self.cache.put_many(new)
+            if self.learned is not None:
+                # A learned model's results are keyed by its version, so a retrained model never reads its
+                # predecessors' again: without this the cache grew by every product at every retrain, and each
+                # run loads all of it. (Entries written before results carried their model stay.)
+                model = self.model
+                stats.cache_dropped = self.cache.drop_where(
+                    lambda v: str(v.get("model", "")).startswith("learned-") and v["model"] != model)
         stats.seconds = time.perf_counter() - t0
         found.update(new)
         results = []

@@ -12,6 +12,7 @@ Pure functions (no Dagster); fashion_pipeline.reuse applies them to asset materi
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from functools import lru_cache
 from importlib import metadata as importlib_metadata
@@ -65,6 +66,15 @@ def code_digest() -> str:
         except importlib_metadata.PackageNotFoundError:
             version = "-"
         h.update(f"{lib}={version}".encode())
+    return h.hexdigest()
+
+
+def source_digest(*modules) -> str:
+    """Digest of the given modules' source: the version of code whose results a cache keeps across
+    runs (code_digest, over the whole package, would discard them at any edit)."""
+    h = _hasher()
+    for module in modules:
+        h.update(inspect.getsource(module).encode("utf-8"))
     return h.hexdigest()
 
 

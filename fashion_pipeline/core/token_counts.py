@@ -147,6 +147,8 @@ class TokenCounts:
         if hit is None or hit[0] is not vectorizer:
             return vectorizer.transform(docs)
         x = sp.csr_matrix(self._count(docs)[:, hit[1]].astype(vectorizer.dtype))
+        if x.nnz < 2**31 and x.shape[1] < 2**31:  # sklearn's index dtype (liblinear refuses int64 indices)
+            x.indices, x.indptr = x.indices.astype(np.int32), x.indptr.astype(np.int32)
         x.sort_indices()
         return vectorizer._tfidf.transform(x, copy=False)
 

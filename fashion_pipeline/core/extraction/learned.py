@@ -217,15 +217,7 @@ def _fit_vectorizer(docs: list[str], tokens: TokenCounts | None):
         vec.fit(docs)
         return vec, vec.transform
     tokens.fit(vec, docs)
-    return vec, lambda d: _int32_indices(tokens.transform(vec, d))
-
-
-def _int32_indices(x):
-    """The memo's rows with the int32 index arrays sklearn's own transform gives: LinearSVC (liblinear)
-    refuses a matrix with int64 indices."""
-    import scipy.sparse as sp
-
-    return sp.csr_matrix((x.data, x.indices.astype(np.int32), x.indptr.astype(np.int32)), shape=x.shape)
+    return vec, lambda d: tokens.transform(vec, d)
 
 
 def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories: Sequence[str | None],
@@ -353,8 +345,7 @@ def evaluate(model: LearnedAttributeModel, texts: Sequence[PreparedText], truths
     products: the learned model as shipped (with "unknown"), the same model always answering,
     and the recipe's predictions when given. tokens: the memo ``model`` was fitted through, if any."""
     docs = [model_text(t) for t in texts]
-    X = (_int32_indices(tokens.transform(model.vectorizer, docs)) if tokens is not None
-         else model.vectorizer.transform(docs))
+    X = tokens.transform(model.vectorizer, docs) if tokens is not None else model.vectorizer.transform(docs)
     shipped = model.extract(texts, X=X)
     forced = model.predict(texts, abstain=False, X=X)
     rows = []

@@ -29,15 +29,10 @@ log = logging.getLogger(__name__)
 
 def rules_digest() -> str:
     """Digest of the rules' source (the rules, their vocabularies, the schema's limits)."""
-    import hashlib
-    import inspect
-
     from fashion_pipeline.core.extraction import rules, schema, vocab
+    from fashion_pipeline.core.fingerprint import source_digest
 
-    h = hashlib.sha256()
-    for module in (rules, vocab, schema):
-        h.update(inspect.getsource(module).encode("utf-8"))
-    return h.hexdigest()[:8]
+    return source_digest(rules, vocab, schema)[:8]
 
 
 # The rules' version, part of the cache key of their values (the rules backend's, and the ones the
@@ -78,7 +73,7 @@ class RunStats:
     non_english: int = 0
     unknown_values_dropped: int = 0
     cache_corrupted: int = 0
-    rules_reused: int = 0  # learned backend: rows whose rules values came from the cache (the rules backend's entries)
+    rules_reused: int = 0  # learned backend: rows whose rules values came from the cache (a previous model's run)
     cache_dropped: int = 0  # learned backend: cached results of other learned versions, removed
     seconds: float = 0.0
     prompt_tokens: int = 0
@@ -135,7 +130,7 @@ class Extractor:
     def _rules_values(self, items: list[tuple[str, textmod.PreparedText]], stats: RunStats,
                       new: dict[str, dict]) -> list[Attributes]:
         """The rules' values of each text, which the learned model completes: from the cache under the
-        rules backend's own key (they depend on the text and the rules, not on the learned model, so a
+        key the rules backend uses (they depend on the text and the rules, not on the learned model, so a
         retrained model reuses them), else computed and added to ``new`` under that key."""
         if self.cache is None:
             return [self.rules.extract(t) for _, t in items]

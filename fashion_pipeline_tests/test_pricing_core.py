@@ -181,6 +181,39 @@ def test_mlp_early_stopping_keeps_best_validation_epoch():
     assert _rmsle(y_va, reg.predict_log(va)) == pytest.approx(min(val), rel=1e-4)
 
 
+def test_a_warm_started_mlp_fine_tunes_the_given_weights_and_never_ends_worse_on_validation():
+    import pickle
+
+    tr, va, _ = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    old = MLPPriceRegressor(MLPConfig(epochs=4, hidden=32)).fit(tr, y_tr, va, y_va)
+    start_score = _rmsle(y_va, old.predict_log(va))
+    new = MLPPriceRegressor(MLPConfig(epochs=40, hidden=32, warm_epochs=2)).fit(tr, y_tr, va, y_va, warm_from=old)
+    assert new.warm_started_ and new.warm_note_ == ""
+    # Epoch 0 is the given model on these validation rows; then warm_epochs epochs, not `epochs`.
+    assert [h["epoch"] for h in new.history_] == [0, 1, 2]
+    assert new.history_[0]["val_rmse_log"] == pytest.approx(start_score, rel=1e-4)
+    assert _rmsle(y_va, new.predict_log(va)) <= start_score + 1e-6
+    # Its input scaling, levels and target scale are the given model's; the given model is unchanged
+    # and not kept inside the new one.
+    assert new.scaler_ is old.scaler_ and new.cats_ is old.cats_ and new.y_mean_ == old.y_mean_
+    assert _rmsle(y_va, old.predict_log(va)) == start_score
+    assert len(pickle.dumps(new)) < 1.5 * len(pickle.dumps(old))
+
+
+def test_an_mlp_of_another_shape_is_refused_as_a_warm_start_and_the_fit_starts_cold():
+    tr, va, _ = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    old = MLPPriceRegressor(MLPConfig(epochs=1, hidden=32)).fit(tr, y_tr, va, y_va)
+    new = MLPPriceRegressor(MLPConfig(epochs=2, hidden=64, warm_epochs=5)).fit(tr, y_tr, va, y_va, warm_from=old)
+    assert not new.warm_started_
+    assert "hidden 32" in new.warm_note_ and "64" in new.warm_note_
+    assert [h["epoch"] for h in new.history_] == [1, 2]  # a cold fit: `epochs`, no epoch 0
+    assert new.scaler_ is not old.scaler_
+    ridge = RidgePriceRegressor().fit(tr, y_tr, va, y_va)
+    assert "not a fitted MLP" in MLPPriceRegressor().warm_start_refusal(ridge, tr)
+
+
 def test_a_blend_transforms_its_members_shared_stacking_ridge_once_per_prediction():
     from fashion_pipeline.core.pricing.models import BlendPriceRegressor
 
@@ -287,6 +320,41 @@ def test_a_retrain_reuses_what_selection_tuned_instead_of_searching_again():
     assert res.tuned["full"] == {"ridge": {"alphas": [7.0]}, "lightgbm": {"n_estimators": 3000}}
     assert res.tuned["sparse"] == tuned_params(res.model)["sparse"]
     assert res.tuned["sparse"]["ridge"]["alphas"][0] in (0.25, 0.5, 1.0)
+
+
+def test_a_retrain_fine_tunes_the_retrained_models_mlp_inside_its_blend(tmp_path):
+    from fashion_pipeline.assets.regressors import RegressorConfig, warm_start_source
+    from fashion_pipeline.core.model_store import ModelStore
+    from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
+
+    params = {"lightgbm": {"n_estimators": 30}, "mlp": {"epochs": 3, "hidden": 32, "warm_epochs": 1}}
+    first = train_price_models(clean_sample(), None, models=("lightgbm", "mlp"), params=params, forms=("full", "sparse"),
+                               chosen={"full": "blend", "sparse": "mlp"})
+    assert first.warm_starts == {}  # nothing handed over: cold
+    old = {f: fm.price_model.regressor for f, fm in first.model.forms.items()}
+    res = train_price_models(clean_sample(), None, models=("lightgbm", "mlp"), params=params, forms=("full", "sparse"),
+                             chosen={"full": "blend"}, warm={"full": old["full"], "sparse": old["sparse"]})
+    members = {type(m).__name__: m for m in res.model.forms["full"].price_model.regressor.members}
+    mlp = members["MLPPriceRegressor"]
+    assert mlp.scaler_ is {type(m).__name__: m for m in old["full"].members}["MLPPriceRegressor"].scaler_
+    assert mlp.warm_started_ and [h["epoch"] for h in mlp.history_] == [0, 1]
+    assert res.warm_starts["full"].startswith("warm (best epoch ")
+    # 'sparse' is selected, not retrained: its MLP starts cold whatever model is handed over.
+    assert "sparse" not in res.warm_starts
+    sparse = {type(m).__name__: m for m in getattr(res.model.forms["sparse"].price_model.regressor, "members", [])}
+    assert all(not m.warm_started_ for m in sparse.values() if isinstance(m, MLPPriceRegressor))
+    # The asset hands over the stored model a retrain keeps training (here a candidate nothing published),
+    # for the forms it retrains only.
+    store = ModelStore(tmp_path)
+    version = store.save(PRICE_MODEL_NAME, first.model, {}, {"forms": {"full": "blend", "sparse": "mlp"}})
+    warm, from_version, note = warm_start_source(store, {"full": "blend"}, RegressorConfig())
+    assert from_version == version and version in note and set(warm) == {"full"}
+    loaded = {type(m).__name__: m for m in warm["full"].members}["MLPPriceRegressor"]
+    np.testing.assert_array_equal(loaded.net_.body[0].weight.detach().numpy(),
+                                  {type(m).__name__: m for m in old["full"].members}["MLPPriceRegressor"]
+                                  .net_.body[0].weight.detach().numpy())
+    assert warm_start_source(store, {"full": "blend"}, RegressorConfig(mlp_warm_epochs=0))[:2] == ({}, None)
+    assert warm_start_source(store, None, RegressorConfig())[:2] == ({}, None)  # a selection starts cold
 
 
 def test_a_retrain_keeps_tuned_rounds_within_a_lowered_configured_maximum():

@@ -61,6 +61,11 @@ class RegressorConfig(dg.Config):
                                      description="Maximum boosting rounds (early stopping on validation picks fewer).")
     mlp_epochs: int = Field(default=15, ge=1, description="Maximum MLP epochs (early stopping on validation).")
     mlp_hidden: int = Field(default=512, ge=8, description="Width of the MLP's first hidden layer.")
+    mlp_warm_epochs: int = Field(default=3, ge=0, description=(
+        "mode retrain: a form whose chosen kind includes the MLP fine-tunes the retrained model's MLP for this many "
+        "epochs (from a quarter of the cold learning rate, keeping its input scaling and categorical levels; its "
+        "own validation score counts as epoch 0) instead of training `mlp_epochs` from scratch; it falls back to a "
+        "cold start, logged, where the shapes differ. 0: always cold. model_selection_job always starts cold."))
     mlp_device: str = Field(default=get_profile().device,
                             description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine); default: the profile's.")
     mixed_precision: bool = Field(default=True,
@@ -110,6 +115,25 @@ def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | Non
                            "(model_selection_job re-selects and re-tunes)")
 
 
+def warm_start_source(store, chosen: dict[str, str] | None, config: RegressorConfig
+                      ) -> tuple[dict[str, object], str | None, str]:
+    """({form: regressor} whose MLP a retrain fine-tunes, that model's version, and why): the model
+    `retrain_choice` retrains, for the forms it retrains; nothing in a selection, with
+    ``mlp_warm_epochs`` 0, or when that model cannot be loaded (then the MLP starts cold)."""
+    if chosen is None:
+        return {}, None, "cold (a selection trains every kind from scratch)"
+    if config.mlp_warm_epochs == 0 or "mlp" not in config.models:
+        return {}, None, "cold (mlp_warm_epochs is 0)" if config.mlp_warm_epochs == 0 else "no MLP in `models`"
+    info, _ = store.published_or_latest(PRICE_MODEL_NAME)
+    try:
+        model, info = store.load(PRICE_MODEL_NAME, info["version"])
+    except Exception as e:  # a damaged or foreign model: retrain from scratch, and say so
+        return {}, None, f"cold: {PRICE_MODEL_NAME} {info['version']} could not be loaded ({type(e).__name__}: {e})"
+    forms = {f: fm.price_model.regressor for f, fm in getattr(model, "forms", {}).items() if f in chosen}
+    return forms, str(info["version"]), (f"fine-tuning {PRICE_MODEL_NAME} {info['version']}'s MLP for "
+                                         f"{config.mlp_warm_epochs} epochs where its form's kind has one")
+
+
 def _md_table(df: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.round(4).to_markdown(index=False) if len(df) else "_empty_")
 
@@ -140,6 +164,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     encoder_rec = catalogue.encoder if catalogue is not None else None
     chosen, tuned, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
+    warm, warm_version, warm_note = warm_start_source(store, chosen, config)
+    context.log.info(f"MLP start: {warm_note}")
     attributes = product_attributes if config.use_attributes else None
     # Two fingerprints: what the candidate's training reads, and that plus what its listing evaluation
     # reads (the published models it is compared with and served beside).
@@ -147,7 +173,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "products": frame_digest(clean_products), "attributes": frame_digest(attributes),
         "embeddings": catalogue.digest() if catalogue is not None else None,
         "config": config.model_dump(exclude={"threads", "embeddings_path", "listing_eval_max_rows"}),
-        "chosen": chosen, "tuned": tuned, "code": code_digest()})
+        "chosen": chosen, "tuned": tuned, "warm_from": warm_version, "code": code_digest()})
     trained = _previous_candidate(context, store, train_fp)
     if trained is not None:
         version = trained[0]
@@ -165,19 +191,20 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         params = {
             "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": threads},
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
-                    "mixed_precision": config.mixed_precision},
+                    "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs},
         }
         # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
         res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,
                                  models=tuple(config.models), params=params,
                                  blend=config.blend, coverage=config.interval_coverage,
                                  train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
-                                 chosen=chosen, tuned=tuned, progress=context.log.info)
+                                 chosen=chosen, tuned=tuned, warm=warm, progress=context.log.info)
         model = res.model
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                          "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
                          "forms": {f: m.chosen for f, m in model.forms.items()},
                          "tuned": res.tuned,
+                         "mlp_warm_starts": {"from": warm_version, **res.warm_starts} if warm_version else {},
                          "encoder": encoder_rec,
                          "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
@@ -252,6 +279,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "validation_selection": _md_table(selection),
         "forms": dg.MetadataValue.json(features_spec["forms"]),
         "mode": f"{config.mode}: {mode_note}",
+        "mlp_start": dg.MetadataValue.json({"note": warm_note, **features_spec.get("mlp_warm_starts", {})}),
         "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
         "listing_eval_extraction": dg.MetadataValue.json(extractor.counts),
         "intervals": dg.MetadataValue.json(model.describe()),

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 
-from .features import MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
+from .features import CATEGORICAL_COLUMNS, MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,10 @@ class MLPConfig:
     seed: int = 0
     stack_text_ridge: bool = True
     cat_dims: tuple[int, ...] = field(default=(4, 16, 6))  # source, brand, colour
+    # A warm start (fit(warm_from=...): a retrain of a fitted MLP on fresh rows) fine-tunes its weights
+    # for this many epochs from ``lr * warm_lr_scale``, instead of ``epochs`` from a random start.
+    warm_epochs: int = 3
+    warm_lr_scale: float = 0.25
 
 
 def _build_net(n_dense: int, cards: list[int], cfg: MLPConfig):
@@ -282,16 +286,53 @@ class MLPPriceRegressor:
             return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
         return torch.autocast("cpu", dtype=torch.bfloat16), None
 
-    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None):
+    def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
+        """Why ``warm_from`` cannot seed this fit on ``train`` (None when it can): it must be a fitted
+        MLP of the same shape (width, categorical columns and dims, stacked ridge) over embeddings of
+        the same widths."""
+        if not isinstance(warm_from, MLPPriceRegressor) or not hasattr(warm_from, "net_"):
+            return f"{type(warm_from).__name__} is not a fitted MLP"
+        old, cfg = warm_from.config, self.config
+        for key in ("hidden", "cat_dims", "stack_text_ridge"):
+            if getattr(old, key) != getattr(cfg, key):
+                return f"its {key} {getattr(old, key)!r} differs from this fit's {getattr(cfg, key)!r}"
+        width = train.text.shape[1] + train.image.shape[1] + 2
+        if len(warm_from.scaler_.mean_) != width:
+            return f"it was trained on {len(warm_from.scaler_.mean_)} embedding columns, these rows have {width}"
+        if list(warm_from.cats_.levels_) != list(CATEGORICAL_COLUMNS):
+            return f"its categorical columns {list(warm_from.cats_.levels_)} are not {list(CATEGORICAL_COLUMNS)}"
+        return None
+
+    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None,
+            warm_from: "MLPPriceRegressor | None" = None):
+        """Train on ``train``; early stopping on ``val``.
+
+        ``warm_from`` (a fitted MLP, e.g. the published model's, see `warm_start_refusal`): a retrain
+        that fine-tunes its weights for ``warm_epochs`` epochs, keeping its input standardisation,
+        categorical levels and target scale (a level new since then reads as unknown until the next
+        cold fit); its own validation score counts as epoch 0, so the result is never worse on
+        ``val`` than the model it started from. ``warm_started_`` says whether it did, and
+        ``warm_note_`` why not. The fitted model keeps no reference to ``warm_from``."""
         import torch
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         device = torch.device(cfg.device)
-        self.scaler_ = EmbeddingScaler().fit(train)
-        self.cats_ = CategoricalEncoder().fit(train.frame)
-        self.y_mean_, self.y_std_ = float(np.mean(y)), float(np.std(y) + 1e-6)
+        refusal = None if warm_from is None else self.warm_start_refusal(warm_from, train)
+        self.warm_started_ = warm_from is not None and refusal is None
+        self.warm_note_ = refusal or ""
+        if refusal is not None:
+            log.warning("mlp: cold start instead of the warm start asked for: %s", refusal)
+        if self.warm_started_:
+            self.scaler_, self.cats_ = warm_from.scaler_, warm_from.cats_
+            self.y_mean_, self.y_std_ = warm_from.y_mean_, warm_from.y_std_
+            epochs, lr = cfg.warm_epochs, cfg.lr * cfg.warm_lr_scale
+        else:
+            self.scaler_ = EmbeddingScaler().fit(train)
+            self.cats_ = CategoricalEncoder().fit(train.frame)
+            self.y_mean_, self.y_std_ = float(np.mean(y)), float(np.std(y) + 1e-6)
+            epochs, lr = cfg.epochs, cfg.lr
         ridge_tr = None
         self.text_ridge_ = None
         if cfg.stack_text_ridge:
@@ -303,13 +344,21 @@ class MLPPriceRegressor:
         if has_val:
             xv = torch.from_numpy(self._dense(val, self._ridge(val))).to(device)
             cv = torch.from_numpy(self.cats_.codes(val.frame)).to(device)
-        net = _build_net(x.shape[1], self.cats_.cardinalities(), cfg).to(device)
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        net = _build_net(x.shape[1], self.cats_.cardinalities(), cfg)
+        if self.warm_started_:
+            net.load_state_dict(warm_from.net_.state_dict())
+        net = net.to(device)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
         autocast, scaler = self._amp(torch, device)
         best = (np.inf, None, 0)
         self.history_: list[dict] = []
-        for epoch in range(cfg.epochs):
+        if self.warm_started_ and has_val:  # the starting weights compete as epoch 0
+            pv = self._predict_tensor(net, xv, cv, autocast)
+            self.history_.append({"epoch": 0, "val_rmse_log": float(np.sqrt(np.mean((pv - y_val) ** 2)))})
+            best = (self.history_[0]["val_rmse_log"], copy.deepcopy(net.state_dict()), 0)
+            log.info("mlp warm start %s", self.history_[0])
+        for epoch in range(epochs):
             net.train()
             order = torch.from_numpy(rng.permutation(len(x))).to(device)
             total = 0.0
@@ -342,7 +391,7 @@ class MLPPriceRegressor:
             log.info("mlp epoch %s", rec)
         if best[1] is not None:
             net.load_state_dict(best[1])
-        self.best_epoch_ = best[2] if best[1] is not None else cfg.epochs
+        self.best_epoch_ = best[2] if best[1] is not None else epochs
         # Keep weights on the CPU so the stored model loads anywhere.
         self.net_ = net.to("cpu").eval()
         self._device_used = str(device)
@@ -504,9 +553,13 @@ def conformal_quantiles(residuals: np.ndarray, coverage: float) -> tuple[float, 
     return float(r[k_lo - 1]), float(r[k_hi - 1])
 
 
-def train_regressor(kind: str, train: PriceInputs, y: np.ndarray, val: PriceInputs, y_val: np.ndarray, **params):
-    """Fit one regressor by name; returns (regressor, seconds)."""
+def train_regressor(kind: str, train: PriceInputs, y: np.ndarray, val: PriceInputs, y_val: np.ndarray,
+                    warm_from=None, **params):
+    """Fit one regressor by name; returns (regressor, seconds). ``warm_from``: a fitted MLP to
+    fine-tune (`MLPPriceRegressor.fit`); only the MLP takes one."""
     t0 = time.perf_counter()
+    if warm_from is not None and kind != "mlp":
+        raise ValueError(f"only the mlp regressor warm-starts, not {kind!r}")
     if kind == "ridge":
         reg = RidgePriceRegressor(**params)
     elif kind == "lightgbm":
@@ -515,7 +568,10 @@ def train_regressor(kind: str, train: PriceInputs, y: np.ndarray, val: PriceInpu
         reg = MLPPriceRegressor(MLPConfig(**params))
     else:
         raise ValueError(f"unknown regressor {kind!r}; expected ridge, lightgbm or mlp")
-    reg.fit(train, y, val, y_val)
+    if warm_from is not None:
+        reg.fit(train, y, val, y_val, warm_from=warm_from)
+    else:
+        reg.fit(train, y, val, y_val)
     return reg, time.perf_counter() - t0
 
 

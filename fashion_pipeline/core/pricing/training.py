@@ -24,7 +24,8 @@ from .features import PriceInputs, build_price_inputs, concat_inputs, mask_state
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
 from ..token_counts import TokenCounts
 from .price_metrics import regression_metrics
-from .models import BlendPriceRegressor, LightGBMPriceRegressor, PriceModel, RidgePriceRegressor, log_target, train_regressor
+from .models import (BlendPriceRegressor, LightGBMPriceRegressor, MLPPriceRegressor, PriceModel, RidgePriceRegressor,
+                     log_target, train_regressor)
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
@@ -40,6 +41,8 @@ class TrainingResult:
     # values it was given (LightGBM may stop earlier on the new rows: re-deriving them would ratchet
     # its rounds down retrain after retrain, and change the fingerprint of a run with nothing new).
     tuned: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # {form: how its MLP started}: "warm (best epoch k of n)", or "cold: <why the warm start was refused>".
+    warm_starts: dict[str, str] = field(default_factory=dict)
 
 
 def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -96,6 +99,7 @@ def train_price_models(
     max_interval_ratio: float = 6.0,
     chosen: dict[str, str] | None = None,
     tuned: dict[str, dict[str, dict]] | None = None,
+    warm: dict[str, object] | None = None,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
@@ -108,9 +112,14 @@ def train_price_models(
     searched on validation (ridge's alpha, LightGBM's rounds), reused by a retrain of a form named in
     ``chosen`` instead of searched again; over ``params``, except that LightGBM's reused rounds stay
     within the configured ``n_estimators`` (a maximum: a user who lowers it gets what they asked for;
-    the tuned value is still recorded for the next retrain)."""
+    the tuned value is still recorded for the next retrain).
+    ``warm`` ({form: the fitted regressor of the model being retrained, e.g. ``FormModel.price_model.regressor``}):
+    a retrained form whose kind includes the MLP fine-tunes that model's MLP (alone or in its blend)
+    instead of training one from scratch (`MLPPriceRegressor.fit`); ``TrainingResult.warm_starts``
+    says per form whether it could."""
     params = params or {}
     tuned = tuned or {}
+    warm = warm or {}
     chosen = dict(chosen or {})
     bad = {k for k in chosen.values() if k != "blend" and k not in models}
     if bad:
@@ -142,7 +151,7 @@ def train_price_models(
     # its source rather than on the random share a mask left in that group.
     cal_m = concat_inputs([mask_stated(cal, 0.0, 3), mask_stated(cal, 1.0, 3)])
     fitted: dict[str, FormModel] = {}
-    selection, seconds = [], {}
+    selection, seconds, warm_starts = [], {}, {}
     for form in forms:
         t_form = time.perf_counter()
         ftr = regime_view(tr_m.subset(form_rows(tr_m, form)), form)
@@ -156,10 +165,15 @@ def train_price_models(
         kinds = models if chosen.get(form) in (None, "blend") else (chosen[form],)
         for kind in kinds:
             reuse = _within_limits(tuned.get(form, {}).get(kind, {}) if form in chosen else {}, params.get(kind, {}))
-            progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else ""))
-            reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, **{**params.get(kind, {}), **reuse})
+            start = _member(warm.get(form), MLPPriceRegressor) if kind == "mlp" and form in chosen else None
+            progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else "")
+                     + (" from the retrained model's weights" if start is not None else ""))
+            reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, warm_from=start, **{**params.get(kind, {}), **reuse})
             cands[kind] = reg
             seconds[f"{form}/{kind}"] = round(secs, 2)
+            if start is not None:
+                warm_starts[form] = (f"warm (best epoch {reg.best_epoch_} of {reg.config.warm_epochs})"
+                                     if reg.warm_started_ else f"cold: {reg.warm_note_}")
         if (blend if form not in chosen else chosen[form] == "blend") and len(cands) >= 2:
             t0 = time.perf_counter()
             cands["blend"] = BlendPriceRegressor(list(cands.values())).fit(ftr, y_tr, fva, y_va)
@@ -195,7 +209,15 @@ def train_price_models(
     for form, by_kind in tuned.items():
         if form in chosen and form in recorded:
             recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
-    return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded)
+    return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
+
+
+def _member(regressor, cls):
+    """``regressor`` itself, or its blend's member, when it is a ``cls``; else None."""
+    for m in getattr(regressor, "members", [regressor]) if regressor is not None else []:
+        if isinstance(m, cls):
+            return m
+    return None
 
 
 def _within_limits(reuse: dict, configured: dict) -> dict:

@@ -217,6 +217,81 @@ def test_neural_training_standardises_its_inputs_and_keeps_the_epoch_with_the_be
     assert raw.argmax(axis=1).tolist() == pred.tolist()
 
 
+def test_a_warm_started_network_fine_tunes_a_copy_and_never_ends_worse_on_validation(frame):
+    from fashion_pipeline.core.models.fusion import train_multitask
+
+    data, k = _image_task_data(frame)
+    (xt, yt), (xv, yv) = data["train"], data["validation"]
+    old, _ = train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k},
+                             NeuralConfig(epochs=3, patience=5, hidden=64))
+    before = {n: t.clone() for n, t in old.state_dict().items()}
+    net, info = train_multitask(xt[::2], {"category": yt[::2]}, xv, {"category": yv}, {"category": k},
+                                NeuralConfig(epochs=40, patience=5, hidden=64, warm_epochs=2), init=old)
+    assert info["warm_start"] == "warm"
+    # Epoch -1 is the given network on these validation rows; then warm_epochs epochs, not `epochs`.
+    assert [h["epoch"] for h in info["history"]] == [-1, 0, 1] and info["epochs_run"] == 2
+    f1s = [h["val_macro_f1"] for h in info["history"]]
+    assert info["best_val_macro_f1"] == max(f1s) >= f1s[0]
+    # Its input standardisation is the given network's (not refitted on the half it trained on), and
+    # the given network is unchanged.
+    assert torch_equal(net.x_mean, old.x_mean) and net is not old
+    assert all(torch_equal(t, before[n]) for n, t in old.state_dict().items())
+    # Another shape starts cold, and says why.
+    _, cold = train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k},
+                              NeuralConfig(epochs=1, hidden=32), init=old)
+    assert cold["warm_start"].startswith("cold: its width 64") and [h["epoch"] for h in cold["history"]] == [0]
+
+
+def test_a_leaderboard_retrain_warm_starts_only_a_retrained_image_cnn_with_the_same_classes(frame):
+    image_tasks = {("category", "image"): "image_cnn", ("gender", "image"): "image_cnn", ("usage", "image"): "image_cnn"}
+    first = run_leaderboard(frame, _cfg(regimes=("image",), chosen=image_tasks))  # no warm start handed over
+    assert first.warm_starts == {}
+    net = first.serving[("category", "image")].net
+    classes = {t: first.serving[(t, "image")].classes for t in TASKS}
+    warm = {("image_cnn", "image"): (net, classes), ("clip_fusion", "full"): (net, classes)}
+    res = run_leaderboard(frame, _cfg(regimes=("image",), chosen=image_tasks, warm=warm))
+    assert res.serving[("category", "image")].net is not net
+    assert res.warm_starts == {"image_cnn/image": "warm (kept epoch "
+                               + res.warm_starts["image_cnn/image"].split("kept epoch ")[1]}
+    # clip_fusion is not retrained in the image regime; retrained in 'full' its inputs are refitted: cold.
+    res = run_leaderboard(frame, _cfg(regimes=("full",), chosen={("gender", "full"): "clip_fusion"}, warm=warm))
+    assert res.warm_starts["clip_fusion/full"].startswith("cold: clip_fusion's inputs are refitted")
+    # Classes that changed since the network was trained: cold.
+    changed = {**classes, "usage": classes["usage"][:-1]}
+    res = run_leaderboard(frame, _cfg(regimes=("image",), chosen=image_tasks,
+                                      warm={("image_cnn", "image"): (net, changed)}))
+    assert res.warm_starts["image_cnn/image"] == "cold: the classes of ['usage'] are not those the network was trained on"
+    # A pair that selects (nothing chosen for it) does not warm-start the network it shares.
+    res = run_leaderboard(frame, _cfg(regimes=("image",), chosen={("category", "image"): "image_cnn"}, warm=warm))
+    assert res.warm_starts["image_cnn/image"].startswith("cold: ['gender', 'usage'] select")
+
+
+def test_the_asset_warm_starts_from_the_stored_image_cnn_it_retrains(frame, tmp_path):
+    from fashion_pipeline.assets.classifiers import ClassifierConfig, warm_networks
+    from fashion_pipeline.core.model_store import ModelStore
+    from fashion_pipeline.core.models.publishing import classifier_name
+
+    image_tasks = {(t, "image"): "image_cnn" for t in TASKS}
+    first = run_leaderboard(frame, _cfg(regimes=("image",), classical=(), neural=("image_cnn",), chosen=image_tasks))
+    store = ModelStore(tmp_path)
+    versions = {}
+    for t in TASKS:
+        clf = first.serving[(t, "image")]
+        versions[t] = store.save(classifier_name(t, "image"), clf, {}, clf.features_spec())
+    store.publish(classifier_name("gender", "image"), versions["gender"])  # the others: latest candidates
+    warm, notes = warm_networks(store, {**image_tasks, ("category", "full"): "linear_svc"}, ClassifierConfig())
+    assert set(warm) == {("image_cnn", "image")}
+    net, classes = warm[("image_cnn", "image")]
+    assert classes == {t: first.serving[(t, "image")].classes for t in TASKS}
+    assert torch_equal(net.heads["usage"].weight, first.serving[("usage", "image")].net.heads["usage"].weight)
+    assert all(versions[t] in notes["image_cnn/image"] for t in TASKS)
+    assert warm_networks(store, image_tasks, ClassifierConfig(neural_warm_epochs=0)) == ({}, {})
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
 def test_neural_class_weights_are_the_balanced_weights_to_the_configured_power():
     from fashion_pipeline.core.models.fusion import balanced_weights
 

@@ -35,7 +35,7 @@ from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.core.features import REGIMES, with_embeddings
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.models.classifiers import CLASSICAL
-from fashion_pipeline.core.models.fusion import ARCHITECTURES, NeuralConfig
+from fashion_pipeline.core.models.fusion import ARCHITECTURES, WARM_STARTABLE, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
 from fashion_pipeline.core.models.publishing import (baseline_row, classifier_gate, classifier_name, gate_each,
                                                      macro_f1_on_test_rows)
@@ -76,6 +76,13 @@ class ClassifierConfig(dg.Config):
     neural_patience: int = Field(default=5, ge=1, description=(
         "Epochs without a better mean validation macro-F1 before stopping."))
     neural_hidden: int = Field(default=256, ge=8, description="Width of the neural trunk.")
+    neural_warm_epochs: int = Field(default=5, ge=0, description=(
+        "mode retrain: a retrained image_cnn (whose input, the photo embedding, means the same from one fit to the "
+        "next) fine-tunes the stored network it retrains for this many epochs, from a quarter of the learning rate "
+        "and with its input standardisation, instead of `neural_epochs` from scratch; the starting weights count "
+        "as epoch -1 on the new validation rows. It starts cold, and says why in the metadata `neural_start`, "
+        "where the classes or shapes changed. 0: always cold. The other networks read inputs refitted on every "
+        "run and always start cold."))
     svd_components: int = Field(default=64, ge=2, description="TruncatedSVD dimensions of TF-IDF for tree/dense models.")
     image_components: int = Field(default=64, ge=2, description="PCA dimensions of the image embedding for tree/dense models.")
     max_train_rows: dict[str, int] = Field(default={}, description=(
@@ -120,6 +127,35 @@ def retrain_choice(store, config: ClassifierConfig) -> tuple[dict, str]:
     if other:
         note += f"; selecting on validation for {other} (nothing stored, or a model this code does not know)"
     return chosen, note
+
+
+def warm_networks(store, chosen: dict, config: ClassifierConfig) -> tuple[dict, dict[str, str]]:
+    """The networks a retrain fine-tunes: {(arch, regime): (net, {task: classes})} for every
+    `WARM_STARTABLE` architecture a retrain trains, from the stored classifiers it retrains (published,
+    else latest candidate), and {arch/regime: the versions it starts from, or why it cannot}."""
+    out, notes = {}, {}
+    if config.neural_warm_epochs == 0:
+        return out, notes
+    for arch, regime in sorted({(m, r) for (_, r), m in chosen.items() if m in WARM_STARTABLE}):
+        nets, classes, versions = [], {}, []
+        for task in TASKS:
+            name = classifier_name(task, regime)
+            info, _ = store.published_or_latest(name)
+            if ((info or {}).get("features_spec") or {}).get("model") != arch:
+                continue
+            try:
+                clf, _ = store.load(name, info["version"])
+            except Exception as e:  # damaged or foreign: that task's classes are unknown, so it starts cold
+                notes[f"{arch}/{regime}"] = f"cold: {name} {info['version']} could not be loaded ({type(e).__name__}: {e})"
+                break
+            nets.append(clf.net)
+            classes[task] = list(clf.classes)
+            versions.append(f"{name} {info['version']}")
+        else:
+            if nets:
+                out[(arch, regime)] = (nets[0], classes)
+                notes[f"{arch}/{regime}"] = f"from {versions[0]} (classes of {versions})"
+    return out, notes
 
 
 def models_to_train(config: ClassifierConfig, chosen: dict) -> dict[str, tuple[str, ...]]:
@@ -172,10 +208,14 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     store = model_store.store()
     chosen, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
+    warm, warm_notes = warm_networks(store, chosen, config)
+    if warm_notes:
+        context.log.info(f"neural warm starts: {warm_notes}")
     emb = require_catalogue_embeddings(context, config.embeddings_path)
     fingerprint = combine({"products": frame_digest(clean_products), "embeddings": emb.digest(),
                            "config": config.model_dump(exclude={"threads", "embeddings_path"}),
-                           "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()), "code": code_digest()})
+                           "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()),
+                           "warm": warm_notes, "code": code_digest()})
     if (previous := _reused(context, fingerprint, warehouse, store, with_leaderboard=not chosen)) is not None:
         yield from previous
         return
@@ -187,10 +227,11 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     cfg = LeaderboardConfig(
         tasks=TASKS, regimes=tuple(config.regimes), **models_to_train(config, chosen),
         neural_config=NeuralConfig(epochs=config.neural_epochs, patience=config.neural_patience,
-                                   hidden=config.neural_hidden, seed=config.seed, n_threads=threads),
+                                   hidden=config.neural_hidden, seed=config.seed, n_threads=threads,
+                                   warm_epochs=config.neural_warm_epochs),
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
         max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=threads,
-        brand_mask_rate=config.brand_mask_rate, chosen=chosen,
+        brand_mask_rate=config.brand_mask_rate, chosen=chosen, warm=warm,
     )
     with threadpool_limits(limits=threads):  # BLAS / OpenMP pools too, not only torch
         result = run_leaderboard(frame, cfg, context.log.info)
@@ -255,6 +296,8 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         "models": _table_md(stored_df), "model_store": dg.MetadataValue.path(str(store.root)),
         "gate_preview": dg.MetadataValue.md(decision.markdown()),
         "mode": f"{config.mode}: {mode_note}",
+        "neural_start": dg.MetadataValue.json({k: {"source": warm_notes.get(k, ""), "start": result.warm_starts.get(k, "cold")}
+                                                for k in sorted(set(warm_notes) | set(result.warm_starts))}),
         "train_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
         reuse.FINGERPRINT_KEY: fingerprint,
     })

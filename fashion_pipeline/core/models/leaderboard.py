@@ -21,6 +21,7 @@ from fashion_pipeline.core.models.classifiers import CLASSICAL, TaskClassifier, 
 from fashion_pipeline.core.models.fusion import (
     ARCHITECTURES,
     NeuralConfig,
+    WARM_STARTABLE,
     NeuralTaskClassifier,
     predict_multitask,
     train_multitask,
@@ -56,6 +57,10 @@ class LeaderboardConfig:
     # named here are selected on validation among every configured model.
     chosen: dict = field(default_factory=dict)
     baselines: tuple[str, ...] = ("linear_svc",)
+    # {(architecture, regime): (fitted MultiTaskNet, {task: its classes})}: a retrained network of a
+    # `WARM_STARTABLE` architecture fine-tunes that one (train_multitask(init=...)) when every task it
+    # trains for the regime retrains it and the classes are the same; otherwise it starts cold.
+    warm: dict = field(default_factory=dict)
 
     def trains(self, task: str, regime: str, model: str) -> bool:
         want = self.chosen.get((task, regime))
@@ -69,6 +74,7 @@ class LeaderboardResult:
     serving: dict  # (task, regime) -> serving classifier chosen on validation macro-F1
     test_predictions: dict  # (task, model, regime) -> DataFrame[product_id, source, y_true, y_pred]
     timings: dict  # featurizer fit seconds per regime, total seconds
+    warm_starts: dict = field(default_factory=dict)  # "arch/regime" -> "warm (kept epoch k of n)" or "cold: why"
 
 
 def _split(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -129,6 +135,7 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
     best_val: dict = {}
     preds: dict = {}
     timings: dict = {"featurizer_seconds": {}}
+    warm_starts: dict = {}
 
     for regime in cfg.regimes:
         t0 = time.perf_counter()
@@ -235,16 +242,22 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             toks = {s: seq.transform(parts[s]) for s in SPLITS} if seq is not None else {s: None for s in SPLITS}
             n_classes = {t: len(classes[t]) for t in cfg.tasks}
             y_train = {t: np.where(has_img["train"] | (not image_only), codes[t]["train"], -1) for t in cfg.tasks}
+            init, why_cold = _warm_start(cfg, arch, regime, arch_tasks, classes)
             net, info = train_multitask(
                 xs["train"], y_train,
                 xs["validation"], {t: np.where(has_img["validation"] | (not image_only), codes[t]["validation"], -1)
                                    for t in cfg.tasks},
-                n_classes, nc, toks["train"], toks["validation"], seq.vocab_size if seq else None,
+                n_classes, nc, toks["train"], toks["validation"], seq.vocab_size if seq else None, init=init,
             )
+            if init is not None or why_cold:
+                warm_starts[f"{arch}/{regime}"] = (
+                    f"warm (kept epoch {info['best_epoch']} of {nc.warm_epochs}; -1: the starting weights)"
+                    if info["warm_start"] == "warm" else why_cold or info["warm_start"])
             pv = predict_multitask(net, xs["validation"], toks["validation"])
             pt = predict_multitask(net, xs["test"], toks["test"])
-            say(f"[{regime}] {arch}: {info['seconds']:.1f} s, {info['epochs_run']} epochs (multitask), kept epoch "
-                f"{info['best_epoch']} (mean validation macro-F1 {info['best_val_macro_f1']:.3f})")
+            say(f"[{regime}] {arch}: {info['seconds']:.1f} s, {info['epochs_run']} epochs (multitask"
+                + (f", {warm_starts[f'{arch}/{regime}']}" if f"{arch}/{regime}" in warm_starts else "")
+                + f"), kept epoch {info['best_epoch']} (mean validation macro-F1 {info['best_val_macro_f1']:.3f})")
             for task in arch_tasks:
                 record(task, arch, "neural", regime, pv[task], pt[task], info["seconds"],
                        int((y_train[task] >= 0).sum()),
@@ -259,7 +272,25 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
         lb.loc[sel, "serving"] = True
     if len(lb):
         lb["serving"] = lb["serving"].eq(True) if "serving" in lb else False
-    return LeaderboardResult(lb, label_counts(frame, cfg.tasks), serving, preds, timings)
+    return LeaderboardResult(lb, label_counts(frame, cfg.tasks), serving, preds, timings, warm_starts)
+
+
+def _warm_start(cfg: LeaderboardConfig, arch: str, regime: str, arch_tasks: list[str],
+                classes: dict[str, list[str]]):
+    """(the network to fine-tune or None, why it starts cold where a warm start was handed over)."""
+    given = cfg.warm.get((arch, regime))
+    if given is None:
+        return None, ""
+    if arch not in WARM_STARTABLE:
+        return None, f"cold: {arch}'s inputs are refitted on every run (warm-startable: {list(WARM_STARTABLE)})"
+    selected = [t for t in arch_tasks if cfg.chosen.get((t, regime)) != arch]
+    if selected:
+        return None, f"cold: {selected} select on validation here (a warm start only seeds a retrain)"
+    net, known = given
+    differ = [t for t in cfg.tasks if list(known.get(t, [])) != list(classes[t])]
+    if differ:
+        return None, f"cold: the classes of {differ} are not those the network was trained on"
+    return net, ""
 
 
 def best_per_task(leaderboard: pd.DataFrame, metric: str = "macro_f1", source: str = "all") -> pd.DataFrame:

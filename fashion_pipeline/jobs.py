@@ -9,12 +9,13 @@
 - ``refresh_job`` (the new-raw-files sensor): everything downstream of the raw-file assets, i.e.
   ingestion, then the same chain as the retraining job.
 - ``model_selection_job`` (on demand, never scheduled): the model-selection experiment. The
-  attribute extractor, classifier and price model assets run in ``mode="select"`` (C searched per
+  attribute extractor, classifier, clustering and price model assets run in ``mode="select"`` (C searched per
   attribute; every model family trained — multimodal_cnn and clip_fusion only here —, the serving one chosen
-  on validation, the full leaderboard rewritten), then everything downstream of them: attributes, embeddings, the gates, publishing and
+  on validation, the full leaderboard rewritten; the clusterings fitted afresh), then everything downstream of them: attributes, embeddings, the gates, publishing and
   scoring. The retraining and refresh jobs run them in their default ``mode="retrain"``: only the
   model each task/regime or listing form has published is retrained, with the hyper-parameters its
-  selection tuned (the extractor's C, ridge's alpha, LightGBM's rounds).
+  selection tuned (the extractor's C, ridge's alpha, LightGBM's rounds), the price MLP and image_cnn
+  fine-tuned from the weights they retrain, the clusterings continued from the stored clusterer.
 
 A job includes the asset checks of the assets it selects, so the blocking checks
 ``price_regressor_gate`` / ``classifier_gate`` run inside the job and a failed one stops the
@@ -54,7 +55,7 @@ refresh_job = dg.define_asset_job(
 )
 
 # The assets whose config `mode` separates selection from retraining (op names = asset names).
-MODEL_ASSETS = ("attribute_extractor", "classifier_leaderboard", "regressor_metrics")
+MODEL_ASSETS = ("attribute_extractor", "classifier_leaderboard", "regressor_metrics", "product_clusters")
 # attribute_classifiers is classifier_leaderboard's sibling output (one op): select both.
 model_selection_selection = dg.AssetSelection.assets(*MODEL_ASSETS, "attribute_classifiers").downstream()
 
@@ -66,7 +67,8 @@ model_selection_job = dg.define_asset_job(
     # first run: minutes of training on a CPU for models that win nothing on test on the development data).
     config={"ops": {name: {"config": {"mode": "select", **SELECTION_EXTRA.get(name, {})}} for name in MODEL_ASSETS}},
     description="On demand: select models anew — the attribute extractor's C searched, every classifier and price "
-                "model family trained and the serving one chosen on validation (mode 'select'), then attributes, "
+                "model family trained and the serving one chosen on validation, the clusterings fitted afresh (mode "
+                "'select'), then attributes, "
                 "embeddings, the gates, publishing and scoring. The schedule and the sensor only retrain the "
                 "published choices with their tuned hyper-parameters.",
     tags={"fashion/stage": "model_selection"},

@@ -76,3 +76,35 @@ def test_cluster_products_assigns_every_product_per_method_and_counts_drops(data
     km = assign[assign.method == "kmeans"]
     recomputed = clustering_metrics(cats.iloc[3:].to_numpy(), km["cluster"].to_numpy())
     assert metrics.set_index("method").loc["kmeans", "nmi"] == pytest.approx(recomputed["nmi"])
+
+
+def test_a_warm_started_clustering_keeps_the_projection_and_the_cluster_numbers(data):
+    df, _ = data
+    _, image, text = real_products_with_embeddings()
+    cfg = ClusteringConfig(n_clusters=4, pca_components=16, dec_pretrain_epochs=3, dec_max_iter=100,
+                           dec_update_interval=20, silhouette_sample=200, seed=0)
+    ids = [f"p{i}" for i in range(len(image))]
+    cold, _, first = cluster_products(ids, image, text, None, cfg)
+    model = first["model"]
+    centres = model.methods["dec"].centers_.detach().clone()
+    # Another seed: a cold fit would number its clusters anew; a warm one continues from the model.
+    again = ClusteringConfig(**{**cfg.__dict__, "seed": 1})
+    warm, _, second = cluster_products(ids, image, text, None, again, warm=model)
+    assert second["warm_note"] == "" and {i["start"] for i in second["info"].values()} == {"warm"}
+    assert second["model"].reducer is model.reducer  # the stored projection, not a refit
+    assert torch.equal(model.methods["dec"].centers_.detach(), centres)  # the stored model is left as it was
+    assert second["model"].methods["dec"] is not model.methods["dec"]
+    by = {m: (cold[cold.method == m]["cluster"].to_numpy(), warm[warm.method == m]["cluster"].to_numpy())
+          for m in ("kmeans", "gmm", "dec")}
+    # k-means from its own converged centres on the same rows stays where it was.
+    np.testing.assert_array_equal(*by["kmeans"])
+    for m in ("gmm", "dec"):
+        assert (by[m][0] == by[m][1]).mean() > 0.9, m
+    reseeded, _, _ = cluster_products(ids, image, text, None, again)
+    km = reseeded[reseeded.method == "kmeans"]["cluster"].to_numpy()
+    assert (km == by["kmeans"][0]).mean() < 0.9  # what the warm start avoided: clusters renumbered
+    # A model that does not fit the config is not used, and the run says why.
+    _, _, third = cluster_products(ids, image, text, None, ClusteringConfig(**{**cfg.__dict__, "n_clusters": 5}),
+                                   warm=model)
+    assert third["warm_note"] == "cold: it clusters 'both' into 4, the config 'both' into 5"
+    assert third["model"].reducer is not model.reducer

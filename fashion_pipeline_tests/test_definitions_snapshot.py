@@ -51,7 +51,8 @@ SELECTION = ["attribute_classifiers", "attribute_extractor", "classifier_leaderb
 SELECT_MODE = {"ops": {"attribute_extractor": {"config": {"mode": "select"}},
                        "classifier_leaderboard": {"config": {"mode": "select", "neural_models": [
                            "image_cnn", "multimodal_cnn", "clip_fusion"]}},
-                       "regressor_metrics": {"config": {"mode": "select"}}}}
+                       "regressor_metrics": {"config": {"mode": "select"}},
+                       "product_clusters": {"config": {"mode": "select"}}}}
 EXPECTED_JOBS = {
     "ingest_job": {"assets": INGEST, "checks": [], "tags": {"fashion/stage": "ingest"}, "run_config": {}},
     "retraining_job": {"assets": RETRAIN, "checks": GATES, "tags": {"fashion/stage": "retraining"}, "run_config": {}},

@@ -214,8 +214,9 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
     emb = require_catalogue_embeddings(context, config.embeddings_path)
     fingerprint = combine({"products": frame_digest(clean_products), "embeddings": emb.digest(),
                            "config": config.model_dump(exclude={"threads", "embeddings_path"}),
-                           "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()),
-                           "warm": warm_notes, "code": code_digest()})
+                           # Not the networks a retrain fine-tunes (warm_notes): they are this asset's own
+                           # earlier candidates, so naming them would make every run differ from the last.
+                           "chosen": sorted(f"{t}/{r}={m}" for (t, r), m in chosen.items()), "code": code_digest()})
     if (previous := _reused(context, fingerprint, warehouse, store, with_leaderboard=not chosen)) is not None:
         yield from previous
         return

@@ -5,6 +5,8 @@ score the clusterings, never to form them.
 """
 
 
+from typing import Literal
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -13,16 +15,27 @@ from threadpoolctl import threadpool_limits
 from fashion_pipeline import metadata as md
 from fashion_pipeline import reuse
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
-from fashion_pipeline.core.clustering import METHODS, ClusteringConfig, cluster_products
+from fashion_pipeline.core.clustering import METHODS, ClusteringConfig, ClusteringModel, cluster_products
 from fashion_pipeline.core.figures import scatter_2d_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
+from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "models"
 
 
+CLUSTERER_MODEL = "product_clusterer"
+
+
 class ClusteringAssetConfig(dg.Config):
+    mode: Literal["retrain", "select"] = Field(default="retrain", description=(
+        "retrain (the weekly schedule, the sensor): continue from the clusterer the previous run stored "
+        f"(model store name '{CLUSTERER_MODEL}'): its PCA projection is kept, k-means and the Gaussian mixture start "
+        "from its centres / components, DEC continues self-training from its autoencoder and centres (no "
+        "pre-training) — so cluster numbers keep their meaning from week to week; fitted afresh when nothing is "
+        "stored or it does not fit the config (metadata `start`). select (model_selection_job): everything fitted "
+        "afresh."))
     methods: list[str] = Field(default=list(METHODS), description="Any of kmeans, gmm, dec.")
     n_clusters: int = Field(default=11, ge=2, description="Clusters per method (11 = the number of categories).")
     inputs: str = Field(default="both", description="Embeddings clustered: image, text or both (concatenated).")
@@ -39,6 +52,23 @@ class ClusteringAssetConfig(dg.Config):
         "product_embeddings Parquet; default: the path recorded by the product_embeddings asset."))
 
 
+def previous_clusterer(store, config: ClusteringAssetConfig) -> tuple[ClusteringModel | None, str | None, str]:
+    """(the stored clusterer a retrain continues from, its version, what the run does and why)."""
+    if config.mode == "select":
+        return None, None, "fitting every method afresh (select)"
+    versions = store.versions(CLUSTERER_MODEL)
+    if not versions:
+        return None, None, f"fitting every method afresh: no {CLUSTERER_MODEL} stored yet"
+    try:
+        model, info = store.load(CLUSTERER_MODEL, versions[-1])
+    except Exception as e:  # damaged or written by other code: fit afresh, and say so
+        return None, None, f"fitting every method afresh: {CLUSTERER_MODEL} {versions[-1]} could not be loaded ({type(e).__name__}: {e})"
+    if not isinstance(model, ClusteringModel):
+        return None, None, f"fitting every method afresh: {CLUSTERER_MODEL} {versions[-1]} is a {type(model).__name__}"
+    return model, str(info["version"]), (f"continuing from {CLUSTERER_MODEL} {info['version']} (its projection, "
+                                         f"centres and DEC autoencoder; methods {sorted(model.methods)})")
+
+
 @dg.multi_asset(
     group_name=GROUP,
     deps=[EMBEDDINGS_ASSET],
@@ -50,12 +80,17 @@ class ClusteringAssetConfig(dg.Config):
     },
 )
 def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetConfig, clean_products: pd.DataFrame,
-                     warehouse: WarehouseResource):
+                     warehouse: WarehouseResource, model_store: ModelStoreResource):
     emb = require_catalogue_embeddings(context, config.embeddings_path)
     path = emb.path
+    store = model_store.store()
+    warm, warm_version, start_note = previous_clusterer(store, config)
+    context.log.info(f"mode {config.mode}: {start_note}")
     fingerprint = combine({
         "products": frame_digest(clean_products[["product_id", "source", "category"]]),
         "embeddings": emb.digest(),
+        # Not the clusterer a retrain continues from: that is this asset's own previous output, so naming
+        # it would make every run's inputs differ from the last one's and nothing would ever be reused.
         "config": config.model_dump(exclude={"threads", "embeddings_path"}), "code": code_digest()})
     reused = [reuse.reused_table(context, key, fingerprint, warehouse.read_table, output_name=key)
               for key in ("product_clusters", "clustering_metrics")]
@@ -71,7 +106,14 @@ def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetC
     )
     with threadpool_limits(limits=resolve_threads(config.threads)):  # BLAS / OpenMP pools too (k-means, PCA)
         assign, metrics, extras = cluster_products(
-            clean_products["product_id"].tolist(), image, text, clean_products["category"], cfg, context.log.info)
+            clean_products["product_id"].tolist(), image, text, clean_products["category"], cfg, context.log.info,
+            warm=warm)
+    if extras["warm_note"]:
+        start_note = f"{extras['warm_note']} ({CLUSTERER_MODEL} {warm_version})"
+        context.log.warning(f"fitted afresh: {start_note}")
+    version = store.save(CLUSTERER_MODEL, extras["model"], {"clustering": metrics.to_dict("records")},
+                         {"inputs": cfg.inputs, "n_clusters": cfg.n_clusters, "methods": list(cfg.methods),
+                          "warm_from": warm_version if not extras["warm_note"] else None})
     wide = assign.pivot(index="product_id", columns="method", values="cluster").add_prefix("cluster_").reset_index()
     wide.columns.name = None
     wide = wide.merge(clean_products[["product_id", "source", "category"]], on="product_id", how="left")
@@ -92,6 +134,9 @@ def product_clusters(context: dg.AssetExecutionContext, config: ClusteringAssetC
     }
     yield dg.Output(wide, output_name="product_clusters", metadata={
         "metrics": metrics_md, **plots, **dropped, "embeddings_path": dg.MetadataValue.path(str(path)),
+        "start": start_note, "clusterer_version": version,
+        "methods": dg.MetadataValue.json({m: {"start": i["start"], "seconds": i["seconds"]}
+                                          for m, i in extras["info"].items()}),
         "preview": md.preview(wide), reuse.FINGERPRINT_KEY: fingerprint,
     })
     yield dg.Output(metrics, output_name="clustering_metrics", metadata={

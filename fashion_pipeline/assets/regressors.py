@@ -173,7 +173,9 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "products": frame_digest(clean_products), "attributes": frame_digest(attributes),
         "embeddings": catalogue.digest() if catalogue is not None else None,
         "config": config.model_dump(exclude={"threads", "embeddings_path", "listing_eval_max_rows"}),
-        "chosen": chosen, "tuned": tuned, "warm_from": warm_version, "code": code_digest()})
+        # Not the model the MLP is fine-tuned from (warm_version): that is the price model this asset trained
+        # before (published since), so naming it would make every run's inputs differ from the last one's.
+        "chosen": chosen, "tuned": tuned, "code": code_digest()})
     trained = _previous_candidate(context, store, train_fp)
     if trained is not None:
         version = trained[0]

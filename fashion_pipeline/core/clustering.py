@@ -7,6 +7,7 @@ to an unsupervised silhouette on a seeded sample.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -60,33 +61,84 @@ def clustering_inputs(image: np.ndarray | None, text: np.ndarray | None, inputs:
     return x, keep
 
 
-def reduce(x: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
+@dataclass
+class Reducer:
     """PCA (whitening off) then standardisation: the common input of all three methods."""
-    k = min(n_components, x.shape[1], max(len(x) - 1, 1))
-    z = PCA(k, random_state=seed).fit_transform(x)
-    return StandardScaler().fit_transform(z).astype(np.float32)
+
+    pca: PCA
+    scaler: StandardScaler
+
+    @classmethod
+    def fit(cls, x: np.ndarray, n_components: int, seed: int = 0) -> "Reducer":
+        k = min(n_components, x.shape[1], max(len(x) - 1, 1))
+        pca = PCA(k, random_state=seed).fit(x)
+        return cls(pca, StandardScaler().fit(pca.transform(x)))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return self.scaler.transform(self.pca.transform(x)).astype(np.float32)
 
 
-def fit_method(method: str, x: np.ndarray, cfg: ClusteringConfig) -> tuple[np.ndarray, dict]:
+def reduce(x: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
+    """``x`` through a `Reducer` fitted on it."""
+    return Reducer.fit(x, n_components, seed).transform(x)
+
+
+@dataclass
+class ClusteringModel:
+    """What a clustering run fitted, so the next run (a retrain) can continue from it: the input
+    projection and each method's fitted estimator (KMeans, GaussianMixture, DEC)."""
+
+    inputs: str
+    n_clusters: int
+    reducer: Reducer
+    methods: dict
+
+    def refusal(self, cfg: ClusteringConfig, n_features: int) -> str | None:
+        """Why this model cannot seed a run with ``cfg`` on inputs of ``n_features`` columns (None when it can)."""
+        if (self.inputs, self.n_clusters) != (cfg.inputs, cfg.n_clusters):
+            return (f"it clusters {self.inputs!r} into {self.n_clusters}, the config {cfg.inputs!r} into "
+                    f"{cfg.n_clusters}")
+        if self.reducer.pca.n_features_in_ != n_features:
+            return f"its projection reads {self.reducer.pca.n_features_in_} columns, these inputs have {n_features}"
+        if self.reducer.pca.n_components_ != min(cfg.pca_components, n_features):
+            return f"its projection has {self.reducer.pca.n_components_} components, the config asks for {cfg.pca_components}"
+        return None
+
+
+def fit_method(method: str, x: np.ndarray, cfg: ClusteringConfig, warm=None) -> tuple[np.ndarray, dict, object]:
+    """Labels, info and the fitted estimator. ``warm`` (the same method's estimator from a previous run
+    on the same projection): k-means starts from its centres, the mixture from its weights, means and
+    precisions (one initialisation each), and DEC continues self-training from its autoencoder and
+    centres (no pre-training, no k-means initialisation); cluster numbers then keep their meaning
+    from one run to the next. ``warm`` is not changed."""
     t0 = time.perf_counter()
-    info: dict = {}
+    info: dict = {"start": "warm" if warm is not None else "cold"}
     if method == "kmeans":
-        labels = KMeans(cfg.n_clusters, n_init=4, random_state=cfg.seed).fit_predict(x)
+        est = (KMeans(cfg.n_clusters, init=warm.cluster_centers_, n_init=1, random_state=cfg.seed) if warm is not None
+               else KMeans(cfg.n_clusters, n_init=4, random_state=cfg.seed))
+        labels = est.fit_predict(x)
     elif method == "gmm":
-        gm = GaussianMixture(cfg.n_clusters, covariance_type="diag", n_init=2, random_state=cfg.seed).fit(x)
-        labels = gm.predict(x)
-        info["converged"] = bool(gm.converged_)
+        kw = (dict(weights_init=warm.weights_, means_init=warm.means_, precisions_init=warm.precisions_, n_init=1)
+              if warm is not None else dict(n_init=2))
+        est = GaussianMixture(cfg.n_clusters, covariance_type="diag", random_state=cfg.seed, **kw).fit(x)
+        labels = est.predict(x)
+        info["converged"] = bool(est.converged_)
     elif method == "dec":
-        dec = DEC(cfg.n_clusters, pretrain_epochs=cfg.dec_pretrain_epochs, max_iter=cfg.dec_max_iter,
-                  update_interval=cfg.dec_update_interval, seed=cfg.seed, n_threads=cfg.n_threads).fit(x)
-        labels = dec.labels_
-        info["self_training_updates"] = len(dec.history_)
-        info["final_mean_max_q"] = dec.history_[-1]["mean_max_q"] if dec.history_ else None
-        info["first_mean_max_q"] = dec.history_[0]["mean_max_q"] if dec.history_ else None
+        if warm is not None:
+            est = copy.deepcopy(warm)
+            est.max_iter, est.update_interval, est.n_threads = cfg.dec_max_iter, cfg.dec_update_interval, cfg.n_threads
+            est.continue_fit(x)
+        else:
+            est = DEC(cfg.n_clusters, pretrain_epochs=cfg.dec_pretrain_epochs, max_iter=cfg.dec_max_iter,
+                      update_interval=cfg.dec_update_interval, seed=cfg.seed, n_threads=cfg.n_threads).fit(x)
+        labels = est.labels_
+        info["self_training_updates"] = len(est.history_)
+        info["final_mean_max_q"] = est.history_[-1]["mean_max_q"] if est.history_ else None
+        info["first_mean_max_q"] = est.history_[0]["mean_max_q"] if est.history_ else None
     else:
         raise ValueError(f"unknown clustering method {method!r}; expected one of {METHODS}")
     info["seconds"] = round(time.perf_counter() - t0, 2)
-    return np.asarray(labels), info
+    return np.asarray(labels), info, est
 
 
 def cluster_products(
@@ -96,25 +148,35 @@ def cluster_products(
     categories: pd.Series | np.ndarray | None,
     cfg: ClusteringConfig | None = None,
     log_fn=None,
+    warm: ClusteringModel | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Cluster with every configured method.
 
+    ``warm`` (the previous run's `ClusteringModel`, a retrain): its projection is kept and each
+    method it has continues from its estimator (`fit_method`), unless it does not fit this config or
+    these inputs (`ClusteringModel.refusal`): then everything is fitted afresh.
+
     Returns (assignments: product_id, method, cluster — long format; metrics: one row per method;
-    extras: 2-D projection, kept mask, dropped count, per-method info).
+    extras: 2-D projection, kept mask, dropped count, per-method info, the fitted ``model`` and
+    ``warm_note``: why a warm start given was not used, else "").
     """
     cfg = cfg or ClusteringConfig()
     x_raw, keep = clustering_inputs(image, text, cfg.inputs)
     if keep.sum() < cfg.n_clusters:
         raise ValueError(f"only {int(keep.sum())} products have the required embeddings; need >= {cfg.n_clusters}")
-    x = reduce(x_raw, cfg.pca_components, cfg.seed)
+    refusal = warm.refusal(cfg, x_raw.shape[1]) if warm is not None else None
+    if refusal is not None:
+        warm = None
+    reducer = warm.reducer if warm is not None else Reducer.fit(x_raw, cfg.pca_components, cfg.seed)
+    x = reducer.transform(x_raw)
     ids = np.asarray(product_ids, dtype=object)[keep]
     cats = None if categories is None else np.asarray(categories, dtype=object)[keep]
-    assignments, metric_rows, infos = [], [], {}
+    assignments, metric_rows, infos, fitted = [], [], {}, {}
     for method in cfg.methods:
-        labels, info = fit_method(method, x, cfg)
+        labels, info, fitted[method] = fit_method(method, x, cfg, warm.methods.get(method) if warm is not None else None)
         infos[method] = info
         if log_fn:
-            log_fn(f"clustering {method}: {info['seconds']} s")
+            log_fn(f"clustering {method} ({info['start']} start): {info['seconds']} s")
         assignments.append(pd.DataFrame({"product_id": ids, "method": method, "cluster": labels.astype(int)}))
         row = {"method": method, "inputs": cfg.inputs, "n_clusters": cfg.n_clusters,
                "n_found": int(len(np.unique(labels))), "seconds": info["seconds"]}
@@ -124,5 +186,7 @@ def cluster_products(
         row["silhouette_sampled"] = sampled_silhouette(x, labels, cfg.silhouette_sample, cfg.seed)
         metric_rows.append(row)
     xy = PCA(2, random_state=cfg.seed).fit_transform(x)
-    extras = {"xy": xy, "kept": keep, "dropped_missing_embedding": int((~keep).sum()), "info": infos}
+    extras = {"xy": xy, "kept": keep, "dropped_missing_embedding": int((~keep).sum()), "info": infos,
+              "model": ClusteringModel(cfg.inputs, cfg.n_clusters, reducer, fitted),
+              "warm_note": f"cold: {refusal}" if refusal else ""}
     return pd.concat(assignments, ignore_index=True), pd.DataFrame(metric_rows), extras

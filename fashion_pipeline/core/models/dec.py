@@ -174,6 +174,20 @@ class DEC:
             losses.append(loss.item())
         return history
 
+    def continue_fit(self, x: np.ndarray) -> "DEC":
+        """A warm start: self-training continued on ``x`` from this fitted model's autoencoder and
+        centres (no pre-training, no k-means initialisation), so cluster j stays cluster j."""
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(self.n_threads)
+        try:
+            t0 = time.perf_counter()
+            self.history_ = self.self_train(x)
+            self.labels_ = self.predict(x)
+            self.fit_seconds_ = time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(prev_threads)
+        return self
+
     def fit(self, x: np.ndarray, y=None) -> "DEC":
         prev_threads = torch.get_num_threads()
         torch.set_num_threads(self.n_threads)

@@ -177,24 +177,19 @@ class DEC:
     def continue_fit(self, x: np.ndarray) -> "DEC":
         """A warm start: self-training continued on ``x`` from this fitted model's autoencoder and
         centres (no pre-training, no k-means initialisation), so cluster j stays cluster j."""
-        prev_threads = torch.get_num_threads()
-        torch.set_num_threads(self.n_threads)
-        try:
-            t0 = time.perf_counter()
-            self.history_ = self.self_train(x)
-            self.labels_ = self.predict(x)
-            self.fit_seconds_ = time.perf_counter() - t0
-        finally:
-            torch.set_num_threads(prev_threads)
-        return self
+        return self._fit(x, from_scratch=False)
 
     def fit(self, x: np.ndarray, y=None) -> "DEC":
+        return self._fit(x, from_scratch=True)
+
+    def _fit(self, x: np.ndarray, from_scratch: bool) -> "DEC":
         prev_threads = torch.get_num_threads()
         torch.set_num_threads(self.n_threads)
         try:
             t0 = time.perf_counter()
-            self.pretrain_losses_ = self.pretrain(x)
-            self.kmeans_labels_ = self.init_centers(x)
+            if from_scratch:
+                self.pretrain_losses_ = self.pretrain(x)
+                self.kmeans_labels_ = self.init_centers(x)
             self.history_ = self.self_train(x)
             self.labels_ = self.predict(x)
             self.fit_seconds_ = time.perf_counter() - t0

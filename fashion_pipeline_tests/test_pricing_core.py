@@ -214,6 +214,33 @@ def test_an_mlp_of_another_shape_is_refused_as_a_warm_start_and_the_fit_starts_c
     assert "not a fitted MLP" in MLPPriceRegressor().warm_start_refusal(ridge, tr)
 
 
+# GPU code path (profile gpu: regressor_metrics trains the MLP on 'cuda'): runs only on a CUDA machine.
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_mlp_trains_on_cuda_in_float16_and_the_stored_model_predicts_on_the_cpu():
+    import pickle
+
+    tr, va, te = sample_splits()
+    y_tr, y_va, y_te = (log_target(s.frame["price_usd"]) for s in (tr, va, te))
+    cfg = dict(epochs=20, hidden=64, patience=5)
+    cpu = MLPPriceRegressor(MLPConfig(**cfg, mixed_precision=False)).fit(tr, y_tr, va, y_va)
+    gpu = MLPPriceRegressor(MLPConfig(**cfg, device="cuda")).fit(tr, y_tr, va, y_va)
+    assert gpu._device_used.startswith("cuda")
+    assert {p.device.type for p in gpu.net_.parameters()} == {"cpu"}  # the stored model loads anywhere
+    loaded = pickle.loads(pickle.dumps(gpu))
+    pred = loaded.predict_log(te)
+    np.testing.assert_array_equal(pred, gpu.predict_log(te))
+    baseline = _rmsle(y_te, np.full(len(y_te), np.median(y_tr)))
+    assert _rmsle(y_te, pred) < 0.85 * baseline
+    # float16 + GradScaler training ends about where float32 training on the CPU does
+    best = lambda reg: min(h["val_rmse_log"] for h in reg.history_)  # noqa: E731
+    assert abs(best(gpu) - best(cpu)) < 0.1 * baseline
+    # a warm start from a model trained on the CPU fine-tunes it on the GPU
+    warm = MLPPriceRegressor(MLPConfig(**cfg, device="cuda", warm_epochs=2)).fit(tr, y_tr, va, y_va,
+                                                                                warm_from=cpu)
+    assert warm.warm_started_ and [h["epoch"] for h in warm.history_] == [0, 1, 2]
+    assert warm.history_[0]["val_rmse_log"] == pytest.approx(best(cpu), abs=1e-2)
+
+
 def test_a_blend_transforms_its_members_shared_stacking_ridge_once_per_prediction():
     from fashion_pipeline.core.pricing.models import BlendPriceRegressor
 

@@ -1,6 +1,6 @@
 """The CUDA code paths on a GPU machine, each beside the same work on that machine's CPU.
 
-    python benchmarks/gpu.py [--out benchmarks/results/gpu.md] [--rows 31000] [--epochs 8]
+    python benchmarks/gpu.py [--out benchmarks/results/gpu.md] [--rows 31000] [--epochs 8] [--parts encoders,mlp,neural]
 
 Needs a CUDA device and nothing outside the repository (the embedded sample under data/):
 
@@ -15,6 +15,11 @@ Needs a CUDA device and nothing outside the repository (the embedded sample unde
   in float16 with a GradScaler. The embedding values are random (seeded) and the titles are the
   sample's repeated: a timing, not a quality measure. Quality on real rows is the test
   ``test_the_mlp_trains_on_cuda_in_float16_and_the_stored_model_predicts_on_the_cpu``.
+- classifier_leaderboard's neural classifiers (``NeuralConfig.device``; the gpu profile trains them on
+  'cuda'): ``train_multitask`` seconds per epoch at the image regime's shape, CPU and CUDA (float32),
+  random values (a timing; quality on real rows is ``test_networks_train_on_cuda_and_come_back_on_the_cpu``).
+
+``--parts`` runs some of the three (encoders, mlp, neural); the report then holds only those.
 
 Writes a Markdown report (machine, versions, numbers). Not a test: numbers depend on the machine.
 """
@@ -37,22 +42,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fashion_pipeline.core.cleaning import CleaningSettings, clean_products, merge_sources  # noqa: E402
-from fashion_pipeline.core.encoders import build_backend, embed_products, read_embeddings  # noqa: E402
-from fashion_pipeline.core.pricing.features import build_price_inputs  # noqa: E402
-from fashion_pipeline.core.pricing.models import MLPConfig, MLPPriceRegressor, log_target  # noqa: E402
-from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products  # noqa: E402
-from fashion_pipeline.core.reports import DropReport  # noqa: E402
+from fashion_pipeline.core.models.fusion import NeuralConfig, train_multitask  # noqa: E402
 
 SAMPLE = ROOT / "data"
 # (device, precision, DataLoader workers) of each encoder run; the first is the reference.
 ENCODER_RUNS = [("cpu", "fp32", 0), ("cuda", "fp16", 4), ("cuda", "bf16", 4)]
 # (device, mixed precision) of each MLP run.
 MLP_RUNS = [("cpu", False), ("cuda", True)]
+# Devices of the neural classifier runs.
+NEURAL_DEVICES = ["cpu", "cuda"]
 
 
 def sample_products() -> pd.DataFrame:
     """clean_products of the embedded sample, through the pipeline's readers and cleaning."""
+    from fashion_pipeline.core.cleaning import CleaningSettings, clean_products, merge_sources
+    from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
+    from fashion_pipeline.core.reports import DropReport
+
     report = DropReport()
     kaggle = read_kaggle_products(SAMPLE / "fashion-product-images", report)
     hm_dir = SAMPLE / "h-and-m-personalized-fashion-recommendations"
@@ -70,13 +76,13 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "open_clip_torch": version("open_clip_torch"),
     }
 
 
 def encoders(products: pd.DataFrame, tmp: Path) -> list[dict]:
     import open_clip
 
+    from fashion_pipeline.core.encoders import build_backend, embed_products, read_embeddings
     from fashion_pipeline.core.encoders.openclip import save_open_clip_dir
 
     rows = products[products["image_path"].notna()].reset_index(drop=True)
@@ -107,6 +113,9 @@ def encoders(products: pd.DataFrame, tmp: Path) -> list[dict]:
 
 
 def mlp(products: pd.DataFrame, n_rows: int, epochs: int) -> list[dict]:
+    from fashion_pipeline.core.pricing.features import build_price_inputs
+    from fashion_pipeline.core.pricing.models import MLPConfig, MLPPriceRegressor, log_target
+
     priced = products[products["price_status"] == "ok"].reset_index(drop=True)
     reps = int(np.ceil(n_rows * 1.2 / len(priced)))
     big = pd.concat([priced] * reps, ignore_index=True).iloc[: int(n_rows * 1.2)].copy()
@@ -139,6 +148,29 @@ def mlp(products: pd.DataFrame, n_rows: int, epochs: int) -> list[dict]:
     return out
 
 
+def neural(n_rows: int, epochs: int) -> list[dict]:
+    """train_multitask (classifier_leaderboard's neural classifiers) at the image regime's shape:
+    ``n_rows`` training rows of 1280 image columns, three task heads (11 / 5 / 8 classes), the
+    asset's width (256); random values and labels, a timing only."""
+    rng = np.random.default_rng(0)
+    n_classes = {"category": 11, "gender": 5, "usage": 8}
+    n_val = n_rows // 5
+    x = rng.standard_normal((n_rows + n_val, 1280), dtype=np.float32)
+    y = {t: rng.integers(0, k, n_rows + n_val) for t, k in n_classes.items()}
+    out = []
+    for device in NEURAL_DEVICES:
+        cfg = NeuralConfig(epochs=epochs, patience=epochs + 1, hidden=256, device=device,
+                           n_threads=torch.get_num_threads())
+        t0 = time.perf_counter()
+        _, info = train_multitask(x[:n_rows], {t: v[:n_rows] for t, v in y.items()}, x[n_rows:],
+                                  {t: v[n_rows:] for t, v in y.items()}, n_classes, cfg)
+        row = {"device": device, "train_rows": n_rows, "epochs": info["epochs_run"],
+               "fit_s": time.perf_counter() - t0, "s_per_epoch": info["seconds"] / max(info["epochs_run"], 1)}
+        print("neural", row, flush=True)
+        out.append(row)
+    return out
+
+
 def _table(rows: list[dict]) -> list[str]:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -151,24 +183,27 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.md")
     ap.add_argument("--rows", type=int, default=31000, help="MLP training rows (the full data's train split)")
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--parts", default="encoders,mlp")
+    ap.add_argument("--parts", default="encoders,mlp,neural")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs a CUDA device (torch.cuda.is_available() is False)")
     info = machine()
     print(info, flush=True)
-    products = sample_products()
+    parts = args.parts.split(",")
+    products = sample_products() if {"encoders", "mlp"} & set(parts) else None
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if "encoders" in args.parts:
+        if "encoders" in parts:
             results["encoders"] = encoders(products, Path(tmp))
-        if "mlp" in args.parts:
+        if "mlp" in parts:
             results["mlp"] = mlp(products, args.rows, args.epochs)
+        if "neural" in parts:
+            results["neural"] = neural(args.rows, args.epochs)
     lines = ["# CUDA code paths beside the CPU (`benchmarks/gpu.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')}: " + "; ".join(f"{k} {v}" for k, v in info.items()), ""]
     if "encoders" in results:
         lines += ["## open_clip encoder through embed_products (product_embeddings, gpu profile)", "",
-                  "ViT-B-32 at 224 px with random weights, every image of the embedded sample; cosine and "
+                  f"open_clip_torch {version('open_clip_torch')}; ViT-B-32 at 224 px with random weights, every image of the embedded sample; cosine and "
                   "difference against the CPU float32 vectors of the same rows.", ""]
         lines += _table(results["encoders"]) + [""]
     if "mlp" in results:
@@ -176,6 +211,12 @@ def main() -> None:
                   "Random embedding values at the full data's widths, the sample's titles repeated: a timing only. "
                   "fit_s_0_epochs is the stacked TF-IDF ridge, scaling and transfers without training.", ""]
         lines += _table(results["mlp"]) + [""]
+    if "neural" in results:
+        lines += ["## Neural classifiers (classifier_leaderboard's neural_device)", "",
+                  "train_multitask at the image regime's shape (1280 image columns, category / gender / usage heads, "
+                  "width 256, float32); random values and labels: a timing only. s_per_epoch includes the "
+                  "validation pass.", ""]
+        lines += _table(results["neural"]) + [""]
     args.out.write_text("\n".join(lines))
     print("wrote", args.out)
 

@@ -17,9 +17,11 @@ What runs on CUDA (``cuda_assets``) follows the profile's backend fields:
 - ``product_attributes`` when the extractor backend is vLLM;
 - ``product_embeddings`` when the encoder device is CUDA (open_clip or offline encoders);
 - ``regressor_metrics`` when the price MLP trains on CUDA (its ``mlp_device`` defaults to the
-  profile's device).
-The neural classifiers and DEC clustering train on the CPU in every profile (their code has no
-device option), so ``classifier_leaderboard`` and ``product_clusters`` declare nothing.
+  profile's device);
+- ``classifier_leaderboard`` (one step that also writes ``attribute_classifiers``: both assets carry
+  the tag) when the neural classifiers train on CUDA (``neural_device``, the profile's by default).
+DEC clustering trains on the CPU in every profile (its code has no device option), so
+``product_clusters`` declares nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def cuda_assets(profile: Profile | None = None) -> frozenset[str]:
     if _on_cuda(p.device):
         out.add("product_embeddings")  # EncoderResource(device=p.device)
         out.add("regressor_metrics")   # RegressorConfig.mlp_device defaults to p.device
+        out.add("classifier_leaderboard")  # ClassifierConfig.neural_device defaults to p.device
     return frozenset(out)
 
 

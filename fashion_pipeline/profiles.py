@@ -1,10 +1,11 @@
 """Deployment profiles: one environment variable, FASHION_PROFILE, picks every backend.
 
 - ``local`` (default): CPU only, offline encoders (EfficientNet-Lite0 + MiniLM shipped in
-  registry packages), rules-based attribute extraction, the embedded sample in data/ (or
+  registry packages), the learned attribute extractor, the embedded sample in data/ (or
   FASHION_DATA_ROOT), the DuckDB warehouse file under the var folder.
-- ``gpu``: vLLM extraction, open_clip encoders on CUDA, the price MLP on CUDA, the full data root
-  that FASHION_DATA_ROOT must name (a run fails with the variable's name if it is unset). The
+- ``gpu``: vLLM extraction, open_clip encoders on CUDA, the price MLP and the neural classifiers on
+  CUDA, the full data root that FASHION_DATA_ROOT must name (a run fails with the variable's name
+  if it is unset). The
   open_clip architecture comes from FASHION_OPEN_CLIP_MODEL (default ViT-B-32) and its weights
   from FASHION_OPEN_CLIP_PRETRAINED (required: a weights file, ``local-dir:<folder>``,
   ``hf-hub:<org/repo>`` from a seeded Hugging Face cache, or a pretrained tag, which downloads).

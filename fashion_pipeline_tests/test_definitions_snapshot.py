@@ -38,8 +38,10 @@ AUTOMATION = {"published_classifiers": EAGER_GATED, "published_price_regressor":
               "price_comparables": EAGER_GATED, "scored_listings": EAGER_GATED}
 K8S_TAG = "dagster-k8s/config"
 # The assets whose backend runs on CUDA under the gpu profile: vLLM extraction, the encoders on
-# cuda, the price MLP on cuda. (Neural classifiers and DEC train on the CPU in every profile.)
-GPU_ASSETS = {"product_attributes", "product_embeddings", "regressor_metrics"}
+# cuda, the price MLP on cuda, the neural classifiers on cuda (one step writes both classifier
+# assets). DEC trains on the CPU in every profile.
+GPU_ASSETS = {"product_attributes", "product_embeddings", "regressor_metrics", "classifier_leaderboard",
+              "attribute_classifiers"}
 
 # On demand: the model assets in mode 'select' and what is downstream of them. The schedule and the
 # sensor run the default mode, 'retrain' (only the published choices are retrained).

@@ -42,6 +42,8 @@ from fashion_pipeline.core.models.publishing import (baseline_row, classifier_ga
 from fashion_pipeline.core.figures import confusion_matrix_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
+from fashion_pipeline.gpu import gpu_declarations
+from fashion_pipeline.profiles import get_profile
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
 
@@ -83,6 +85,9 @@ class ClassifierConfig(dg.Config):
         "as epoch -1 on the new validation rows. It starts cold, and says why in the metadata `neural_start`, "
         "where the classes or shapes changed. 0: always cold. The other networks read inputs refitted on every "
         "run and always start cold."))
+    neural_device: str = Field(default=get_profile().device, description=(
+        "torch device the neural classifiers train on: 'cpu' or 'cuda' (a GPU machine); default: the profile's. "
+        "The other families train on the CPU."))
     svd_components: int = Field(default=64, ge=2, description="TruncatedSVD dimensions of TF-IDF for tree/dense models.")
     image_components: int = Field(default=64, ge=2, description="PCA dimensions of the image embedding for tree/dense models.")
     max_train_rows: dict[str, int] = Field(default={}, description=(
@@ -183,16 +188,24 @@ def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.round(4).to_markdown(index=False) if len(df) else "_empty_")
 
 
+# Under a profile whose neural classifiers train on CUDA: the step's pool and k8s GPU request, and the
+# gpu tag on both of its assets (fashion_pipeline.gpu).
+_GPU = gpu_declarations("classifier_leaderboard")
+
+
 @dg.multi_asset(
     group_name=GROUP,
     deps=[EMBEDDINGS_ASSET],
+    pool=_GPU.get("pool"),
+    op_tags=_GPU.get("op_tags"),
     outs={
-        "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, is_required=False, description=(
+        "classifier_leaderboard": dg.AssetOut(kinds={"scikitlearn", "pytorch", "duckdb"}, is_required=False,
+                                              tags=_GPU.get("tags"), description=(
             "The model-selection experiment: test-split accuracy, macro-F1, weighted-F1 per task x model x input "
             "regime x source, with training time, and the serving model chosen on validation. Written when a run "
             "selects (mode 'select', or a store with no published classifier); a retrain — even one that selects "
             "anew for a task/regime whose candidate the gate refused — leaves it as it was.")),
-        "attribute_classifiers": dg.AssetOut(kinds={"duckdb"}, description=(
+        "attribute_classifiers": dg.AssetOut(kinds={"duckdb"}, tags=_GPU.get("tags"), description=(
             "The candidate serving classifier per task and regime, saved (not yet published) in the model store: "
             "name, version, model, test metrics, and the published model and linear baseline on the same test split "
             "(what the blocking check classifier_gate compares).")),
@@ -229,7 +242,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         tasks=TASKS, regimes=tuple(config.regimes), **models_to_train(config, chosen),
         neural_config=NeuralConfig(epochs=config.neural_epochs, patience=config.neural_patience,
                                    hidden=config.neural_hidden, seed=config.seed, n_threads=threads,
-                                   warm_epochs=config.neural_warm_epochs),
+                                   warm_epochs=config.neural_warm_epochs, device=config.neural_device),
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
         max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=threads,
         brand_mask_rate=config.brand_mask_rate, chosen=chosen, warm=warm,

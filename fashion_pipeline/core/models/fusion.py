@@ -1,4 +1,5 @@
-"""Neural attribute classifiers (PyTorch, CPU-sized, seeded, early-stopped on validation).
+"""Neural attribute classifiers (PyTorch, CPU-sized, seeded, early-stopped on validation; on a CUDA
+device when ``NeuralConfig.device`` says so).
 
 All three are multitask networks: one shared trunk, one softmax head per task (category,
 gender, usage); a product with a null label for a task simply contributes no loss to that head.
@@ -104,6 +105,9 @@ class NeuralConfig:
     # for this many epochs from ``lr * warm_lr_scale`` instead of ``epochs`` from a random start.
     warm_epochs: int = 5
     warm_lr_scale: float = 0.25
+    # torch device to train on ('cpu', 'cuda', 'cuda:1'); chosen by configuration (the profile), never
+    # guessed here. The fitted network is returned on the CPU, so a stored model loads anywhere.
+    device: str = "cpu"
 
 
 # Architectures whose input columns mean the same from one fit to the next (image_cnn reads the photo
@@ -189,7 +193,14 @@ def train_multitask(
     `WARM_STARTABLE`; the classes must be the same in the same order): a retrain that fine-tunes a copy
     of it for ``warm_epochs`` epochs from ``lr * warm_lr_scale``, keeping its input standardisation; its
     own validation score counts as epoch -1, so the result never ends worse on ``x_val`` than it
-    started. ``init`` itself is not changed. ``warm_start`` in the info: "warm", or "cold: <why>"."""
+    started. ``init`` itself is not changed. ``warm_start`` in the info: "warm", or "cold: <why>".
+
+    ``cfg.device``: where the network trains (float32; the training rows are moved there once); the
+    returned network is on the CPU."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"neural classifiers: device {cfg.device!r} asked for, but CUDA is not available "
+                         "on this machine; set the device to 'cpu' or run on a GPU node")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     prev_threads = torch.get_num_threads()
@@ -209,18 +220,19 @@ def train_multitask(
             mean, scale = _standardisation(x_train, labelled)  # rows that train, e.g. not the image-less ones
             net.x_mean.copy_(torch.from_numpy(mean))
             net.x_scale.copy_(torch.from_numpy(scale))
+        net = net.to(device)
         crits = {
             t: nn.CrossEntropyLoss(weight=torch.from_numpy(
-                balanced_weights(y_train[t][y_train[t] >= 0], k, cfg.class_weight_power)))
+                balanced_weights(y_train[t][y_train[t] >= 0], k, cfg.class_weight_power)).to(device))
             for t, k in n_classes.items()
         }
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         # Cosine decay over the epoch budget: at a constant rate the validation macro-F1 swung by
         # ±0.03 from one epoch to the next, so "the best epoch" was mostly noise.
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-        xt = torch.from_numpy(np.ascontiguousarray(x_train, np.float32))
-        yt = {t: torch.from_numpy(np.asarray(v, np.int64)) for t, v in y_train.items()}
-        tt = torch.from_numpy(tok_train) if tok_train is not None else None
+        xt = torch.from_numpy(np.ascontiguousarray(x_train, np.float32)).to(device)
+        yt = {t: torch.from_numpy(np.asarray(v, np.int64)).to(device) for t, v in y_train.items()}
+        tt = torch.from_numpy(tok_train).to(device) if tok_train is not None else None
         gen = torch.Generator().manual_seed(cfg.seed)
         y_val_np = {t: np.asarray(v) for t, v in y_val.items()}
         best, best_epoch, best_state, bad, history = -float("inf"), 0, None, 0, []
@@ -238,7 +250,7 @@ def train_multitask(
             perm = torch.randperm(len(xt), generator=gen)
             tr_loss = 0.0
             for b in range(0, len(perm), cfg.batch_size):
-                idx = perm[b : b + cfg.batch_size]
+                idx = perm[b : b + cfg.batch_size].to(device)
                 out = net(xt[idx], tt[idx] if tt is not None else None)
                 loss = _loss(out, {t: v[idx] for t, v in yt.items()}, crits)
                 if not torch.is_tensor(loss):
@@ -260,7 +272,7 @@ def train_multitask(
                     break
         if best_state is not None:
             net.load_state_dict(best_state)
-        net.eval()
+        net = net.to("cpu").eval()
         return net, {"epochs_run": sum(h["epoch"] >= 0 for h in history), "best_epoch": best_epoch,
                      "best_val_macro_f1": best, "history": history,
                      "seconds": time.perf_counter() - t0,
@@ -270,16 +282,17 @@ def train_multitask(
 
 
 def predict_multitask(net: MultiTaskNet, x: np.ndarray, tokens: np.ndarray | None = None, batch: int = 2048) -> dict[str, np.ndarray]:
-    """Softmax probabilities per task."""
+    """Softmax probabilities per task, computed on the device the network is on."""
     net.eval()
+    device = next(net.parameters()).device
     outs: dict[str, list] = {t: [] for t in net.heads}
     with torch.no_grad():
         xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         tt = torch.from_numpy(tokens) if tokens is not None else None
         for b in range(0, len(xt), batch):
-            o = net(xt[b : b + batch], tt[b : b + batch] if tt is not None else None)
+            o = net(xt[b : b + batch].to(device), tt[b : b + batch].to(device) if tt is not None else None)
             for t, v in o.items():
-                outs[t].append(torch.softmax(v, dim=1).numpy())
+                outs[t].append(torch.softmax(v, dim=1).cpu().numpy())
     return {t: np.concatenate(v) if v else np.zeros((0, net.heads[t].out_features)) for t, v in outs.items()}
 
 

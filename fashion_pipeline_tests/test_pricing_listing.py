@@ -331,6 +331,56 @@ def test_price_gate_margins_on_listing_metrics():
     assert price_gate(no_photo, listing_eval.GATE_FORMS).passed
 
 
+def test_the_gate_widens_its_tolerance_to_two_standard_errors_of_the_paired_difference():
+    table = _gate_table(0.2600, 0.2550, 0.30)  # +2% vs published: refused by the fixed 1%
+    published = table["model"] == "published"
+    table.loc[published, "n_paired"] = 140
+    table.loc[published, "rmsle_diff_se"] = 0.004  # 2 SE = 0.008 = 3.1% of 0.255
+    widened = price_gate(table, listing_eval.GATE_FORMS)
+    assert widened.passed
+    assert any("3.1% = 2 standard errors (0.0040)" in r and "140 listings" in r for r in widened.reasons)
+    comparison = next(c for c in widened.comparisons if c["reference"] == "published [full, all]")
+    assert comparison["allowed"] == pytest.approx(0.2550 + 2 * 0.004)
+    table.loc[published, "rmsle_diff_se"] = 0.0005  # 2 SE = 0.4%: the fixed 1% holds, +2% is refused
+    assert not price_gate(table, listing_eval.GATE_FORMS).passed
+    table.loc[published, "rmsle_diff_se"] = np.nan  # no paired rows: the fixed 1%
+    assert not price_gate(table, listing_eval.GATE_FORMS).passed
+
+
+def test_paired_price_differences_pair_only_listings_both_models_priced():
+    from fashion_pipeline.core.pricing.price_metrics import paired_rmsle_difference_se
+
+    base = pd.DataFrame({"product_id": ["a", "b", "c", "d", "e"], "source": ["kaggle"] * 3 + ["hm"] * 2,
+                         "price_usd": [10.0, 20.0, 30.0, 40.0, 50.0], "priced": [True, True, True, False, True]})
+    cand = {"full": base.assign(predicted_usd=[11.0, 18.0, np.nan, 40.0, 45.0])}
+    pub = {"full": base.assign(predicted_usd=[12.0, 25.0, 29.0, 41.0, 52.0])}
+    out = listing_eval.paired_price_differences(cand, pub, ("full",)).set_index("source")
+    # c: the candidate abstained; d: no catalogue price. Left: a, b (kaggle) and e (hm).
+    assert out["n_paired"].to_dict() == {"all": 3, "hm": 1, "kaggle": 2}
+    assert out.loc["all", "rmsle_diff_se"] == paired_rmsle_difference_se([10, 20, 50], [11, 18, 45], [12, 25, 52])
+    assert np.isnan(out.loc["hm", "rmsle_diff_se"])  # one pair says nothing about the spread
+    with pytest.raises(ValueError, match="same listings"):
+        listing_eval.paired_price_differences(cand, {"full": pub["full"].iloc[::-1]}, ("full",))
+
+
+def test_the_paired_standard_error_matches_the_spread_of_rmsle_differences_over_resampled_test_sets():
+    from fashion_pipeline.core.pricing.price_metrics import paired_rmsle_difference_se
+
+    rng = np.random.default_rng(0)
+    n_pop, n = 200_000, 150
+    y = np.exp(rng.normal(3.5, 0.8, n_pop))
+    a = y * np.exp(rng.normal(0, 0.30, n_pop))  # two models with correlated errors
+    b = a * np.exp(rng.normal(0, 0.10, n_pop))
+    diffs, ses = [], []
+    for _ in range(2000):
+        i = rng.integers(0, n_pop, n)
+        la, lb, ly = np.log1p(a[i]), np.log1p(b[i]), np.log1p(y[i])
+        diffs.append(np.sqrt(np.mean((la - ly) ** 2)) - np.sqrt(np.mean((lb - ly) ** 2)))
+        ses.append(paired_rmsle_difference_se(y[i], a[i], b[i]))
+    assert np.mean(ses) == pytest.approx(np.std(diffs), rel=0.1)
+    assert np.isnan(paired_rmsle_difference_se([10.0], [11.0], [12.0]))
+
+
 def test_intervals_are_calibrated_per_source_and_stated_brand_group():
     """Mondrian conformal: listings that state a brand and those that do not get their own
     quantiles (here the residuals of 'unstated' rows are 4x wider), each covering ~80%; a group

@@ -258,7 +258,10 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                 pmodel, pinfo = store.load(PRICE_MODEL_NAME, published["version"])
                 if not hasattr(pmodel, "forms"):
                     raise TypeError(f"{type(pmodel).__name__} is not a listing price model (trained by an older version)")
-                pub_table, _ = judge(pmodel, pinfo, listing_eval.GATE_FORMS)
+                pub_table, pub_pred = judge(pmodel, pinfo, listing_eval.GATE_FORMS)
+                # How far the two can differ on these listings by chance: the gate's tolerance widens to it.
+                pub_table = pub_table.merge(listing_eval.paired_price_differences(
+                    cand_pred, pub_pred, listing_eval.GATE_FORMS), on=["form", "source"], how="left")
                 pub_table.insert(0, "model", "published")
                 pub_table["version"] = pinfo["version"]
                 tables.append(pub_table)
@@ -277,7 +280,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     overall = cand_table.set_index(["form", "source"])
     return dg.Output(metrics, metadata={
         "listing_metrics": _md_table(cand_table[LISTING_COLUMNS]),
-        "published_listing_metrics": _md_table(metrics[metrics["model"] == "published"][LISTING_COLUMNS]),
+        "published_listing_metrics": _md_table(metrics[metrics["model"] == "published"][
+            LISTING_COLUMNS + [c for c in ("n_paired", "rmsle_diff_se") if c in metrics.columns]]),
         "validation_selection": _md_table(selection),
         "forms": dg.MetadataValue.json(features_spec["forms"]),
         "mode": f"{config.mode}: {mode_note}",

@@ -228,6 +228,30 @@ def _evaluate_form(form, test, truth, score, recipe, text_recipe, rows, per_list
         rows.append(row)
 
 
+def paired_price_differences(candidate: dict[str, pd.DataFrame], published: dict[str, pd.DataFrame],
+                             forms: tuple[str, ...]) -> pd.DataFrame:
+    """Per (form, source) ('all' included), from two `evaluate_listings` per-listing tables of the same
+    test rows: ``rmsle_diff_se``, the standard error of the candidate's RMSLE minus the published
+    model's on the priced listings both models priced (`price_metrics.paired_rmsle_difference_se`),
+    and ``n_paired``, how many those are."""
+    from .pricing.price_metrics import paired_rmsle_difference_se
+
+    rows = []
+    for form in forms:
+        c, p = candidate[form], published[form]
+        if not np.array_equal(c["product_id"].to_numpy(), p["product_id"].to_numpy()):
+            raise ValueError(f"'{form}': the two evaluations did not score the same listings in the same order")
+        pc, pp = c["predicted_usd"].to_numpy(float), p["predicted_usd"].to_numpy(float)
+        both = c["priced"].to_numpy(bool) & np.isfinite(pc) & np.isfinite(pp)
+        src = c["source"].to_numpy()
+        for source in ["all", *sorted(set(src))]:
+            m = both & ((src == source) if source != "all" else True)
+            y = c["price_usd"].to_numpy(float)[m]
+            rows.append({"form": form, "source": source, "n_paired": int(m.sum()),
+                         "rmsle_diff_se": paired_rmsle_difference_se(y, pc[m], pp[m])})
+    return pd.DataFrame(rows, columns=["form", "source", "n_paired", "rmsle_diff_se"])
+
+
 def evaluate_price_model(
     model,
     info: dict,

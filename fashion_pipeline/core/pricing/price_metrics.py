@@ -56,3 +56,19 @@ def metrics_by_source(frame: pd.DataFrame, y_true_usd, pred: pd.DataFrame) -> li
             }
         )
     return rows
+
+
+def paired_rmsle_difference_se(y_true_usd, pred_a_usd, pred_b_usd) -> float:
+    """Standard error of RMSLE(a) - RMSLE(b) on the same rows, from the paired per-row squared log
+    errors: SE(mean(e_a² - e_b²)) / (2 · RMSLE(b)) (delta method). nan with fewer than 2 rows or
+    RMSLE(b) = 0. It says how far two models' RMSLE on these rows can differ by the luck of which
+    rows were drawn, which a fixed relative tolerance cannot on a small test split."""
+    ly = np.log1p(np.asarray(y_true_usd, dtype=np.float64))
+    ea = (np.log1p(np.asarray(pred_a_usd, dtype=np.float64)) - ly) ** 2
+    eb = (np.log1p(np.asarray(pred_b_usd, dtype=np.float64)) - ly) ** 2
+    if len(ly) < 2:
+        return float("nan")
+    rmsle_b = float(np.sqrt(np.mean(eb)))
+    if rmsle_b == 0.0:
+        return float("nan")
+    return float(np.std(ea - eb, ddof=1) / np.sqrt(len(ly)) / (2.0 * rmsle_b))

@@ -196,7 +196,7 @@ def run_size(src: Path, out: Path, size: int | None, incremental: bool) -> dict:
         build_subset(src, data, size, drop_fraction=0.0)
         print(f"[{label}] +1% new products -> re-run", flush=True)
         stages2, wall2 = materialize_all(data, var, instance)
-        res["incremental"] = {"wall_s": wall2, "stages": stages2}
+        res["incremental"] = {"wall_s": wall2, "stages": stages2, "price_gate": price_gate_table(var)}
         print(f"[{label}] nothing changed -> re-run", flush=True)
         stages3, wall3 = materialize_all(data, var, instance)
         res["unchanged"] = {"wall_s": wall3, "stages": stages3}
@@ -207,6 +207,33 @@ def run_size(src: Path, out: Path, size: int | None, incremental: bool) -> dict:
         res["unchanged_again"] = {"wall_s": wall4, "stages": stages4}
     res["warehouse"] = str(var / "warehouse.duckdb")
     return res
+
+
+def price_gate_table(var: Path) -> str:
+    """The +1% retrain's price candidate against the model published before it (regressor_metrics'
+    'all' rows per gated form): RMSLE of each, the paired standard error of their difference, and the
+    tolerance the gate applied (the fixed one, or two standard errors when larger)."""
+    import duckdb
+
+    from fashion_pipeline.core.listing_eval import GATE_FORMS
+    from fashion_pipeline.core.pricing.gate import PUBLISHED_SE_MULTIPLIER, PUBLISHED_TOLERANCE
+
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        m = con.execute('select * from "regressor_metrics"').df()
+    m = m[(m["source"] == "all") & m["form"].isin(GATE_FORMS)]
+    cand, pub = (m[m["model"] == k].set_index("form") for k in ("candidate", "published"))
+    rows = ["| form | candidate RMSLE | published RMSLE | change | paired SE | listings paired | tolerance |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for form in GATE_FORMS:
+        if form not in cand.index or form not in pub.index:
+            rows.append(f"| {form} | – | – | – | – | – | – |")
+            continue
+        c, p = float(cand.loc[form, "rmsle"]), float(pub.loc[form, "rmsle"])
+        se = float(pub.loc[form, "rmsle_diff_se"]) if "rmsle_diff_se" in pub.columns else float("nan")
+        n = pub.loc[form, "n_paired"] if "n_paired" in pub.columns else float("nan")
+        tol = max(PUBLISHED_TOLERANCE["all"], PUBLISHED_SE_MULTIPLIER * se / p if se == se else 0.0)
+        rows.append(f"| {form} | {c:.4f} | {p:.4f} | {c / p - 1:+.2%} | {se:.4f} | {n:.0f} | {tol:.2%} |")
+    return "\n".join(rows)
 
 
 def quality_tables(warehouse: str) -> dict[str, str]:
@@ -302,6 +329,12 @@ def write_report(results: list[dict], info: dict, out: Path) -> Path:
                          + (f"{inc[s['stage']]} |" if s["stage"] in inc else "– |")
                          + (f" {same[s['stage']]} |" if s["stage"] in same else " – |")
                          + (f" {again[s['stage']]} |" if s["stage"] in again else " – |"))
+    for r in results:
+        if r.get("incremental", {}).get("price_gate"):
+            lines += ["", f"## The +1% retrain's price gate ({r['size']} products)", "",
+                      "Candidate vs the model published before it, on the same test listings ('all' rows of "
+                      "regressor_metrics). The gate allows the larger of 1% and two paired standard errors.", "",
+                      r["incremental"]["price_gate"]]
     lines += ["", "## Model quality on the largest size (test split)", ""]
     quality = quality_tables(results[-1]["warehouse"])
     if not quality:

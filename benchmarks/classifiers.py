@@ -51,16 +51,9 @@ from fashion_pipeline.core.figures import confusion_matrix_png  # noqa: E402
 def build_clean_products(data_root: Path, cache: Path) -> pd.DataFrame:
     if cache.is_file():
         return pd.read_parquet(cache)
-    from fashion_pipeline.core.cleaning import CleaningSettings, clean_products, merge_sources
-    from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
-    from fashion_pipeline.core.reports import DropReport
+    from fashion_pipeline.core.cleaning import read_clean_products
 
-    report = DropReport()
-    kaggle = read_kaggle_products(data_root / "fashion-product-images", report, check_image_files=True)
-    hm = read_hm_articles(data_root / "h-and-m-personalized-fashion-recommendations", report, check_image_files=True)
-    prices = read_hm_prices(data_root / "h-and-m-personalized-fashion-recommendations", hm["article_id"], report)
-    settings = CleaningSettings()
-    df = clean_products(merge_sources(kaggle, hm, prices, settings, report), settings, report)
+    df = read_clean_products(data_root)
     cache.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(cache)
     return df

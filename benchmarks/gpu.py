@@ -55,17 +55,9 @@ NEURAL_DEVICES = ["cpu", "cuda"]
 
 def sample_products() -> pd.DataFrame:
     """clean_products of the embedded sample, through the pipeline's readers and cleaning."""
-    from fashion_pipeline.core.cleaning import CleaningSettings, clean_products, merge_sources
-    from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
-    from fashion_pipeline.core.reports import DropReport
+    from fashion_pipeline.core.cleaning import read_clean_products
 
-    report = DropReport()
-    kaggle = read_kaggle_products(SAMPLE / "fashion-product-images", report)
-    hm_dir = SAMPLE / "h-and-m-personalized-fashion-recommendations"
-    hm = read_hm_articles(hm_dir, report)
-    prices = read_hm_prices(hm_dir, hm["article_id"], report)
-    s = CleaningSettings()
-    return clean_products(merge_sources(kaggle, hm, prices, s, report), s, report)
+    return read_clean_products(SAMPLE)
 
 
 def machine() -> dict:
@@ -172,10 +164,7 @@ def neural(n_rows: int, epochs: int) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> list[str]:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + [
-        "| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return [pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")]
 
 
 def main() -> None:

@@ -212,27 +212,27 @@ def run_size(src: Path, out: Path, size: int | None, incremental: bool) -> dict:
 def price_gate_table(var: Path) -> str:
     """The +1% retrain's price candidate against the model published before it (regressor_metrics'
     'all' rows per gated form): RMSLE of each, the paired standard error of their difference, and the
-    tolerance the gate applied (the fixed one, or two standard errors when larger)."""
+    tolerance the gate applied (read from `price_gate`'s own comparison)."""
     import duckdb
 
     from fashion_pipeline.core.listing_eval import GATE_FORMS
-    from fashion_pipeline.core.pricing.gate import PUBLISHED_SE_MULTIPLIER, PUBLISHED_TOLERANCE
+    from fashion_pipeline.core.pricing.gate import price_gate
 
     with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
         m = con.execute('select * from "regressor_metrics"').df()
-    m = m[(m["source"] == "all") & m["form"].isin(GATE_FORMS)]
-    cand, pub = (m[m["model"] == k].set_index("form") for k in ("candidate", "published"))
+    allowed = {c["reference"]: c for c in price_gate(m, GATE_FORMS).comparisons}
+    pub = m[(m["model"] == "published") & (m["source"] == "all")].set_index("form")
     rows = ["| form | candidate RMSLE | published RMSLE | change | paired SE | listings paired | tolerance |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for form in GATE_FORMS:
-        if form not in cand.index or form not in pub.index:
+        c = allowed.get(f"published [{form}, all]")
+        if c is None:
             rows.append(f"| {form} | – | – | – | – | – | – |")
             continue
-        c, p = float(cand.loc[form, "rmsle"]), float(pub.loc[form, "rmsle"])
-        se = float(pub.loc[form, "rmsle_diff_se"]) if "rmsle_diff_se" in pub.columns else float("nan")
-        n = pub.loc[form, "n_paired"] if "n_paired" in pub.columns else float("nan")
-        tol = max(PUBLISHED_TOLERANCE["all"], PUBLISHED_SE_MULTIPLIER * se / p if se == se else 0.0)
-        rows.append(f"| {form} | {c:.4f} | {p:.4f} | {c / p - 1:+.2%} | {se:.4f} | {n:.0f} | {tol:.2%} |")
+        se, n = (pub.loc[form, k] if k in pub.columns else float("nan") for k in ("rmsle_diff_se", "n_paired"))
+        ref = c["reference_value"]
+        rows.append(f"| {form} | {c['candidate']:.4f} | {ref:.4f} | {c['candidate'] / ref - 1:+.2%} | {se:.4f} | "
+                    f"{n:.0f} | {c['allowed'] / ref - 1:.2%} |")
     return "\n".join(rows)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_pipeline.core.cleaning import CleaningSettings, clean_products, merge_sources
+from fashion_pipeline.core.cleaning import read_clean_products
 from fashion_pipeline.core.pricing.features import PriceFeaturizer, build_price_inputs
 from fashion_pipeline.core.pricing.gate import gate
 from fashion_pipeline.core.pricing.price_metrics import regression_metrics
@@ -18,23 +18,14 @@ from fashion_pipeline.core.pricing.models import (
     LightGBMPriceRegressor, MLPConfig, MLPPriceRegressor, PriceModel, RidgePriceRegressor, log_target,
 )
 from fashion_pipeline.core.pricing.training import train_price_models
-from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
-from fashion_pipeline.core.reports import DropReport
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-KAGGLE = DATA / "fashion-product-images"
-HM = DATA / "h-and-m-personalized-fashion-recommendations"
 
 
 @functools.lru_cache(maxsize=1)
 def clean_sample() -> pd.DataFrame:
     """clean_products of the embedded sample, built by the pipeline's own readers + cleaning."""
-    report = DropReport()
-    kaggle = read_kaggle_products(KAGGLE, report)
-    hm = read_hm_articles(HM, report)
-    prices = read_hm_prices(HM, hm["article_id"], report)
-    s = CleaningSettings()
-    return clean_products(merge_sources(kaggle, hm, prices, s, report), s, report)
+    return read_clean_products(DATA)
 
 
 def sample_splits():

@@ -111,6 +111,23 @@ def merge_sources(
     return merged.reset_index(drop=True)
 
 
+def read_clean_products(data_root, report: DropReport | None = None,
+                        settings: CleaningSettings | None = None) -> pd.DataFrame:
+    """The clean_products table of a data root in the datasets' own layouts, read and cleaned in one
+    process: the ingest assets' readers, `merge_sources` and `clean_products`, without Dagster (for
+    benchmarks and tests). Drops are counted in ``report``."""
+    from pathlib import Path
+
+    from fashion_pipeline.core.readers import read_hm_articles, read_hm_prices, read_kaggle_products
+
+    root, report, settings = Path(data_root), report or DropReport(), settings or CleaningSettings()
+    hm_dir = root / "h-and-m-personalized-fashion-recommendations"
+    kaggle = read_kaggle_products(root / "fashion-product-images", report)
+    hm = read_hm_articles(hm_dir, report)
+    prices = read_hm_prices(hm_dir, hm["article_id"], report)
+    return clean_products(merge_sources(kaggle, hm, prices, settings, report), settings, report)
+
+
 def clean_products(merged: pd.DataFrame, settings: CleaningSettings, report: DropReport) -> pd.DataFrame:
     """Drop unusable rows and duplicates, flag bad prices, add the split.
 

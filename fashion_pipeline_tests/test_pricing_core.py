@@ -20,6 +20,8 @@ from fashion_pipeline.core.pricing.models import (
 from fashion_pipeline.core.pricing.training import train_price_models
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+KAGGLE = DATA / "fashion-product-images"
+HM = DATA / "h-and-m-personalized-fashion-recommendations"
 
 
 @functools.lru_cache(maxsize=1)

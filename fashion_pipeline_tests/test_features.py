@@ -215,3 +215,37 @@ def test_a_featurizer_fitted_for_some_kinds_builds_them_alone_and_refuses_the_ot
     np.testing.assert_array_equal(wide.transform(rows, "wide"), every.transform(rows, "wide"))
     with pytest.raises(ValueError, match="unknown feature kinds"):
         ProductFeaturizer(regime).fit(train, kinds=("sparse", "tree"))
+
+
+def test_regimes_fitted_on_one_frame_share_one_image_pca_and_the_same_features(frame, monkeypatch):
+    """A leaderboard run fits the three regimes on the same train frame: with one ``shared`` dict
+    the image PCA is fitted once (counted at sklearn's PCA.fit) and every regime's features equal
+    those of a featurizer fitted on its own."""
+    from sklearn.decomposition import PCA
+
+    train = frame[frame["split"] == "train"]
+    rows = frame[frame["split"] == "test"]
+    kw = dict(svd_components=8, image_components=8, text_components=4)
+    alone = {r: ProductFeaturizer(r, **kw).fit(train) for r in ("full", "sparse", "image")}
+    fits = []
+    real_fit = PCA.fit
+    monkeypatch.setattr(PCA, "fit", lambda self, x, y=None: fits.append(x.shape) or real_fit(self, x, y))
+    shared: dict = {}
+    together = {r: ProductFeaturizer(r, **kw) for r in ("full", "sparse", "image")}
+    for r, fz in together.items():
+        fz.fit_transform_kinds(train, ["sparse", "dense"], shared=shared)
+    n_images = int(train["image_embedding"].notna().sum())
+    # one image PCA for the three regimes, plus the text PCA of 'full' (the only regime with text embeddings)
+    assert sorted(fits) == sorted([(n_images, train["image_embedding"].dropna().iloc[0].shape[0]),
+                                   (int(train["text_embedding"].notna().sum()), train["text_embedding"].dropna().iloc[0].shape[0])])
+    assert together["full"].image_pca_ is together["image"].image_pca_
+    for r in together:
+        assert together[r].fit_digest_ == ProductFeaturizer(r, **kw).fit(train, kinds=("sparse", "dense")).fit_digest_
+        for kind in ("sparse", "dense"):
+            a, b = together[r].transform(rows, kind), alone[r].transform(rows, kind)
+            a, b = (a.toarray(), b.toarray()) if sp.issparse(a) else (a, b)
+            np.testing.assert_array_equal(a, b, err_msg=f"{r}/{kind}")
+    # Another frame object (even with the same rows) is never served from the dict.
+    other = ProductFeaturizer("image", **kw)
+    other.fit(train.copy(), kinds=("sparse",), shared=shared)
+    assert other.image_pca_ is not together["image"].image_pca_

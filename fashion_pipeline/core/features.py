@@ -207,23 +207,37 @@ class ProductFeaturizer:
             t = t + " " + _text(frame, "brand").map(_brand_token)
         return t
 
-    def fit(self, frame: pd.DataFrame, y=None, kinds=KINDS) -> "ProductFeaturizer":
+    def fit(self, frame: pd.DataFrame, y=None, kinds=KINDS, shared: dict | None = None) -> "ProductFeaturizer":
         """Fit on train rows for the feature ``kinds`` it will be asked for (default: all four).
         The TruncatedSVD of the TF-IDF ('dense', 'wide') and the PCA of the text embedding
         ('dense') are fitted only when a kind that reads them is named; asking a featurizer for
-        a kind it was not fitted for is an error."""
-        self._fit(frame, kinds)
+        a kind it was not fitted for is an error. ``shared``: see `fit_transform_kinds`."""
+        self._fit(frame, kinds, shared)
         return self
 
-    def fit_transform_kinds(self, frame: pd.DataFrame, kinds) -> dict:
+    def fit_transform_kinds(self, frame: pd.DataFrame, kinds, shared: dict | None = None) -> dict:
         """``fit(frame, kinds=kinds)`` then ``transform_kinds(frame, kinds)``, with each training
         text tokenised once (fit, the SVD's input and the transform otherwise tokenise it three
-        times); the same features bit for bit."""
-        tf = self._fit(frame, kinds)
+        times); the same features bit for bit.
+
+        ``shared``: a dict handed to the featurizers of several regimes fitted on the *same* frame
+        object (one leaderboard run): the image embedding's PCA, identical for every regime (same
+        rows, components and seed), is fitted once and the fitted estimator shared."""
+        tf = self._fit(frame, kinds, shared)
         b = self.blocks(frame, tfidf=(tf,))
         return {k: self._assemble(b, k) for k in kinds}
 
-    def _fit(self, frame: pd.DataFrame, kinds=KINDS):
+    def _image_pca(self, frame: pd.DataFrame, rows: np.ndarray, k: int, shared: dict | None) -> PCA:
+        """PCA(k) of the L2-normalised image ``rows`` of ``frame``, through ``shared`` when given."""
+        key = ("image_pca", id(frame), k, self.seed)
+        if shared is not None and key in shared and shared[key][0] is frame:
+            return shared[key][1]
+        pca = PCA(k, random_state=self.seed).fit(rows)
+        if shared is not None:
+            shared[key] = (frame, pca)  # the frame is kept: its id stays its own while the dict lives
+        return pca
+
+    def _fit(self, frame: pd.DataFrame, kinds=KINDS, shared: dict | None = None):
         """Fit; returns the training rows' TF-IDF (for `fit_transform_kinds`; not kept). Each
         vectorizer fits through a tokenisation memo (core.token_counts), so computing that
         TF-IDF for the SVD does not tokenise the texts again; the memos are dropped on return."""
@@ -275,7 +289,7 @@ class ProductFeaturizer:
             self.image_pca_ = None
             k = min(self.image_components, img.shape[1], max(int(present.sum()) - 1, 1))
             if present.sum() > k:
-                self.image_pca_ = PCA(k, random_state=self.seed).fit(imgn[present])
+                self.image_pca_ = self._image_pca(frame, imgn[present], k, shared)
         has_text = "text_embedding" in frame.columns and frame["text_embedding"].notna().any()
         if r.text_embedding and has_text:  # no text embeddings at all: the regime runs without them
             txt, present = embedding_matrix(frame, "text_embedding")

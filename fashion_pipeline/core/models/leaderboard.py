@@ -136,6 +136,7 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
     preds: dict = {}
     timings: dict = {"featurizer_seconds": {}}
     warm_starts: dict = {}
+    shared_fits: dict = {}  # the image PCA, identical for every regime's featurizer (same train rows)
 
     for regime in cfg.regimes:
         t0 = time.perf_counter()
@@ -145,7 +146,7 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
         if any(regime in NEURAL_REGIMES[a] and any(cfg.trains(t, regime, a) for t in cfg.tasks) for a in cfg.neural):
             kinds_needed.add("wide")
         fz = ProductFeaturizer(regime=regime, seed=cfg.seed, **cfg.featurizer)
-        by_split = {"train": fz.fit_transform_kinds(parts["train"], sorted(kinds_needed))}
+        by_split = {"train": fz.fit_transform_kinds(parts["train"], sorted(kinds_needed), shared=shared_fits)}
         by_split.update({s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS if s != "train"})
         feats = {k: {s: by_split[s][k] for s in SPLITS} for k in kinds_needed}
         del by_split
@@ -234,7 +235,7 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
                 x_fz = fz
             elif arch == "multimodal_cnn":
                 # image branch: the image block only; text goes through the CNN.
-                x_fz = ProductFeaturizer(regime="image", seed=cfg.seed).fit(parts["train"])
+                x_fz = ProductFeaturizer(regime="image", seed=cfg.seed).fit(parts["train"], shared=shared_fits)
                 seq = TokenSequencer(regime=regime).fit(parts["train"])
             else:
                 x_fz = fz

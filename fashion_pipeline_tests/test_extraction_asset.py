@@ -6,8 +6,9 @@ import json
 import dagster as dg
 import duckdb
 
+from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline.resources.extraction import ExtractorResource
-from fashion_pipeline_tests.conftest import SAMPLE_ROOT
+from fashion_pipeline_tests.conftest import KAGGLE, SAMPLE_ROOT
 from fashion_pipeline_tests.fixtures.runs import INGEST_CHAIN, assets_by_name, materialize, resources_for
 
 COLUMNS = ["product_id", "brand", "materials", "care", "fit", "pattern", "occasion", "style", "backend", "model",
@@ -78,3 +79,45 @@ def test_learned_extractor_is_trained_published_and_used_by_product_attributes(t
     assert attrs["model"].str.fullmatch(rf"{md['model_version'].value}\+rules-v1\+[0-9a-f]{{8}}").all()
     pa = _metadata(result, "product_attributes")
     assert pa["backend"].value == "learned" and "| learned | material |" in pa["quality_vs_catalogue"].value
+
+
+def test_a_retrain_not_measurably_better_keeps_the_published_extractor_and_its_cached_attributes(sample_copy, tmp_path):
+    """The weekly retrain refits the extractor on changed products; when the refit is not better on
+    validation by the configured margin, it is stored unpublished, the published extractor keeps
+    serving and product_attributes answers every unchanged product from the cache of that extractor."""
+    var = tmp_path / "var"
+    chain = INGEST_CHAIN + ["attribute_extractor", "product_attributes"]
+    first = materialize(chain, sample_copy, var)
+    md1 = _metadata(first, "attribute_extractor")
+    v1 = md1["store_version"].value
+    assert md1["published_version"].value == v1 and md1["publish_decision"].value == "nothing published before"
+    # Twenty labelled Kaggle train products leave the catalogue: the refit differs from the published model.
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        gone = {r[0] for r in con.execute("select product_id from clean_products where split = 'train' and "
+                                          "source = 'kaggle' and article_attributes is not null "
+                                          "order by product_id limit 20").fetchall()}
+        n_products = con.execute("select count(*) from clean_products").fetchone()[0]
+    styles = sample_copy / KAGGLE / "styles.csv"
+    header, *rows = styles.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [r for r in rows if f"kaggle-{r.split(',', 1)[0]}" not in gone]
+    assert len(kept) == len(rows) - len(gone)
+    styles.write_text(header + "".join(kept), encoding="utf-8")
+    # A margin no refit on a handful of rows can clear: the published extractor must stay.
+    second = materialize(chain, sample_copy, var, run_config={
+        "ops": {"attribute_extractor": {"config": {"publish_margin_se": 1000.0}}}})
+    md2 = _metadata(second, "attribute_extractor")
+    v2 = md2["store_version"].value
+    assert v2 != v1 and md2["model_version"].value != md1["model_version"].value  # a different model was trained
+    assert md2["published_version"].value == v1
+    assert md2["publish_decision"].value.startswith("candidate not measurably better")
+    comparison = md2["validation_vs_published"].value
+    assert comparison["published_before"] == v1 and comparison["pairs"] > 0 and comparison["difference_se"] > 0
+    store = ModelStore(var / "models")
+    assert store.published("attribute_extractor")["version"] == v1 and v2 in store.versions("attribute_extractor")
+    # product_attributes served the published extractor: every remaining product came from its cache.
+    pa = _metadata(second, "product_attributes")
+    assert pa["rows"].value == n_products - len(gone)
+    assert pa["rows_computed"].value == 0 and pa["rows_cached"].value == n_products - len(gone)
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        models = {r[0] for r in con.execute("select distinct model from product_attributes").fetchall()}
+    assert all(m.startswith(md1["model_version"].value + "+") for m in models)

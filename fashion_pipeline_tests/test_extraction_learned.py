@@ -5,6 +5,7 @@ filters. The quality numbers themselves are benchmarks (benchmarks/extraction_qu
 
 import pickle
 
+import pandas as pd
 import pytest
 
 from fashion_pipeline.core.extraction import learned, quality
@@ -275,3 +276,48 @@ def test_a_retrained_model_reuses_the_cached_rules_values_and_answers_as_without
     fresh, _ = Extractor(RulesExtractor(), learned=retrained).run(products)
     assert [r.attributes for r in second] == [r.attributes for r in fresh]
     assert [r.attributes for r in first] != [r.attributes for r in second]  # the retrained model's own answers
+
+
+def test_paired_accuracy_pools_the_validation_pairs_as_the_report_scores_them(clean_sample, trained):
+    df = clean_sample[clean_sample["split"] == "validation"]
+    texts = [prepare(t, d, 2000) for t, d in zip(df["title"], df["description"].fillna(""))]
+    truths = [quality.catalogue_truth(v) for v in df["article_attributes"]]
+    same = learned.paired_accuracy(trained, trained, texts, truths)
+    # (product, attribute) pairs with a catalogue value, counted from the gold directly
+    pairs = sum(1 for t in truths for a in learned.TARGETS if t.get(a) not in (None, learned.NOT_APPLICABLE))
+    assert pairs > 50 and same["pairs"] == pairs
+    assert same["difference"] == 0 and same["difference_se"] == 0 and same["pairs_disagreeing"] == 0
+    # the pooled accuracy is the report's per-attribute accuracy weighted by its n ('learned' = as shipped)
+    report = pd.DataFrame(learned.evaluate(trained, texts, truths))
+    shipped = report[(report["extractor"] == "learned") & (report["n"] > 0)]
+    assert same["candidate_accuracy"] == pytest.approx((shipped["accuracy"] * shipped["n"]).sum() / shipped["n"].sum())
+
+    # A model that cannot fit (C tiny: every head answers the majority or abstains) against the real one.
+    weak = learned.fit([prepare(t, d, 2000) for t, d in zip(clean_sample["title"], clean_sample["description"].fillna(""))],
+                       [quality.catalogue_truth(v) for v in clean_sample["article_attributes"]],
+                       clean_sample["source_category"].tolist(), clean_sample["split"].tolist(),
+                       clean_sample["title"].tolist(), clean_sample["brand"].tolist(),
+                       tuned_c={a: 1e-4 for a in learned.TARGETS})
+    better = learned.paired_accuracy(trained, weak, texts, truths)
+    assert better["difference"] == pytest.approx(better["candidate_accuracy"] - better["published_accuracy"])
+    assert better["difference"] > 2 * better["difference_se"] > 0
+    assert learned.replaces_published(better)[0] is True
+    worse = learned.paired_accuracy(weak, trained, texts, truths)
+    assert worse["difference"] == pytest.approx(-better["difference"])
+    assert learned.replaces_published(worse)[0] is False
+    assert learned.replaces_published(same)[0] is False  # identical on validation: the published one stays
+
+
+@pytest.mark.parametrize("d, se, margin, publish", [
+    (0.010, 0.004, 2.0, True),    # 2.5 SE better
+    (0.010, 0.004, 3.0, False),   # ... but not 3 SE
+    (0.002, 0.004, 2.0, False),   # within noise
+    (-0.02, 0.004, 2.0, False),   # worse
+    (0.05, 0.0, 2.0, True),       # SE 0 and better: every pair moved the same way, to right
+])
+def test_a_retrained_extractor_replaces_the_published_one_only_when_measurably_better(d, se, margin, publish):
+    comparison = {"pairs": 1000, "candidate_accuracy": 0.9 + d, "published_accuracy": 0.9, "difference": d,
+                  "difference_se": se}
+    ok, why = learned.replaces_published(comparison, margin)
+    assert ok is publish and why.startswith("candidate measurably better" if publish else "candidate not measurably")
+    assert learned.replaces_published({**comparison, "pairs": 0})[0] is True  # nothing to compare on: publish

@@ -40,14 +40,21 @@ class AttributeExtractorConfig(dg.Config):
     c_grid: list[float] = Field(default=list(learned.DEFAULT_C_GRID), description=(
         "LinearSVC regularisation values tried per attribute; the best on validation rows is kept."))
     max_description_chars: int = Field(default=2000, description="Descriptions are cut to this many characters.")
+    publish_margin_se: float = Field(default=2.0, ge=0, description=(
+        "mode retrain: the refitted extractor replaces the published one only when its validation accuracy (as "
+        "shipped, pooled over attributes) is higher by more than this many paired standard errors; otherwise it is "
+        "stored unpublished and the published one keeps serving, so product_attributes recomputes and "
+        "product_embeddings re-encodes only new products. 0: publish whenever it is better at all. "
+        "model_selection_job (mode select) always publishes."))
 
 
 @dg.asset(group_name=GROUP, kinds={"scikitlearn", "duckdb"},
           description="Learned attribute extractor: TF-IDF + calibrated LinearSVC per attribute (material, care, fit, "
                       "pattern, occasion) trained on the Kaggle catalogue's own articleAttributes (train split; C chosen "
                       "on validation by model selection and reused by the weekly retrain, the 'unknown' threshold "
-                      "on validation every run), plus the brand matcher. Published to the model "
-                      "store; the table is its test-split report next to the TF-IDF + LinearSVC recipe.")
+                      "on validation every run), plus the brand matcher. Saved to the model store and "
+                      "published (by a retrain only when measurably better on validation than the published "
+                      "one); the table is its test-split report next to the TF-IDF + LinearSVC recipe.")
 def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtractorConfig,
                         clean_products: pd.DataFrame, model_store: ModelStoreResource,
                         warehouse: WarehouseResource) -> dg.Output[pd.DataFrame]:
@@ -57,10 +64,16 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     fingerprint = combine({"products": frame_digest(clean_products[TRAINING_COLUMNS]),
                            "config": config.model_dump(), "tuned_c": tuned_c, "code": code_digest()})
 
-    trained = lambda event: str(event.asset_materialization.metadata["store_version"].value)  # noqa: E731
+    def serving(metadata) -> str:  # what that run published: its candidate, or the extractor it kept
+        return str((metadata.get(PUBLISHED_KEY) or metadata["store_version"]).value)
+
+    def still_there(event) -> bool:
+        meta = event.asset_materialization.metadata
+        return {str(meta["store_version"].value), serving(meta)} <= set(store.versions(EXTRACTOR_MODEL))
+
     if (previous := reuse.reused_table(context, "attribute_extractor", fingerprint, warehouse.read_table,
-                                       still_there=lambda e: trained(e) in store.versions(EXTRACTOR_MODEL))) is not None:
-        store.publish(EXTRACTOR_MODEL, str(previous.metadata["store_version"].value))  # serve what it trained
+                                       still_there=still_there)) is not None:
+        store.publish(EXTRACTOR_MODEL, serving(previous.metadata))  # serve what that run decided to serve
         return previous
     t0 = time.perf_counter()
     texts = [prepare(t, d, config.max_description_chars)
@@ -89,11 +102,19 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     metrics = {"test": report.to_dict("records"), "brand_test": brand, "train_seconds": round(train_s, 1)}
     version = store.save(EXTRACTOR_MODEL, model, metrics,
                          {"input": "title + description (HTML stripped)", **model.describe()})
-    store.publish(EXTRACTOR_MODEL, version)
+    val = [s == "validation" for s in splits]
+    publish, why, comparison = publish_decision(store, config, model, [t for t, m in zip(texts, val) if m],
+                                                [t for t, m in zip(truths, val) if m])
+    serving = version if publish else str(store.published(EXTRACTOR_MODEL)["version"])
+    store.publish(EXTRACTOR_MODEL, serving)
     shipped = report[report["extractor"] == "learned"].set_index("attribute")
-    context.log.info(f"attribute_extractor {version} ({model.version}) trained in {train_s:.0f}s and published")
+    context.log.info(f"attribute_extractor {version} ({model.version}) trained in {train_s:.0f}s; "
+                     + (f"published: {why}" if publish else f"{serving} stays published: {why}"))
     return dg.Output(report, metadata={
         "store_version": version,
+        PUBLISHED_KEY: serving,
+        "publish_decision": why,
+        "validation_vs_published": dg.MetadataValue.json(comparison),
         "model_version": model.version,
         "mode": mode_note,
         "train_seconds": round(train_s, 1),
@@ -108,6 +129,32 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         "brands": dg.MetadataValue.json(model.brands.describe()),
         reuse.FINGERPRINT_KEY: fingerprint,
     })
+
+
+PUBLISHED_KEY = "published_version"
+
+
+def publish_decision(store, config: AttributeExtractorConfig, candidate: learned.LearnedAttributeModel,
+                     val_texts: list, val_truths: list[dict]) -> tuple[bool, str, dict]:
+    """(publish the candidate?, why, the validation comparison). A selection publishes its winner; a
+    retrain replaces the published extractor only when it is measurably better on validation
+    (`learned.replaces_published`), or when there is none to keep (nothing published, unreadable,
+    other attributes)."""
+    if config.mode == "select":
+        return True, "model selection publishes its choice", {}
+    try:
+        info = store.published(EXTRACTOR_MODEL)
+        if info is None:
+            return True, "nothing published before", {}
+        published, _ = store.load(EXTRACTOR_MODEL, str(info["version"]))
+    except Exception as e:  # a damaged or foreign model: nothing worth keeping
+        return True, f"the published {EXTRACTOR_MODEL} could not be loaded ({type(e).__name__}: {e})", {}
+    if sorted(getattr(published, "heads", {})) != sorted(candidate.heads):
+        return True, (f"the candidate has heads for {sorted(candidate.heads)}, the published {info['version']} for "
+                      f"{sorted(getattr(published, 'heads', {}))}"), {}
+    comparison = learned.paired_accuracy(candidate, published, val_texts, val_truths)
+    publish, why = learned.replaces_published(comparison, config.publish_margin_se)
+    return publish, why, {"published_before": str(info["version"]), **comparison}
 
 
 def retrain_c(store, config: AttributeExtractorConfig) -> tuple[dict[str, float], str]:

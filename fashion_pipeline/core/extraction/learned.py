@@ -372,3 +372,46 @@ def attribute_value(a: Attributes, attr: str) -> str | None:
                 if c in WASH_CARE or c == "machine wash cold"]
         return wash[0] if wash else None
     return getattr(a, attr)
+
+
+def paired_accuracy(candidate: LearnedAttributeModel, published: LearnedAttributeModel,
+                    texts: Sequence[PreparedText], truths: Sequence[dict]) -> dict:
+    """Both extractors as shipped ("unknown" is wrong) on the same products, pooled over every
+    (product, attribute) pair with a catalogue value: accuracies, their paired difference
+    (candidate - published) and its standard error. ``texts`` / ``truths``: validation products."""
+    keep = [i for i, t in enumerate(truths) if any(t.get(a) not in (None, NOT_APPLICABLE) for a in TARGETS)]
+    texts, truths = [texts[i] for i in keep], [truths[i] for i in keep]
+    rules = RulesExtractor()
+    rules_results = [rules.extract(t) for t in texts]  # the rules part is the same for both models
+    answers = [m.extract(texts, rules, rules_results=rules_results) for m in (candidate, published)]
+    right = {m: [] for m in (0, 1)}
+    for attr in TARGETS:
+        for i, t in enumerate(truths):
+            if t.get(attr) in (None, NOT_APPLICABLE):
+                continue
+            for m in (0, 1):
+                right[m].append(attribute_value(answers[m][i], attr) == t[attr])
+    c, p = np.asarray(right[0], float), np.asarray(right[1], float)
+    n = len(c)
+    d = c - p
+    return {"pairs": n, "products": len(texts), "candidate_accuracy": float(c.mean()) if n else float("nan"),
+            "published_accuracy": float(p.mean()) if n else float("nan"),
+            "difference": float(d.mean()) if n else float("nan"),
+            "difference_se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+            "pairs_disagreeing": int((d != 0).sum())}
+
+
+def replaces_published(comparison: dict, se_multiplier: float = 2.0) -> tuple[bool, str]:
+    """Whether a retrained extractor should replace the published one, and why: only when it is
+    better on the validation pairs by more than ``se_multiplier`` paired standard errors. A change
+    of extractor changes the attributes of every product, which the embedding stage then re-encodes
+    and every model reads; a refit that is not measurably better is kept as an unpublished candidate."""
+    n, d, se = comparison["pairs"], comparison["difference"], comparison["difference_se"]
+    if n < 2:
+        return True, f"no validation products with catalogue attributes to compare on ({n} pairs): the candidate is published"
+    margin = se_multiplier * se
+    what = (f"validation accuracy {comparison['candidate_accuracy']:.4f} vs {comparison['published_accuracy']:.4f} "
+            f"on {n} (product, attribute) pairs, difference {d:+.4f}, {se_multiplier:g} paired SE {margin:.4f}")
+    if d > margin:
+        return True, f"candidate measurably better: {what}"
+    return False, f"candidate not measurably better: {what}"

@@ -358,7 +358,8 @@ def test_a_retrain_fine_tunes_the_retrained_models_mlp_inside_its_blend(tmp_path
     mlp = members["MLPPriceRegressor"]
     assert mlp.scaler_ is {type(m).__name__: m for m in old["full"].members}["MLPPriceRegressor"].scaler_
     assert mlp.warm_started_ and [h["epoch"] for h in mlp.history_] == [0, 1]
-    assert res.warm_starts["full"].startswith("warm (best epoch ")
+    assert res.warm_starts["full"]["mlp"].startswith("warm (best epoch ")
+    assert res.warm_starts["full"]["lightgbm"].startswith("warm (30 + ")  # its LightGBM member continued too
     # 'sparse' is selected, not retrained: its MLP starts cold whatever model is handed over.
     assert "sparse" not in res.warm_starts
     sparse = {type(m).__name__: m for m in getattr(res.model.forms["sparse"].price_model.regressor, "members", [])}
@@ -373,8 +374,35 @@ def test_a_retrain_fine_tunes_the_retrained_models_mlp_inside_its_blend(tmp_path
     np.testing.assert_array_equal(loaded.net_.body[0].weight.detach().numpy(),
                                   {type(m).__name__: m for m in old["full"].members}["MLPPriceRegressor"]
                                   .net_.body[0].weight.detach().numpy())
-    assert warm_start_source(store, {"full": "blend"}, RegressorConfig(mlp_warm_epochs=0))[:2] == ({}, None)
+    assert warm_start_source(store, {"full": "blend"}, RegressorConfig(mlp_warm_epochs=0))[0].keys() == {"full"}
+    assert warm_start_source(store, {"full": "blend"},
+                             RegressorConfig(mlp_warm_epochs=0, lightgbm_warm_rounds=0))[:2] == ({}, None)
     assert warm_start_source(store, None, RegressorConfig())[:2] == ({}, None)  # a selection starts cold
+
+
+def test_a_retrain_continues_the_retrained_lightgbm_and_never_ends_worse_on_validation():
+    params = {"lightgbm": {"n_estimators": 30, "warm_rounds": 10}}
+    kw = dict(models=("lightgbm",), params=params, forms=("full",), chosen={"full": "lightgbm"})
+    first = train_price_models(clean_sample(), None, **kw)
+    old = first.model.forms["full"].price_model.regressor
+    assert first.warm_starts == {} and not old.warm_started_
+    res = train_price_models(clean_sample(), None, **kw, warm={"full": old})
+    new = res.model.forms["full"].price_model.regressor
+    assert new.warm_started_ and new.cats_ is old.cats_ and new.pca_ is old.pca_
+    assert new.start_trees_ == old.best_iteration_ and old.best_iteration_ <= new.best_iteration_ <= old.best_iteration_ + 10
+    assert res.warm_starts == {"full": {"lightgbm": f"warm ({old.best_iteration_} + "
+                                        f"{new.best_iteration_ - old.best_iteration_} of 10 trees kept)"}}
+    # Its first trees are the stored model's; on the same rows (the same stacked ridge) they predict as it does.
+    val = first.selection.set_index("model").loc["lightgbm", "rmsle"]
+    assert res.selection.set_index("model").loc["lightgbm", "rmsle"] <= val + 1e-12
+    # The stored model is untouched, and the new one holds no reference to it.
+    assert old.model_.booster_.current_iteration() == 30 and new.model_.booster_ is not old.model_.booster_
+    # Grown to twice the rounds it is retrained with: it starts cold, and says why.
+    small = train_price_models(clean_sample(), None, **{**kw, "params": {"lightgbm": {"n_estimators": 15}}},
+                               warm={"full": old})
+    cold = small.model.forms["full"].price_model.regressor
+    assert not cold.warm_started_ and cold.cats_ is not old.cats_
+    assert small.warm_starts["full"]["lightgbm"].startswith(f"cold: it has {old.best_iteration_} trees, twice")
 
 
 def test_a_retrain_keeps_tuned_rounds_within_a_lowered_configured_maximum():

@@ -66,6 +66,12 @@ class RegressorConfig(dg.Config):
         "epochs (from a quarter of the cold learning rate, keeping its input scaling and categorical levels; its "
         "own validation score counts as epoch 0) instead of training `mlp_epochs` from scratch; it falls back to a "
         "cold start, logged, where the shapes differ. 0: always cold. model_selection_job always starts cold."))
+    lightgbm_warm_rounds: int = Field(default=40, ge=0, description=(
+        "mode retrain: a form whose chosen kind includes LightGBM continues the retrained model's trees with up to "
+        "this many more boosting rounds on the fresh rows (keeping its categorical codes and image PCA; the stacked "
+        "ridge is refitted; the kept number of trees, the starting point included, is chosen on validation) instead "
+        "of boosting its tuned rounds from scratch; a model that has grown to twice its tuned rounds, or of another "
+        "shape, starts cold (logged). 0: always cold. model_selection_job always starts cold."))
     mlp_device: str = Field(default=get_profile().device,
                             description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine); default: the profile's.")
     mixed_precision: bool = Field(default=True,
@@ -115,23 +121,33 @@ def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | Non
                            "(model_selection_job re-selects and re-tunes)")
 
 
+def warm_kinds(config: RegressorConfig) -> tuple[str, ...]:
+    """The model kinds a retrain continues from the model it retrains (see `warm_start_source`)."""
+    return tuple(k for k, n in (("mlp", config.mlp_warm_epochs), ("lightgbm", config.lightgbm_warm_rounds))
+                 if n > 0 and k in config.models)
+
+
 def warm_start_source(store, chosen: dict[str, str] | None, config: RegressorConfig
                       ) -> tuple[dict[str, object], str | None, str]:
-    """({form: regressor} whose MLP a retrain fine-tunes, that model's version, and why): the model
-    `retrain_choice` retrains, for the forms it retrains; nothing in a selection, with
-    ``mlp_warm_epochs`` 0, or when that model cannot be loaded (then the MLP starts cold)."""
+    """({form: regressor} whose MLP / LightGBM members a retrain continues, that model's version,
+    and why): the model `retrain_choice` retrains, for the forms it retrains; nothing in a
+    selection, with no kind to continue (`warm_kinds`), or when that model cannot be loaded (then
+    every member starts cold)."""
     if chosen is None:
         return {}, None, "cold (a selection trains every kind from scratch)"
-    if config.mlp_warm_epochs == 0 or "mlp" not in config.models:
-        return {}, None, "cold (mlp_warm_epochs is 0)" if config.mlp_warm_epochs == 0 else "no MLP in `models`"
+    kinds = warm_kinds(config)
+    if not kinds:
+        return {}, None, "cold (mlp_warm_epochs and lightgbm_warm_rounds are 0, or neither kind is in `models`)"
     info, _ = store.published_or_latest(PRICE_MODEL_NAME)
     try:
         model, info = store.load(PRICE_MODEL_NAME, info["version"])
     except Exception as e:  # a damaged or foreign model: retrain from scratch, and say so
         return {}, None, f"cold: {PRICE_MODEL_NAME} {info['version']} could not be loaded ({type(e).__name__}: {e})"
     forms = {f: fm.price_model.regressor for f, fm in getattr(model, "forms", {}).items() if f in chosen}
-    return forms, str(info["version"]), (f"fine-tuning {PRICE_MODEL_NAME} {info['version']}'s MLP for "
-                                         f"{config.mlp_warm_epochs} epochs where its form's kind has one")
+    how = {"mlp": f"its MLP fine-tuned for {config.mlp_warm_epochs} epochs",
+           "lightgbm": f"its LightGBM continued for up to {config.lightgbm_warm_rounds} rounds"}
+    return forms, str(info["version"]), (f"continuing {PRICE_MODEL_NAME} {info['version']} where its form's kind "
+                                         f"has the member: {'; '.join(how[k] for k in kinds)}")
 
 
 def _md_table(df: pd.DataFrame) -> dg.MetadataValue:
@@ -165,7 +181,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     chosen, tuned, mode_note = retrain_choice(store, config)
     context.log.info(f"mode {config.mode}: {mode_note}")
     warm, warm_version, warm_note = warm_start_source(store, chosen, config)
-    context.log.info(f"MLP start: {warm_note}")
+    context.log.info(f"warm start: {warm_note}")
     attributes = product_attributes if config.use_attributes else None
     # Two fingerprints: what the candidate's training reads, and that plus what its listing evaluation
     # reads (the published models it is compared with and served beside).
@@ -191,7 +207,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     else:
         threads = resolve_threads(config.threads)
         params = {
-            "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": threads},
+            "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": threads,
+                         "warm_rounds": config.lightgbm_warm_rounds},
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                     "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs},
         }
@@ -200,13 +217,14 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                                  models=tuple(config.models), params=params,
                                  blend=config.blend, coverage=config.interval_coverage,
                                  train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
-                                 chosen=chosen, tuned=tuned, warm=warm, progress=context.log.info)
+                                 chosen=chosen, tuned=tuned, warm=warm, warm_kinds=warm_kinds(config),
+                                 progress=context.log.info)
         model = res.model
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                          "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
                          "forms": {f: m.chosen for f, m in model.forms.items()},
                          "tuned": res.tuned,
-                         "mlp_warm_starts": {"from": warm_version, **res.warm_starts} if warm_version else {},
+                         "warm_starts": {"from": warm_version, **res.warm_starts} if warm_version else {},
                          "encoder": encoder_rec,
                          "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
@@ -285,7 +303,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "validation_selection": _md_table(selection),
         "forms": dg.MetadataValue.json(features_spec["forms"]),
         "mode": f"{config.mode}: {mode_note}",
-        "mlp_start": dg.MetadataValue.json({"note": warm_note, **features_spec.get("mlp_warm_starts", {})}),
+        "warm_start": dg.MetadataValue.json({"note": warm_note, **features_spec.get("warm_starts", {})}),
         "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
         "listing_eval_extraction": dg.MetadataValue.json(extractor.counts),
         "intervals": dg.MetadataValue.json(model.describe()),

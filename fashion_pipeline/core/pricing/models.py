@@ -173,6 +173,7 @@ class LightGBMPriceRegressor:
         image_components: int = 32,
         early_stopping_rounds: int = 100,
         num_threads: int = 2,
+        warm_rounds: int = 40,
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -180,6 +181,30 @@ class LightGBMPriceRegressor:
         self.image_components = image_components
         self.early_stopping_rounds = early_stopping_rounds
         self.num_threads = num_threads
+        self.warm_rounds = warm_rounds
+
+    def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
+        """Why ``warm_from`` cannot seed this fit on ``train`` (None when it can): it must be a fitted
+        LightGBM regressor over the same categorical columns and embedding widths, with fewer than
+        twice ``n_estimators`` trees (each warm retrain adds up to ``warm_rounds``; past that a
+        cold fit starts the ensemble again)."""
+        if not isinstance(warm_from, LightGBMPriceRegressor) or not hasattr(warm_from, "model_"):
+            return f"{type(warm_from).__name__} is not a fitted LightGBM regressor"
+        if list(warm_from.cats_.levels_) != list(CATEGORICAL_COLUMNS):
+            return f"its categorical columns {list(warm_from.cats_.levels_)} are not {list(CATEGORICAL_COLUMNS)}"
+        have = ~np.isnan(train.image).any(axis=1)
+        width = len(CATEGORICAL_COLUMNS) + 1 + train.text.shape[1] + (
+            warm_from.pca_.n_components_ if warm_from.pca_ is not None else 0)
+        if warm_from.pca_ is not None and warm_from.pca_.n_features_in_ != train.image.shape[1]:
+            return f"its image PCA reads {warm_from.pca_.n_features_in_} columns, these rows have {train.image.shape[1]}"
+        if warm_from.pca_ is None and have.sum() > self.image_components:
+            return "it was trained without an image block, these rows have images"
+        if warm_from.model_.booster_.num_feature() != width:
+            return f"it reads {warm_from.model_.booster_.num_feature()} columns, these rows give {width}"
+        if warm_from.best_iteration_ >= 2 * self.n_estimators:
+            return (f"it has {warm_from.best_iteration_} trees, twice the configured {self.n_estimators} rounds: "
+                    "a cold fit starts the ensemble again")
+        return None
 
     def _design(self, inputs: PriceInputs, ridge_pred: np.ndarray) -> np.ndarray:
         codes = self.cats_.codes(inputs.frame).astype(np.float32)
@@ -193,19 +218,41 @@ class LightGBMPriceRegressor:
             img_p[have] = self.pca_.transform(img[have])
         return np.hstack([codes, ridge_pred[:, None].astype(np.float32), text, img_p]).astype(np.float32)
 
-    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None):
+    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None,
+            warm_from: "LightGBMPriceRegressor | None" = None):
+        """Train on ``train``; early stopping on ``val``.
+
+        ``warm_from`` (a fitted LightGBM regressor, e.g. the published model's, see
+        `warm_start_refusal`): a retrain that continues its trees (as far as its ``best_iteration_``)
+        with up to ``warm_rounds`` more on ``train``, keeping its categorical codes and image PCA (a
+        level new since then reads as unknown until the next cold fit); the stacked ridge is refitted.
+        The kept number of trees is chosen on ``val`` including the starting point, so the result is
+        never worse there than the model it started from. ``warm_started_`` / ``warm_note_`` say
+        whether it did and why not."""
         import lightgbm as lgb
 
-        self.cats_ = CategoricalEncoder().fit(train.frame)
-        have = ~np.isnan(train.image).any(axis=1)
-        n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
-        # No (or too few) images in training: the image block is left out entirely.
-        self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
+        refusal = None if warm_from is None else self.warm_start_refusal(warm_from, train)
+        self.warm_started_ = warm_from is not None and refusal is None
+        self.warm_note_ = refusal or ""
+        if refusal is not None:
+            log.warning("lightgbm: cold start instead of the warm start asked for: %s", refusal)
+        init = None
+        if self.warm_started_:
+            self.cats_, self.pca_ = warm_from.cats_, warm_from.pca_
+            # The trees the model predicts with (an early stop may have kept fewer than it grew).
+            init = lgb.Booster(model_str=warm_from.model_.booster_.model_to_string(
+                num_iteration=warm_from.best_iteration_))
+        else:
+            self.cats_ = CategoricalEncoder().fit(train.frame)
+            have = ~np.isnan(train.image).any(axis=1)
+            n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
+            # No (or too few) images in training: the image block is left out entirely.
+            self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
         oof, self.text_ridge_ = _text_ridge_oof(train, y)
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(
-            n_estimators=self.n_estimators,
+            n_estimators=self.warm_rounds if init is not None else self.n_estimators,
             learning_rate=self.learning_rate,
             num_leaves=self.num_leaves,
             min_child_samples=10,
@@ -219,12 +266,21 @@ class LightGBMPriceRegressor:
         )
         self.model_ = lgb.LGBMRegressor(**params)
         fit_kw: dict = {"categorical_feature": list(range(n_cat))}
+        xv = None
         if val is not None and len(val):
             xv = self._design(val, self.text_ridge_.predict_log(val))
             fit_kw.update(eval_X=(xv,), eval_y=(y_val,))
             fit_kw["callbacks"] = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        if init is not None:
+            fit_kw["init_model"] = init
         self.model_.fit(x, y, **fit_kw)
-        self.best_iteration_ = int(self.model_.best_iteration_ or self.n_estimators)
+        self.best_iteration_ = int(self.model_.best_iteration_ or self.model_.booster_.current_iteration())
+        if init is not None:
+            self.start_trees_ = init.current_iteration()
+            if xv is not None:  # the starting point is a candidate too: more trees only if they help
+                rmse = lambda k: float(np.sqrt(np.mean((self.model_.predict(xv, num_iteration=k) - y_val) ** 2)))  # noqa: E731
+                if rmse(self.start_trees_) <= rmse(self.best_iteration_):
+                    self.best_iteration_ = self.start_trees_
         return self
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:
@@ -555,11 +611,12 @@ def conformal_quantiles(residuals: np.ndarray, coverage: float) -> tuple[float, 
 
 def train_regressor(kind: str, train: PriceInputs, y: np.ndarray, val: PriceInputs, y_val: np.ndarray,
                     warm_from=None, **params):
-    """Fit one regressor by name; returns (regressor, seconds). ``warm_from``: a fitted MLP to
-    fine-tune (`MLPPriceRegressor.fit`); only the MLP takes one."""
+    """Fit one regressor by name; returns (regressor, seconds). ``warm_from``: a fitted regressor
+    of the same kind to continue (`MLPPriceRegressor.fit`, `LightGBMPriceRegressor.fit`); the ridge
+    takes none."""
     t0 = time.perf_counter()
-    if warm_from is not None and kind != "mlp":
-        raise ValueError(f"only the mlp regressor warm-starts, not {kind!r}")
+    if warm_from is not None and kind not in ("mlp", "lightgbm"):
+        raise ValueError(f"only the mlp and lightgbm regressors warm-start, not {kind!r}")
     if kind == "ridge":
         reg = RidgePriceRegressor(**params)
     elif kind == "lightgbm":

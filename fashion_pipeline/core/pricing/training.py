@@ -29,6 +29,9 @@ from .models import (BlendPriceRegressor, LightGBMPriceRegressor, MLPPriceRegres
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
+# The members a retrain continues from the model it retrains (the ridge is refitted: its LSQR solve is exact).
+WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor}
+WARM_KINDS = tuple(WARM_CLASSES)
 
 
 @dataclass
@@ -41,8 +44,9 @@ class TrainingResult:
     # values it was given (LightGBM may stop earlier on the new rows: re-deriving them would ratchet
     # its rounds down retrain after retrain, and change the fingerprint of a run with nothing new).
     tuned: dict[str, dict[str, dict]] = field(default_factory=dict)
-    # {form: how its MLP started}: "warm (best epoch k of n)", or "cold: <why the warm start was refused>".
-    warm_starts: dict[str, str] = field(default_factory=dict)
+    # {form: {kind: how it started}} for the members a retrain continued: MLP "warm (best epoch k of n)",
+    # LightGBM "warm (n + k of w trees kept)", or "cold: <why the warm start was refused>".
+    warm_starts: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -100,6 +104,7 @@ def train_price_models(
     chosen: dict[str, str] | None = None,
     tuned: dict[str, dict[str, dict]] | None = None,
     warm: dict[str, object] | None = None,
+    warm_kinds: tuple[str, ...] = WARM_KINDS,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
@@ -114,9 +119,10 @@ def train_price_models(
     within the configured ``n_estimators`` (a maximum: a user who lowers it gets what they asked for;
     the tuned value is still recorded for the next retrain).
     ``warm`` ({form: the fitted regressor of the model being retrained, e.g. ``FormModel.price_model.regressor``}):
-    a retrained form whose kind includes the MLP fine-tunes that model's MLP (alone or in its blend)
-    instead of training one from scratch (`MLPPriceRegressor.fit`); ``TrainingResult.warm_starts``
-    says per form whether it could."""
+    a retrained form whose kind includes the MLP or LightGBM (``warm_kinds``) continues that model's
+    member (alone or in its blend) instead of training one from scratch (`MLPPriceRegressor.fit`:
+    ``warm_epochs`` epochs; `LightGBMPriceRegressor.fit`: up to ``warm_rounds`` more trees);
+    ``TrainingResult.warm_starts`` says per form and kind whether it could."""
     params = params or {}
     tuned = tuned or {}
     warm = warm or {}
@@ -165,15 +171,15 @@ def train_price_models(
         kinds = models if chosen.get(form) in (None, "blend") else (chosen[form],)
         for kind in kinds:
             reuse = _within_limits(tuned.get(form, {}).get(kind, {}) if form in chosen else {}, params.get(kind, {}))
-            start = _member(warm.get(form), MLPPriceRegressor) if kind == "mlp" and form in chosen else None
+            start = (_member(warm.get(form), WARM_CLASSES[kind])
+                     if kind in WARM_CLASSES and kind in warm_kinds and form in chosen else None)
             progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else "")
                      + (" from the retrained model's weights" if start is not None else ""))
             reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, warm_from=start, **{**params.get(kind, {}), **reuse})
             cands[kind] = reg
             seconds[f"{form}/{kind}"] = round(secs, 2)
             if start is not None:
-                warm_starts[form] = (f"warm (best epoch {reg.best_epoch_} of {reg.config.warm_epochs})"
-                                     if reg.warm_started_ else f"cold: {reg.warm_note_}")
+                warm_starts.setdefault(form, {})[kind] = _warm_note(reg)
         if (blend if form not in chosen else chosen[form] == "blend") and len(cands) >= 2:
             t0 = time.perf_counter()
             cands["blend"] = BlendPriceRegressor(list(cands.values())).fit(ftr, y_tr, fva, y_va)
@@ -210,6 +216,14 @@ def train_price_models(
         if form in chosen and form in recorded:
             recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
     return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
+
+
+def _warm_note(reg) -> str:
+    if not reg.warm_started_:
+        return f"cold: {reg.warm_note_}"
+    if isinstance(reg, MLPPriceRegressor):
+        return f"warm (best epoch {reg.best_epoch_} of {reg.config.warm_epochs})"
+    return f"warm ({reg.start_trees_} + {reg.best_iteration_ - reg.start_trees_} of {reg.warm_rounds} trees kept)"
 
 
 def _member(regressor, cls):

@@ -29,7 +29,8 @@ from .models import (BlendPriceRegressor, LightGBMPriceRegressor, MLPPriceRegres
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
-# The members a retrain continues from the model it retrains (the ridge is refitted: its LSQR solve is exact).
+# The members a retrain continues from the model it retrains. The ridge is refitted: its TF-IDF vocabulary is
+# refitted every run, and scipy's LSQR started from x0 regularises towards x0, not zero.
 WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor}
 WARM_KINDS = tuple(WARM_CLASSES)
 
@@ -174,7 +175,7 @@ def train_price_models(
             start = (_member(warm.get(form), WARM_CLASSES[kind])
                      if kind in WARM_CLASSES and kind in warm_kinds and form in chosen else None)
             progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else "")
-                     + (" from the retrained model's weights" if start is not None else ""))
+                     + (f" continuing the retrained model's {kind}" if start is not None else ""))
             reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, warm_from=start, **{**params.get(kind, {}), **reuse})
             cands[kind] = reg
             seconds[f"{form}/{kind}"] = round(secs, 2)

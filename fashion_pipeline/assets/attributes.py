@@ -105,7 +105,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     val = [s == "validation" for s in splits]
     publish, why, comparison = publish_decision(store, config, model, [t for t, m in zip(texts, val) if m],
                                                 [t for t, m in zip(truths, val) if m])
-    serving = version if publish else str(store.published(EXTRACTOR_MODEL)["version"])
+    serving = version if publish else comparison["published_before"]
     store.publish(EXTRACTOR_MODEL, serving)
     shipped = report[report["extractor"] == "learned"].set_index("attribute")
     context.log.info(f"attribute_extractor {version} ({model.version}) trained in {train_s:.0f}s; "

@@ -206,6 +206,12 @@ class LightGBMPriceRegressor:
                     "a cold fit starts the ensemble again")
         return None
 
+    def start_note(self) -> str:
+        """How a fit asked to warm-start began: the trees it kept, or why it started cold."""
+        if not self.warm_started_:
+            return f"cold: {self.warm_note_}"
+        return f"warm ({self.start_trees_} + {self.best_iteration_ - self.start_trees_} of {self.warm_rounds} trees kept)"
+
     def _design(self, inputs: PriceInputs, ridge_pred: np.ndarray) -> np.ndarray:
         codes = self.cats_.codes(inputs.frame).astype(np.float32)
         text = inputs.text  # NaN rows: LightGBM treats them as missing natively
@@ -358,6 +364,12 @@ class MLPPriceRegressor:
         if list(warm_from.cats_.levels_) != list(CATEGORICAL_COLUMNS):
             return f"its categorical columns {list(warm_from.cats_.levels_)} are not {list(CATEGORICAL_COLUMNS)}"
         return None
+
+    def start_note(self) -> str:
+        """How a fit asked to warm-start began: the epoch it kept, or why it started cold."""
+        if not self.warm_started_:
+            return f"cold: {self.warm_note_}"
+        return f"warm (best epoch {self.best_epoch_} of {self.config.warm_epochs})"
 
     def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None,
             warm_from: "MLPPriceRegressor | None" = None):

@@ -180,7 +180,7 @@ def train_price_models(
             cands[kind] = reg
             seconds[f"{form}/{kind}"] = round(secs, 2)
             if start is not None:
-                warm_starts.setdefault(form, {})[kind] = _warm_note(reg)
+                warm_starts.setdefault(form, {})[kind] = reg.start_note()
         if (blend if form not in chosen else chosen[form] == "blend") and len(cands) >= 2:
             t0 = time.perf_counter()
             cands["blend"] = BlendPriceRegressor(list(cands.values())).fit(ftr, y_tr, fva, y_va)
@@ -217,14 +217,6 @@ def train_price_models(
         if form in chosen and form in recorded:
             recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
     return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
-
-
-def _warm_note(reg) -> str:
-    if not reg.warm_started_:
-        return f"cold: {reg.warm_note_}"
-    if isinstance(reg, MLPPriceRegressor):
-        return f"warm (best epoch {reg.best_epoch_} of {reg.config.warm_epochs})"
-    return f"warm ({reg.start_trees_} + {reg.best_iteration_ - reg.start_trees_} of {reg.warm_rounds} trees kept)"
 
 
 def _member(regressor, cls):

@@ -48,6 +48,14 @@ def test_fashion_executor_k8s_selects_the_k8s_job_executor():
         build_executor("celery")
 
 
+def test_runs_execute_in_process_unless_fashion_executor_says_otherwise(monkeypatch):
+    # One host: no Python process start per step (README, OPERATIONS.md); multiprocess is opt-in.
+    monkeypatch.delenv("FASHION_EXECUTOR", raising=False)
+    assert build_executor() is dg.in_process_executor
+    monkeypatch.setenv("FASHION_EXECUTOR", "multiprocess")
+    assert build_executor() is dg.multi_or_in_process_executor
+
+
 def test_k8s_executor_config_is_validated_by_its_schema():
     job = _job()
     good = {"execution": {"config": {

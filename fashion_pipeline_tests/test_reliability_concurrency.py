@@ -1,5 +1,5 @@
 """Concurrent writers on one DuckDB warehouse: parallel steps of one run (Dagster's multiprocess
-executor, as `dagster asset materialize` uses) and two overlapping runs (a schedule firing during
+executor, FASHION_EXECUTOR=multiprocess) and two overlapping runs (a schedule firing during
 a manual run), queued on the warehouse lock instead of failing, and the file intact after."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ CLI_SELECTION = ["kaggle_products_raw", "hm_articles_raw", "hm_article_prices"]
 
 def _cli_run(dagster_home: Path, var: Path) -> subprocess.Popen:
     return start_module("dagster", "asset", "materialize", "--select", ",".join(CLI_SELECTION), "-m", "fashion_pipeline.definitions",
-                        DAGSTER_HOME=str(dagster_home), FASHION_VAR_DIR=str(var), FASHION_DATA_ROOT=str(SAMPLE_ROOT))
+                        DAGSTER_HOME=str(dagster_home), FASHION_VAR_DIR=str(var), FASHION_DATA_ROOT=str(SAMPLE_ROOT),
+                        FASHION_EXECUTOR="multiprocess")
 
 
 def _steps_with(instance, kind: str) -> dict[str, set[str]]:

@@ -215,8 +215,8 @@ def _launch(dagster_dev, keys: list[list[str]]) -> str:
                      "jobName": "__ASSET_JOB", "assetSelection": [{"path": k} for k in keys],
                      "assetCheckSelection": []},
         "mode": "default",
-        # One process for the whole run: the same steps, without a process start per step.
-        "runConfigData": {"execution": {"config": {"in_process": {}}}},
+        # No execution config: the code location's default executor (in process, FASHION_EXECUTOR unset).
+        "runConfigData": {},
         "executionMetadata": {"tags": [{"key": "fashion/trigger", "value": "ui-test"}]},
     }
     result = dagster_dev.gql(mutation, {"params": params})["launchRun"]

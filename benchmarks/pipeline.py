@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/pipeline.py --data "$FASHION_DATA_ROOT" --sizes 1000,5000,20000,all
 
 For each size it builds a subset in the datasets' own layouts (CSV rows chosen by a stable
-hash; the per-product JSON and image folders are symlinked, not copied), materializes every
-asset of the code location in process, and records per stage: wall time, rows/s and peak
-memory (RSS sampled every 50 ms while the stage runs). It then adds 1% new products and
+hash; the per-product JSON and image folders are symlinked, not copied), runs the README's main
+command on it (`dg launch --assets '*'`, a separate process on a persistent instance with the
+shipped dagster.yaml, FASHION_EXECUTOR as given: the code location's default `in_process`), and
+records per stage: wall time, rows/s and peak memory (RSS of the command's process tree, sampled
+every 0.1 s while the stage runs), and the command's own wall time and start-up. It then adds 1% new products and
 re-runs, then re-runs twice more with nothing changed, to measure what caches, retraining only
 the published model choices, and reusing the output of stages whose inputs are unchanged save
-(the three runs share one Dagster instance, as runs of a deployment do). Model quality tables found in the
+(the runs share one Dagster instance, as runs of a deployment do). Model quality tables found in the
 warehouse are compared with the reference baselines. The report (Markdown + PNG plots) goes
 to ``--out`` (default benchmarks/out/<timestamp>/report.md); a run whose sizes include ``all``
 (with the re-runs) is copied to benchmarks/results/pipeline.md.
@@ -84,22 +86,41 @@ def build_subset(src: Path, dst: Path, n_total: int | None, drop_fraction: float
     return chosen
 
 
-class RssSampler(threading.Thread):
-    def __init__(self, period: float = 0.05):
-        super().__init__(daemon=True)
-        self.period, self.samples, self._stop_evt = period, [], threading.Event()
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of process ``root`` and all its descendants (a run's step processes, under
+    the multiprocess executor), in MB; 0 once the tree is gone."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while the table was read
+        children.setdefault(ppid, []).append(int(entry.name))
+    total_kb, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total_kb += next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0)
+        except OSError:
+            continue
+        todo.extend(children.get(pid, []))
+    return total_kb / 1024
 
-    @staticmethod
-    def rss_mb() -> float:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+
+class RssSampler(threading.Thread):
+    """Samples `tree_rss_mb(pid)` every ``period`` seconds until stopped."""
+
+    def __init__(self, pid: int, period: float = 0.1):
+        super().__init__(daemon=True)
+        self.pid, self.period, self.samples, self._stop_evt = pid, period, [], threading.Event()
 
     def run(self) -> None:
         while not self._stop_evt.is_set():
-            self.samples.append((time.time(), self.rss_mb()))
+            self.samples.append((time.time(), tree_rss_mb(self.pid)))
             time.sleep(self.period)
 
     def stop(self) -> None:
@@ -111,46 +132,68 @@ class RssSampler(threading.Thread):
         return max(values) if values else float("nan")
 
 
-def materialize_all(data_root: Path, var_dir: Path, instance) -> tuple[list[dict], float]:
-    """Materialize every asset in process; per-step timings, peak RSS, and whether the step reused
-    its last output (metadata reused_from_run)."""
-    os.environ["FASHION_DATA_ROOT"] = str(data_root)
-    os.environ["FASHION_VAR_DIR"] = str(var_dir)
+def main_command() -> list[str]:
+    """The README's main command (`dg launch --assets '*'`) with this interpreter's venv."""
+    dg_cli = Path(sys.executable).parent / "dg"
+    if not dg_cli.exists():
+        raise SystemExit(f"{dg_cli} not found: run the benchmark with the project's venv python (dagster-dg-cli installs `dg`)")
+    return [str(dg_cli), "launch", "--assets", "*", "-m", "fashion_pipeline.definitions"]
+
+
+def materialize_all(data_root: Path, var_dir: Path, home: Path, executor: str, log_path: Path) -> tuple[list[dict], float, float]:
+    """Run the README's main command once, as a user does: a `dg launch` process on the persistent
+    instance ``home`` (the shipped dagster.yaml), FASHION_EXECUTOR=``executor``. Returns per-step
+    timings (from the instance's event log), peak RSS of the command's process tree while each step
+    ran, whether the step reused its last output (metadata reused_from_run); the command's wall
+    time; and its start-up (process start, imports, loading the definitions: until RUN_START)."""
     import dagster as dg
 
-    from fashion_pipeline.definitions import defs
-    from fashion_pipeline.resources import build_resources
     from fashion_pipeline.reuse import REUSED_FROM_KEY
 
-    # The code location's assets and asset checks (the blocking publishing gates), as a real run has them.
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or [])
-    sampler = RssSampler()
-    sampler.start()
+    env = {**os.environ, "FASHION_DATA_ROOT": str(data_root), "FASHION_VAR_DIR": str(var_dir),
+           "DAGSTER_HOME": str(home), "FASHION_EXECUTOR": executor, "FASHION_AUTOMATION": "off",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(main_command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            rc = proc.wait()
+        finally:
+            wall = time.time() - t0
+            sampler.stop()
+    instance = dg.DagsterInstance.from_config(str(home))
     try:
-        result = dg.materialize(assets, resources=build_resources(), instance=instance, raise_on_error=False)
+        records = instance.get_run_records(limit=1)
+        if not records or records[0].create_timestamp.timestamp() < t0 - 1:
+            raise SystemExit(f"the main command left no new run (exit code {rc}); its output: {log_path}")
+        run = records[0].dagster_run
+        starts, rows, reused, run_start = {}, [], set(), None
+        for entry in instance.all_logs(run.run_id):
+            ev = entry.dagster_event
+            if ev is None:
+                continue
+            if ev.event_type == dg.DagsterEventType.RUN_START:
+                run_start = entry.timestamp
+            if not ev.step_key:
+                continue
+            if ev.event_type_value == "ASSET_MATERIALIZATION" and \
+                    REUSED_FROM_KEY in ev.step_materialization_data.materialization.metadata:
+                reused.add(ev.step_key)
+            elif ev.event_type_value == "STEP_START":
+                starts[ev.step_key] = entry.timestamp
+            elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+                start = starts.get(ev.step_key, entry.timestamp)
+                rows.append({"stage": ev.step_key, "status": "ok" if ev.event_type_value == "STEP_SUCCESS" else "FAILED",
+                             "wall_s": entry.timestamp - start, "peak_rss_mb": sampler.peak(start, entry.timestamp),
+                             "reused": ev.step_key in reused})
+        if rc != 0 or run.status != dg.DagsterRunStatus.SUCCESS:
+            failed = [r["stage"] for r in rows if r["status"] != "ok"]
+            print(f"  run {run.run_id} {run.status.value} (exit code {rc}) at {failed}; output: {log_path}", flush=True)
     finally:
-        wall = time.time() - t0
-        sampler.stop()
-    starts, rows, reused = {}, [], set()
-    for mat in result.get_asset_materialization_events():
-        if REUSED_FROM_KEY in mat.materialization.metadata:
-            reused.add(mat.step_key)
-    for entry in instance.all_logs(result.run_id):
-        ev = entry.dagster_event
-        if ev is None or not ev.step_key:
-            continue
-        if ev.event_type_value == "STEP_START":
-            starts[ev.step_key] = entry.timestamp
-        elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-            start = starts.get(ev.step_key, entry.timestamp)
-            rows.append({"stage": ev.step_key, "status": "ok" if ev.event_type_value == "STEP_SUCCESS" else "FAILED",
-                         "wall_s": entry.timestamp - start, "peak_rss_mb": sampler.peak(start, entry.timestamp),
-                         "reused": ev.step_key in reused})
-    if not result.success:
-        failed = [r["stage"] for r in rows if r["status"] != "ok"]
-        print(f"  run failed at {failed}", flush=True)
-    return rows, wall
+        instance.dispose()
+    return rows, wall, (run_start - t0) if run_start else float("nan")
 
 
 def machine_info() -> dict:
@@ -177,34 +220,37 @@ def machine_info() -> dict:
             "platform": platform.platform(), "load_avg_at_start": os.getloadavg(), "versions": versions}
 
 
-def run_size(src: Path, out: Path, size: int | None, incremental: bool) -> dict:
+def run_size(src: Path, out: Path, size: int | None, incremental: bool, executor: str) -> dict:
     label = "all" if size is None else str(size)
     data = out / "data" / label
     var = out / "var" / label
     counts = build_subset(src, data, size, drop_fraction=0.01 if incremental else 0.0)
     print(f"[{label}] {counts} products -> materializing", flush=True)
-    import dagster as dg
+    # One persistent instance for this size's runs, as the README sets it up: they see each other.
+    home = var / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "fashion_pipeline" / "deploy" / "dagster.yaml", home / "dagster.yaml")
 
-    instance = dg.DagsterInstance.ephemeral()  # one instance for this size's runs: they see each other
-    stages, wall = materialize_all(data, var, instance)
+    def launch(name: str) -> dict:
+        stages, wall, startup = materialize_all(data, var, home, executor, var / f"{name}.log")
+        return {"wall_s": wall, "startup_s": startup, "stages": stages}
+
+    first = launch("full")
     import duckdb
 
     with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
         n_clean = con.execute("select count(*) from clean_products").fetchall()[0][0]
-    res = {"size": label, "input_products": sum(counts.values()), "clean_rows": n_clean, "wall_s": wall, "stages": stages}
+    res = {"size": label, "input_products": sum(counts.values()), "clean_rows": n_clean, **first}
     if incremental:
         build_subset(src, data, size, drop_fraction=0.0)
         print(f"[{label}] +1% new products -> re-run", flush=True)
-        stages2, wall2 = materialize_all(data, var, instance)
-        res["incremental"] = {"wall_s": wall2, "stages": stages2, "price_gate": price_gate_table(var)}
+        res["incremental"] = {**launch("incremental"), "price_gate": price_gate_table(var)}
         print(f"[{label}] nothing changed -> re-run", flush=True)
-        stages3, wall3 = materialize_all(data, var, instance)
-        res["unchanged"] = {"wall_s": wall3, "stages": stages3}
+        res["unchanged"] = launch("unchanged")
         # regressor_metrics' listing evaluation reads the classifiers published *before* it ran, so the
         # run after a retrain evaluates once more; this one shows the steady state.
         print(f"[{label}] nothing changed again -> re-run", flush=True)
-        stages4, wall4 = materialize_all(data, var, instance)
-        res["unchanged_again"] = {"wall_s": wall4, "stages": stages4}
+        res["unchanged_again"] = launch("unchanged_again")
     res["warehouse"] = str(var / "warehouse.duckdb")
     return res
 
@@ -297,6 +343,10 @@ def write_report(results: list[dict], info: dict, out: Path) -> Path:
              f"load average at start {tuple(round(x, 1) for x in info['load_avg_at_start'])} (shared machine).",
              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), "",
              "Command: `" + portable_command(sys.argv) + "`", "",
+             "Each run is the README's main command (`dg launch --assets '*' -m fashion_pipeline.definitions`) in its "
+             f"own process on a persistent instance (the shipped dagster.yaml), FASHION_EXECUTOR={info['executor']}; "
+             "wall times are the command's, start-up included (process start, imports, loading the definitions); "
+             "peak RSS is the command's process tree.", "",
              "The first run on a fresh var dir has nothing published, so the model assets *select* (every family "
              "in the default config lists trained — the classifiers' classical ones and image_cnn; multimodal_cnn "
              "and clip_fusion compete in model_selection_job —, chosen on validation); the re-runs use the default `mode: retrain` (the weekly schedule's): "
@@ -314,6 +364,10 @@ def write_report(results: list[dict], info: dict, out: Path) -> Path:
             cells.append(f"{w:.1f} | {w / r['wall_s']:.1%} |" if w else "– | – |")
         lines.append(f"| {r['size']} | {r['clean_rows']} | {r['wall_s']:.1f} | {r['clean_rows'] / r['wall_s']:.0f} | {peak:.0f} | "
                      + " ".join(cells))
+    lines += ["", "Of which the command's start-up (until the run's first event): "
+              + "; ".join(f"{r['size']}: " + " / ".join(f"{x['startup_s']:.1f}" for x in
+                                                        (r, *(r[k] for k in ("incremental", "unchanged", "unchanged_again") if k in r)))
+                          + " s" for r in results) + " (full / +1% / nothing changed / again)."]
     lines += ["", "## Per stage", "", "![stages](stages.png)", "",
               "| products | stage | status | wall (s) | rows/s | peak RSS (MB) | +1% re-run (s) | nothing-changed re-run (s) "
               "| again (s) |",
@@ -359,15 +413,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="1000,5000,20000,all", help="comma-separated product counts; 'all' = everything")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-incremental", action="store_true", help="skip the +1%% re-run and the nothing-changed re-runs")
+    ap.add_argument("--executor", choices=("in_process", "multiprocess"), default="in_process",
+                    help="FASHION_EXECUTOR of the measured command (default: the code location's default, in_process)")
     args = ap.parse_args(argv)
     out = args.out or ROOT / "benchmarks" / "out" / time.strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
+    info["executor"] = args.executor
     results = []
     sizes = [t.strip() for t in args.sizes.split(",")]
     for token in sizes:
         size = None if token == "all" else int(token)
-        results.append(run_size(args.data, out, size, incremental=not args.no_incremental))
+        results.append(run_size(args.data, out, size, incremental=not args.no_incremental, executor=args.executor))
         write_report(results, info, out)  # a partial report survives an interrupted run
     report = write_report(results, info, out)
     if "all" in sizes and not args.no_incremental:

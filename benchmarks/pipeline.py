@@ -128,7 +128,11 @@ class RssSampler(threading.Thread):
         self.join()
 
     def peak(self, start: float, end: float) -> float:
+        """Largest sample while [start, end] ran; a step shorter than the period gets the last
+        sample before its end."""
         values = [m for t, m in self.samples if start <= t <= end]
+        if not values:
+            values = [m for t, m in self.samples if t <= end][-1:]
         return max(values) if values else float("nan")
 
 

@@ -248,7 +248,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     context.log.info(f"listing evaluation: attribute extraction with {extraction_note}")
     classifiers = scoring.load_published_classifiers(store)
     recipe = listing_eval.Recipe().fit(train)
-    text_recipe = listing_eval.TextClassifierRecipe(threads=config.threads).fit(train)
+    text_recipe = listing_eval.TextClassifierRecipe().fit(train)
 
     def judge(m, info, forms):
         return listing_eval.evaluate_price_model(m, info, test, train, embedder=embedder, extractor=extractor,

@@ -13,7 +13,8 @@ the published model choices, and reusing the output of stages whose inputs are u
 (the runs share one Dagster instance, as runs of a deployment do). Model quality tables found in the
 warehouse are compared with the reference baselines. The report (Markdown + PNG plots) goes
 to ``--out`` (default benchmarks/out/<timestamp>/report.md); a run whose sizes include ``all``
-(with the re-runs) is copied to benchmarks/results/pipeline.md.
+(with the re-runs) is copied to benchmarks/results/pipeline.md (``--executor multiprocess``:
+pipeline_multiprocess.md).
 """
 
 from __future__ import annotations
@@ -433,11 +434,13 @@ def main(argv: list[str] | None = None) -> None:
     report = write_report(results, info, out)
     if "all" in sizes and not args.no_incremental:
         # Only a run that measures what the report answers (the full data, with the re-runs) replaces it.
+        # The default executor's report is pipeline.md; another executor's sits beside it (pipeline_multiprocess.md).
+        name = "pipeline" if args.executor == "in_process" else f"pipeline_{args.executor}"
         results_dir = ROOT / "benchmarks" / "results"
         results_dir.mkdir(exist_ok=True)
-        (results_dir / "pipeline.md").write_text(report.read_text().replace("](stages.png)", "](pipeline_stages.png)"))
-        shutil.copyfile(out / "stages.png", results_dir / "pipeline_stages.png")
-        print(f"report: {report} (copied to {results_dir / 'pipeline.md'})")
+        (results_dir / f"{name}.md").write_text(report.read_text().replace("](stages.png)", f"]({name}_stages.png)"))
+        shutil.copyfile(out / "stages.png", results_dir / f"{name}_stages.png")
+        print(f"report: {report} (copied to {results_dir / f'{name}.md'})")
     else:
         print(f"report: {report} (benchmarks/results/pipeline.md is replaced only by a run with 'all' and the re-runs)")
     shutil.rmtree(out / "data", ignore_errors=True)

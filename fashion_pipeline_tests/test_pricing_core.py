@@ -461,3 +461,17 @@ def test_training_with_real_text_embeddings_uses_them():
     assert val.loc["mlp", "rmsle"] < 0.85 * median
 
 
+
+
+def test_zero_nans_clips_like_nan_to_num_in_place():
+    """NaN -> 0 and +-inf -> the dtype's largest finite values, in the array handed over; an all-finite
+    array is left as it was."""
+    from fashion_pipeline.core.pricing.features import zero_nans_
+
+    big = np.finfo(np.float32).max
+    x = np.array([[np.nan, 1.5, np.inf], [-np.inf, 2.0, np.nan]], dtype=np.float32)
+    out = zero_nans_(x)
+    assert out is x
+    np.testing.assert_array_equal(x, np.array([[0.0, 1.5, big], [-big, 2.0, 0.0]], dtype=np.float32))
+    finite = np.array([[1.0, -2.0]], dtype=np.float64)
+    np.testing.assert_array_equal(zero_nans_(finite), [[1.0, -2.0]])

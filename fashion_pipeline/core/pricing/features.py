@@ -225,7 +225,17 @@ def dense_embeddings(inputs: PriceInputs) -> np.ndarray:
     x[:, n_t : n_t + n_i] = inputs.image
     x[:, n_t + n_i] = np.isnan(inputs.text).any(axis=1)
     x[:, n_t + n_i + 1] = np.isnan(inputs.image).any(axis=1)
-    np.nan_to_num(x, copy=False, nan=0.0)
+    return zero_nans_(x)
+
+
+def zero_nans_(x: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(x, copy=False, nan=0.0)`` — NaN to 0, +-inf to the dtype's extremes, in place —
+    without its two whole-array passes for +inf and -inf (most of its time: ~8 s of a retrain's 94 s of
+    price training on the full development data went to them): one ``isfinite`` pass, then only the
+    non-finite entries."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        x[bad] = np.nan_to_num(x[bad], nan=0.0)
     return x
 
 

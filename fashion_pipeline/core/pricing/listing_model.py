@@ -66,11 +66,10 @@ class SourceRouter:
         if self.tfidf_ is not None:
             parts.append(tfidf_transform(self.tfidf_, inputs.frame["price_text"]))
         if self.pca_ is not None:
-            img = np.nan_to_num(inputs.image, nan=0.0)
             have = ~np.isnan(inputs.image).any(axis=1)
             z = np.zeros((len(inputs), self.pca_.n_components_ + 1), np.float32)
-            if have.any():
-                z[have, :-1] = self.pca_.transform(img[have])
+            if have.any():  # rows without a NaN: only an infinity is left to clip
+                z[have, :-1] = self.pca_.transform(np.nan_to_num(inputs.image[have], nan=0.0))
             z[:, -1] = have
             parts.append(dense_csr(z))
         if not parts:

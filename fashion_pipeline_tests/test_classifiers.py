@@ -125,6 +125,29 @@ def test_a_retrain_trains_only_the_chosen_model_and_the_baseline_and_serves_the_
         assert res.serving[key].model_name == result.serving[key].model_name
 
 
+def test_a_retrained_linear_choice_is_its_own_baseline_and_the_gate_compares_it_with_the_published_model(frame):
+    """logreg and linear_svc are the gate's linear references: retraining either fits nothing beside it
+    (a non-linear choice gets the linear_svc baseline), and the gate's only reference for the logreg
+    candidate is the published model."""
+    from fashion_pipeline.core.models.publishing import baseline_row, gate_each
+
+    cfg = _cfg(regimes=("full",), classical=("linear_svc", "logreg", "complement_nb"), neural=(),
+               chosen={("category", "full"): "linear_svc", ("gender", "full"): "logreg",
+                       ("usage", "full"): "complement_nb"})
+    res = run_leaderboard(frame, cfg)
+    lb = res.leaderboard[res.leaderboard["source"] == "all"]
+    trained = {k: set(g["model"]) for k, g in lb.groupby(["task", "regime"])}
+    assert trained == {("category", "full"): {"linear_svc"}, ("gender", "full"): {"logreg"},
+                       ("usage", "full"): {"complement_nb", "linear_svc"}}
+    name, f1 = baseline_row(res.leaderboard, "gender", "full")
+    assert name == "logreg"
+    row = {"name": "gender_classifier", "model": "logreg", "test_macro_f1": f1, "baseline_model": name,
+           "baseline_test_macro_f1": f1, "published_version_before": "v1", "published_test_macro_f1": f1 + 0.1}
+    decision = gate_each(pd.DataFrame([row]))["gender_classifier"]
+    assert not decision.passed  # 0.1 below the published model: refused by it, not waved through
+    assert [c["reference"] for c in decision.comparisons] == ["published gender_classifier v1"]
+
+
 def test_a_retrain_of_linear_choices_fits_only_the_feature_kinds_they_read(frame, result):
     """Every pair retrains complement_nb (beside the linear_svc baseline): no model reads the 'dense' or
     'wide' kinds, so no TruncatedSVD or text PCA is fitted and no dense block built, while the lightgbm
@@ -356,3 +379,30 @@ def test_neural_class_weights_are_the_balanced_weights_to_the_configured_power()
     np.testing.assert_allclose(balanced_weights(codes, 3), want, rtol=1e-6)
     np.testing.assert_allclose(balanced_weights(codes, 3, 0.5), np.sqrt(want), rtol=1e-6)
     assert NeuralConfig().class_weight_power == 0.5
+
+
+def test_a_retrain_re_scores_a_stored_baseline_only_while_it_is_fresh(tmp_path):
+    """stored_baselines: a non-linear choice's stored baseline is handed back while the train split is
+    within baseline_max_growth of the one it was fitted on and the encoder is the same; each other case
+    is fitted again, and says why. Linear choices need none."""
+    from fashion_pipeline.assets.classifiers import ClassifierConfig, stored_baselines
+    from fashion_pipeline.core.model_store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    enc = {"backend": "offline", "image_dim": 1280}
+    v = store.save("gender_classifier_image_baseline", {"a": "baseline"}, {}, {"encoder": enc, "train_split_rows": 1000})
+    store.save("usage_classifier_image_baseline", {"b": "baseline"}, {}, {"encoder": {"backend": "open_clip"},
+                                                                          "train_split_rows": 1000})
+    chosen = {("gender", "image"): "image_cnn", ("usage", "image"): "image_cnn", ("category", "image"): "lightgbm",
+              ("category", "full"): "linear_svc", ("gender", "full"): "logreg"}
+    cfg = ClassifierConfig()
+    for rows in (1000, 1100, 900):
+        out, notes = stored_baselines(store, chosen, cfg, enc, rows)
+        assert list(out) == [("gender", "image")] and out[("gender", "image")][0] == {"a": "baseline"}
+        assert out[("gender", "image")][1]["version"] == v
+        assert notes == {"category/image": "fitted (none stored)",
+                         "usage/image": notes["usage/image"]} and "another encoder" in notes["usage/image"]
+    out, notes = stored_baselines(store, chosen, cfg, enc, 1101)
+    assert out == {} and "fitted on 1000 train-split rows, this run has 1101" in notes["gender/image"]
+    out, notes = stored_baselines(store, chosen, ClassifierConfig(baseline_max_growth=0), enc, 1000)
+    assert out == {} and notes["gender/image"] == "fitted (baseline_max_growth 0)"

@@ -144,6 +144,41 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     assert "category_classifier" in refused2
     assert store.published("category_classifier")["version"] == stored.set_index("name").loc["category_classifier", "version"]
 
+    # A retrain (the schedule's mode) on the same rows: a pair whose choice is not linear is gated against
+    # the linear_svc baseline the selection stored, re-scored on the test split (the same rows, so the
+    # first run's leaderboard figure), and no baseline is fitted or stored again; a linear choice is
+    # its own reference.
+    before = {n: store.versions(n) for n in store_names(var / "models") if n.endswith("_baseline")}
+    assert before and all(len(v) == 1 for v in before.values())  # run 1 stored one per non-linear choice
+    r3 = _run([*INGEST_CHAIN, "classifier_leaderboard", "attribute_classifiers"], var, {"ops": {
+        "classifier_leaderboard": {"config": {"embeddings_path": str(emb), "neural_epochs": 6}}}})
+    assert r3.success
+    with duckdb.connect(wh, read_only=True) as con:
+        cand3 = con.sql("select * from attribute_classifiers").df()
+    notes = [m.metadata["baselines"].value for m in r3.asset_materializations_for_node("classifier_leaderboard")
+             if m.asset_key == dg.AssetKey("attribute_classifiers")][0]
+    first = lb[(lb.model == "linear_svc") & (lb.source == "all")].set_index(["task", "regime"])["macro_f1"]
+    rescored = 0
+    for r in cand3.itertuples():
+        if r.model in ("linear_svc", "logreg"):
+            assert r.baseline_model == r.model, r.name
+            continue
+        assert r.baseline_model == "linear_svc"
+        # Fitted again or re-scored, the same rows give the first run's linear_svc figure.
+        assert r.baseline_test_macro_f1 == pytest.approx(first[(r.task, r.regime)], abs=1e-12)
+        note = notes[f"{r.task}/{r.regime}"]
+        if f"{r.name}_baseline" in before:
+            assert note.startswith(f"re-scored {r.name}_baseline {before[f'{r.name}_baseline'][0]}"), note
+            rescored += 1
+        else:  # run 2 published a non-linear model where run 1 served a linear one: nothing stored yet
+            assert note.startswith(f"fitted, stored as {r.name}_baseline"), note
+    assert rescored > 0
+    assert {n: store.versions(n) for n in before} == before
+
+
+def store_names(root) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
 
 def test_assets_are_in_the_code_location():
     keys = {k.path[-1] for a in defs.assets for k in getattr(a, "keys", [])}

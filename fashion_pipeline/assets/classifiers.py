@@ -18,7 +18,8 @@ Model store names (what scoring loads)::
 Same for gender_classifier* and usage_classifier*. In ``mode="select"`` (model_selection_job) each
 serving model is the one with the best *validation* macro-F1 for its task and regime, and the
 leaderboard reports every model on *test*; in ``mode="retrain"`` (the weekly schedule) each task and
-regime retrains the model its published classifier is, beside the linear baseline the gate needs.
+regime retrains the model its published classifier is, beside the linear baseline the gate needs
+(none beside a linear choice: it is its own).
 """
 
 
@@ -37,8 +38,8 @@ from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.models.classifiers import CLASSICAL
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, WARM_STARTABLE, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
-from fashion_pipeline.core.models.publishing import (baseline_row, classifier_gate, classifier_name, gate_each,
-                                                     macro_f1_on_test_rows)
+from fashion_pipeline.core.models.publishing import (BASELINE_MODELS, baseline_name, baseline_row, classifier_gate,
+                                                     classifier_name, gate_each, macro_f1_on_test_rows)
 from fashion_pipeline.core.figures import confusion_matrix_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
@@ -53,7 +54,7 @@ GROUP = "models"
 class ClassifierConfig(dg.Config):
     mode: Literal["retrain", "select"] = Field(default="retrain", description=(
         "retrain (the weekly schedule, the sensor): each task and regime retrains only the model its published "
-        "classifier is (plus the linear baseline the gate compares with), on fresh data, and the "
+        "classifier is (plus, beside a non-linear choice, the linear baseline the gate compares with), on fresh data, and the "
         "classifier_leaderboard table keeps the last selection's; a pair with nothing published (its candidates "
         "were refused by the gate) retrains its latest candidate's model, and one with nothing stored (a first run) is "
         "selected as in 'select' among `classical_models` and `neural_models`. select (model_selection_job, on "
@@ -95,6 +96,12 @@ class ClassifierConfig(dg.Config):
     seed: int = Field(default=0, description="Seed for every model.")
     brand_mask_rate: float = Field(default=0.5, ge=0, lt=1, description=(
         "Share of training rows whose brand is hidden, so the 'full' models also serve listings that state none."))
+    baseline_max_growth: float = Field(default=0.1, ge=0, description=(
+        "mode retrain: the linear baseline the gate compares a non-linear choice with (linear_svc) is the one an "
+        "earlier run fitted and stored (`<classifier>_baseline` in the model store), re-scored on this run's test "
+        "rows, while this run's train split differs from the one it was fitted on by at most this share of "
+        "rows (and the encoder is the same); otherwise it is fitted again and stored. 0: always fitted. Metadata "
+        "`baselines` says which it was."))
     threads: int | None = Field(default=None, ge=1, description=(
         "Threads for torch, BLAS and the tree libraries; default: the cores available to the run's process. "
         "On a CPU shared with other busy processes, spinning threads were measured up to 5x slower: set 1 there."))
@@ -160,6 +167,37 @@ def warm_networks(store, chosen: dict, config: ClassifierConfig) -> tuple[dict, 
             if nets:
                 out[(arch, regime)] = (nets[0], classes)
                 notes[f"{arch}/{regime}"] = f"from {versions[0]} (classes of {versions})"
+    return out, notes
+
+
+def stored_baselines(store, chosen: dict, config: ClassifierConfig, encoder, train_rows: int
+                     ) -> tuple[dict, dict[str, str]]:
+    """The baselines a retrain re-scores instead of fitting: {(task, regime): (classifier, info)} for each
+    retrained pair whose choice is not itself a linear baseline, whose latest stored baseline loads, was
+    fitted on the same encoder and on a train split within ``baseline_max_growth`` of ``train_rows``;
+    and {task/regime: why each of the others is fitted}."""
+    out, notes = {}, {}
+    for (task, regime), model in sorted(chosen.items()):
+        if model in BASELINE_MODELS:
+            continue
+        key, name = f"{task}/{regime}", baseline_name(task, regime)
+        info, _ = store.published_or_latest(name)
+        spec = (info or {}).get("features_spec") or {}
+        if config.baseline_max_growth == 0:
+            notes[key] = "fitted (baseline_max_growth 0)"
+        elif info is None:
+            notes[key] = "fitted (none stored)"
+        elif spec.get("encoder") != encoder:
+            notes[key] = f"fitted ({name} {info['version']} read another encoder)"
+        elif abs(train_rows - int(spec.get("train_split_rows", 0))) > config.baseline_max_growth * max(
+                int(spec.get("train_split_rows", 0)), 1):
+            notes[key] = (f"fitted ({name} {info['version']} was fitted on {spec.get('train_split_rows')} train-split "
+                          f"rows, this run has {train_rows})")
+        else:
+            try:
+                out[(task, regime)] = store.load(name, info["version"])
+            except Exception as e:  # damaged or foreign: fitted again
+                notes[key] = f"fitted ({name} {info['version']} could not be loaded: {type(e).__name__}: {e})"
     return out, notes
 
 
@@ -234,6 +272,13 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         yield from previous
         return
     encoder = emb.encoder  # scoring builds and checks this encoder
+    train_rows = int((clean_products["split"] == "train").sum())
+    reused_baselines, baseline_notes = stored_baselines(store, chosen, config, encoder, train_rows)
+    baseline_notes.update({f"{t}/{r}": f"re-scored {baseline_name(t, r)} {info['version']} (fitted on "
+                                       f"{info['features_spec'].get('train_split_rows')} train-split rows)"
+                           for (t, r), (_, info) in reused_baselines.items()})
+    if baseline_notes:
+        context.log.info(f"linear baselines: {baseline_notes}")
     # Rows of the file's own matrices, joined by product_id (an aligned copy would double them).
     frame = with_embeddings(clean_products, *emb.arrays)
     no_row = emb.missing(clean_products)
@@ -246,10 +291,23 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
         max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=threads,
         brand_mask_rate=config.brand_mask_rate, chosen=chosen, warm=warm,
+        stored_baselines=frozenset(reused_baselines),
     )
     with threadpool_limits(limits=threads):  # BLAS / OpenMP pools too, not only torch
         result = run_leaderboard(frame, cfg, context.log.info)
     lb = result.leaderboard
+    # A baseline fitted beside a non-linear serving choice is kept, so the retrains after it re-score it
+    # instead of fitting it again (stored_baselines).
+    for (task, regime), base in sorted(result.baselines.items()):
+        serving = result.serving.get((task, regime))
+        if serving is None or serving.model_name in BASELINE_MODELS:
+            continue
+        rows = lb[(lb.task == task) & (lb.regime == regime) & (lb.model == base.model_name)]
+        version = store.save(baseline_name(task, regime), base,
+                             {"test": {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n}
+                                       for r in rows.itertuples()}},
+                             {**base.features_spec(), "encoder": encoder, "train_split_rows": train_rows})
+        baseline_notes[f"{task}/{regime}"] = f"fitted, stored as {baseline_name(task, regime)} {version}"
     stored = []
     plots = {}
     for (task, regime), clf in sorted(result.serving.items()):
@@ -270,6 +328,15 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
                 pub_note = f"could not be scored: {type(e).__name__}: {e}"
                 context.log.warning(f"published {name} {published['version']} {pub_note}")
         base_model, base_f1 = baseline_row(lb, task, regime)
+        if (task, regime) in reused_baselines:
+            base_clf, base_info = reused_baselines[(task, regime)]
+            try:
+                base_model, base_f1 = base_clf.model_name, macro_f1_on_test_rows(base_clf, frame, task)[0]
+            except Exception as e:  # a stored baseline this code cannot run: the published model still gates
+                base_model, base_f1 = None, None
+                baseline_notes[f"{task}/{regime}"] = (f"{baseline_name(task, regime)} {base_info['version']} could not "
+                                                      f"be scored ({type(e).__name__}: {e})")
+                context.log.warning(baseline_notes[f"{task}/{regime}"])
         stored.append({"name": name, "task": task, "regime": regime, "model": clf.model_name, "version": version,
                        "test_accuracy": float(all_row.accuracy), "test_macro_f1": float(all_row.macro_f1),
                        "n_test": int(all_row.n),
@@ -310,6 +377,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         "models": _table_md(stored_df), "model_store": dg.MetadataValue.path(str(store.root)),
         "gate_preview": dg.MetadataValue.md(decision.markdown()),
         "mode": f"{config.mode}: {mode_note}",
+        "baselines": dg.MetadataValue.json(baseline_notes),
         "neural_start": dg.MetadataValue.json({k: {"source": warm_notes.get(k, ""), "start": result.warm_starts.get(k, "cold")}
                                                 for k in sorted(set(warm_notes) | set(result.warm_starts))}),
         "train_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),

@@ -6,7 +6,9 @@ on the *same test split* with
 - the currently published model of that name, re-scored on this run's test rows (its own
   recorded metrics came from another run's split and are not comparable), and
 - the linear baseline: ``linear_svc`` (the environment.md reference recipe's model), else
-  ``logreg``, from the same leaderboard.
+  ``logreg``, from the same leaderboard. A candidate that is one of these linear models is its own
+  linear reference: a retrain fits no other linear model beside it (core.models.leaderboard
+  ``LeaderboardConfig.trains``), so it is compared with the published model.
 
 The candidate is refused when its test macro-F1 is below either reference by more than
 ``TOLERANCE`` (relative), or when there is no reference at all (nothing published and no linear
@@ -32,6 +34,11 @@ TOLERANCE = 0.02
 def classifier_name(task: str, regime: str) -> str:
     """The model store name a task's classifier for an input regime is saved and published under."""
     return f"{task}_classifier" if regime == "full" else f"{task}_classifier_{regime}"
+
+
+def baseline_name(task: str, regime: str) -> str:
+    """The model store name a task / regime's linear baseline is kept under for later retrains (never published)."""
+    return f"{classifier_name(task, regime)}_baseline"
 
 
 def macro_f1_on_test_rows(clf, frame: pd.DataFrame, task: str) -> tuple[float | None, int]:

@@ -230,9 +230,9 @@ def dense_embeddings(inputs: PriceInputs) -> np.ndarray:
 
 def zero_nans_(x: np.ndarray) -> np.ndarray:
     """``np.nan_to_num(x, copy=False, nan=0.0)`` — NaN to 0, +-inf to the dtype's extremes, in place —
-    without its two whole-array passes for +inf and -inf (most of its time: ~8 s of a retrain's 94 s of
-    price training on the full development data went to them): one ``isfinite`` pass, then only the
-    non-finite entries."""
+    without its whole-array passes for +inf and -inf (cProfile of a +1% retrain's price training on the
+    full development data: np.nan_to_num 8.9 s of 94 s, 5.3 s of it in ``isposinf``): one ``isfinite``
+    pass, then only the non-finite entries."""
     bad = ~np.isfinite(x)
     if bad.any():
         x[bad] = np.nan_to_num(x[bad], nan=0.0)

@@ -8,7 +8,9 @@ import dagster as dg
 import pytest
 import duckdb
 import numpy as np
+import pandas as pd
 
+from fashion_pipeline.assets.regressors import RECIPES_NAME
 from fashion_pipeline.checks import price_regressor_gate
 from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.model_store import ModelStore
@@ -32,6 +34,17 @@ def _reg_config(**kw):
     cfg = {"models": ["ridge"], "blend": False, "mlp_epochs": 3, "mlp_hidden": 64, "lightgbm_estimators": 80}
     cfg.update(kw)
     return {"ops": {"regressor_metrics": {"config": cfg}}}
+
+
+def _table(var, sql: str) -> pd.DataFrame:
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql).df()
+
+
+def _meta(result, asset: str) -> dict:
+    [meta] = [e.event_specific_data.materialization.metadata for e in result.get_asset_materialization_events()
+              if e.event_specific_data.materialization.asset_key.path[-1] == asset]
+    return meta
 
 
 def _check_result(result):
@@ -61,6 +74,15 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
     v1 = store.published(scoring.PRICE_MODEL_NAME)["version"]
     # Trained with the extracted attributes (the default), and says so for scoring.
     assert store.info(scoring.PRICE_MODEL_NAME, v1)["features_spec"]["uses_attributes"] is True
+    # The recipes were fitted (nothing stored) and stored for the next retrain.
+    [recipes_v1] = store.versions(RECIPES_NAME)
+    assert _meta(r1, "regressor_metrics")["listing_recipes"].value == (
+        f"fitted (none stored): stored as {RECIPES_NAME} {recipes_v1}")
+    # (recipe_rmsle is over the listings the judged model priced; the class recipe's figures are its own.)
+    recipe_cols = "form, source, recipe_category_macro_f1, recipe_gender_macro_f1, recipe_usage_macro_f1"
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        recipe_r1 = con.execute(f"select {recipe_cols} from regressor_metrics where model = 'candidate' "
+                                "order by form, source").df()
 
     # 2. A candidate choosing between ridge and LightGBM on validation: no worse than the published
     #    ridge on the test listings, so accepted and published; the incoming folder is scored with it.
@@ -90,6 +112,14 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
     assert cand.loc[("full", "all"), "rmsle"] <= 1.01 * pub.loc[("full", "all"), "rmsle"]
     mats = {e.event_specific_data.materialization.asset_key.path[-1]: e.event_specific_data.materialization.metadata
             for e in r2.get_asset_materialization_events()}
+    # A retrain on the same train split re-scores the stored recipes: their figures are run 1's.
+    assert mats["regressor_metrics"]["listing_recipes"].value.startswith(
+        f"re-scored {RECIPES_NAME} {recipes_v1} (0.0% of its ")
+    assert store.versions(RECIPES_NAME) == [recipes_v1]
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        recipe_r2 = con.execute(f"select {recipe_cols} from regressor_metrics where model = 'candidate' "
+                                "order by form, source").df()
+    pd.testing.assert_frame_equal(recipe_r2, recipe_r1)
     assert mats["regressor_metrics"]["predicted_vs_actual"].value.startswith("![predicted vs actual](data:image/png;base64,")
     assert "residuals_by_category" in mats["regressor_metrics"]
     # 7 forms of the candidate + the 3 gated forms of the published model, but a product's listings
@@ -112,7 +142,23 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
 
     # 3. A worse candidate (ridge on a fifth of the train rows) is refused by the blocking
     #    check; the publish step does not run and the published version stays.
-    r3 = _run(PRICING, var, _reg_config(train_fraction=0.2))
+    #    recipe_max_change 0 fits the recipes again (the same train rows: the same figures) and stores them.
+    r3 = _run(PRICING, var, _reg_config(train_fraction=0.2, recipe_max_change=0))
+    recipes_v3 = store.versions(RECIPES_NAME)[-1]
+    assert store.versions(RECIPES_NAME) == [recipes_v1, recipes_v3] and recipes_v3 != recipes_v1
+    assert _meta(r3, "regressor_metrics")["listing_recipes"].value == (
+        f"fitted (recipe_max_change 0): stored as {RECIPES_NAME} {recipes_v3}")
+    with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
+        recipe_r3 = con.execute(f"select {recipe_cols} from regressor_metrics where model = 'candidate' "
+                                "order by form, source").df()
+    pd.testing.assert_frame_equal(recipe_r3, recipe_r1)
+    # The stored price recipe prices test listings as the one fitted again on the same rows.
+    rows = _table(var, "select * from clean_products where split = 'test'")
+    test = listing_eval.as_listings(rows, "full")
+    prices = [store.load(RECIPES_NAME, v)[0].recipe.predict(test, rows["source"].to_numpy(), rows["category"].to_numpy())
+              for v in (recipes_v1, recipes_v3)]
+    assert np.isfinite(prices[0]).all()
+    np.testing.assert_array_equal(prices[0], prices[1])
     check3 = _check_result(r3)
     assert not check3.passed
     assert "REFUSED" in check3.metadata["decision"].value
@@ -160,3 +206,28 @@ def test_regressors_read_the_embeddings_file_the_latest_product_embeddings_run_r
     assert r.success
     meta = r.asset_materializations_for_node("regressor_metrics")[0].metadata
     assert meta["embeddings"].value == f"read from {emb}"
+
+
+def test_a_retrain_refits_the_listing_recipes_once_the_train_split_moved_past_recipe_max_change(tmp_path):
+    from fashion_pipeline.assets.regressors import RegressorConfig, listing_recipes
+    from fashion_pipeline_tests.test_pricing_core import clean_sample
+
+    store = ModelStore(tmp_path / "models")
+    df = clean_sample()
+    train = df[df["split"] == "train"]
+    _, note = listing_recipes(store, RegressorConfig(), train)
+    [v1] = store.versions(RECIPES_NAME)
+    assert note == f"fitted (none stored): stored as {RECIPES_NAME} {v1}"
+    few = len(train) // 20  # 5% of the rows removed: re-scored
+    again, note = listing_recipes(store, RegressorConfig(), train.iloc[few:])
+    assert note == f"re-scored {RECIPES_NAME} {v1} ({few / len(train):.1%} of its {len(train)} train rows differ from this run's)"
+    assert store.versions(RECIPES_NAME) == [v1] and len(again.train_keys) == len(train)
+    many = len(train) // 5  # 20% removed: fitted on this split and stored
+    refit, note = listing_recipes(store, RegressorConfig(), train.iloc[many:])
+    v2 = store.versions(RECIPES_NAME)[-1]
+    assert v2 != v1 and len(refit.train_keys) == len(train) - many
+    assert note == (f"fitted ({many / len(train):.1%} of the train rows of {RECIPES_NAME} {v1} differ from this run's, "
+                    f"more than recipe_max_change 10%): stored as {RECIPES_NAME} {v2}")
+    # a selection always fits
+    _, note = listing_recipes(store, RegressorConfig(mode="select"), train.iloc[many:])
+    assert note.startswith("fitted (model_selection_job fits them): stored as")

@@ -308,6 +308,27 @@ def test_text_classifier_recipe_is_tfidf_and_linear_svc_per_task():
         assert recipe.predict(listings, task).tolist() == svc.predict(vec.transform(text(listings))).tolist(), task
 
 
+def test_the_recipes_train_split_change_counts_added_removed_and_edited_rows():
+    """A retrain re-scores stored recipes while their train split moved by at most recipe_max_change:
+    counted by hand on ten literal rows."""
+    stored = pd.DataFrame({"product_id": [f"p{i}" for i in range(10)], "title": [f"t{i}" for i in range(10)],
+                           "price_usd": [10.0 + i for i in range(10)], "split": "train"})
+    keys = listing_eval.row_keys(stored)
+    assert len(keys) == 10
+    assert listing_eval.changed_share(keys, listing_eval.row_keys(stored.iloc[::-1])) == 0.0  # order is not a change
+    added = pd.concat([stored, pd.DataFrame({"product_id": ["p10"], "title": ["t10"], "price_usd": [20.0]})])
+    assert listing_eval.changed_share(keys, listing_eval.row_keys(added)) == 0.1  # 1 added of 10
+    assert listing_eval.changed_share(keys, listing_eval.row_keys(stored.iloc[2:])) == 0.2  # 2 removed
+    edited = stored.copy()
+    edited.loc[3, "price_usd"] = 99.0  # its old and its new version: 2 of 10
+    assert listing_eval.changed_share(keys, listing_eval.row_keys(edited)) == 0.2
+    edited.loc[4, "title"] = "renamed"
+    assert listing_eval.changed_share(keys, listing_eval.row_keys(edited)) == 0.4
+    # a column the recipes do not read is not a change
+    assert listing_eval.changed_share(keys, listing_eval.row_keys(stored.assign(split="other"))) == 0.0
+    assert listing_eval.changed_share(np.array([], dtype=np.uint64), keys) == 1.0
+
+
 # ---- the gate on listing metrics ----------------------------------------------------------------------------
 
 def _gate_table(cand, published, recipe, coverage=0.8):

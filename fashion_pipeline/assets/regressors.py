@@ -88,6 +88,13 @@ class RegressorConfig(dg.Config):
     max_interval_ratio: float = Field(default=6.0, gt=1, description=(
         "Abstain (price_usd null, flag no_price_interval_too_wide) where the calibrated interval for what the "
         "listing shows spans more than this factor."))
+    recipe_max_change: float = Field(default=0.1, ge=0, description=(
+        "mode retrain: the listing evaluation's TF-IDF recipes (the gate's reference) are the ones an earlier run "
+        "fitted and stored (`listing_recipes` in the model store), re-scored on this run's test listings, while "
+        "the train split differs from the one they were fitted on by at most this share of its rows (rows added "
+        "or removed; a row edited in a column the recipes read counts twice); otherwise they are fitted again "
+        "and stored. "
+        "0: always fitted. model_selection_job always fits them. Metadata `listing_recipes` says which it was."))
     listing_eval_max_rows: int | None = Field(default=None, ge=10, description=(
         "Score at most this many test products (seeded sample) per listing form in the evaluation; all by default."))
     embeddings_path: str | None = Field(
@@ -148,6 +155,38 @@ def warm_start_source(store, chosen: dict[str, str] | None, config: RegressorCon
            "lightgbm": f"its LightGBM continued for up to {config.lightgbm_warm_rounds} rounds"}
     return forms, str(info["version"]), (f"continuing {PRICE_MODEL_NAME} {info['version']} where its form's kind "
                                          f"has the member: {'; '.join(how[k] for k in kinds)}")
+
+
+RECIPES_NAME = "listing_recipes"
+
+
+def listing_recipes(store, config: RegressorConfig, train: pd.DataFrame) -> tuple[listing_eval.ListingRecipes, str]:
+    """The TF-IDF recipes the listing evaluation scores beside the models, and where they came from:
+    in a retrain, the latest stored ones when their code is this code's and at most
+    `recipe_max_change` of their train rows differ from ``train``; else fitted on ``train`` and stored."""
+    code = listing_eval.recipe_code()
+    why = "fitted (model_selection_job fits them)" if config.mode == "select" else "fitted (recipe_max_change 0)"
+    if config.mode == "retrain" and config.recipe_max_change > 0:
+        info, _ = store.published_or_latest(RECIPES_NAME)
+        if info is None:
+            why = "fitted (none stored)"
+        elif (info.get("features_spec") or {}).get("code") != code:
+            why = f"fitted ({RECIPES_NAME} {info['version']} was fitted by other recipe code)"
+        else:
+            try:
+                stored, _ = store.load(RECIPES_NAME, info["version"])
+                share = listing_eval.changed_share(stored.train_keys, listing_eval.row_keys(train))
+            except Exception as e:  # damaged or foreign: fitted again
+                why = f"fitted ({RECIPES_NAME} {info['version']} could not be loaded: {type(e).__name__}: {e})"
+            else:
+                if share <= config.recipe_max_change:
+                    return stored, (f"re-scored {RECIPES_NAME} {info['version']} ({share:.1%} of its "
+                                    f"{len(stored.train_keys)} train rows differ from this run's)")
+                why = (f"fitted ({share:.1%} of the train rows of {RECIPES_NAME} {info['version']} differ from "
+                       f"this run's, more than recipe_max_change {config.recipe_max_change:.0%})")
+    recipes = listing_eval.ListingRecipes(train)
+    version = store.save(RECIPES_NAME, recipes, {"train_rows": len(recipes.train_keys)}, {"code": code})
+    return recipes, f"{why}: stored as {RECIPES_NAME} {version}"
 
 
 def _md_table(df: pd.DataFrame) -> dg.MetadataValue:
@@ -247,8 +286,9 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
     context.log.info(f"listing evaluation: attribute extraction with {extraction_note}")
     classifiers = scoring.load_published_classifiers(store)
-    recipe = listing_eval.Recipe().fit(train)
-    text_recipe = listing_eval.TextClassifierRecipe().fit(train)
+    recipes, recipes_note = listing_recipes(store, config, train)
+    context.log.info(f"listing evaluation: recipes {recipes_note}")
+    recipe, text_recipe = recipes.recipe, recipes.text_recipe
 
     def judge(m, info, forms):
         return listing_eval.evaluate_price_model(m, info, test, train, embedder=embedder, extractor=extractor,
@@ -306,6 +346,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "warm_start": dg.MetadataValue.json({"note": warm_note, **features_spec.get("warm_starts", {})}),
         "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
         "listing_eval_extraction": dg.MetadataValue.json(extractor.counts),
+        "listing_recipes": recipes_note,
         "intervals": dg.MetadataValue.json(model.describe()),
         "candidate_version": version,
         **{f"test_rmsle/{f}": dg.MetadataValue.float(float(overall.loc[(f, "all"), "rmsle"]))

@@ -24,6 +24,7 @@ the listing's category was predicted as. The recipe is told the true source, whi
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import scoring
+from .fingerprint import source_digest
 from .label_metrics import classification_metrics
 from .token_counts import tfidf_transform, transform_memo
 
@@ -133,6 +135,42 @@ class TextClassifierRecipe:
         if task not in self.models_ or not (text.str.len() > 0).any():
             return None
         return self.models_[task].predict(tfidf_transform(self.vec_, text))
+
+
+RECIPE_COLUMNS = ["product_id", "title", "description", "brand", "source", "category", "gender", "usage",
+                  "price_usd", "price_status"]
+
+
+def row_keys(train: pd.DataFrame) -> np.ndarray:
+    """One 64-bit hash per train row over everything the recipes read (`RECIPE_COLUMNS`): two train
+    splits differ by the rows whose key is in one and not the other (a changed price or title counts)."""
+    cols = [c for c in RECIPE_COLUMNS if c in train.columns]
+    return np.unique(pd.util.hash_pandas_object(train[cols].astype(str), index=False).to_numpy())
+
+
+def changed_share(stored_keys: np.ndarray, keys: np.ndarray) -> float:
+    """How far a train split moved from the stored one: row keys in one and not the other (an edited
+    row counts twice, its old and its new version) over the stored split's rows (1.0 when it had none)."""
+    if len(stored_keys) == 0:
+        return 1.0
+    return len(np.setxor1d(stored_keys, keys, assume_unique=True)) / len(stored_keys)
+
+
+class ListingRecipes:
+    """The two recipes fitted on one train split, with that split's row keys (`row_keys`): what the
+    model store keeps so that a retrain whose train split barely changed re-scores them."""
+
+    def __init__(self, train: pd.DataFrame):
+        self.recipe = Recipe().fit(train)
+        self.text_recipe = TextClassifierRecipe().fit(train)
+        self.train_keys = row_keys(train)
+
+
+def recipe_code() -> str:
+    """The recipes' code version: this module's source and scikit-learn's version."""
+    import sklearn
+
+    return f"{source_digest(sys.modules[__name__])[:16]}-sklearn{sklearn.__version__}"
 
 
 def answers(values) -> np.ndarray:

@@ -405,3 +405,94 @@ def test_a_large_catalogue_gets_a_graph_index_that_finds_the_exact_neighbours(tm
     assert cmp.ComparablesIndex.load(tmp_path / "idx").search_embeddings(q_img, q_txt, k=5) == got
     # Below the threshold: exact.
     assert not hasattr(ComparablesIndex.build(items, x[:, :DI], x[:, DI:]).index, "hnsw")
+
+
+def test_extending_the_previous_graph_index_with_new_products_finds_what_a_rebuild_finds(tmp_path):
+    """A retrain adds the new products onto the previous index (after save / load, as the asset does)
+    when every indexed product kept its vector; the neighbours are brute force's, as a rebuild's are."""
+    rng = np.random.default_rng(4)
+    n, centres = 1200, rng.standard_normal((20, DI + DT)).astype(np.float32)
+    x = centres[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, DI + DT)).astype(np.float32)
+    items = pd.DataFrame({"product_id": [f"p{i}" for i in range(n)], "title": "t", "price_usd": 10.0, "source": "hm"})
+    old = ComparablesIndex.build(items.iloc[:1100], x[:1100, :DI], x[:1100, DI:], hnsw_min_rows=1000)
+    old.save(tmp_path / "old")
+    fresh = items.assign(price_usd=np.where(np.arange(n) == 5, 99.0, 10.0))  # a price changed: refreshed
+    order = np.r_[n - 1 : 1099 : -1, 0:1100]  # the catalogue in another order: the new rows come first
+    ext, how = ComparablesIndex.extend(ComparablesIndex.load(tmp_path / "old"), fresh.iloc[order],
+                                       x[order, :DI], x[order, DI:], hnsw_min_rows=1000)
+    assert how == "added 100 products to the 1100 of the previous index"
+    assert hasattr(ext.index, "hnsw") and ext.size == n and ext.info["extended"] == {"kept": 1100, "added": 100}
+    # The previous rows keep their faiss ids; the new ones follow.
+    assert ext.items["product_id"].tolist() == [f"p{i}" for i in range(1100)] + [f"p{i}" for i in range(n - 1, 1099, -1)]
+    assert ext.items.set_index("product_id").loc["p5", "price_usd"] == 99.0
+    q_img, q_txt = x[:, :DI] + 0.05, x[:, DI:]
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    want = np.argsort(-((unit(q_img) @ unit(x[:, :DI]).T + unit(q_txt) @ unit(x[:, DI:]).T) / 2), axis=1)[:, :5]
+    got = ext.search_embeddings(q_img, q_txt, k=5)
+    recall = np.mean([len({int(h["product_id"][1:]) for h in g} & set(w)) / 5 for g, w in zip(got, want)])
+    assert recall >= 0.98
+    new_rows = got[1100:]  # each new product finds itself
+    assert [g[0]["product_id"] for g in new_rows[:3]] == ["p1100", "p1101", "p1102"]
+
+
+def test_the_previous_index_is_rebuilt_when_a_product_changed_left_or_the_index_kind_changes(tiny):
+    items, img, txt = tiny
+    old = ComparablesIndex.build(items.iloc[:10], img[:10], txt[:10])
+    moved = img.copy()
+    moved[2] += 1.0  # re-encoded photo
+    assert ComparablesIndex.extend(old, items, moved, txt)[1] == "embeddings of indexed products changed"
+    old = ComparablesIndex.build(items.iloc[:10], img[:10], txt[:10])
+    assert ComparablesIndex.extend(old, items.iloc[1:], img[1:], txt[1:])[1] == (
+        "1 indexed products are no longer in the catalogue (or lost their embeddings)")
+    assert ComparablesIndex.extend(old, items, img, txt, hnsw_min_rows=11)[1] == (
+        "11 products need the other index kind (graph from 11)")
+    assert ComparablesIndex.extend(old, items, img[:, :3], txt)[1].startswith("dimensions {'image': 3")
+    ext, how = ComparablesIndex.extend(old, items, img, txt)  # row 10 is new; row 11 has no embedding
+    assert how == "added 1 products to the 10 of the previous index"
+    for r, hits in enumerate(ext.search_embeddings(img[:11], txt[:11], k=4)):
+        want = _expected(img[r], txt[r], img, txt, 4)
+        assert [h["product_id"] for h in hits] == [f"p{i}" for i, _ in want]
+        assert [h["similarity"] for h in hits] == pytest.approx([v for _, v in want], abs=1e-5)
+
+
+def test_price_comparables_asset_extends_the_published_index_with_new_products_and_rebuilds_on_change(tmp_path):
+    import dagster as dg
+
+    from fashion_pipeline.assets.comparables import ComparablesConfig, price_comparables
+    from fashion_pipeline.core.encoders.io import EmbeddingsWriter
+    from fashion_pipeline.resources.model_store import ModelStoreResource
+
+    rng = np.random.default_rng(6)
+    n = 12
+    products = pd.DataFrame({"product_id": [f"x{i}" for i in range(n)], "title": [f"t{i}" for i in range(n)],
+                             "source": "kaggle", "price_usd": np.linspace(5, 60, n), "price_status": "ok",
+                             "split": "train"})
+    image = rng.standard_normal((n, 3)).astype(np.float32)
+    text = rng.standard_normal((n, 2)).astype(np.float32)
+    resource = ModelStoreResource(root=str(tmp_path / "models"))
+    store = resource.store()
+
+    def run(rows: int, img: np.ndarray, name: str):
+        path = tmp_path / f"{name}.parquet"
+        w = EmbeddingsWriter(path, {"image_dim": "3", "text_dim": "2"})
+        w.write(products["product_id"][:rows], img[:rows], np.ones(rows, bool), text[:rows], np.ones(rows, bool),
+                ["ok"] * rows, ["ok"] * rows)
+        w.commit()
+        store.publish(scoring.PRICE_MODEL_NAME, store.save(scoring.PRICE_MODEL_NAME, {"stand-in": name}, {}, {}))
+        return price_comparables(dg.build_asset_context(), ComparablesConfig(embeddings_path=str(path)),
+                                 products[:rows], resource).metadata
+
+    first = run(9, image, "first")
+    assert first["built"] == "built from scratch (nothing published)"
+    v1 = first["version"]
+    second = run(12, image, "second")  # three new products, nothing else changed
+    assert second["built"] == f"extended {cmp.COMPARABLES_NAME} {v1}: added 3 products to the 9 of the previous index"
+    index, _, _ = cmp.load_for_price_model(store, second["price_model_version"])
+    assert index.size == 12 and index.items["product_id"].tolist() == [f"x{i}" for i in range(12)]
+    hits = index.search_embeddings(image[[10]], text[[10]], k=1)[0]
+    assert hits[0]["product_id"] == "x10" and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    moved = image.copy()
+    moved[0] *= -1  # one indexed product re-encoded: rebuilt
+    third = run(12, moved, "third")
+    assert third["built"] == (f"built from scratch ({cmp.COMPARABLES_NAME} {second['version']}: "
+                              "embeddings of indexed products changed)")

@@ -172,6 +172,12 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
         assert meta3[asset]["reused_from_run"].value == result.run_id, asset
     assert "reused_from_run" not in meta3["product_clusters"] and "reused_from_run" not in meta3["clustering_metrics"]
     meta2 = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    # The comparables index of the retrained price model is the previous one with the new priced catalogue
+    # products added (the old products' embeddings were reused, so unchanged).
+    indexed_new = new_products & set(_table(var, "select product_id from clean_products where split in "
+                                                 "('train', 'validation') and price_status = 'ok'")["product_id"])
+    assert indexed_new and meta2["price_comparables"]["built"].value.startswith(
+        f"extended price_comparables {before['price_comparables']}: added {len(indexed_new)} products to the ")
     assert meta3["product_clusters"]["input_fingerprint"].value != meta2["product_clusters"]["input_fingerprint"].value
     # Each clustering continued from the clusterer the run before it stored (cluster numbers keep their
     # meaning), and stored its own.

@@ -2,7 +2,8 @@
 
 Built once per published price model, right after ``published_price_regressor``, from the
 train + validation catalogue rows (never test) and their product_embeddings, and saved in the
-model store as ``price_comparables`` with the price model version it serves. The scoring CLI
+model store as ``price_comparables`` with the price model version it serves (a retrain adds its new
+products onto the published index when none of the indexed ones changed). The scoring CLI
 and ``scored_listings`` load it once per run (core.comparables.load_for_price_model).
 Logic: fashion_pipeline.core.comparables.
 """
@@ -31,6 +32,11 @@ class ComparablesConfig(dg.Config):
         "materialization, else <var dir>/embeddings/product_embeddings.parquet.")
     splits: list[str] = Field(default=list(comparables.CATALOGUE_SPLITS),
                               description="Catalogue splits the comparables come from (never 'test': the hold-out).")
+    extend: bool = Field(default=True, description=(
+        "Add the new products onto the published index instead of rebuilding it, when every product it holds "
+        "is still in the catalogue with the same embedding (new titles and prices are taken over) and the "
+        "index kind stays the same; otherwise, or when false, the index is built from scratch. Metadata "
+        "`built` says which and why."))
 
 
 @dg.asset(group_name=GROUP, kinds={"faiss", "parquet"},
@@ -64,13 +70,24 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
     t0 = time.perf_counter()
     # Handed over: the file's matrices are freed once the catalogue rows are aligned.
     items, image, text = comparables.catalogue_items(clean_products, catalogue.release(), tuple(config.splits))
-    index = comparables.ComparablesIndex.build(items, image, text)
+    index, how = None, "extend is off"
+    if config.extend:
+        previous, how = _published_index(store)
+        if previous is not None:
+            index, why = comparables.ComparablesIndex.extend(previous, items, image, text)
+            how = f"{how}: {why}"
+    if index is None:
+        index = comparables.ComparablesIndex.build(items, image, text)
+        how = f"built from scratch ({how})"
+    else:
+        how = f"extended {how}"
+    del image, text
     build_s = time.perf_counter() - t0
     price_version = str(published["version"])
     version = comparables.save_to_store(store, index, price_version,
                                         {"embeddings": emb_note, "splits": list(config.splits), "encoder": encoder})
     context.log.info(f"{comparables.COMPARABLES_NAME} {version}: {index.size} products x {index.dimension} dims "
-                     f"for {PRICE_MODEL_NAME} {price_version} in {build_s:.1f} s")
+                     f"for {PRICE_MODEL_NAME} {price_version} in {build_s:.1f} s; {how}")
     by_source = items.loc[:, "source"].value_counts().to_dict() if len(items) else {}
     return dg.MaterializeResult(metadata={
         "version": version,
@@ -81,6 +98,7 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
         "build_seconds": dg.MetadataValue.float(float(index.info["build_seconds"])),
         "total_seconds": dg.MetadataValue.float(round(build_s, 2)),
         "faiss_index": index.info["faiss_index"],
+        "built": how,
         "rows": dg.MetadataValue.json({k: index.info[k] for k in (
             "rows_given", "rows_without_embedding", "rows_image_and_text", "rows_image_only", "rows_text_only")}),
         "catalogue_rows_by_source": dg.MetadataValue.json({str(k): int(v) for k, v in by_source.items()}),
@@ -88,3 +106,17 @@ def price_comparables(context: dg.AssetExecutionContext, config: ComparablesConf
         "embeddings": emb_note,
         reuse.FINGERPRINT_KEY: fingerprint,
     })
+
+
+def _published_index(store) -> tuple[comparables.ComparablesIndex | None, str]:
+    """The published comparables index (the one the previous price model served with) and its
+    name, or None and why there is none to extend."""
+    name = comparables.COMPARABLES_NAME
+    try:
+        info = store.published(name)
+        if info is None:
+            return None, "nothing published"
+        folder, _ = store.load_files(name, str(info["version"]))
+        return comparables.ComparablesIndex.load(folder), f"{name} {info['version']}"
+    except Exception as e:  # damaged or of an older format: rebuilt
+        return None, f"the published {name} could not be loaded: {type(e).__name__}: {e}"

@@ -116,6 +116,57 @@ def _unit(m: np.ndarray | None, n: int, dim: int) -> tuple[np.ndarray, np.ndarra
     return out, ok
 
 
+def _dims_of(previous: "ComparablesIndex", name: str, m: np.ndarray | None) -> int | None:
+    """The width of modality ``name``: the given matrix's, else the previous index's."""
+    return int(m.shape[1]) if m is not None else previous.dims.get(name)
+
+
+def _catalogue_vectors(items: pd.DataFrame, image: np.ndarray | None, text: np.ndarray | None,
+                       image_dim: int | None, text_dim: int | None
+                       ) -> tuple[np.ndarray, pd.DataFrame, dict[str, int], dict[str, int]]:
+    """The searched vectors of the catalogue rows that have an embedding (module docstring), those
+    rows' items (cleaned ITEM_COLUMNS), the dimensions and the row counts `build` reports."""
+    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+    if missing:
+        raise ValueError(f"catalogue items lack column(s) {missing}; need {list(ITEM_COLUMNS)}")
+    n = len(items)
+    dims = {"image": int(image.shape[1]) if image is not None else image_dim,
+            "text": int(text.shape[1]) if text is not None else text_dim}
+    for name, m in (("image", image), ("text", text)):
+        if dims[name] is None:
+            raise ValueError(f"no {name} embeddings and no {name}_dim: the index needs both dimensions")
+        if m is not None and len(m) != n:
+            raise ValueError(f"{len(m)} {name} embeddings for {n} catalogue items")
+    img, has_img = _unit(image, n, dims["image"])
+    txt, has_txt = _unit(text, n, dims["text"])
+    keep = has_img | has_txt
+    # Filled block by block, each freed as soon as it is copied (the full catalogue's vectors are
+    # hundreds of MB, and faiss keeps its own copy).
+    vectors = np.empty((int(keep.sum()), dims["image"] + dims["text"]), np.float32)
+    vectors[:, : dims["image"]] = img[keep]
+    del img
+    vectors[:, dims["image"] :] = txt[keep]
+    del txt
+    vectors *= np.float32(1.0 / math.sqrt(len(MODALITIES)))
+    kept = items.loc[keep, list(ITEM_COLUMNS)].reset_index(drop=True)
+    kept["product_id"] = kept["product_id"].astype(str)
+    kept["title"] = kept["title"].fillna("").astype(str)
+    kept["price_usd"] = pd.to_numeric(kept["price_usd"], errors="coerce").astype(float)
+    kept["source"] = kept["source"].astype(object).where(kept["source"].notna(), None)
+    counts = {"rows_given": int(n), "rows_without_embedding": int((~keep).sum()),
+              "rows_image_and_text": int((has_img & has_txt).sum()),
+              "rows_image_only": int((has_img & ~has_txt).sum()), "rows_text_only": int((~has_img & has_txt).sum())}
+    return vectors, kept, dims, counts
+
+
+def _info(index, dims: dict[str, int], counts: dict[str, int], t0: float) -> dict:
+    faiss = _faiss()
+    return {"format": FORMAT_VERSION, "metric": "inner product of weighted, L2-normalised image+text",
+            "faiss_index": type(index).__name__, "faiss_version": getattr(faiss, "__version__", "?"),
+            "size": int(index.ntotal), "dimension": int(index.d), "dims": dims, **counts,
+            "build_seconds": round(time.perf_counter() - t0, 3)}
+
+
 @dataclass
 class ComparablesIndex:
     index: object  # faiss.IndexFlatIP, or IndexHNSWFlat from HNSW_MIN_ROWS rows
@@ -132,30 +183,9 @@ class ComparablesIndex:
         and text embeddings ([n, d], NaN rows = missing; either may be None if ``*_dim`` is given).
         Rows with neither embedding are left out and counted in ``info``."""
         t0 = time.perf_counter()
-        missing = [c for c in ITEM_COLUMNS if c not in items.columns]
-        if missing:
-            raise ValueError(f"catalogue items lack column(s) {missing}; need {list(ITEM_COLUMNS)}")
-        n = len(items)
-        dims = {"image": int(image.shape[1]) if image is not None else image_dim,
-                "text": int(text.shape[1]) if text is not None else text_dim}
-        for name, m in (("image", image), ("text", text)):
-            if dims[name] is None:
-                raise ValueError(f"no {name} embeddings and no {name}_dim: the index needs both dimensions")
-            if m is not None and len(m) != n:
-                raise ValueError(f"{len(m)} {name} embeddings for {n} catalogue items")
-        img, has_img = _unit(image, n, dims["image"])
-        txt, has_txt = _unit(text, n, dims["text"])
-        keep = has_img | has_txt
-        d = dims["image"] + dims["text"]
-        # Filled block by block, each freed as soon as it is copied (the full catalogue's vectors are
-        # hundreds of MB, and faiss keeps its own copy).
-        vectors = np.empty((int(keep.sum()), d), np.float32)
-        vectors[:, : dims["image"]] = img[keep]
-        del img
-        vectors[:, dims["image"] :] = txt[keep]
-        del txt
-        vectors *= np.float32(1.0 / math.sqrt(len(MODALITIES)))
+        vectors, kept, dims, counts = _catalogue_vectors(items, image, text, image_dim, text_dim)
         faiss = _faiss()
+        d = vectors.shape[1]
         if len(vectors) >= hnsw_min_rows:
             index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -164,21 +194,49 @@ class ComparablesIndex:
             index = faiss.IndexFlatIP(d)
         if len(vectors):
             index.add(vectors)
-        kept = items.loc[keep, list(ITEM_COLUMNS)].reset_index(drop=True)
-        kept["product_id"] = kept["product_id"].astype(str)
-        kept["title"] = kept["title"].fillna("").astype(str)
-        kept["price_usd"] = pd.to_numeric(kept["price_usd"], errors="coerce").astype(float)
-        kept["source"] = kept["source"].astype(object).where(kept["source"].notna(), None)
-        info = {
-            "format": FORMAT_VERSION, "metric": "inner product of weighted, L2-normalised image+text",
-            "faiss_index": type(index).__name__, "faiss_version": getattr(faiss, "__version__", "?"),
-            "size": int(index.ntotal), "dimension": int(index.d), "dims": dims,
-            "rows_given": int(n), "rows_without_embedding": int((~keep).sum()),
-            "rows_image_and_text": int((has_img & has_txt).sum()),
-            "rows_image_only": int((has_img & ~has_txt).sum()), "rows_text_only": int((~has_img & has_txt).sum()),
-            "build_seconds": round(time.perf_counter() - t0, 3),
-        }
-        return cls(index, kept, dims, info)
+        return cls(index, kept, dims, _info(index, dims, counts, t0))
+
+    @classmethod
+    def extend(cls, previous: "ComparablesIndex", items: pd.DataFrame, image: np.ndarray | None,
+               text: np.ndarray | None, hnsw_min_rows: int = HNSW_MIN_ROWS) -> tuple["ComparablesIndex | None", str]:
+        """``previous`` with the rows of ``items`` it lacks added, when that is what `build` would index:
+        every product it holds is still in ``items`` with the same vector (titles, prices and sources
+        are refreshed from ``items``), the dimensions agree, and the index kind stays the one `build`
+        picks for the new size. Returns (index, how) or (None, why it must be rebuilt).
+
+        The graph index (HNSW) is built by adding vectors one by one anyway; appending the new
+        products to it is what a build does for its last rows. ``previous`` is modified in place."""
+        t0 = time.perf_counter()
+        vectors, kept, dims, counts = _catalogue_vectors(items, image, text, _dims_of(previous, "image", image),
+                                                         _dims_of(previous, "text", text))
+        if dims != previous.dims:
+            return None, f"dimensions {dims} differ from the previous index's {previous.dims}"
+        if kept["product_id"].duplicated().any():
+            return None, "duplicate product ids in the catalogue"
+        hnsw = hasattr(previous.index, "hnsw")
+        if hnsw != (len(vectors) >= hnsw_min_rows):
+            return None, f"{len(vectors)} products need the other index kind (graph from {hnsw_min_rows})"
+        pos = pd.Series(np.arange(len(kept)), index=kept["product_id"].to_numpy())
+        old = pos.reindex(previous.items["product_id"].astype(str).to_numpy()).to_numpy()
+        if np.isnan(old).any():
+            return None, f"{int(np.isnan(old).sum())} indexed products are no longer in the catalogue (or lost their embeddings)"
+        old = old.astype(int)
+        for s in range(0, len(old), 4096):  # compared block by block: faiss keeps its own copy
+            block = old[s : s + 4096]
+            stored = previous.index.reconstruct_n(s, len(block))
+            if not np.allclose(stored, vectors[block], rtol=0, atol=1e-6):
+                return None, "embeddings of indexed products changed"
+        new = np.setdiff1d(np.arange(len(kept)), old)
+        if hnsw:
+            previous.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        if len(new):
+            previous.index.add(np.ascontiguousarray(vectors[new]))
+        del vectors
+        order = np.concatenate([old, new])
+        info = _info(previous.index, dims, counts, t0)
+        info["extended"] = {"kept": int(len(old)), "added": int(len(new))}
+        return cls(previous.index, kept.iloc[order].reset_index(drop=True), dims, info), (
+            f"added {len(new)} products to the {len(old)} of the previous index")
 
     @property
     def size(self) -> int:

@@ -163,6 +163,67 @@ def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
     np.testing.assert_array_equal(reg.predict_log(va), p_sk)
 
 
+def _embedded_splits():
+    """The sample's priced train / validation rows with random stand-in embeddings (1280 image, 384 text)."""
+    df = clean_sample()
+    df = df[df["price_status"] == "ok"].reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    ids = df["product_id"].tolist()
+    emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
+    inputs = build_price_inputs(df, emb)
+    split = inputs.frame["split"].to_numpy()
+    tr, va = inputs.subset(split == "train"), inputs.subset(split == "validation")
+    return tr, va, log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+
+
+def test_a_block_ridge_started_from_x0_solves_the_same_ridge_problem():
+    """From any starting point the solution is the ridge's (penalised towards zero, not towards x0):
+    solved tightly from random coefficients it equals the cold solution; started from the solution
+    itself, LSQR stops at once."""
+    from fashion_pipeline.core.pricing.models import BlockRidge
+
+    tr, _, y, _ = _embedded_splits()
+    blocks = PriceFeaturizer().fit(tr).transform_blocks(tr)
+    cold = BlockRidge(alpha=0.5, tol=1e-12).fit(*blocks, y)
+    x0 = np.random.default_rng(1).normal(size=len(cold.coef_))
+    warm = BlockRidge(alpha=0.5, tol=1e-12).fit(*blocks, y, x0=x0)
+    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=1e-6)
+    assert warm.intercept_ == pytest.approx(cold.intercept_, abs=1e-6)
+    again = BlockRidge(alpha=0.5).fit(*blocks, y, x0=cold.coef_)
+    assert again.n_iter_ <= 1 < BlockRidge(alpha=0.5).fit(*blocks, y).n_iter_
+    with pytest.raises(ValueError, match="x0 has 3 coefficients"):
+        BlockRidge(alpha=0.5).fit(*blocks, y, x0=np.zeros(3))
+
+
+def test_a_warm_started_ridge_keeps_the_featurizer_and_solves_on_its_columns():
+    from fashion_pipeline.core.pricing.models import BlockRidge, LightGBMPriceRegressor
+
+    tr, va, y, y_va = _embedded_splits()
+    first = np.arange(len(tr)) < int(len(tr) * 0.9)  # the previous run's train split: 10% fewer rows
+    old = RidgePriceRegressor(alphas=(0.5,)).fit(tr.subset(first), y[first], va, y_va)
+    assert old.featurizer_rows_ == int(first.sum()) and not old.warm_started_
+    new = RidgePriceRegressor(alphas=(0.5,)).fit(tr, y, va, y_va, warm_from=old)
+    assert new.warm_started_ and new.featurizer_ is old.featurizer_ and new.featurizer_rows_ == old.featurizer_rows_
+    assert new.start_note().startswith(f"warm (featurizer of {int(first.sum())} rows kept; LSQR from its coefficients: ")
+    # The ridge on the kept columns, to LSQR's tolerance (as BlockRidge vs sklearn's Ridge above).
+    cold_same_columns = BlockRidge(alpha=0.5).fit(*old.featurizer_.transform_blocks(tr), y)
+    p_new = new.predict_log(va)
+    assert np.abs(p_new - cold_same_columns.predict(*old.featurizer_.transform_blocks(va))).max() < 0.02
+    assert new.model_.n_iter_ < cold_same_columns.n_iter_
+    # Refused, and fitted cold with a featurizer of its own, when:
+    half = np.arange(len(tr)) < len(tr) // 2
+    small = RidgePriceRegressor(alphas=(0.5,)).fit(tr.subset(half), y[half])
+    grown = RidgePriceRegressor(alphas=(0.5,)).fit(tr, y, va, y_va, warm_from=small)  # the split doubled
+    assert not grown.warm_started_ and grown.featurizer_ is not small.featurizer_
+    assert grown.start_note() == (f"cold: its featurizer was fitted on {int(half.sum())} rows, these are {len(tr)}: "
+                                  "more than warm_max_growth 25% apart, the featurizer is refitted")
+    assert RidgePriceRegressor(warm_max_growth=1.5).warm_start_refusal(small, tr) is None
+    assert "use_embeddings=True" in RidgePriceRegressor(use_embeddings=False).warm_start_refusal(old, tr)
+    assert "not a fitted ridge" in RidgePriceRegressor().warm_start_refusal(LightGBMPriceRegressor(), tr)
+    del old.featurizer_rows_  # a ridge stored by an older version
+    assert RidgePriceRegressor().warm_start_refusal(old, tr) == "it records no featurizer_rows_ (trained by an older version)"
+
+
 def test_mlp_early_stopping_keeps_best_validation_epoch():
     tr, va, _ = sample_splits()
     y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
@@ -376,8 +437,23 @@ def test_a_retrain_fine_tunes_the_retrained_models_mlp_inside_its_blend(tmp_path
                                   .net_.body[0].weight.detach().numpy())
     assert warm_start_source(store, {"full": "blend"}, RegressorConfig(mlp_warm_epochs=0))[0].keys() == {"full"}
     assert warm_start_source(store, {"full": "blend"},
-                             RegressorConfig(mlp_warm_epochs=0, lightgbm_warm_rounds=0))[:2] == ({}, None)
+                             RegressorConfig(mlp_warm_epochs=0, lightgbm_warm_rounds=0, ridge_warm_max_growth=0))[:2] == ({}, None)
+    assert warm_start_source(store, {"full": "blend"}, RegressorConfig(mlp_warm_epochs=0, lightgbm_warm_rounds=0)
+                             )[0].keys() == {"full"}  # its ridge (none in this model) would still continue
     assert warm_start_source(store, None, RegressorConfig())[:2] == ({}, None)  # a selection starts cold
+
+
+def test_a_retrain_continues_the_retrained_ridge_from_its_featurizer_and_coefficients():
+    kw = dict(models=("ridge",), forms=("full", "sparse"), chosen={"full": "ridge", "sparse": "ridge"})
+    first = train_price_models(clean_sample(), None, **kw)
+    old = {f: fm.price_model.regressor for f, fm in first.model.forms.items()}
+    res = train_price_models(clean_sample(), None, **kw, warm=old)
+    for form in ("full", "sparse"):
+        reg = res.model.forms[form].price_model.regressor
+        assert reg.warm_started_ and reg.featurizer_ is old[form].featurizer_
+        assert res.warm_starts[form]["ridge"] == reg.start_note() and reg.start_note().startswith("warm (featurizer of ")
+    cold = train_price_models(clean_sample(), None, **kw, warm=old, warm_kinds=("mlp", "lightgbm"))
+    assert cold.warm_starts == {} and not cold.model.forms["full"].price_model.regressor.warm_started_
 
 
 def test_a_retrain_continues_the_retrained_lightgbm_and_never_ends_worse_on_validation():

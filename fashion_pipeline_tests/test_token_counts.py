@@ -83,6 +83,19 @@ def test_the_memo_raises_what_sklearn_raises_and_refuses_another_analyser():
     _same(memo.transform(plain, ["red red shirt"]), plain.transform(["red red shirt"]))
 
 
+def test_a_vectorizer_fitted_elsewhere_with_the_memos_analyser_is_transformed_through_it_bit_for_bit():
+    """A retrain's kept featurizer was fitted by an earlier run: the memo maps its vocabulary onto its own
+    term ids (words it has not seen included) and gives sklearn's transform."""
+    texts = _texts()
+    kept = price_text_vectorizer(max_features=300).fit(texts[: len(texts) // 2])  # fitted by sklearn itself
+    memo = TokenCounts(price_text_vectorizer())
+    memo.transform(price_text_vectorizer().fit(texts[:40]), texts[:40])  # words seen before the adoption
+    fresh = texts[len(texts) // 2:] + ["zzunseen words only", ""]
+    _same(memo.transform(kept, fresh), kept.transform(fresh))
+    _same(memo.transform(kept, texts[:60]), kept.transform(texts[:60]))
+    assert memo._fitted[id(kept)][0] is kept  # adopted: later transforms read the memo's counts
+
+
 def test_the_price_featurizer_gives_the_same_matrix_with_and_without_the_memo():
     df = clean_sample()
     base = build_price_inputs(df[df["price_status"] == "ok"])

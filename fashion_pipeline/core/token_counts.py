@@ -141,10 +141,32 @@ class TokenCounts:
         self._fitted[id(vectorizer)] = (vectorizer, order[kept])
         return vectorizer
 
+    def _adopt(self, vectorizer: TfidfVectorizer) -> tuple[TfidfVectorizer, np.ndarray] | None:
+        """Serve a vectorizer fitted elsewhere (a retrain's kept featurizer): its vocabulary's memo term
+        ids, in its column order (terms no text has shown yet get ids of their own); None when this
+        memo's analyser is not the one it was fitted with."""
+        if not self.serves(vectorizer) or not hasattr(vectorizer, "vocabulary_"):
+            return None
+        terms, names = self._terms, self._names
+        ids = np.empty(len(vectorizer.vocabulary_), dtype=np.int64)
+        for term, col in vectorizer.vocabulary_.items():
+            j = terms.get(term)
+            if j is None:
+                j = terms[term] = len(names)
+                names.append(term)
+            ids[col] = j
+        old = self._matrix
+        self._matrix = sp.csr_array((old.data, old.indices, old.indptr), shape=(old.shape[0], len(names)))
+        self._fitted[id(vectorizer)] = (vectorizer, ids)
+        return self._fitted[id(vectorizer)]
+
     def transform(self, vectorizer: TfidfVectorizer, docs):
-        """``vectorizer.transform(docs)``; from the memo when the vectorizer was fitted through it."""
+        """``vectorizer.transform(docs)``; from the memo when the vectorizer was fitted through it or
+        analyses text as this memo does."""
         hit = self._fitted.get(id(vectorizer))
         if hit is None or hit[0] is not vectorizer:
+            hit = self._adopt(vectorizer)
+        if hit is None:
             return vectorizer.transform(docs)
         x = sp.csr_matrix(self._count(docs)[:, hit[1]].astype(vectorizer.dtype))
         if x.nnz < 2**31 and x.shape[1] < 2**31:  # sklearn's index dtype (liblinear refuses int64 indices)

@@ -29,9 +29,8 @@ from .models import (BlendPriceRegressor, LightGBMPriceRegressor, MLPPriceRegres
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
-# The members a retrain continues from the model it retrains. The ridge is refitted: its TF-IDF vocabulary is
-# refitted every run, and scipy's LSQR started from x0 regularises towards x0, not zero.
-WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor}
+# The members a retrain continues from the model it retrains.
+WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor, "ridge": RidgePriceRegressor}
 WARM_KINDS = tuple(WARM_CLASSES)
 
 
@@ -46,7 +45,8 @@ class TrainingResult:
     # its rounds down retrain after retrain, and change the fingerprint of a run with nothing new).
     tuned: dict[str, dict[str, dict]] = field(default_factory=dict)
     # {form: {kind: how it started}} for the members a retrain continued: MLP "warm (best epoch k of n)",
-    # LightGBM "warm (n + k of w trees kept)", or "cold: <why the warm start was refused>".
+    # LightGBM "warm (n + k of w trees kept)", ridge "warm (featurizer of n rows kept; ...)", or
+    # "cold: <why the warm start was refused>".
     warm_starts: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -120,9 +120,10 @@ def train_price_models(
     within the configured ``n_estimators`` (a maximum: a user who lowers it gets what they asked for;
     the tuned value is still recorded for the next retrain).
     ``warm`` ({form: the fitted regressor of the model being retrained, e.g. ``FormModel.price_model.regressor``}):
-    a retrained form whose kind includes the MLP or LightGBM (``warm_kinds``) continues that model's
-    member (alone or in its blend) instead of training one from scratch (`MLPPriceRegressor.fit`:
-    ``warm_epochs`` epochs; `LightGBMPriceRegressor.fit`: up to ``warm_rounds`` more trees);
+    a retrained form whose kind includes the MLP, LightGBM or the ridge (``warm_kinds``) continues that
+    model's member (alone or in its blend) instead of training one from scratch (`MLPPriceRegressor.fit`:
+    ``warm_epochs`` epochs; `LightGBMPriceRegressor.fit`: up to ``warm_rounds`` more trees;
+    `RidgePriceRegressor.fit`: its featurizer kept, LSQR started from its coefficients);
     ``TrainingResult.warm_starts`` says per form and kind whether it could."""
     params = params or {}
     tuned = tuned or {}

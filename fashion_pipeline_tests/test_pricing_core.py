@@ -431,15 +431,15 @@ def test_a_retrain_fine_tunes_the_retrained_models_mlp_inside_its_blend(tmp_path
     version = store.save(PRICE_MODEL_NAME, first.model, {}, {"forms": {"full": "blend", "sparse": "mlp"}})
     warm, from_version, note = warm_start_source(store, {"full": "blend"}, RegressorConfig())
     assert from_version == version and version in note and set(warm) == {"full"}
-    loaded = {type(m).__name__: m for m in warm["full"].members}["MLPPriceRegressor"]
+    loaded = {type(m).__name__: m for m in warm["full"].price_model.regressor.members}["MLPPriceRegressor"]
     np.testing.assert_array_equal(loaded.net_.body[0].weight.detach().numpy(),
                                   {type(m).__name__: m for m in old["full"].members}["MLPPriceRegressor"]
                                   .net_.body[0].weight.detach().numpy())
     assert warm_start_source(store, {"full": "blend"}, RegressorConfig(mlp_warm_epochs=0))[0].keys() == {"full"}
     assert warm_start_source(store, {"full": "blend"},
-                             RegressorConfig(mlp_warm_epochs=0, lightgbm_warm_rounds=0, ridge_warm_max_growth=0))[:2] == ({}, None)
+                             RegressorConfig(mlp_warm_epochs=0, lightgbm_warm_rounds=0, warm_max_growth=0))[:2] == ({}, None)
     assert warm_start_source(store, {"full": "blend"}, RegressorConfig(mlp_warm_epochs=0, lightgbm_warm_rounds=0)
-                             )[0].keys() == {"full"}  # its ridge (none in this model) would still continue
+                             )[0].keys() == {"full"}  # its router would still continue
     assert warm_start_source(store, None, RegressorConfig())[:2] == ({}, None)  # a selection starts cold
 
 

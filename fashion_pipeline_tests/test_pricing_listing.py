@@ -123,6 +123,49 @@ def test_source_router_predicts_the_source_from_the_photo_alone():
     assert np.mean(pred == va["source"].to_numpy()[have]) > 0.9
 
 
+def test_a_warm_started_router_keeps_its_features_and_reaches_the_cold_solution_on_them():
+    """A retrain's router keeps the retrained router's TF-IDF and photo PCA and continues its logistic
+    regression: the problem is convex, so it ends where a cold fit on the same columns ends (to lbfgs's
+    tolerance); a router it cannot continue is refused with the reason and the fit starts cold."""
+    from sklearn.linear_model import LogisticRegression
+
+    df = clean_sample()
+    tr = regime_view(build_price_inputs(df[(df["split"] == "train") & (df["price_status"] == "ok")],
+                                        image_embeddings()), "full")
+    va = regime_view(build_price_inputs(df[(df["split"] == "validation") & (df["price_status"] == "ok")],
+                                        image_embeddings()), "full")
+    first = np.arange(len(tr)) < int(len(tr) * 0.9)
+    old = SourceRouter().fit(tr.subset(first))
+    assert old.fitted_rows_ == int(first.sum()) and not old.warm_started_
+    new = SourceRouter().fit(tr, warm_from=old)
+    assert new.warm_started_ and new.tfidf_ is old.tfidf_ and new.pca_ is old.pca_
+    assert new.start_note().startswith(f"warm (TF-IDF and photo PCA of {int(first.sum())} rows kept; ")
+    y = tr.frame["source"].to_numpy()
+    x = new._x(tr)
+    cold_same_columns = LogisticRegression(C=4.0, max_iter=500).fit(x, y)
+
+    def objective(m) -> float:  # what lbfgs minimises: C * log-loss + |w|^2 / 2
+        p = m.predict_proba(x)[np.arange(len(y)), np.searchsorted(m.classes_, y)]
+        return float(4.0 * -np.log(p).sum() + 0.5 * (m.coef_ ** 2).sum())
+
+    assert objective(new.model_) == pytest.approx(objective(cold_same_columns), rel=1e-3)
+    assert np.mean(new.model_.predict(new._x(va)) == cold_same_columns.predict(new._x(va))) >= 0.99
+    # Refused, and fitted cold on features of its own:
+    half = np.arange(len(tr)) % 2 == 0  # every other row: both sources
+    small = SourceRouter().fit(tr.subset(half))
+    grown = SourceRouter().fit(tr, warm_from=small)
+    assert not grown.warm_started_ and grown.tfidf_ is not small.tfidf_ and grown.fitted_rows_ == len(tr)
+    assert grown.start_note() == (f"cold: it was fitted on {int(half.sum())} rows, these are {len(tr)}: more than "
+                                  "warm_max_growth 25% apart, its TF-IDF and PCA are refitted")
+    one_source = tr.subset((tr.frame["source"] == "kaggle").to_numpy())
+    assert SourceRouter().warm_start_refusal(old, one_source) == "it routes to ['hm', 'kaggle'], these rows come from ['kaggle']"
+    photo_only = regime_view(tr, "image")
+    assert SourceRouter().warm_start_refusal(old, photo_only) == (
+        "it was fitted with a text block, these rows have no text")
+    del old.fitted_rows_  # a router stored by an older version
+    assert SourceRouter().warm_start_refusal(old, tr) == "it records no fitted_rows_ (trained by an older version)"
+
+
 # ---- serving: ranges, abstention, photo-only ----------------------------------------------------------
 
 def _listings(records):

@@ -72,13 +72,14 @@ class RegressorConfig(dg.Config):
         "ridge is refitted; the kept number of trees, the starting point included, is chosen on validation) instead "
         "of boosting its tuned rounds from scratch; a model that has grown to twice its tuned rounds, or of another "
         "shape, starts cold (logged). 0: always cold. model_selection_job always starts cold."))
-    ridge_warm_max_growth: float = Field(default=0.25, ge=0, description=(
-        "mode retrain: a form whose chosen kind includes the ridge keeps the retrained model's ridge featurizer "
-        "(TF-IDF vocabulary and IDF, categorical levels, embedding scaling) and starts LSQR from its coefficients "
-        "(the same ridge problem on the kept columns, solved to LSQR's tolerance in about half the iterations) "
-        "while its train split differs from the rows that featurizer was fitted on by at most this share; past "
-        "that, or at 0, the ridge is fitted from scratch with a new featurizer (logged). model_selection_job "
-        "always starts cold."))
+    warm_max_growth: float = Field(default=0.25, ge=0, description=(
+        "mode retrain: a retrained form's ridge (alone or in its blend) keeps the retrained model's ridge "
+        "featurizer (TF-IDF vocabulary and IDF, categorical levels, embedding scaling) and starts LSQR from its "
+        "coefficients (the same ridge problem on the kept columns, to LSQR's tolerance, in fewer iterations), and "
+        "its source router keeps the retrained router's TF-IDF and photo PCA and starts its logistic regression "
+        "from its coefficients, while the train split differs from the rows those were fitted on by at most this "
+        "share; past that, or at 0, they are fitted from scratch (logged). model_selection_job always starts "
+        "cold."))
     mlp_device: str = Field(default=get_profile().device,
                             description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine); default: the profile's.")
     mixed_precision: bool = Field(default=True,
@@ -137,14 +138,14 @@ def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | Non
 
 def warm_kinds(config: RegressorConfig) -> tuple[str, ...]:
     """The model kinds a retrain continues from the model it retrains (see `warm_start_source`)."""
-    return tuple(k for k, n in (("mlp", config.mlp_warm_epochs), ("lightgbm", config.lightgbm_warm_rounds),
-                                ("ridge", config.ridge_warm_max_growth))
-                 if n > 0 and k in config.models)
+    kinds = tuple(k for k, n in (("mlp", config.mlp_warm_epochs), ("lightgbm", config.lightgbm_warm_rounds),
+                                 ("ridge", config.warm_max_growth)) if n > 0 and k in config.models)
+    return kinds + (("router",) if config.warm_max_growth > 0 else ())
 
 
 def warm_start_source(store, chosen: dict[str, str] | None, config: RegressorConfig
                       ) -> tuple[dict[str, object], str | None, str]:
-    """({form: regressor} whose MLP / LightGBM / ridge members a retrain continues, that model's version,
+    """({form: FormModel} whose MLP / LightGBM / ridge members and source router a retrain continues, that model's version,
     and why): the model `retrain_choice` retrains, for the forms it retrains; nothing in a
     selection, with no kind to continue (`warm_kinds`), or when that model cannot be loaded (then
     every member starts cold)."""
@@ -152,20 +153,21 @@ def warm_start_source(store, chosen: dict[str, str] | None, config: RegressorCon
         return {}, None, "cold (a selection trains every kind from scratch)"
     kinds = warm_kinds(config)
     if not kinds:
-        return {}, None, ("cold (mlp_warm_epochs, lightgbm_warm_rounds and ridge_warm_max_growth are 0, or none of "
-                          "those kinds is in `models`)")
+        return {}, None, "cold (mlp_warm_epochs, lightgbm_warm_rounds and warm_max_growth are 0)"
     info, _ = store.published_or_latest(PRICE_MODEL_NAME)
     try:
         model, info = store.load(PRICE_MODEL_NAME, info["version"])
     except Exception as e:  # a damaged or foreign model: retrain from scratch, and say so
         return {}, None, f"cold: {PRICE_MODEL_NAME} {info['version']} could not be loaded ({type(e).__name__}: {e})"
-    forms = {f: fm.price_model.regressor for f, fm in getattr(model, "forms", {}).items() if f in chosen}
+    forms = {f: fm for f, fm in getattr(model, "forms", {}).items() if f in chosen}
     how = {"mlp": f"its MLP fine-tuned for {config.mlp_warm_epochs} epochs",
            "lightgbm": f"its LightGBM continued for up to {config.lightgbm_warm_rounds} rounds",
-           "ridge": (f"its ridge's featurizer kept and LSQR started from its coefficients (while the train split "
-                     f"is within {config.ridge_warm_max_growth:.0%} of the featurizer's rows)")}
+           "ridge": "its ridge's featurizer kept and LSQR started from its coefficients",
+           "router": "its source router's TF-IDF and photo PCA kept and its logistic regression continued"}
+    limit = f" (while the train split is within {config.warm_max_growth:.0%} of the rows they were fitted on)" \
+        if config.warm_max_growth > 0 else ""
     return forms, str(info["version"]), (f"continuing {PRICE_MODEL_NAME} {info['version']} where its form's kind "
-                                         f"has the member: {'; '.join(how[k] for k in kinds)}")
+                                         f"has the member: {'; '.join(how[k] for k in kinds)}{limit}")
 
 
 RECIPES_NAME = "listing_recipes"
@@ -261,7 +263,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                          "warm_rounds": config.lightgbm_warm_rounds},
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                     "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs},
-            "ridge": {"warm_max_growth": config.ridge_warm_max_growth},
+            "ridge": {"warm_max_growth": config.warm_max_growth},
+            "router": {"warm_max_growth": config.warm_max_growth},
         }
         # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
         res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,

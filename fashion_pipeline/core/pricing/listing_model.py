@@ -20,6 +20,7 @@ else used.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from fashion_pipeline.core.token_counts import tfidf_transform
 from .features import PriceInputs, _clean_str, regime_view
 from .models import PriceModel
 
+log = logging.getLogger(__name__)
 FORMS = ("full", "sparse", "image")
 
 # Why a listing got no price (the `price_abstained` column / flags).
@@ -57,9 +59,39 @@ class SourceRouter:
     """Predicts a listing's source from what its form shows (logistic regression on TF-IDF of the
     form's text and the PCA-reduced photo embedding). With one source in training it returns it."""
 
-    def __init__(self, image_components: int = 32, seed: int = 0):
+    def __init__(self, image_components: int = 32, seed: int = 0, warm_max_growth: float = 0.25):
         self.image_components = image_components
         self.seed = seed
+        self.warm_max_growth = warm_max_growth
+
+    def warm_start_refusal(self, warm_from, inputs: PriceInputs) -> str | None:
+        """Why ``warm_from`` cannot seed this fit on ``inputs`` (None when it can): a fitted router over
+        the same sources whose TF-IDF and photo PCA read what these rows have, fitted on a train split
+        these rows differ from by at most ``warm_max_growth`` of its rows."""
+        if not isinstance(warm_from, SourceRouter) or getattr(warm_from, "model_", None) is None:
+            return f"{type(warm_from).__name__} is not a fitted two-source router"
+        rows = getattr(warm_from, "fitted_rows_", None)
+        if rows is None:
+            return "it records no fitted_rows_ (trained by an older version)"
+        y = inputs.frame["source"].map(_clean_str).to_numpy()
+        if sorted(set(y) - {""}) != list(warm_from.classes_):
+            return f"it routes to {list(warm_from.classes_)}, these rows come from {sorted(set(y) - {''})}"
+        has_text = (inputs.frame["price_text"].str.len() > 0).sum() >= 2
+        if has_text != (warm_from.tfidf_ is not None):
+            return "it was fitted with" + ("out" if has_text else "") + " a text block, these rows have" + (
+                "" if has_text else " no") + " text"
+        if warm_from.pca_ is not None and warm_from.pca_.n_features_in_ != inputs.image.shape[1]:
+            return f"its photo PCA reads {warm_from.pca_.n_features_in_} columns, these rows have {inputs.image.shape[1]}"
+        if abs(len(inputs) - rows) > self.warm_max_growth * rows:
+            return (f"it was fitted on {rows} rows, these are {len(inputs)}: more than warm_max_growth "
+                    f"{self.warm_max_growth:.0%} apart, its TF-IDF and PCA are refitted")
+        return None
+
+    def start_note(self) -> str:
+        if not self.warm_started_:
+            return f"cold: {self.warm_note_}"
+        return (f"warm (TF-IDF and photo PCA of {self.fitted_rows_} rows kept; logistic regression from its "
+                f"coefficients: {int(np.max(self.model_.n_iter_))} iterations)")
 
     def _x(self, inputs: PriceInputs):
         parts = []
@@ -76,7 +108,10 @@ class SourceRouter:
             return sp.csr_matrix((len(inputs), 1), dtype=np.float32)
         return sp.hstack(parts, format="csr", dtype=np.float32)
 
-    def fit(self, inputs: PriceInputs) -> "SourceRouter":
+    def fit(self, inputs: PriceInputs, warm_from: "SourceRouter | None" = None) -> "SourceRouter":
+        """``warm_from`` (the retrained model's router, see `warm_start_refusal`): keep its TF-IDF and
+        photo PCA and start the logistic regression (lbfgs, a convex problem solved to its tolerance)
+        from its coefficients. ``warm_started_`` / ``warm_note_`` say whether it did and why not."""
         from sklearn.decomposition import PCA
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -84,15 +119,25 @@ class SourceRouter:
         y = inputs.frame["source"].map(_clean_str).to_numpy()
         self.classes_ = sorted(set(y) - {""})
         self.model_ = None
+        refusal = None if warm_from is None else self.warm_start_refusal(warm_from, inputs)
+        self.warm_started_, self.warm_note_ = warm_from is not None and refusal is None, refusal or ""
         if len(self.classes_) < 2:
             return self
-        docs = inputs.frame["price_text"]
-        self.tfidf_ = TfidfVectorizer(min_df=2, max_features=30_000, sublinear_tf=True, dtype=np.float32).fit(docs) \
-            if (docs.str.len() > 0).sum() >= 2 else None
-        have = ~np.isnan(inputs.image).any(axis=1)
-        k = min(self.image_components, inputs.image.shape[1], int(have.sum()) - 1)
-        self.pca_ = PCA(k, random_state=self.seed).fit(inputs.image[have]) if k >= 1 else None
-        self.model_ = LogisticRegression(C=4.0, max_iter=500).fit(self._x(inputs), y)
+        lr = LogisticRegression(C=4.0, max_iter=500, warm_start=self.warm_started_)
+        if self.warm_started_:
+            self.tfidf_, self.pca_, self.fitted_rows_ = warm_from.tfidf_, warm_from.pca_, warm_from.fitted_rows_
+            lr.coef_, lr.intercept_ = warm_from.model_.coef_.copy(), warm_from.model_.intercept_.copy()
+        else:
+            if refusal is not None:
+                log.warning("source router: cold start instead of the warm start asked for: %s", refusal)
+            docs = inputs.frame["price_text"]
+            self.tfidf_ = TfidfVectorizer(min_df=2, max_features=30_000, sublinear_tf=True, dtype=np.float32).fit(docs) \
+                if (docs.str.len() > 0).sum() >= 2 else None
+            have = ~np.isnan(inputs.image).any(axis=1)
+            k = min(self.image_components, inputs.image.shape[1], int(have.sum()) - 1)
+            self.pca_ = PCA(k, random_state=self.seed).fit(inputs.image[have]) if k >= 1 else None
+            self.fitted_rows_ = len(inputs)
+        self.model_ = lr.fit(self._x(inputs), y)
         return self
 
     def predict(self, inputs: PriceInputs) -> np.ndarray:

@@ -29,9 +29,9 @@ from .models import (BlendPriceRegressor, LightGBMPriceRegressor, MLPPriceRegres
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
-# The members a retrain continues from the model it retrains.
+# The members a retrain continues from the model it retrains (and "router": each form's source router).
 WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor, "ridge": RidgePriceRegressor}
-WARM_KINDS = tuple(WARM_CLASSES)
+WARM_KINDS = (*WARM_CLASSES, "router")
 
 
 @dataclass
@@ -45,8 +45,8 @@ class TrainingResult:
     # its rounds down retrain after retrain, and change the fingerprint of a run with nothing new).
     tuned: dict[str, dict[str, dict]] = field(default_factory=dict)
     # {form: {kind: how it started}} for the members a retrain continued: MLP "warm (best epoch k of n)",
-    # LightGBM "warm (n + k of w trees kept)", ridge "warm (featurizer of n rows kept; ...)", or
-    # "cold: <why the warm start was refused>".
+    # LightGBM "warm (n + k of w trees kept)", ridge "warm (featurizer of n rows kept; ...)", router
+    # "warm (TF-IDF and photo PCA of n rows kept; ...)", or "cold: <why the warm start was refused>".
     warm_starts: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -119,11 +119,13 @@ def train_price_models(
     ``chosen`` instead of searched again; over ``params``, except that LightGBM's reused rounds stay
     within the configured ``n_estimators`` (a maximum: a user who lowers it gets what they asked for;
     the tuned value is still recorded for the next retrain).
-    ``warm`` ({form: the fitted regressor of the model being retrained, e.g. ``FormModel.price_model.regressor``}):
+    ``warm`` ({form: the `FormModel` of the model being retrained, or its fitted regressor}):
     a retrained form whose kind includes the MLP, LightGBM or the ridge (``warm_kinds``) continues that
     model's member (alone or in its blend) instead of training one from scratch (`MLPPriceRegressor.fit`:
     ``warm_epochs`` epochs; `LightGBMPriceRegressor.fit`: up to ``warm_rounds`` more trees;
     `RidgePriceRegressor.fit`: its featurizer kept, LSQR started from its coefficients);
+    With "router" in ``warm_kinds``, its source router keeps the retrained router's TF-IDF and photo PCA
+    and continues its logistic regression (`SourceRouter.fit`).
     ``TrainingResult.warm_starts`` says per form and kind whether it could."""
     params = params or {}
     tuned = tuned or {}
@@ -194,7 +196,10 @@ def train_price_models(
             selection.append({"form": form, "model": kind, "split": "validation", "n": m["n"],
                               "rmsle": m["rmsle"], "r2_log": m["r2_log"], "mae": m["mae"]})
         pick = chosen[form] if chosen.get(form) in cands else min(val_scores, key=val_scores.get)
-        router = SourceRouter().fit(ftr)
+        previous_router = getattr(warm.get(form), "router", None) if "router" in warm_kinds and form in chosen else None
+        router = SourceRouter(**params.get("router", {})).fit(ftr, warm_from=previous_router)
+        if previous_router is not None:
+            warm_starts.setdefault(form, {})["router"] = router.start_note()
         # Calibration rows go through the same routing as a listing that states no source.
         fcal = regime_view(cal_m.subset(form_rows(cal_m, form)), form)
         hidden = PriceInputs(fcal.frame.assign(source=None), fcal.text, fcal.image, tokens=fcal.tokens)
@@ -220,8 +225,10 @@ def train_price_models(
     return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
 
 
-def _member(regressor, cls):
-    """``regressor`` itself, or its blend's member, when it is a ``cls``; else None."""
+def _member(previous, cls):
+    """The retrained form's regressor (``previous``: its `FormModel`, or the regressor itself), or its
+    blend's member, when it is a ``cls``; else None."""
+    regressor = getattr(getattr(previous, "price_model", None), "regressor", previous)
     for m in getattr(regressor, "members", [regressor]) if regressor is not None else []:
         if isinstance(m, cls):
             return m

@@ -119,6 +119,19 @@ def test_regressors_beat_the_train_median_on_test(make):
     assert _rmsle(y_te, pred) < 0.85 * baseline
 
 
+def _embedded_splits():
+    """The sample's priced train / validation rows with random stand-in embeddings (1280 image, 384 text)."""
+    df = clean_sample()
+    df = df[df["price_status"] == "ok"].reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    ids = df["product_id"].tolist()
+    emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
+    inputs = build_price_inputs(df, emb)
+    split = inputs.frame["split"].to_numpy()
+    tr, va = inputs.subset(split == "train"), inputs.subset(split == "validation")
+    return tr, va, log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+
+
 @pytest.mark.parametrize("use_embeddings", [True, False])
 def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
     """BlockRidge on the price featurizer's (sparse, dense) blocks: solved tightly it is the exact ridge
@@ -130,15 +143,7 @@ def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
 
     from fashion_pipeline.core.pricing.models import BlockRidge
 
-    df = clean_sample()
-    df = df[df["price_status"] == "ok"].reset_index(drop=True)
-    rng = np.random.default_rng(0)
-    ids = df["product_id"].tolist()
-    emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
-    inputs = build_price_inputs(df, emb)
-    split = inputs.frame["split"].to_numpy()
-    tr, va = inputs.subset(split == "train"), inputs.subset(split == "validation")
-    y, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    tr, va, y, y_va = _embedded_splits()
     fz = PriceFeaturizer(use_embeddings=use_embeddings).fit(tr)
     blocks, blocks_va = fz.transform_blocks(tr), fz.transform_blocks(va)
     assert (blocks[1] is not None) == use_embeddings
@@ -161,19 +166,6 @@ def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
     np.testing.assert_array_equal(reg.predict_log(va), BlockRidge(alpha=alpha).fit(*blocks, y).predict(*blocks_va))
     reg.model_ = sk  # as unpickled from a store written before BlockRidge
     np.testing.assert_array_equal(reg.predict_log(va), p_sk)
-
-
-def _embedded_splits():
-    """The sample's priced train / validation rows with random stand-in embeddings (1280 image, 384 text)."""
-    df = clean_sample()
-    df = df[df["price_status"] == "ok"].reset_index(drop=True)
-    rng = np.random.default_rng(0)
-    ids = df["product_id"].tolist()
-    emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
-    inputs = build_price_inputs(df, emb)
-    split = inputs.frame["split"].to_numpy()
-    tr, va = inputs.subset(split == "train"), inputs.subset(split == "validation")
-    return tr, va, log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
 
 
 def test_a_block_ridge_started_from_x0_solves_the_same_ridge_problem():

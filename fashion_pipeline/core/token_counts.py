@@ -14,7 +14,9 @@ The result is the vectorizer sklearn would have fitted on the same texts — sam
 compares them on every path) — and a plain ``TfidfVectorizer`` is what gets pickled with a model,
 so scoring a listing never meets this memo. The vocabulary selection below is sklearn 1.9's
 ``CountVectorizer.fit_transform`` (``min_df`` / ``max_df`` / ``max_features``, features sorted
-by term) written out, because sklearn exposes no fit from counts.
+by term) written out, because sklearn exposes no fit from counts. A vectorizer fitted elsewhere with
+the memo's analyser (a retrain's kept featurizer, unpickled from the model store) is adopted: its
+vocabulary is mapped onto the memo's term ids, and its transform is the same selection.
 
 `transform_memo` is the serving-side counterpart: while it is active, `tfidf_transform` (what
 the featurizers call instead of ``vectorizer.transform``) transforms each distinct text once per

@@ -123,8 +123,8 @@ def train_price_models(
     a retrained form whose kind includes the MLP, LightGBM or the ridge (``warm_kinds``) continues that
     model's member (alone or in its blend) instead of training one from scratch (`MLPPriceRegressor.fit`:
     ``warm_epochs`` epochs; `LightGBMPriceRegressor.fit`: up to ``warm_rounds`` more trees;
-    `RidgePriceRegressor.fit`: its featurizer kept, LSQR started from its coefficients);
-    With "router" in ``warm_kinds``, its source router keeps the retrained router's TF-IDF and photo PCA
+    `RidgePriceRegressor.fit`: its featurizer kept, LSQR started from its coefficients). With "router"
+    in ``warm_kinds``, its source router keeps the retrained router's TF-IDF and photo PCA
     and continues its logistic regression (`SourceRouter.fit`).
     ``TrainingResult.warm_starts`` says per form and kind whether it could."""
     params = params or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -47,6 +48,11 @@ def looks_non_english(text: str) -> bool:
     return foreign >= 2 and foreign > sum(w in _EN_WORDS for w in words)
 
 
+# One run prepares each catalogue text several times (the extractor's training, product_attributes'
+# cache keys, the listing evaluation): 4.1 s per pass over the full development catalogue's 43.7k
+# products, 0.03 s from this memo (39.6k distinct texts, ~30 MB). The result is immutable (frozen) and
+# depends on the arguments alone.
+@functools.lru_cache(maxsize=1 << 17)
 def prepare(title: str | None, description: str | None, max_chars: int) -> PreparedText:
     """Clean title/description and cut the description to `max_chars` (at a word boundary)."""
     t = " ".join(strip_html(title).split())

@@ -118,8 +118,9 @@ class EmbeddingsWriter:
         self._metadata = dict(metadata)
         # Dictionary encoding only for the string columns: on the float vectors it never pays (pyarrow falls
         # back to plain pages) and cost, on the full catalogue, 2.7 s of writing and ~0.25 s per read.
+        schema = embeddings_schema(self._metadata)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self._tmp, embeddings_schema(self._metadata), use_dictionary=["product_id", "image_status", "text_status"])
+            self._tmp, schema, use_dictionary=[f.name for f in schema if pa.types.is_string(f.type)])
         self._hasher = ContentHasher(int(self._metadata["image_dim"]), int(self._metadata["text_dim"]))
         self.rows = 0
 

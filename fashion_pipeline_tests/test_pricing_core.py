@@ -543,3 +543,17 @@ def test_zero_nans_clips_like_nan_to_num_in_place():
     np.testing.assert_array_equal(x, np.array([[0.0, 1.5, big], [-big, 2.0, 0.0]], dtype=np.float32))
     finite = np.array([[1.0, -2.0]], dtype=np.float64)
     np.testing.assert_array_equal(zero_nans_(finite), [[1.0, -2.0]])
+
+
+def test_categorical_columns_are_cleaned_per_value_with_every_kind_of_null_missing():
+    """Whitespace collapsed, every null kind (None, NaN, pd.NA) one missing level, non-strings as their text."""
+    from fashion_pipeline.core.pricing.features import CategoricalEncoder, clean_column
+
+    values = pd.Series(["Nike", None, np.nan, pd.NA, "  Nike ", "H&M  Divided", "", 3, "3"], dtype=object)
+    assert clean_column(values).tolist() == ["Nike", "", "", "", "Nike", "H&M Divided", "", "3", "3"]
+    assert clean_column(pd.Series([], dtype=object)).tolist() == []
+    frame = pd.DataFrame({"source": ["kaggle"] * 9, "brand": values, "colour": ["Red"] * 9})
+    enc = CategoricalEncoder(min_count=2).fit(frame)
+    # "<missing>" (None, NaN, pd.NA, ""), "Nike" and "3" (3 and "3") reach min_count 2; "H&M Divided" does not.
+    assert enc.levels_["brand"] == {"3": 1, "<missing>": 2, "Nike": 3}
+    assert enc.codes(frame)[:, 1].tolist() == [3, 2, 2, 2, 3, 0, 2, 1, 1]

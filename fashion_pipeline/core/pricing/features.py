@@ -178,8 +178,19 @@ def mask_stated(inputs: PriceInputs, rate: float = 0.5, seed: int = 0) -> PriceI
     return PriceInputs(df, inputs.text, inputs.image, tokens=inputs.tokens)
 
 
+def clean_column(values: pd.Series) -> np.ndarray:
+    """``_clean_str`` of every value, as an object array: computed once per distinct value
+    (``pd.factorize``; a null of any kind is one "" entry), not once per row — the categorical
+    columns of a training set have a few thousand distinct values over tens of thousands of rows."""
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object).to_numpy(), use_na_sentinel=True)
+    cleaned = np.array([_clean_str(v) for v in uniques] + [""], dtype=object)
+    return cleaned[codes]  # code -1 (a null) reads the trailing ""
+
+
 def _categorical_values(df: pd.DataFrame, col: str) -> np.ndarray:
-    return np.array([_clean_str(v) or MISSING for v in df[col]], dtype=object)
+    v = clean_column(df[col])
+    v[v == ""] = MISSING
+    return v
 
 
 class CategoricalEncoder:
@@ -292,7 +303,7 @@ class PriceFeaturizer:
             tokens = inputs.tokens
             self.tfidf_ = tokens.fit(vec, docs) if tokens is not None and tokens.serves(vec) else vec.fit(docs)
         self.cats_ = CategoricalEncoder().fit(inputs.frame)
-        self.sources_ = sorted(set(inputs.frame["source"].map(_clean_str)) - {""})
+        self.sources_ = sorted(set(clean_column(inputs.frame["source"])) - {""})
         if self.use_embeddings:
             self.scaler_ = EmbeddingScaler().fit(inputs)
         return self
@@ -313,7 +324,7 @@ class PriceFeaturizer:
         base = sp.hstack(parts, format="csr")
         blocks = [base]
         if self.source_interactions:
-            src = inputs.frame["source"].map(_clean_str).to_numpy()
+            src = clean_column(inputs.frame["source"])
             for s in getattr(self, "sources_", []):
                 blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
         z = None

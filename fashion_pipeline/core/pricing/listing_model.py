@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from fashion_pipeline.core.sparse_blocks import dense_csr
 from fashion_pipeline.core.token_counts import tfidf_transform
 
-from .features import PriceInputs, _clean_str, regime_view
+from .features import PriceInputs, _clean_str, clean_column, regime_view, zero_nans_
 from .models import PriceModel
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class SourceRouter:
         rows = getattr(warm_from, "fitted_rows_", None)
         if rows is None:
             return "it records no fitted_rows_ (trained by an older version)"
-        y = inputs.frame["source"].map(_clean_str).to_numpy()
+        y = clean_column(inputs.frame["source"])
         if sorted(set(y) - {""}) != list(warm_from.classes_):
             return f"it routes to {list(warm_from.classes_)}, these rows come from {sorted(set(y) - {''})}"
         has_text = (inputs.frame["price_text"].str.len() > 0).sum() >= 2
@@ -100,8 +100,8 @@ class SourceRouter:
         if self.pca_ is not None:
             have = ~np.isnan(inputs.image).any(axis=1)
             z = np.zeros((len(inputs), self.pca_.n_components_ + 1), np.float32)
-            if have.any():  # rows without a NaN: only an infinity is left to clip
-                z[have, :-1] = self.pca_.transform(np.nan_to_num(inputs.image[have], nan=0.0))
+            if have.any():  # rows without a NaN: only an infinity is left to clip (in the row copy)
+                z[have, :-1] = self.pca_.transform(zero_nans_(inputs.image[have]))
             z[:, -1] = have
             parts.append(dense_csr(z))
         if not parts:
@@ -116,7 +116,7 @@ class SourceRouter:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        y = inputs.frame["source"].map(_clean_str).to_numpy()
+        y = clean_column(inputs.frame["source"])
         self.classes_ = sorted(set(y) - {""})
         self.model_ = None
         refusal = None if warm_from is None else self.warm_start_refusal(warm_from, inputs)
@@ -150,7 +150,7 @@ class SourceRouter:
 
 def route_sources(inputs: PriceInputs, router: SourceRouter, known: set[str]) -> np.ndarray:
     """The stated source where it is one the model knows, else the router's prediction."""
-    stated = inputs.frame["source"].map(_clean_str).to_numpy()
+    stated = clean_column(inputs.frame["source"])
     routed = stated.astype(object).copy()
     need = np.array([s not in known for s in stated])
     if need.any():

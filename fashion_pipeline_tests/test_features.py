@@ -6,6 +6,7 @@ import re
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import pytest
 
@@ -101,6 +102,20 @@ def test_with_embeddings_joins_by_id_and_marks_missing():
     out = with_embeddings(df, ids, image, None)
     assert out["image_embedding"].iloc[-1] is None
     np.testing.assert_array_equal(out["image_embedding"].iloc[0], image[4])
+
+
+def test_embedding_matrix_zeroes_missing_and_non_finite_rows_and_refuses_another_length():
+    from fashion_pipeline.core.features import embedding_matrix
+
+    col = pd.Series([np.array([1.0, 2.0], np.float32), None, np.array([np.nan, 1.0], np.float32), float("nan"),
+                     [3.0, 4.0], np.array([np.inf, 0.0], np.float32)], dtype=object)
+    m, present = embedding_matrix(pd.DataFrame({"e": col}), "e")
+    assert m.dtype == np.float32 and present.tolist() == [True, False, False, False, True, False]
+    np.testing.assert_array_equal(m, [[1, 2], [0, 0], [0, 0], [0, 0], [3, 4], [0, 0]])
+    none, present = embedding_matrix(pd.DataFrame({"e": pd.Series([None, None], dtype=object)}), "e", 3)
+    assert none.shape == (2, 3) and not none.any() and not present.any()
+    with pytest.raises(ValueError, match=r"e row 2 has shape \(3,\), expected \(2,\)"):
+        embedding_matrix(pd.DataFrame({"e": pd.Series([None, [1.0, 2.0], [1.0, 2.0, 3.0]], dtype=object)}), "e")
 
 
 def test_spec_records_whether_the_model_reads_attributes(frame):

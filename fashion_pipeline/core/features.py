@@ -90,28 +90,32 @@ def with_embeddings(products: pd.DataFrame, ids, image: np.ndarray | None, text:
 
 
 def embedding_matrix(frame: pd.DataFrame, column: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Stack an embedding column into float32 [n, d]; missing rows are zeros. Returns (matrix, present mask)."""
+    """Stack an embedding column into float32 [n, d]; missing rows are zeros. Returns (matrix, present mask).
+    A row with a non-finite value counts as missing; a row of another length is an error."""
     if column not in frame.columns:
         if dim is None:
             raise ValueError(f"frame has no column {column!r} and no dimension was given")
         return np.zeros((len(frame), dim), np.float32), np.zeros(len(frame), bool)
-    vals = frame[column].tolist()
-    present = np.array([v is not None and not (np.isscalar(v) and pd.isna(v)) for v in vals], bool)
+    vals = frame[column].to_numpy(dtype=object)
+    present = np.fromiter((v is not None and not (np.isscalar(v) and pd.isna(v)) for v in vals), bool, len(vals))
+    rows = np.flatnonzero(present)
     if dim is None:
-        first = next((v for v, p in zip(vals, present) if p), None)
-        if first is None:
+        if not len(rows):
             raise ValueError(f"column {column!r} has no embeddings and no dimension was given")
-        dim = len(first)
-    out = np.zeros((len(vals), dim), np.float32)
-    for i, (v, p) in enumerate(zip(vals, present)):
-        if p:
-            a = np.asarray(v, np.float32)
-            if a.shape != (dim,):
-                raise ValueError(f"{column} row {i} has shape {a.shape}, expected ({dim},)")
-            if np.all(np.isfinite(a)):
-                out[i] = a
-            else:
-                present[i] = False
+        dim = len(vals[rows[0]])
+    if not len(rows):
+        return np.zeros((len(vals), dim), np.float32), present
+    bad = next((i for i in rows if np.shape(vals[i]) != (dim,)), None)
+    if bad is not None:
+        raise ValueError(f"{column} row {bad} has shape {np.shape(vals[bad])}, expected ({dim},)")
+    # One C-level stack, a zero row standing in for each missing one (a per-row copy loop into a
+    # preallocated matrix took ~0.25 s per 43k rows of 1280 columns; this ~0.05 s).
+    zero = np.zeros(dim, np.float32)
+    out = np.stack([v if p else zero for v, p in zip(vals, present)]).astype(np.float32, copy=False)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        out[~finite] = 0.0
+        present &= finite
     return out, present
 
 

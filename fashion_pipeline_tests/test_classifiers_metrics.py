@@ -31,6 +31,25 @@ def test_macro_f1_over_the_true_classes_counts_a_missing_prediction_as_a_miss_no
     assert m["accuracy"] == 0.75 and m["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 * 1) / 4)
 
 
+@pytest.mark.parametrize("true_classes_only", [False, True])
+def test_classification_metrics_agree_with_sklearn_on_random_labels(true_classes_only):
+    """The counts-table implementation against sklearn's accuracy_score / f1_score(zero_division=0),
+    with classes only predicted, only true, and a class present in neither split of a draw."""
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        y = rng.choice(["a", "b", "c", "d"], n).astype(object)
+        pred = rng.choice(["a", "b", "c", "e", "<none>"], n).astype(object)
+        labels = sorted(set(y.tolist())) if true_classes_only else None
+        m = classification_metrics(y, pred, true_classes_only=true_classes_only)
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+        for average in ("macro", "weighted"):
+            assert m[f"{average}_f1"] == pytest.approx(
+                skm.f1_score(y, pred, labels=labels, average=average, zero_division=0), abs=1e-12)
+
+
 def test_silhouette_is_seeded_and_bounded():
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))])

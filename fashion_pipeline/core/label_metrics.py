@@ -33,12 +33,24 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, *, true_classes_o
     n = int(len(y_true))
     if n == 0:
         return {"n": 0, "accuracy": float("nan"), "macro_f1": float("nan"), "weighted_f1": float("nan")}
-    labels = sorted(set(y_true.tolist())) if true_classes_only else None
+    # sklearn's accuracy_score / f1_score(zero_division=0) from one table of counts: their input
+    # validation cost ~8 ms a call, and a listing evaluation computes ~150 of these.
+    classes, codes = np.unique(np.concatenate([y_true, y_pred]).astype(str), return_inverse=True)
+    t, p = codes[:n], codes[n:]
+    k = len(classes)
+    support = np.bincount(t, minlength=k)
+    predicted = np.bincount(p, minlength=k)
+    hit = t == p
+    tp = np.bincount(t[hit], minlength=k)
+    denom = support + predicted
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros(k), where=denom > 0)
+    keep = support > 0 if true_classes_only else np.ones(k, bool)  # the classes averaged over
+    weights = support[keep]
     return {
         "n": n,
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "accuracy": float(hit.mean()),
+        "macro_f1": float(f1[keep].mean()),
+        "weighted_f1": float(np.average(f1[keep], weights=weights)) if weights.sum() > 0 else 0.0,
     }
 
 

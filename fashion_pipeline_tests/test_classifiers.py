@@ -406,3 +406,89 @@ def test_a_retrain_re_scores_a_stored_baseline_only_while_it_is_fresh(tmp_path):
     assert out == {} and "fitted on 1000 train-split rows, this run has 1101" in notes["gender/image"]
     out, notes = stored_baselines(store, chosen, ClassifierConfig(baseline_max_growth=0), enc, 1000)
     assert out == {} and notes["gender/image"] == "fitted (baseline_max_growth 0)"
+
+
+def test_a_retrain_with_a_kept_featurizer_transforms_with_it_and_starts_logreg_from_the_stored_coefficients(frame):
+    """LeaderboardConfig.featurizers / warm_linear: the regime's rows go through the featurizer handed over
+    (no new fit: the serving classifiers hold that very object), the retrained logreg starts lbfgs from the
+    stored coefficients and ends where the cold fit did (same data here, so within a few iterations); a
+    featurizer without a kind the models read is not used, and the logreg then starts cold."""
+    first = run_leaderboard(frame, _cfg(regimes=("full",), classical=("logreg",), neural=()))
+    fz = first.serving[("category", "full")].featurizer
+    chosen = {(t, "full"): "logreg" for t in TASKS}
+    warm = {(t, "full"): (first.serving[(t, "full")].estimator, first.serving[(t, "full")].classes) for t in TASKS}
+    again = run_leaderboard(frame, _cfg(regimes=("full",), classical=("logreg",), neural=(), chosen=chosen,
+                                        featurizers={"full": fz}, warm_linear=warm))
+    assert again.featurizer_starts == {"full": f"kept (fitted on {fz.n_fit_rows_} train rows)"}
+    cols = ["task", "source", "accuracy", "macro_f1"]
+    for t in TASKS:
+        clf = again.serving[(t, "full")]
+        assert clf.featurizer is fz
+        cold_iters = int(first.serving[(t, "full")].estimator.estimator.n_iter_.max())
+        warm_iters = int(clf.estimator.estimator.n_iter_.max())
+        assert again.linear_starts[f"{t}/full"] == f"warm: {warm_iters} lbfgs iterations"
+        assert warm_iters < cold_iters, t
+        assert clf.estimator.estimator.warm_start is False  # a later refit of the stored model starts cold
+    lb0 = first.leaderboard.sort_values(cols[:2]).reset_index(drop=True)[cols]
+    lb1 = again.leaderboard.sort_values(cols[:2]).reset_index(drop=True)[cols]
+    pd.testing.assert_frame_equal(lb0, lb1, atol=0.02, check_exact=False)
+
+    narrow = run_leaderboard(frame, _cfg(regimes=("full",), classical=("linear_svc",), neural=())).serving[
+        ("category", "full")].featurizer  # fitted for the 'sparse' kind alone
+    mixed = {**chosen, ("usage", "full"): "complement_nb"}
+    res = run_leaderboard(frame, _cfg(regimes=("full",), classical=("logreg", "complement_nb"), neural=(),
+                                      chosen=mixed, featurizers={"full": narrow}, warm_linear=warm))
+    assert res.featurizer_starts == {"full": "fitted: the one handed over has no ['nonneg']"}
+    assert res.serving[("category", "full")].featurizer is not narrow
+    assert res.linear_starts["gender/full"] == "cold: fitted: the one handed over has no ['nonneg'] (other columns)"
+
+
+def test_fit_classical_refuses_a_warm_start_for_a_solver_that_cannot_take_one():
+    from fashion_pipeline.core.models.classifiers import fit_classical
+
+    x, y = np.eye(4), np.array([0, 1, 0, 1])
+    svc, _ = fit_classical("linear_svc", x, y)
+    with pytest.raises(ValueError, match=r"linear_svc cannot start from a fitted model \(warm-startable: \['logreg'\]\)"):
+        fit_classical("linear_svc", x, y, warm_from=svc)
+
+
+def test_a_retrain_keeps_a_regimes_featurizer_only_while_every_task_retrains_with_the_same_fresh_one(tmp_path):
+    """kept_featurizers: a regime's featurizer is handed over when all three tasks retrain stored classifiers
+    that share it (one fit digest), read this encoder, and were fitted within warm_max_growth of this
+    run's train rows; the logreg choices there hand over their estimator. Every other case says why."""
+    from types import SimpleNamespace
+
+    from fashion_pipeline.assets.classifiers import ClassifierConfig, kept_featurizers
+    from fashion_pipeline.core.model_store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    enc = {"backend": "offline", "image_dim": 1280}
+
+    def save(name, digest, rows=1000, encoder=enc, model="linear_svc"):
+        fz = SimpleNamespace(fit_digest_=digest, n_fit_rows_=rows)
+        clf = SimpleNamespace(featurizer=fz, estimator=f"{name} estimator", classes=["a", "b"], model_name=model)
+        return store.save(name, clf, {}, {"encoder": encoder, "model": model})
+
+    full = {"category": "linear_svc", "gender": "logreg", "usage": "linear_svc"}
+    for task, model in full.items():
+        save(f"{task}_classifier", "d-full", model=model)
+    for task in TASKS:
+        save(f"{task}_classifier_sparse", "d-sparse" if task != "usage" else "d-other")
+        save(f"{task}_classifier_image", "d-image", encoder={"backend": "open_clip"})
+    chosen = {**{(t, "full"): m for t, m in full.items()}, **{(t, r): "linear_svc" for t in TASKS for r in ("sparse", "image")}}
+    cfg = ClassifierConfig()
+    for rows in (1000, 1250, 750):
+        fzs, linear, notes = kept_featurizers(store, chosen, cfg, enc, rows)
+        assert list(fzs) == ["full"] and fzs["full"].fit_digest_ == "d-full"
+        assert linear == {("gender", "full"): ("gender_classifier estimator", ["a", "b"])}
+        assert notes["full"].startswith("kept from category_classifier ") and notes["full"].endswith("(fitted on 1000 train rows)")
+        assert notes["sparse"] == "fitted (its classifiers were trained with different featurizers)"
+        assert notes["image"].startswith("fitted (category_classifier_image ") and notes["image"].endswith("read another encoder)")
+    fzs, _, notes = kept_featurizers(store, chosen, cfg, enc, 1251)
+    assert "full" not in fzs and notes["full"] == ("fitted (its featurizer was fitted on 1000 train rows, this run has "
+                                                   "1251 (warm_max_growth 25%))")
+    del chosen[("usage", "full")]
+    fzs, linear, notes = kept_featurizers(store, chosen, cfg, enc, 1000)
+    assert fzs == {} and linear == {} and notes["full"] == "fitted (a task selects here)"
+    fzs, _, notes = kept_featurizers(store, chosen, ClassifierConfig(warm_max_growth=0), enc, 1000)
+    assert fzs == {} and set(notes.values()) == {"fitted (warm_max_growth 0)"}

@@ -35,7 +35,7 @@ from fashion_pipeline import reuse
 from fashion_pipeline.automation import EAGER_WHEN_GATES_PASS
 from fashion_pipeline.core.features import REGIMES, with_embeddings
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
-from fashion_pipeline.core.models.classifiers import CLASSICAL
+from fashion_pipeline.core.models.classifiers import CLASSICAL, WARM_STARTABLE_CLASSICAL
 from fashion_pipeline.core.models.fusion import ARCHITECTURES, WARM_STARTABLE, NeuralConfig
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
 from fashion_pipeline.core.models.publishing import (BASELINE_MODELS, baseline_name, baseline_row, classifier_gate,
@@ -102,6 +102,13 @@ class ClassifierConfig(dg.Config):
         "rows, while this run's train split differs from the one it was fitted on by at most this share of "
         "rows (and the encoder is the same); otherwise it is fitted again and stored. 0: always fitted. Metadata "
         "`baselines` says which it was."))
+    warm_max_growth: float = Field(default=0.25, ge=0, description=(
+        "mode retrain: where every task of a regime retrains its stored choice, the regime's featurizer (TF-IDF "
+        "vocabularies and idf, image / text PCA, SVD) is the one those classifiers were trained with, kept while "
+        "this run's train split is within this share of the rows it was fitted on (and the encoder is the same), "
+        "so only the model is refitted; a retrained logreg then starts lbfgs from the stored coefficients (the "
+        "same columns). Past it the featurizer is fitted anew. 0: always fitted. Metadata `featurizers` says "
+        "which it was per regime, `linear_start` how each logreg started."))
     threads: int | None = Field(default=None, ge=1, description=(
         "Threads for torch, BLAS and the tree libraries; default: the cores available to the run's process. "
         "On a CPU shared with other busy processes, spinning threads were measured up to 5x slower: set 1 there."))
@@ -201,6 +208,54 @@ def stored_baselines(store, chosen: dict, config: ClassifierConfig, encoder, tra
     return out, notes
 
 
+def kept_featurizers(store, chosen: dict, config: ClassifierConfig, encoder, train_rows: int
+                     ) -> tuple[dict, dict, dict[str, str]]:
+    """What a retrain keeps of the classifiers it retrains: {regime: featurizer} for each regime where every
+    task retrains its stored choice (published, else latest candidate), those classifiers share one fitted
+    featurizer (the same ``fit_digest_``), read the same encoder and were fitted on a train split within
+    ``warm_max_growth`` of ``train_rows``; {(task, regime): (estimator, class names)} of the retrained logreg
+    choices there (their solver's start); and {regime: why each of the others is fitted}."""
+    featurizers, linear, notes = {}, {}, {}
+    for regime in config.regimes:
+        if config.warm_max_growth == 0:
+            notes[regime] = "fitted (warm_max_growth 0)"
+            continue
+        if not all((t, regime) in chosen for t in TASKS):
+            notes[regime] = "fitted (a task selects here)"
+            continue
+        loaded, why = [], None
+        for task in TASKS:
+            name = classifier_name(task, regime)
+            info, _ = store.published_or_latest(name)
+            if ((info or {}).get("features_spec") or {}).get("encoder") != encoder:
+                why = f"{name} {(info or {}).get('version')} read another encoder"
+                break
+            try:
+                clf, _ = store.load(name, info["version"])
+            except Exception as e:  # damaged or foreign: fitted again
+                why = f"{name} {info['version']} could not be loaded ({type(e).__name__}: {e})"
+                break
+            loaded.append((task, name, info["version"], clf))
+        if why is None:
+            fzs = [getattr(clf, "featurizer", None) for *_, clf in loaded]
+            digests = {getattr(fz, "fit_digest_", None) for fz in fzs}
+            rows = getattr(fzs[0], "n_fit_rows_", None)
+            if None in digests or len(digests) != 1:
+                why = "its classifiers were trained with different featurizers"
+            elif rows is None or abs(train_rows - rows) > config.warm_max_growth * rows:
+                why = (f"its featurizer was fitted on {rows} train rows, this run has {train_rows} "
+                       f"(warm_max_growth {config.warm_max_growth:.0%})")
+        if why is not None:
+            notes[regime] = f"fitted ({why})"
+            continue
+        featurizers[regime] = fzs[0]
+        notes[regime] = f"kept from {loaded[0][1]} {loaded[0][2]} (fitted on {rows} train rows)"
+        for task, _, _, clf in loaded:
+            if chosen[(task, regime)] in WARM_STARTABLE_CLASSICAL and hasattr(clf, "estimator"):
+                linear[(task, regime)] = (clf.estimator, list(clf.classes))
+    return featurizers, linear, notes
+
+
 def models_to_train(config: ClassifierConfig, chosen: dict) -> dict[str, tuple[str, ...]]:
     """The leaderboard's model lists: the configured ones (what competes where a pair selects) plus every
     retrained choice, which is trained whether or not the lists name it."""
@@ -279,6 +334,9 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
                            for (t, r), (_, info) in reused_baselines.items()})
     if baseline_notes:
         context.log.info(f"linear baselines: {baseline_notes}")
+    featurizers, warm_linear, featurizer_notes = kept_featurizers(store, chosen, config, encoder, train_rows)
+    if chosen:
+        context.log.info(f"featurizers: {featurizer_notes}")
     # Rows of the file's own matrices, joined by product_id (an aligned copy would double them).
     frame = with_embeddings(clean_products, *emb.arrays)
     no_row = emb.missing(clean_products)
@@ -291,7 +349,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
         max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=threads,
         brand_mask_rate=config.brand_mask_rate, chosen=chosen, warm=warm,
-        stored_baselines=frozenset(reused_baselines),
+        stored_baselines=frozenset(reused_baselines), featurizers=featurizers, warm_linear=warm_linear,
     )
     with threadpool_limits(limits=threads):  # BLAS / OpenMP pools too, not only torch
         result = run_leaderboard(frame, cfg, context.log.info)
@@ -378,6 +436,10 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         "gate_preview": dg.MetadataValue.md(decision.markdown()),
         "mode": f"{config.mode}: {mode_note}",
         "baselines": dg.MetadataValue.json(baseline_notes),
+        # A featurizer handed over is still refitted where it lacks a feature kind (the leaderboard says so).
+        "featurizers": dg.MetadataValue.json({r: n if not result.featurizer_starts.get(r, "").startswith("fitted: ")
+                                              else result.featurizer_starts[r] for r, n in featurizer_notes.items()}),
+        "linear_start": dg.MetadataValue.json(result.linear_starts),
         "neural_start": dg.MetadataValue.json({k: {"source": warm_notes.get(k, ""), "start": result.warm_starts.get(k, "cold")}
                                                 for k in sorted(set(warm_notes) | set(result.warm_starts))}),
         "train_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),

@@ -151,16 +151,33 @@ class ContiguousLabels:
         return self.classes_[np.asarray(self.estimator.predict(x), int)]
 
 
-def fit_classical(name: str, x, y_codes: np.ndarray, seed: int = 0, n_threads: int = 2):
-    """Fit one classical model on already-featurized training rows. Returns (estimator, seconds)."""
+# Models whose solver can start from a fitted model's coefficients (fit_classical's warm_from).
+WARM_STARTABLE_CLASSICAL = ("logreg",)
+
+
+def fit_classical(name: str, x, y_codes: np.ndarray, seed: int = 0, n_threads: int = 2, warm_from=None):
+    """Fit one classical model on already-featurized training rows. Returns (estimator, seconds).
+
+    ``warm_from``: a fitted model of the same name over the same columns and class codes (a retrain with a
+    kept featurizer): a `WARM_STARTABLE_CLASSICAL` model starts its solver from its coefficients (lbfgs on
+    the same convex objective, so it ends where a cold fit would, to the solver's tolerance)."""
     spec = CLASSICAL[name]
     est = ContiguousLabels(spec.make(seed, n_threads))
+    if warm_from is not None:
+        if name not in WARM_STARTABLE_CLASSICAL:
+            raise ValueError(f"{name} cannot start from a fitted model (warm-startable: {list(WARM_STARTABLE_CLASSICAL)})")
+        old = getattr(warm_from, "estimator", warm_from)
+        est.estimator.set_params(warm_start=True)
+        est.estimator.coef_, est.estimator.intercept_ = old.coef_.copy(), old.intercept_.copy()
     t0 = time.perf_counter()
     if spec.sample_weight:
         est.fit(x, y_codes, sample_weight=compute_sample_weight("balanced", y_codes))
     else:
         est.fit(x, y_codes)
-    return est, time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    if warm_from is not None:
+        est.estimator.set_params(warm_start=False)  # the stored model refits from scratch if ever refitted
+    return est, secs
 
 
 class ServingPredictions:

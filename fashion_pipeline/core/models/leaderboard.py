@@ -17,7 +17,8 @@ import pandas as pd
 
 from fashion_pipeline.core.features import ProductFeaturizer, TokenSequencer
 from fashion_pipeline.core.label_metrics import classification_metrics
-from fashion_pipeline.core.models.classifiers import CLASSICAL, TaskClassifier, estimator_proba, fit_classical
+from fashion_pipeline.core.models.classifiers import (CLASSICAL, WARM_STARTABLE_CLASSICAL, TaskClassifier, estimator_proba,
+                                                      fit_classical)
 from fashion_pipeline.core.models.fusion import (
     ARCHITECTURES,
     NeuralConfig,
@@ -67,6 +68,13 @@ class LeaderboardConfig:
     # `WARM_STARTABLE` architecture fine-tunes that one (train_multitask(init=...)) when every task it
     # trains for the regime retrains it and the classes are the same; otherwise it starts cold.
     warm: dict = field(default_factory=dict)
+    # {regime: fitted ProductFeaturizer}: a retrain transforms that regime's rows with it instead of fitting a
+    # new one, where it was fitted for every feature kind the regime's models need (the caller hands over the
+    # retrained classifiers' featurizer while the train split is close to the one it was fitted on).
+    featurizers: dict = field(default_factory=dict)
+    # {(task, regime): (fitted estimator, its class names)}: where the regime's featurizer is kept (the same
+    # columns) and the classes are the same, a retrained logistic regression starts lbfgs from its coefficients.
+    warm_linear: dict = field(default_factory=dict)
 
     def trains(self, task: str, regime: str, model: str) -> bool:
         want = self.chosen.get((task, regime))
@@ -87,6 +95,10 @@ class LeaderboardResult:
     # (task, regime) -> the fitted baseline (`LeaderboardConfig.baselines`) as a serving classifier, for
     # a caller that keeps it for later retrains to re-score.
     baselines: dict = field(default_factory=dict)
+    # regime -> how its featurizer started: "kept" (`LeaderboardConfig.featurizers`) or "fitted" (and why,
+    # where one was handed over); task/regime -> how a warm-startable linear model started.
+    featurizer_starts: dict = field(default_factory=dict)
+    linear_starts: dict = field(default_factory=dict)
 
 
 def _split(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -149,6 +161,8 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
     timings: dict = {"featurizer_seconds": {}}
     warm_starts: dict = {}
     baselines: dict = {}
+    featurizer_starts: dict = {}
+    linear_starts: dict = {}
     shared_fits: dict = {}  # the image PCA, identical for every regime's featurizer (same train rows)
 
     for regime in cfg.regimes:
@@ -158,13 +172,25 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
         kinds_needed = {CLASSICAL[m].kind for m in cfg.classical if any(cfg.trains(t, regime, m) for t in cfg.tasks)}
         if any(regime in NEURAL_REGIMES[a] and any(cfg.trains(t, regime, a) for t in cfg.tasks) for a in cfg.neural):
             kinds_needed.add("wide")
-        fz = ProductFeaturizer(regime=regime, seed=cfg.seed, **cfg.featurizer)
-        by_split = {"train": fz.fit_transform_kinds(parts["train"], sorted(kinds_needed), shared=shared_fits)}
-        by_split.update({s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS if s != "train"})
+        kept = cfg.featurizers.get(regime)
+        lacks = sorted(kinds_needed - set(getattr(kept, "kinds_", ()))) if kept is not None else []
+        if kept is not None and not lacks and getattr(kept, "regime", None) == regime:
+            fz = kept
+            by_split = {s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS}
+            featurizer_starts[regime] = f"kept (fitted on {getattr(fz, 'n_fit_rows_', '?')} train rows)"
+        else:
+            if kept is not None:
+                featurizer_starts[regime] = (f"fitted: the one handed over has no {lacks}" if lacks else
+                                             f"fitted: the one handed over is for regime {getattr(kept, 'regime', None)!r}")
+            else:
+                featurizer_starts[regime] = "fitted"
+            fz = ProductFeaturizer(regime=regime, seed=cfg.seed, **cfg.featurizer)
+            by_split = {"train": fz.fit_transform_kinds(parts["train"], sorted(kinds_needed), shared=shared_fits)}
+            by_split.update({s: fz.transform_kinds(parts[s], sorted(kinds_needed)) for s in SPLITS if s != "train"})
         feats = {k: {s: by_split[s][k] for s in SPLITS} for k in kinds_needed}
         del by_split
         timings["featurizer_seconds"][regime] = round(time.perf_counter() - t0, 2)
-        say(f"[{regime}] features built in {timings['featurizer_seconds'][regime]} s: "
+        say(f"[{regime}] features built in {timings['featurizer_seconds'][regime]} s ({featurizer_starts[regime]}): "
             + ", ".join(f"{k} {feats[k]['train'].shape[1]} cols" for k in sorted(feats)))
 
         classes: dict[str, list[str]] = {}
@@ -222,7 +248,16 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
                 x_fit = feats[spec.kind]["train"]
                 if len(rows_used) < x_fit.shape[0]:
                     x_fit = x_fit[rows_used]
-                est, secs = fit_classical(name, x_fit, y_tr[sub], cfg.seed, cfg.n_threads)
+                warm_from = None
+                if (name in WARM_STARTABLE_CLASSICAL and (task, regime) in cfg.warm_linear and fz is kept
+                        and cfg.chosen.get((task, regime)) == name):
+                    warm_from, why = _warm_linear(cfg.warm_linear[(task, regime)], classes[task], y_tr[sub], x_fit)
+                    linear_starts[f"{task}/{regime}"] = why
+                elif (task, regime) in cfg.warm_linear and cfg.chosen.get((task, regime)) == name:
+                    linear_starts[f"{task}/{regime}"] = f"cold: {featurizer_starts[regime]} (other columns)"
+                est, secs = fit_classical(name, x_fit, y_tr[sub], cfg.seed, cfg.n_threads, warm_from=warm_from)
+                if warm_from is not None:
+                    linear_starts[f"{task}/{regime}"] = f"warm: {est.estimator.n_iter_.max()} lbfgs iterations"
                 del x_fit
 
                 def full_proba(s, est=est, spec=spec, task=task):
@@ -288,7 +323,22 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
         lb.loc[sel, "serving"] = True
     if len(lb):
         lb["serving"] = lb["serving"].eq(True) if "serving" in lb else False
-    return LeaderboardResult(lb, label_counts(frame, cfg.tasks), serving, preds, timings, warm_starts, baselines)
+    return LeaderboardResult(lb, label_counts(frame, cfg.tasks), serving, preds, timings, warm_starts, baselines,
+                             featurizer_starts, linear_starts)
+
+
+def _warm_linear(given, classes: list[str], y_codes: np.ndarray, x) -> tuple[object | None, str]:
+    """(the fitted estimator a retrained linear model starts from, or None; why / why not). ``given``:
+    (estimator, its class names) from `LeaderboardConfig.warm_linear`."""
+    est, known = given
+    inner = getattr(est, "estimator", est)
+    if list(known) != list(classes):
+        return None, "cold: its classes are not this run's"
+    if not np.array_equal(np.asarray(getattr(est, "classes_", [])), np.unique(y_codes)):
+        return None, "cold: the classes present in training differ"
+    if getattr(inner, "coef_", None) is None or inner.coef_.shape[1] != x.shape[1]:
+        return None, "cold: its coefficients do not match these columns"
+    return est, ""
 
 
 def _warm_start(cfg: LeaderboardConfig, arch: str, regime: str, arch_tasks: list[str],

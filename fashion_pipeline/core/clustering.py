@@ -57,7 +57,7 @@ def clustering_inputs(image: np.ndarray | None, text: np.ndarray | None, inputs:
             ok = np.all(np.isfinite(arr), axis=1)
             keep = ok if keep is None else keep & ok
             blocks.append(arr)
-    x = np.hstack([_l2(np.nan_to_num(b[keep])) for b in blocks]).astype(np.float32)
+    x = np.hstack([_l2(b[keep]) for b in blocks]).astype(np.float32)  # kept rows are finite: nothing to clip
     return x, keep
 
 

@@ -248,6 +248,33 @@ def test_one_token_memo_for_model_recipe_and_report_changes_no_answer(clean_samp
     assert tokens.counts["texts_tokenised"] == distinct < tokens.counts["texts_requested"]
 
 
+def test_fits_in_worker_processes_give_the_same_model_recipe_and_version(clean_sample, trained):
+    """processes=2 runs every LinearSVC (each C and attribute, the recipe's) in two worker processes: the
+    same thresholds, answers, recipe and content version as in the run's own process, which a fit on
+    threads could not promise (liblinear's process-global random generator)."""
+    df = clean_sample
+    texts = [prepare(t, d, 2000) for t, d in zip(df["title"], df["description"].fillna(""))]
+    truths = [quality.catalogue_truth(v) for v in df["article_attributes"]]
+    splits = df["split"].tolist()
+    args = (texts, truths, df["source_category"].tolist(), splits, df["title"].tolist(), df["brand"].tolist())
+    one, two = learned.fit(*args), learned.fit(*args, processes=2)
+    assert two.version == one.version == trained.version
+    assert {a: (h.C, h.threshold) for a, h in two.heads.items()} == {a: (h.C, h.threshold) for a, h in one.heads.items()}
+    assert two.extract(texts[:50]) == one.extract(texts[:50])
+    train, test = [s == "train" for s in splits], [s == "test" for s in splits]
+    assert learned.reference_recipe(texts, truths, train, test, processes=2) == \
+        learned.reference_recipe(texts, truths, train, test)
+
+
+def test_map_processes_returns_results_in_job_order_from_any_number_of_processes():
+    from fashion_pipeline.core.threads import map_processes
+
+    jobs = [(n, n + 1) for n in range(7)]
+    expected = [n * (n + 1) for n in range(7)]
+    assert map_processes(int.__mul__, jobs, 1) == map_processes(int.__mul__, jobs, 3) == expected
+    assert map_processes(int.__mul__, [], 2) == []
+
+
 def test_a_retrained_model_reuses_the_cached_rules_values_and_answers_as_without_cache(clean_sample, trained,
                                                                                       tmp_path):
     """The learned model completes the rules' values (style, further materials); those depend on the

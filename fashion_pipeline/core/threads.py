@@ -17,3 +17,17 @@ def available_cores() -> int:
 def resolve_threads(threads: int | None) -> int:
     """A configured thread count, or the cores available when none is configured."""
     return int(threads) if threads else available_cores()
+
+
+def map_processes(fn, jobs: list[tuple], processes: int) -> list:
+    """``[fn(*job) for job in jobs]``, run in up to ``processes`` worker processes (joblib's loky backend)
+    when there is more than one of each. For single-threaded solvers that cannot share a process's
+    threads: liblinear (LinearSVC) draws its coordinate order from a process-global generator, so two
+    fits on threads would change each other's result; in processes each fit is what it would be alone.
+    Results come back in job order; large arrays travel memory-mapped (joblib's default)."""
+    n = min(int(processes), len(jobs))
+    if n <= 1:
+        return [fn(*job) for job in jobs]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=n, backend="loky")(delayed(fn)(*job) for job in jobs)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -44,6 +43,7 @@ from fashion_pipeline.core.extraction.brands import BrandMatcher
 from fashion_pipeline.core.extraction.rules import RulesExtractor
 from fashion_pipeline.core.extraction.schema import MAX_CARE, MAX_MATERIALS, Attributes
 from fashion_pipeline.core.extraction.prepared_text import PreparedText
+from fashion_pipeline.core.threads import map_processes
 
 if TYPE_CHECKING:  # sklearn is imported only when a model is trained or used
     from fashion_pipeline.core.token_counts import TokenCounts
@@ -117,6 +117,35 @@ class AttributeHead:
         return values, conf
 
 
+def _feed_state(h, o) -> None:
+    """Feed ``o``'s content to the hash ``h``: arrays, scalars, containers and objects' attributes."""
+    if isinstance(o, np.ndarray):
+        h.update(f"nd{o.dtype.str}{o.shape}".encode())
+        if o.dtype == object:
+            for v in o.ravel():
+                _feed_state(h, v)
+        else:
+            h.update(np.ascontiguousarray(o).tobytes())
+    elif o is None or isinstance(o, (str, bytes, bool, int, float, np.generic)):
+        h.update(f"{type(o).__name__}:{o!r};".encode())
+    elif isinstance(o, dict):
+        h.update(b"{")
+        for k in sorted(o, key=repr):
+            _feed_state(h, k)
+            _feed_state(h, o[k])
+        h.update(b"}")
+    elif isinstance(o, (list, tuple, set, frozenset)):
+        h.update(f"{type(o).__name__}[".encode())
+        for v in (sorted(o, key=repr) if isinstance(o, (set, frozenset)) else o):
+            _feed_state(h, v)
+        h.update(b"]")
+    elif hasattr(o, "__dict__"):
+        h.update(f"{type(o).__module__}.{type(o).__qualname__}".encode())
+        _feed_state(h, vars(o))
+    else:
+        h.update(f"{type(o).__name__}:{o!r};".encode())
+
+
 def _threshold(conf: np.ndarray, right: np.ndarray, min_precision: float) -> float:
     """Lowest confidence at which a guess is right at least `min_precision` of the time, from an
     isotonic fit of right/wrong on confidence (validation rows)."""
@@ -146,10 +175,14 @@ class LearnedAttributeModel:
         return "learned-" + self.fingerprint
 
     def _content_hash(self) -> str:
-        blob = pickle.dumps((sorted(self.heads), [(h.C, h.threshold, h.classifier, h.applicability)
-                                                  for h in self.heads.values()], self.brands.brands,
-                             sorted(self.brands.start_only), sorted(self.brands.excluded)))
-        return hashlib.sha256(blob).hexdigest()[:12]
+        """A digest of the fitted state itself (arrays by dtype, shape and bytes; attributes by name), not of
+        its pickle: a classifier fitted in a worker process pickles to other bytes (numpy dtype objects are
+        shared differently) while it is the same model."""
+        h = hashlib.sha256()
+        _feed_state(h, (sorted(self.heads), [(h_.C, h_.threshold, h_.classifier, h_.applicability)
+                                             for h_ in self.heads.values()], self.brands.brands,
+                        sorted(self.brands.start_only), sorted(self.brands.excluded)))
+        return h.hexdigest()[:12]
 
     def predict(self, texts: Sequence[PreparedText], abstain: bool = True, X=None
                 ) -> dict[str, tuple[list[str | None], np.ndarray]]:
@@ -220,11 +253,25 @@ def _fit_vectorizer(docs: list[str], tokens: TokenCounts | None):
     return vec, lambda d: tokens.transform(vec, d)
 
 
+def _calibrated_svc(C: float, x, y):
+    """LinearSVC(C) with sigmoid calibration on 3-fold out-of-fold scores (one final fit on every row).
+    random_state: liblinear shuffles its coordinates; seeded, a retrain on the same rows is the same model.
+    One BLAS thread: liblinear's dot products and the calibration's sums then add in one order, so the
+    model is the same in the run's process or a worker, on any machine (2 threads changed the last digits)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return CalibratedClassifierCV(LinearSVC(C=C, random_state=0), cv=3, method="sigmoid", ensemble=False).fit(x, y)
+
+
 def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories: Sequence[str | None],
         splits: Sequence[str], titles: Sequence[str], brands: Sequence[str | None],
         min_precision: float = 0.5, c_grid: Sequence[float] = DEFAULT_C_GRID,
         progress: Callable[[str], None] | None = None,
-        tuned_c: dict[str, float] | None = None, tokens: TokenCounts | None = None) -> LearnedAttributeModel:
+        tuned_c: dict[str, float] | None = None, tokens: TokenCounts | None = None,
+        processes: int = 1) -> LearnedAttributeModel:
     """Train on `split == "train"` rows, choose C and the unknown threshold on "validation" rows.
 
     tuned_c: {attribute: C} a previous selection chose (a retrain): those attributes fit that C alone
@@ -233,12 +280,12 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
     tokens: a `TokenCounts` of `text_vectorizer()` shared with `reference_recipe` / `evaluate`, so
     each text is tokenised once; the fitted model is the same with or without it.
 
+    processes: worker processes for the LinearSVC fits (`core.threads.map_processes`); the fitted model is
+    the same with any number.
+
     truths: `quality.catalogue_truth` per product ({} when the product has no catalogue
     attributes, e.g. H&M). titles / brands: the catalogue's brand column, for the brand matcher
     (train rows only)."""
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.svm import LinearSVC
-
     splits = np.asarray(splits, dtype=object)
     train, val = splits == "train", splits == "validation"
     labelled = np.asarray([bool(t) for t in truths])
@@ -250,7 +297,9 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
     docs = [model_text(t) for t in texts]
     vec, transform = _fit_vectorizer([d for d, m in zip(docs, train & labelled) if m], tokens)
     X = transform(docs)
-    heads: dict[str, AttributeHead] = {}
+    # Every LinearSVC of every attribute is independent of the others: listed first, fitted in up to
+    # ``processes`` worker processes (core.threads.map_processes), then judged on validation in order.
+    plans, jobs = {}, []
     for attr in TARGETS:
         y = labels[attr]
         na_rows = train & (y == NOT_APPLICABLE)
@@ -265,11 +314,17 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
         if len(set(y[tr])) < 2:
             log.warning("learned extractor: fewer than 2 classes for %s; attribute skipped", attr)
             continue
+        cs = [tuned_c[attr]] if attr in (tuned_c or {}) else list(c_grid)
+        plans[attr] = (y, tr, va, na_rows, cs, len(jobs))
+        jobs += [(C, X[tr], y[tr].astype(str)) for C in cs]
+        if na_rows.sum() >= MIN_CLASS_ROWS:
+            rows = tr | na_rows
+            jobs.append((1.0, X[rows], na_rows[rows].astype(int)))
+    fitted = map_processes(_calibrated_svc, jobs, processes)
+    heads: dict[str, AttributeHead] = {}
+    for attr, (y, tr, va, na_rows, cs, first) in plans.items():
         best = None
-        for C in [tuned_c[attr]] if attr in (tuned_c or {}) else c_grid:
-            # random_state: liblinear shuffles its coordinates; seeded, a retrain on the same rows is the same model.
-            clf = CalibratedClassifierCV(LinearSVC(C=C, random_state=0), cv=3, method="sigmoid",
-                                         ensemble=False).fit(X[tr], y[tr].astype(str))
+        for C, clf in zip(cs, fitted[first:first + len(cs)]):
             acc = float((clf.predict(X[va]) == y[va].astype(str)).mean()) if va.any() else float("nan")
             if progress:
                 progress(f"{attr}: C={C} validation accuracy {acc:.4f} ({int(va.sum())} rows)")
@@ -285,10 +340,7 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
             rate = float((conf >= threshold).mean())
         applicability = None
         if na_rows.sum() >= MIN_CLASS_ROWS:
-            rows = tr | na_rows
-            applicability = CalibratedClassifierCV(LinearSVC(C=1.0, random_state=0), cv=3, method="sigmoid",
-                                                   ensemble=False).fit(
-                X[rows], na_rows[rows].astype(int))
+            applicability = fitted[first + len(cs)]
             if va.any():
                 lost = float((applicability.predict_proba(X[va])[:, 1] >= NOT_APPLICABLE_CONFIDENCE).mean())
                 if progress:
@@ -316,27 +368,36 @@ def score_values(truth: Sequence[str | None], pred: Sequence[str | None], attrib
 
 
 def reference_recipe(texts: Sequence[PreparedText], truths: Sequence[dict], train: Sequence[bool],
-                     score_rows: Sequence[bool], tokens: TokenCounts | None = None) -> dict[str, list[str | None]]:
+                     score_rows: Sequence[bool], tokens: TokenCounts | None = None,
+                     processes: int = 1) -> dict[str, list[str | None]]:
     """The plain recipe the learned model must beat: TF-IDF(title, description) word 1-2 grams +
     LinearSVC (C=1) per attribute, trained on the train rows with a catalogue value; predictions
-    for `score_rows` (None where no model could be trained). tokens: as in `fit`."""
-    from sklearn.svm import LinearSVC
-
+    for `score_rows` (None where no model could be trained). tokens, processes: as in `fit`."""
     train, score_rows = np.asarray(train, bool), np.asarray(score_rows, bool)
     docs = [model_text(t) for t in texts]
     train_docs = [d for d, m in zip(docs, train) if m]
     _, transform = _fit_vectorizer(train_docs, tokens)
     X = transform(train_docs)
     Xs = transform([d for d, m in zip(docs, score_rows) if m])
-    out = {}
+    out, jobs = {}, []
     for attr in TARGETS:
         y = np.asarray([t.get(attr) for t, m in zip(truths, train) if m], dtype=object)
         has = y != None  # noqa: E711
         if len(set(y[has])) < 2:
             out[attr] = [None] * int(score_rows.sum())
             continue
-        out[attr] = [str(v) for v in LinearSVC(C=1.0, random_state=0).fit(X[has], y[has].astype(str)).predict(Xs)]
-    return out
+        out[attr] = None  # filled below, in TARGETS order
+        jobs.append((X[has], y[has].astype(str), Xs))
+    predicted = iter(map_processes(_svc_predictions, jobs, processes))
+    return {attr: next(predicted) if v is None else v for attr, v in out.items()}
+
+
+def _svc_predictions(x, y, x_score) -> list[str]:
+    from sklearn.svm import LinearSVC
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # as in `_calibrated_svc`
+        return [str(v) for v in LinearSVC(C=1.0, random_state=0).fit(x, y).predict(x_score)]
 
 
 def evaluate(model: LearnedAttributeModel, texts: Sequence[PreparedText], truths: Sequence[dict],

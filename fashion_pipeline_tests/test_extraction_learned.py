@@ -3,6 +3,7 @@
 Expectations are literal (hand-written titles, reviewed values), not derived with the code's own
 filters. The quality numbers themselves are benchmarks (benchmarks/extraction_quality.py)."""
 
+import os
 import pickle
 
 import pandas as pd
@@ -13,6 +14,7 @@ from fashion_pipeline.core.extraction.brands import BrandMatcher, normalise, sco
 from fashion_pipeline.core.extraction.prepared_text import prepare
 from fashion_pipeline.core.model_store import ModelCorruptError, ModelStore
 from fashion_pipeline.core.scoring import listing_extractor
+from fashion_pipeline.core.threads import WorkerPool
 
 
 def test_normalise_folds_case_accents_punctuation_and_ampersand():
@@ -257,22 +259,36 @@ def test_fits_in_worker_processes_give_the_same_model_recipe_and_version(clean_s
     truths = [quality.catalogue_truth(v) for v in df["article_attributes"]]
     splits = df["split"].tolist()
     args = (texts, truths, df["source_category"].tolist(), splits, df["title"].tolist(), df["brand"].tolist())
-    one, two = learned.fit(*args), learned.fit(*args, processes=2)
+    train, test = [s == "train" for s in splits], [s == "test" for s in splits]
+    with WorkerPool(2) as pool:  # one pool for both, as the asset does
+        two = learned.fit(*args, processes=pool)
+        recipe_two = learned.reference_recipe(texts, truths, train, test, processes=pool)
+    one = learned.fit(*args)
     assert two.version == one.version == trained.version
     assert {a: (h.C, h.threshold) for a, h in two.heads.items()} == {a: (h.C, h.threshold) for a, h in one.heads.items()}
     assert two.extract(texts[:50]) == one.extract(texts[:50])
-    train, test = [s == "train" for s in splits], [s == "test" for s in splits]
-    assert learned.reference_recipe(texts, truths, train, test, processes=2) == \
-        learned.reference_recipe(texts, truths, train, test)
+    assert recipe_two == learned.reference_recipe(texts, truths, train, test)
 
 
-def test_map_processes_returns_results_in_job_order_from_any_number_of_processes():
+def worker_pid(_) -> int:
+    return os.getpid()
+
+
+def test_a_worker_pool_returns_results_in_job_order_and_its_workers_end_with_it():
+    import psutil
+
     from fashion_pipeline.core.threads import map_processes
 
     jobs = [(n, n + 1) for n in range(7)]
     expected = [n * (n + 1) for n in range(7)]
     assert map_processes(int.__mul__, jobs, 1) == map_processes(int.__mul__, jobs, 3) == expected
     assert map_processes(int.__mul__, [], 2) == []
+    with WorkerPool(2) as pool:
+        assert pool.map(int.__mul__, jobs) == expected
+        pids = set(pool.map(worker_pid, [(i,) for i in range(8)]))  # the same workers serve both calls
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert WorkerPool(1).map(worker_pid, [(0,), (1,)]) == [os.getpid()] * 2  # one process: this one
 
 
 def test_a_retrained_model_reuses_the_cached_rules_values_and_answers_as_without_cache(clean_sample, trained,

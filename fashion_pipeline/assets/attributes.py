@@ -18,7 +18,7 @@ from fashion_pipeline.core.extraction.pipeline import ProductText, fill_rates, r
 from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, prompt_fingerprint
 from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline
 from fashion_pipeline.core.extraction.prepared_text import prepare
-from fashion_pipeline.core.threads import resolve_threads
+from fashion_pipeline.core.threads import WorkerPool, resolve_threads
 from fashion_pipeline.core.token_counts import TokenCounts
 from fashion_pipeline.gpu import gpu_declarations
 from fashion_pipeline.resources.extraction import ExtractorResource
@@ -88,21 +88,21 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     unknown_gold = _unknown_gold_values(clean_products["article_attributes"])
     splits = clean_products["split"].tolist()
     tokens = TokenCounts(learned.text_vectorizer())  # the model, the recipe and the report tokenise each text once
-    processes = resolve_threads(config.processes)
-    try:
-        model = learned.fit(texts, truths, clean_products["source_category"].tolist(), splits,
-                            clean_products["title"].tolist(), clean_products["brand"].tolist(),
-                            min_precision=config.min_precision, c_grid=config.c_grid,
-                            progress=lambda m: context.log.info(m), tuned_c=tuned_c, tokens=tokens,
-                            processes=processes)
-    except ValueError as e:
-        raise dg.Failure(description=f"attribute_extractor cannot be trained: {e}") from e
-    train_s = time.perf_counter() - t0
-    test = [s == "test" for s in splits]
-    test_texts = [t for t, m in zip(texts, test) if m]
-    test_truths = [t for t, m in zip(truths, test) if m]
-    recipe = learned.reference_recipe(texts, truths, [s == "train" for s in splits], test, tokens=tokens,
-                                      processes=processes)
+    with WorkerPool(resolve_threads(config.processes)) as pool:  # the model's and the recipe's LinearSVC fits
+        try:
+            model = learned.fit(texts, truths, clean_products["source_category"].tolist(), splits,
+                                clean_products["title"].tolist(), clean_products["brand"].tolist(),
+                                min_precision=config.min_precision, c_grid=config.c_grid,
+                                progress=lambda m: context.log.info(m), tuned_c=tuned_c, tokens=tokens,
+                                processes=pool)
+        except ValueError as e:
+            raise dg.Failure(description=f"attribute_extractor cannot be trained: {e}") from e
+        train_s = time.perf_counter() - t0
+        test = [s == "test" for s in splits]
+        test_texts = [t for t, m in zip(texts, test) if m]
+        test_truths = [t for t, m in zip(truths, test) if m]
+        recipe = learned.reference_recipe(texts, truths, [s == "train" for s in splits], test, tokens=tokens,
+                                          processes=pool)
     report = pd.DataFrame(learned.evaluate(model, test_texts, test_truths, recipe, tokens=tokens))
     context.log.info(f"text tokenisation: {tokens.counts['texts_tokenised']} distinct texts for "
                      f"{tokens.counts['texts_requested']} fitted or transformed")

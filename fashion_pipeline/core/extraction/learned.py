@@ -43,7 +43,7 @@ from fashion_pipeline.core.extraction.brands import BrandMatcher
 from fashion_pipeline.core.extraction.rules import RulesExtractor
 from fashion_pipeline.core.extraction.schema import MAX_CARE, MAX_MATERIALS, Attributes
 from fashion_pipeline.core.extraction.prepared_text import PreparedText
-from fashion_pipeline.core.threads import map_processes
+from fashion_pipeline.core.threads import WorkerPool, map_processes
 
 if TYPE_CHECKING:  # sklearn is imported only when a model is trained or used
     from fashion_pipeline.core.token_counts import TokenCounts
@@ -271,7 +271,7 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
         min_precision: float = 0.5, c_grid: Sequence[float] = DEFAULT_C_GRID,
         progress: Callable[[str], None] | None = None,
         tuned_c: dict[str, float] | None = None, tokens: TokenCounts | None = None,
-        processes: int = 1) -> LearnedAttributeModel:
+        processes: int | WorkerPool = 1) -> LearnedAttributeModel:
     """Train on `split == "train"` rows, choose C and the unknown threshold on "validation" rows.
 
     tuned_c: {attribute: C} a previous selection chose (a retrain): those attributes fit that C alone
@@ -280,8 +280,8 @@ def fit(texts: Sequence[PreparedText], truths: Sequence[dict], source_categories
     tokens: a `TokenCounts` of `text_vectorizer()` shared with `reference_recipe` / `evaluate`, so
     each text is tokenised once; the fitted model is the same with or without it.
 
-    processes: worker processes for the LinearSVC fits (`core.threads.map_processes`); the fitted model is
-    the same with any number.
+    processes: worker processes for the LinearSVC fits, or a `core.threads.WorkerPool` to run them in;
+    the fitted model is the same with any number.
 
     truths: `quality.catalogue_truth` per product ({} when the product has no catalogue
     attributes, e.g. H&M). titles / brands: the catalogue's brand column, for the brand matcher
@@ -369,7 +369,7 @@ def score_values(truth: Sequence[str | None], pred: Sequence[str | None], attrib
 
 def reference_recipe(texts: Sequence[PreparedText], truths: Sequence[dict], train: Sequence[bool],
                      score_rows: Sequence[bool], tokens: TokenCounts | None = None,
-                     processes: int = 1) -> dict[str, list[str | None]]:
+                     processes: int | WorkerPool = 1) -> dict[str, list[str | None]]:
     """The plain recipe the learned model must beat: TF-IDF(title, description) word 1-2 grams +
     LinearSVC (C=1) per attribute, trained on the train rows with a catalogue value; predictions
     for `score_rows` (None where no model could be trained). tokens, processes: as in `fit`."""

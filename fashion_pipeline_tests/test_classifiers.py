@@ -454,8 +454,8 @@ def test_fit_classical_refuses_a_warm_start_for_a_solver_that_cannot_take_one():
 
 def test_a_retrain_keeps_a_regimes_featurizer_only_while_every_task_retrains_with_the_same_fresh_one(tmp_path):
     """kept_featurizers: a regime's featurizer is handed over when all three tasks retrain stored classifiers
-    that share it (one fit digest), read this encoder, and were fitted within warm_max_growth of this
-    run's train rows; the logreg choices there hand over their estimator. Every other case says why."""
+    that share it (one fit digest) built with this config's settings, read this encoder, and were fitted
+    within warm_max_growth of this run's train rows; the logreg choices there hand over their estimator. Every other case says why."""
     from types import SimpleNamespace
 
     from fashion_pipeline.assets.classifiers import ClassifierConfig, kept_featurizers
@@ -465,7 +465,7 @@ def test_a_retrain_keeps_a_regimes_featurizer_only_while_every_task_retrains_wit
     enc = {"backend": "offline", "image_dim": 1280}
 
     def save(name, digest, rows=1000, encoder=enc, model="linear_svc"):
-        fz = SimpleNamespace(fit_digest_=digest, n_fit_rows_=rows)
+        fz = SimpleNamespace(fit_digest_=digest, n_fit_rows_=rows, svd_components=64, image_components=64, seed=0)
         clf = SimpleNamespace(featurizer=fz, estimator=f"{name} estimator", classes=["a", "b"], model_name=model)
         return store.save(name, clf, {}, {"encoder": encoder, "model": model})
 
@@ -487,6 +487,10 @@ def test_a_retrain_keeps_a_regimes_featurizer_only_while_every_task_retrains_wit
     fzs, _, notes = kept_featurizers(store, chosen, cfg, enc, 1251)
     assert "full" not in fzs and notes["full"] == ("fitted (its featurizer was fitted on 1000 train rows, this run has "
                                                    "1251 (warm_max_growth 25%))")
+    fzs, _, notes = kept_featurizers(store, chosen, ClassifierConfig(image_components=32), enc, 1000)
+    assert "full" not in fzs and notes["full"] == (
+        "fitted (its featurizer was built with {'image_components': 64}, this run's config says "
+        "{'svd_components': 64, 'image_components': 32, 'seed': 0})")
     del chosen[("usage", "full")]
     fzs, linear, notes = kept_featurizers(store, chosen, cfg, enc, 1000)
     assert fzs == {} and linear == {} and notes["full"] == "fitted (a task selects here)"

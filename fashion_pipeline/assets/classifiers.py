@@ -212,8 +212,8 @@ def kept_featurizers(store, chosen: dict, config: ClassifierConfig, encoder, tra
                      ) -> tuple[dict, dict, dict[str, str]]:
     """What a retrain keeps of the classifiers it retrains: {regime: featurizer} for each regime where every
     task retrains its stored choice (published, else latest candidate), those classifiers share one fitted
-    featurizer (the same ``fit_digest_``), read the same encoder and were fitted on a train split within
-    ``warm_max_growth`` of ``train_rows``; {(task, regime): (estimator, class names)} of the retrained logreg
+    featurizer (the same ``fit_digest_``) built with this config's settings, read the same encoder and were
+    fitted on a train split within ``warm_max_growth`` of ``train_rows``; {(task, regime): (estimator, class names)} of the retrained logreg
     choices there (their solver's start); and {regime: why each of the others is fitted}."""
     featurizers, linear, notes = {}, {}, {}
     for regime in config.regimes:
@@ -240,8 +240,13 @@ def kept_featurizers(store, chosen: dict, config: ClassifierConfig, encoder, tra
             fzs = [getattr(clf, "featurizer", None) for *_, clf in loaded]
             digests = {getattr(fz, "fit_digest_", None) for fz in fzs}
             rows = getattr(fzs[0], "n_fit_rows_", None)
+            settings = {"svd_components": config.svd_components, "image_components": config.image_components,
+                        "seed": config.seed}
+            differ = {k: getattr(fzs[0], k, None) for k, v in settings.items() if getattr(fzs[0], k, None) != v}
             if None in digests or len(digests) != 1:
                 why = "its classifiers were trained with different featurizers"
+            elif differ:
+                why = f"its featurizer was built with {differ}, this run's config says {settings}"
             elif rows is None or abs(train_rows - rows) > config.warm_max_growth * rows:
                 why = (f"its featurizer was fitted on {rows} train rows, this run has {train_rows} "
                        f"(warm_max_growth {config.warm_max_growth:.0%})")

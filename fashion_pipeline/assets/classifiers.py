@@ -40,6 +40,7 @@ from fashion_pipeline.core.models.fusion import ARCHITECTURES, WARM_STARTABLE, N
 from fashion_pipeline.core.models.leaderboard import TASKS, LeaderboardConfig, best_per_task, run_leaderboard
 from fashion_pipeline.core.models.publishing import (BASELINE_MODELS, baseline_name, baseline_row, classifier_gate,
                                                      classifier_name, gate_each, macro_f1_on_test_rows)
+from fashion_pipeline.core.split import grew_beyond
 from fashion_pipeline.core.figures import confusion_matrix_png
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
@@ -196,8 +197,7 @@ def stored_baselines(store, chosen: dict, config: ClassifierConfig, encoder, tra
             notes[key] = "fitted (none stored)"
         elif spec.get("encoder") != encoder:
             notes[key] = f"fitted ({name} {info['version']} read another encoder)"
-        elif abs(train_rows - int(spec.get("train_split_rows", 0))) > config.baseline_max_growth * max(
-                int(spec.get("train_split_rows", 0)), 1):
+        elif grew_beyond(train_rows, int(spec.get("train_split_rows", 0)), config.baseline_max_growth):
             notes[key] = (f"fitted ({name} {info['version']} was fitted on {spec.get('train_split_rows')} train-split "
                           f"rows, this run has {train_rows})")
         else:
@@ -247,7 +247,7 @@ def kept_featurizers(store, chosen: dict, config: ClassifierConfig, encoder, tra
                 why = "its classifiers were trained with different featurizers"
             elif differ:
                 why = f"its featurizer was built with {differ}, this run's config says {settings}"
-            elif rows is None or abs(train_rows - rows) > config.warm_max_growth * rows:
+            elif rows is None or grew_beyond(train_rows, rows, config.warm_max_growth):
                 why = (f"its featurizer was fitted on {rows} train rows, this run has {train_rows} "
                        f"(warm_max_growth {config.warm_max_growth:.0%})")
         if why is not None:

@@ -34,3 +34,9 @@ def assign_splits(group_ids: pd.Series, salt: str = "fashion-v1", validation: fl
             cache[g] = split_for_group(g, salt, validation, test)
         out.append(cache[g])
     return pd.Series(out, index=group_ids.index, dtype=object)
+
+
+def grew_beyond(rows_now: int, rows_then: int, share: float) -> bool:
+    """Whether a train split of ``rows_now`` rows is more than ``share`` of the ``rows_then`` rows a kept
+    part (a featurizer, a stored baseline) was fitted on away from them: the retrains' keep-or-refit rule."""
+    return abs(rows_now - rows_then) > share * max(rows_then, 1)

@@ -20,7 +20,6 @@ else used.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +27,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
+from fashion_pipeline.core.split import grew_beyond
 from fashion_pipeline.core.token_counts import tfidf_transform
 
 from .features import PriceInputs, _clean_str, clean_column, regime_view, zero_nans_
-from .models import PriceModel
+from .models import PriceModel, start_from
 
-log = logging.getLogger(__name__)
 FORMS = ("full", "sparse", "image")
 
 # Why a listing got no price (the `price_abstained` column / flags).
@@ -82,7 +81,7 @@ class SourceRouter:
                 "" if has_text else " no") + " text"
         if warm_from.pca_ is not None and warm_from.pca_.n_features_in_ != inputs.image.shape[1]:
             return f"its photo PCA reads {warm_from.pca_.n_features_in_} columns, these rows have {inputs.image.shape[1]}"
-        if abs(len(inputs) - rows) > self.warm_max_growth * rows:
+        if grew_beyond(len(inputs), rows, self.warm_max_growth):
             return (f"it was fitted on {rows} rows, these are {len(inputs)}: more than warm_max_growth "
                     f"{self.warm_max_growth:.0%} apart, its TF-IDF and PCA are refitted")
         return None
@@ -119,8 +118,7 @@ class SourceRouter:
         y = clean_column(inputs.frame["source"])
         self.classes_ = sorted(set(y) - {""})
         self.model_ = None
-        refusal = None if warm_from is None else self.warm_start_refusal(warm_from, inputs)
-        self.warm_started_, self.warm_note_ = warm_from is not None and refusal is None, refusal or ""
+        start_from(self, warm_from, inputs, "source router")
         if len(self.classes_) < 2:
             return self
         lr = LogisticRegression(C=4.0, max_iter=500, warm_start=self.warm_started_)
@@ -128,8 +126,6 @@ class SourceRouter:
             self.tfidf_, self.pca_, self.fitted_rows_ = warm_from.tfidf_, warm_from.pca_, warm_from.fitted_rows_
             lr.coef_, lr.intercept_ = warm_from.model_.coef_.copy(), warm_from.model_.intercept_.copy()
         else:
-            if refusal is not None:
-                log.warning("source router: cold start instead of the warm start asked for: %s", refusal)
             docs = inputs.frame["price_text"]
             self.tfidf_ = TfidfVectorizer(min_df=2, max_features=30_000, sublinear_tf=True, dtype=np.float32).fit(docs) \
                 if (docs.str.len() > 0).sum() >= 2 else None

@@ -19,6 +19,8 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 
+from fashion_pipeline.core.split import grew_beyond
+
 from .features import CATEGORICAL_COLUMNS, MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,17 @@ log = logging.getLogger(__name__)
 def _groups(inputs: PriceInputs) -> np.ndarray:
     f = inputs.frame
     return (f["group_id"] if "group_id" in f.columns else f["product_id"]).astype(str).to_numpy()
+
+
+def start_from(model, warm_from, train: PriceInputs, name: str) -> bool:
+    """The start of a fit asked to continue ``warm_from``: sets ``model.warm_started_`` and ``warm_note_``
+    (``model.warm_start_refusal``'s reason, "" when it starts warm or was not asked to) and logs a refusal."""
+    refusal = None if warm_from is None else model.warm_start_refusal(warm_from, train)
+    model.warm_started_ = warm_from is not None and refusal is None
+    model.warm_note_ = refusal or ""
+    if refusal is not None:
+        log.warning("%s: cold start instead of the warm start asked for: %s", name, refusal)
+    return model.warm_started_
 
 
 class RidgePriceRegressor:
@@ -62,7 +75,7 @@ class RidgePriceRegressor:
         width = train.text.shape[1] + train.image.shape[1] + 2
         if self.use_embeddings and len(scaler.mean_) != width:
             return f"its featurizer reads {len(scaler.mean_) - 2} embedding columns, these rows have {width - 2}"
-        if abs(len(train) - rows) > self.warm_max_growth * rows:
+        if grew_beyond(len(train), rows, self.warm_max_growth):
             return (f"its featurizer was fitted on {rows} rows, these are {len(train)}: more than "
                     f"warm_max_growth {self.warm_max_growth:.0%} apart, the featurizer is refitted")
         return None
@@ -84,11 +97,7 @@ class RidgePriceRegressor:
         iterations instead of 214, 4.7 s instead of 9.4 s, validation RMSE(log) 0.2586 vs 0.2584 cold with
         a refitted vocabulary (0.2587 cold on the kept one).
         ``warm_started_`` / ``warm_note_`` say whether it did and why not."""
-        refusal = None if warm_from is None else self.warm_start_refusal(warm_from, train)
-        self.warm_started_ = warm_from is not None and refusal is None
-        self.warm_note_ = refusal or ""
-        if refusal is not None:
-            log.warning("ridge: cold start instead of the warm start asked for: %s", refusal)
+        start_from(self, warm_from, train, "ridge")
         x0 = None
         if self.warm_started_:
             self.featurizer_, self.featurizer_rows_ = warm_from.featurizer_, warm_from.featurizer_rows_
@@ -305,11 +314,7 @@ class LightGBMPriceRegressor:
         whether it did and why not."""
         import lightgbm as lgb
 
-        refusal = None if warm_from is None else self.warm_start_refusal(warm_from, train)
-        self.warm_started_ = warm_from is not None and refusal is None
-        self.warm_note_ = refusal or ""
-        if refusal is not None:
-            log.warning("lightgbm: cold start instead of the warm start asked for: %s", refusal)
+        start_from(self, warm_from, train, "lightgbm")
         init = None
         if self.warm_started_:
             self.cats_, self.pca_ = warm_from.cats_, warm_from.pca_
@@ -455,11 +460,7 @@ class MLPPriceRegressor:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         device = torch.device(cfg.device)
-        refusal = None if warm_from is None else self.warm_start_refusal(warm_from, train)
-        self.warm_started_ = warm_from is not None and refusal is None
-        self.warm_note_ = refusal or ""
-        if refusal is not None:
-            log.warning("mlp: cold start instead of the warm start asked for: %s", refusal)
+        start_from(self, warm_from, train, "mlp")
         if self.warm_started_:
             self.scaler_, self.cats_ = warm_from.scaler_, warm_from.cats_
             self.y_mean_, self.y_std_ = warm_from.y_mean_, warm_from.y_std_

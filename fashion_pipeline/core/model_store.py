@@ -15,6 +15,10 @@ damaged artefact (disk error, a hand-copied partial file) is never unpickled and
   must not silently switch to a model nobody published);
 - with nothing published, "latest" means the newest version that verifies; damaged newer
   versions are skipped with a warning.
+
+Retention: a store made with ``keep_versions=N`` removes, after each save of a name, that name's
+versions other than its PUBLISHED one and its N newest (what a retrain continues from is one of
+those: the published version, else the newest). Without it every version is kept.
 """
 
 from __future__ import annotations
@@ -63,8 +67,13 @@ def _new_version() -> str:
 
 
 class ModelStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, keep_versions: int | None = None, logger: logging.Logger | None = None):
+        """``logger``: where removals are reported (a Dagster run's log when the resource made the store)."""
+        if keep_versions is not None and keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1 (or None to keep every version), not {keep_versions}")
         self.root = Path(root)
+        self.keep_versions = keep_versions
+        self.log = logger or log
 
     def _dir(self, name: str) -> Path:
         if not name or "/" in name or name.startswith("."):
@@ -93,6 +102,7 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self._retain(name)
         return version
 
     def save_files(self, name: str, write: Callable[[Path], Any], metrics: dict, features_spec: dict) -> str:
@@ -122,7 +132,34 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self._retain(name)
         return version
+
+    def _retain(self, name: str) -> None:
+        if self.keep_versions is not None:
+            self.prune(name, self.keep_versions)
+
+    def prune(self, name: str, keep: int) -> list[str]:
+        """Remove the versions of ``name`` other than the PUBLISHED one and the ``keep`` newest;
+        returns the removed versions, oldest first. A folder is renamed out of the listing before
+        it is deleted, so a reader never sees half a version."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
+        versions = self.versions(name)
+        marker = self._dir(name) / "PUBLISHED"
+        protected = set(versions[-keep:])
+        if marker.is_file():
+            protected.add(marker.read_text().strip())
+        removed = [v for v in versions if v not in protected]
+        for version in removed:
+            # a temporary's name: what a killed process leaves half-deleted, the next save clears
+            doomed = self._dir(name) / f".{version}-pruned.tmp-{os.getpid()}"
+            os.replace(self._dir(name) / version, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        if removed:
+            self.log.info(f"model store: removed {len(removed)} old version(s) of {name} ({', '.join(removed)}); "
+                          f"kept {', '.join(v for v in versions if v in protected)}")
+        return removed
 
     def load_files(self, name: str, version: str | None = None) -> tuple[Path, dict]:
         """(folder, info) of a verified `save_files` artefact; ``None`` = the published version."""

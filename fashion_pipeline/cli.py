@@ -1,4 +1,5 @@
-"""Command line: `fashion-pipeline score --input <dir or file> --output <file.parquet|.csv>`."""
+"""Command line: `fashion-pipeline score --input <dir or file> --output <file.parquet|.csv>`, and
+`fashion-pipeline models list | publish | prune` to inspect the model store, roll back and free disk."""
 
 from __future__ import annotations
 
@@ -79,6 +80,45 @@ def _score(args, summary_out=None) -> int:
     return EXIT_OK
 
 
+def _models(args) -> int:
+    from fashion_pipeline.core.model_store import ModelCorruptError, ModelNotFoundError, ModelStore
+
+    store = ModelStore(resolve(args.model_store))
+    names = [args.name] if getattr(args, "name", None) else store.names()
+    try:
+        unknown = [n for n in names if not store.versions(n)]
+    except ValueError as e:  # an invalid name (a path, a dot name)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if unknown:
+        print(f"error: no model {unknown[0]!r} in {store.root} (models there: {', '.join(store.names()) or 'none'})",
+              file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.models_command == "list":
+        rows = [{"name": n, **row} for n in names for row in store.listing(n)]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"{'name':<36} {'version':<23} {'created (UTC)':<21} {'MB':>8}  published")
+            for r in rows:
+                print(f"{r['name']:<36} {r['version']:<23} {r['created_at'] or '?':<21} {r['bytes'] / 1e6:>8.1f}  "
+                      f"{'PUBLISHED' if r['published'] else ''}{'  damaged: ' + r['problem'] if r['problem'] else ''}")
+        return EXIT_OK
+    if args.models_command == "publish":
+        before = store.published_version(args.name)
+        try:
+            store.publish(args.name, args.version)
+        except (ModelNotFoundError, ModelCorruptError) as e:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_UNUSABLE
+        print(json.dumps({"name": args.name, "published": args.version, "was": before}, indent=2))
+        return EXIT_OK
+    removed = {n: store.prune(n, args.keep) for n in names}
+    freed = {n: v for n, v in removed.items() if v}
+    print(json.dumps({"keep": args.keep, "removed": freed}, indent=2))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fashion-pipeline", description="Fashion Price Informant command line.",
                                  epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,7 +146,27 @@ def main(argv: list[str] | None = None) -> int:
                          "(default 5; 0 disables).")
     sc.add_argument("-v", "--verbose", action="store_true",
                     help="Log progress; on an unexpected error, show the full traceback.")
+    models = sub.add_parser("models", help="List the model store's versions, publish one by hand, remove old ones.",
+                            description="Inspect the model store. Versions are folders <store>/<name>/<version>; "
+                                        "scoring serves each name's PUBLISHED one.")
+    verbs = models.add_subparsers(dest="models_command", required=True)
+    ls = verbs.add_parser("list", help="Every version (name, version, created, size, published).")
+    ls.add_argument("name", nargs="?", help="One model name (default: all).")
+    ls.add_argument("--json", action="store_true", help="JSON instead of a table.")
+    pub = verbs.add_parser("publish", help="Publish a saved version (e.g. roll back to the previous one). The gate "
+                                           "does not judge a version published by hand.")
+    pub.add_argument("name")
+    pub.add_argument("version")
+    prune = verbs.add_parser("prune", help="Remove every version but the published one and the --keep newest.")
+    prune.add_argument("name", nargs="?", help="One model name (default: all).")
+    prune.add_argument("--keep", type=int, required=True, help="How many of the newest versions to keep (>= 1).")
+    for p in (ls, pub, prune):
+        p.add_argument("--model-store", default=default_var_path("models"),
+                       help="Model store folder (default: the pipeline's, <var dir>/models).")
+        p.add_argument("-v", "--verbose", action="store_true", help="On an unexpected error, show the full traceback.")
     args = ap.parse_args(argv)
+    if args.command == "models" and args.models_command == "prune" and args.keep < 1:
+        ap.error("--keep must be at least 1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         if args.command == "score":
@@ -115,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             summary_out = sys.stdout
             with contextlib.redirect_stdout(sys.stderr):
                 return _score(args, summary_out)
+        if args.command == "models":
+            return _models(args)
     except Exception as e:  # anything unforeseen: one line, not a traceback (-v shows it)
         if args.verbose:
             raise

@@ -743,3 +743,37 @@ def test_stdout_is_only_the_json_summary_even_when_a_library_prints(tmp_path, st
                             "--model-store", str(store.root), "--no-embeddings", "--no-classifiers")
     assert rc == 0 and summary["listings"] == 1  # _cli parsed stdout as one JSON document
     assert "Loaded pretrained weights for efficientnet-lite0" in err
+
+
+def test_models_cli_lists_rolls_back_and_prunes(tmp_path, capsys):
+    root = tmp_path / "models"
+    store = ModelStore(root)
+    v1, v2, v3 = (store.save("price_regressor", {"w": i}, {}, {}) for i in range(3))
+    store.publish("price_regressor", v2)
+    other = store.save("other", {"w": 0}, {}, {})
+    at = ["--model-store", str(root)]
+
+    assert cli.main(["models", "list", "--json", *at]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["version"], r["published"]) for r in rows] == [
+        ("other", other, False), ("price_regressor", v1, False), ("price_regressor", v2, True),
+        ("price_regressor", v3, False)]
+    assert all(r["bytes"] > 0 and r["created_at"].endswith("Z") and r["problem"] is None for r in rows)
+    assert cli.main(["models", "list", "price_regressor", *at]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 4 and v2 in table[2] and table[2].endswith("PUBLISHED") and "PUBLISHED" not in table[3]
+
+    assert cli.main(["models", "publish", "price_regressor", v1, *at]) == 0          # a rollback
+    assert json.loads(capsys.readouterr().out) == {"name": "price_regressor", "published": v1, "was": v2}
+    assert store.load("price_regressor")[0] == {"w": 0}
+    assert cli.main(["models", "publish", "price_regressor", "20990101T000000-000000", *at]) == 2
+    assert "no version 20990101T000000-000000" in capsys.readouterr().err
+    assert cli.main(["models", "list", "nope", *at]) == 2
+    assert "no model 'nope'" in capsys.readouterr().err and store.published("price_regressor")["version"] == v1
+
+    assert cli.main(["models", "prune", "--keep", "1", *at]) == 0                       # v1 published, v3 newest
+    assert json.loads(capsys.readouterr().out) == {"keep": 1, "removed": {"price_regressor": [v2]}}
+    assert store.versions("price_regressor") == [v1, v3] and store.versions("other") == [other]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["models", "prune", "--keep", "0", *at])
+    assert exit_.value.code == 2 and "--keep must be at least 1" in capsys.readouterr().err

@@ -146,10 +146,7 @@ class ModelStore:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, not {keep}")
         versions = self.versions(name)
-        marker = self._dir(name) / "PUBLISHED"
-        protected = set(versions[-keep:])
-        if marker.is_file():
-            protected.add(marker.read_text().strip())
+        protected = set(versions[-keep:]) | {self.published_version(name)}
         removed = [v for v in versions if v not in protected]
         for version in removed:
             # a temporary's name: what a killed process leaves half-deleted, the next save clears
@@ -230,11 +227,39 @@ class ModelStore:
         self.verify(name, version)  # must exist and be intact
         atomic_write_bytes(self._dir(name) / "PUBLISHED", version.encode())
 
-    def published(self, name: str) -> dict | None:
+    def names(self) -> list[str]:
+        """The model names with at least one saved version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and self.versions(p.name))
+
+    def listing(self, name: str) -> list[dict]:
+        """One row per saved version of ``name``, oldest first: version, created_at (UTC, ISO 8601),
+        published, bytes on disk, and ``problem`` (a damaged info.json) — for `fashion-pipeline models`."""
+        published = self.published_version(name)
+        rows = []
+        for version in self.versions(name):
+            folder = self._dir(name) / version
+            row = {"version": version, "created_at": None, "published": version == published,
+                   "bytes": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()), "problem": None}
+            try:
+                created = self.info(name, version).get("created_at")
+                if isinstance(created, (int, float)):
+                    row["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+            except ModelCorruptError as exc:
+                row["problem"] = str(exc)
+            rows.append(row)
+        return rows
+
+    def published_version(self, name: str) -> str | None:
+        """The version the PUBLISHED marker names (unchecked: see `published`), or None."""
         marker = self._dir(name) / "PUBLISHED"
-        if not marker.is_file():
-            return None
-        return self.info(name, marker.read_text().strip())
+        return marker.read_text().strip() if marker.is_file() else None
+
+    def published(self, name: str) -> dict | None:
+        version = self.published_version(name)
+        return None if version is None else self.info(name, version)
 
     def published_or_latest(self, name: str) -> tuple[dict | None, bool]:
         """(info, published): the published version's info, else the newest saved version's (a

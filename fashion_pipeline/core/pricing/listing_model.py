@@ -97,7 +97,7 @@ class SourceRouter:
         if self.tfidf_ is not None:
             parts.append(tfidf_transform(self.tfidf_, inputs.frame["price_text"]))
         if self.pca_ is not None:
-            have = ~np.isnan(inputs.image).any(axis=1)
+            have = ~inputs.missing()[1]
             z = np.zeros((len(inputs), self.pca_.n_components_ + 1), np.float32)
             if have.any():  # rows without a NaN: only an infinity is left to clip (in the row copy)
                 z[have, :-1] = self.pca_.transform(zero_nans_(inputs.image[have]))
@@ -129,7 +129,7 @@ class SourceRouter:
             docs = inputs.frame["price_text"]
             self.tfidf_ = TfidfVectorizer(min_df=2, max_features=30_000, sublinear_tf=True, dtype=np.float32).fit(docs) \
                 if (docs.str.len() > 0).sum() >= 2 else None
-            have = ~np.isnan(inputs.image).any(axis=1)
+            have = ~inputs.missing()[1]
             k = min(self.image_components, inputs.image.shape[1], int(have.sum()) - 1)
             self.pca_ = PCA(k, random_state=self.seed).fit(inputs.image[have]) if k >= 1 else None
             self.fitted_rows_ = len(inputs)

@@ -269,7 +269,7 @@ class LightGBMPriceRegressor:
             return f"{type(warm_from).__name__} is not a fitted LightGBM regressor"
         if list(warm_from.cats_.levels_) != list(CATEGORICAL_COLUMNS):
             return f"its categorical columns {list(warm_from.cats_.levels_)} are not {list(CATEGORICAL_COLUMNS)}"
-        have = ~np.isnan(train.image).any(axis=1)
+        have = ~train.missing()[1]
         width = len(CATEGORICAL_COLUMNS) + 1 + train.text.shape[1] + (
             warm_from.pca_.n_components_ if warm_from.pca_ is not None else 0)
         if warm_from.pca_ is not None and warm_from.pca_.n_features_in_ != train.image.shape[1]:
@@ -293,7 +293,7 @@ class LightGBMPriceRegressor:
         codes = self.cats_.codes(inputs.frame).astype(np.float32)
         text = inputs.text  # NaN rows: LightGBM treats them as missing natively
         img = inputs.image
-        have = ~np.isnan(img).any(axis=1)
+        have = ~inputs.missing()[1]
         if self.pca_ is None:
             return np.hstack([codes, ridge_pred[:, None].astype(np.float32), text]).astype(np.float32)
         img_p = np.full((len(inputs), self.pca_.n_components_), np.nan, dtype=np.float32)
@@ -323,7 +323,7 @@ class LightGBMPriceRegressor:
                 num_iteration=warm_from.best_iteration_))
         else:
             self.cats_ = CategoricalEncoder().fit(train.frame)
-            have = ~np.isnan(train.image).any(axis=1)
+            have = ~train.missing()[1]
             n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
             # No (or too few) images in training: the image block is left out entirely.
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None

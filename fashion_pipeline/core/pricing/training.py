@@ -81,7 +81,7 @@ def pricing_splits(rows: pd.DataFrame, calibration_fraction: float = 0.125) -> n
 def form_rows(inputs: PriceInputs, form: str) -> np.ndarray:
     """Rows that can teach a form: the photo-only model learns from rows that have a photo."""
     if form == "image":
-        return ~np.isnan(inputs.image).any(axis=1)
+        return ~inputs.missing()[1]
     return np.ones(len(inputs), dtype=bool)
 
 

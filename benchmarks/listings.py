@@ -68,16 +68,41 @@ def _mark(ok: bool | None) -> str:
     return "" if ok is None else (" ✓" if ok else " ✗")
 
 
-def price_table(table: pd.DataFrame) -> str:
-    lines = ["| form | source | priced test products | abstained | RMSLE | recipe RMSLE | 80% coverage | target |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n (a coverage measured on n listings)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return float(centre - half), float(centre + half)
+
+
+def rmsle_interval(price: np.ndarray, predicted: np.ndarray, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the RMSLE over these listings (resampled with replacement)."""
+    if len(price) == 0:
+        return float("nan"), float("nan")
+    sq = (np.log1p(predicted) - np.log1p(price)) ** 2
+    idx = np.random.default_rng(seed).integers(0, len(sq), size=(draws, len(sq)))
+    lo, hi = np.percentile(np.sqrt(sq[idx].mean(axis=1)), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def price_table(table: pd.DataFrame, per_listing: dict) -> str:
+    """One row per form and source; the 95% intervals say how far each figure could move on another
+    draw of as many test products (a bound inside its RMSLE interval is not clearly missed or met)."""
+    lines = ["| form | source | priced test products | abstained | RMSLE | 95% CI | recipe RMSLE | 80% coverage | 95% CI | target |",
+             "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
     for r in table.itertuples(index=False):
         tgt = RMSLE_TARGETS.get((r.form.split("+source")[0], r.source))
         ok_rmsle = None if tgt is None or not np.isfinite(r.rmsle) else bool(r.rmsle <= tgt and r.rmsle < r.recipe_rmsle)
         ok_cov = None if not np.isfinite(r.coverage) else bool(COVERAGE_BAND[0] <= r.coverage <= COVERAGE_BAND[1])
         target = f"≤ {tgt:.2f} and < recipe" if tgt is not None else ""
-        lines.append(f"| {r.form} | {r.source} | {r.n_priced} | {r.abstained:.1%} | {r.rmsle:.3f}{_mark(ok_rmsle)} | {r.recipe_rmsle:.3f} | "
-                     f"{r.coverage:.3f}{_mark(ok_cov)} | {target} |")
+        d = per_listing[r.form]
+        d = d[(d["priced"]) & np.isfinite(d["predicted_usd"]) & ((d["source"] == r.source) | (r.source == "all"))]
+        r_lo, r_hi = rmsle_interval(d["price_usd"].to_numpy(float), d["predicted_usd"].to_numpy(float))
+        c_lo, c_hi = wilson(int(round(r.coverage * len(d))), len(d)) if np.isfinite(r.coverage) else (np.nan, np.nan)
+        lines.append(f"| {r.form} | {r.source} | {r.n_priced} | {r.abstained:.1%} | {r.rmsle:.3f}{_mark(ok_rmsle)} | "
+                     f"{r_lo:.3f}–{r_hi:.3f} | {r.recipe_rmsle:.3f} | {r.coverage:.3f}{_mark(ok_cov)} | {c_lo:.3f}–{c_hi:.3f} | {target} |")
     return "\n".join(lines)
 
 
@@ -201,11 +226,13 @@ def main(argv=None) -> int:
         "brand, Ridge per source, told the true source; photo only: median price of the predicted category) is "
         "scored on the same listings.",
         f"- Targets (issue 13): RMSLE bounds per form and source and beating the recipe; 80% coverage in "
-        f"{COVERAGE_BAND[0]}–{COVERAGE_BAND[1]}; ✓ / ✗ mark them.",
+        f"{COVERAGE_BAND[0]}–{COVERAGE_BAND[1]}; ✓ / ✗ mark them. The 95% intervals (RMSLE: percentile bootstrap "
+        "over the row's listings; coverage: Wilson) show each figure's sampling noise: how far it could move "
+        "on another draw of as many test products.",
         "",
         "## Price",
         "",
-        price_table(table),
+        price_table(table, per_listing),
         "",
         "## Category / gender / usage (macro-F1, through the same path; the recipe is TF-IDF + LinearSVC)",
         "",

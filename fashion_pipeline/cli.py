@@ -104,6 +104,15 @@ def _models(args) -> int:
                 print(f"{r['name']:<36} {r['version']:<23} {r['created_at'] or '?':<21} {r['bytes'] / 1e6:>8.1f}  "
                       f"{'PUBLISHED' if r['published'] else ''}{'  damaged: ' + r['problem'] if r['problem'] else ''}")
         return EXIT_OK
+    if args.models_command == "show":
+        version = args.version or store.published_version(args.name) or store.versions(args.name)[-1]
+        try:
+            info = store.info(args.name, version)
+        except (ModelNotFoundError, ModelCorruptError) as e:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_UNUSABLE
+        print(json.dumps({**info, "published": version == store.published_version(args.name)}, indent=2, default=str))
+        return EXIT_OK
     if args.models_command == "publish":
         before = store.published_version(args.name)
         try:
@@ -153,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ls = verbs.add_parser("list", help="Every version (name, version, created, size, published).")
     ls.add_argument("name", nargs="?", help="One model name (default: all).")
     ls.add_argument("--json", action="store_true", help="JSON instead of a table.")
+    show = verbs.add_parser("show", help="One version's info.json: metrics, feature spec, checksums.")
+    show.add_argument("name")
+    show.add_argument("version", nargs="?", help="Default: the published version, else the newest.")
     pub = verbs.add_parser("publish", help="Publish a saved version (e.g. roll back to the previous one). The gate "
                                            "does not judge a version published by hand.")
     pub.add_argument("name")
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     prune = verbs.add_parser("prune", help="Remove every version but the published one and the --keep newest.")
     prune.add_argument("name", nargs="?", help="One model name (default: all).")
     prune.add_argument("--keep", type=int, required=True, help="How many of the newest versions to keep (>= 1).")
-    for p in (ls, pub, prune):
+    for p in (ls, show, pub, prune):
         p.add_argument("--model-store", default=default_var_path("models"),
                        help="Model store folder (default: the pipeline's, <var dir>/models).")
         p.add_argument("-v", "--verbose", action="store_true", help="On an unexpected error, show the full traceback.")

@@ -763,6 +763,13 @@ def test_models_cli_lists_rolls_back_and_prunes(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 4 and v2 in table[2] and table[2].endswith("PUBLISHED") and "PUBLISHED" not in table[3]
 
+    assert cli.main(["models", "show", "price_regressor", *at]) == 0                 # default: the published one
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["version"], shown["published"], shown["name"]) == (v2, True, "price_regressor") and "artefact_sha256" in shown
+    assert cli.main(["models", "show", "price_regressor", v3, *at]) == 0
+    assert json.loads(capsys.readouterr().out)["published"] is False
+    assert cli.main(["models", "show", "price_regressor", "nope", *at]) == 2
+    assert "no version nope" in capsys.readouterr().err
     assert cli.main(["models", "publish", "price_regressor", v1, *at]) == 0          # a rollback
     assert json.loads(capsys.readouterr().out) == {"name": "price_regressor", "published": v1, "was": v2}
     assert store.load("price_regressor")[0] == {"w": 0}

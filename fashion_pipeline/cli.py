@@ -1,5 +1,5 @@
 """Command line: `fashion-pipeline score --input <dir or file> --output <file.parquet|.csv>`, and
-`fashion-pipeline models list | publish | prune` to inspect the model store, roll back and free disk."""
+`fashion-pipeline models list | show | publish | prune` to inspect the model store, roll back and free disk."""
 
 from __future__ import annotations
 

@@ -85,6 +85,25 @@ def test_model_store_prune_by_hand_and_default_keeps_everything(tmp_path):
         ModelStore(tmp_path / "models", keep_versions=0)
 
 
+def _save_many(root, n):
+    store = ModelStore(root, keep_versions=1)
+    for i in range(n):
+        store.save("m", {"i": i}, {}, {})
+
+
+def test_concurrent_saves_with_retention_never_fail_and_leave_the_newest(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_save_many, args=(str(tmp_path), 15)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]                      # no save failed on a removal race
+    store = ModelStore(tmp_path)
+    assert len(store.versions("m")) >= 1 and store.load("m")[0]["i"] in range(15)
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".")] == []   # nothing half-removed
+
+
 def test_model_store_resource_passes_its_retention_on(tmp_path):
     bounded = ModelStoreResource(root=str(tmp_path / "a"), keep_versions=1).store()
     kept = [bounded.save("m", {"i": i}, {}, {}) for i in range(3)]

@@ -136,8 +136,12 @@ class ModelStore:
         return version
 
     def _retain(self, name: str) -> None:
+        """The retention rule after a save; a removal that fails is reported, never fails the save."""
         if self.keep_versions is not None:
-            self.prune(name, self.keep_versions)
+            try:
+                self.prune(name, self.keep_versions)
+            except OSError as exc:
+                self.log.warning(f"model store: could not remove old versions of {name}: {exc}")
 
     def prune(self, name: str, keep: int) -> list[str]:
         """Remove the versions of ``name`` other than the PUBLISHED one and the ``keep`` newest;
@@ -148,10 +152,14 @@ class ModelStore:
         versions = self.versions(name)
         protected = set(versions[-keep:]) | {self.published_version(name)}
         removed = [v for v in versions if v not in protected]
-        for version in removed:
+        for version in list(removed):
             # a temporary's name: what a killed process leaves half-deleted, the next save clears
             doomed = self._dir(name) / f".{version}-pruned.tmp-{os.getpid()}"
-            os.replace(self._dir(name) / version, doomed)
+            try:
+                os.replace(self._dir(name) / version, doomed)
+            except FileNotFoundError:  # another process (a concurrent run's save) removed it first
+                removed.remove(version)
+                continue
             shutil.rmtree(doomed, ignore_errors=True)
         if removed:
             self.log.info(f"model store: removed {len(removed)} old version(s) of {name} ({', '.join(removed)}); "

@@ -85,23 +85,25 @@ def test_model_store_prune_by_hand_and_default_keeps_everything(tmp_path):
         ModelStore(tmp_path / "models", keep_versions=0)
 
 
-def _save_many(root, n):
-    store = ModelStore(root, keep_versions=1)
-    for i in range(n):
-        store.save("m", {"i": i}, {}, {})
+def test_retention_races_with_another_process_never_fail_a_save(tmp_path, monkeypatch, caplog):
+    store = ModelStore(tmp_path, keep_versions=1)
+    v1 = store.save("m", {"i": 1}, {}, {})
+    listed = store.versions
+    # another process removed "ghost" between this one's listing and its rename: skipped, not raised
+    monkeypatch.setattr(store, "versions", lambda name: ["20000101T000000-000000", *listed(name)])
+    v2 = store.save("m", {"i": 2}, {}, {})
+    monkeypatch.undo()
+    assert store.versions("m") == [v2] and not (tmp_path / "m" / v1).exists()
+    assert store.prune("m", keep=1) == []
 
+    def failing(name, keep):
+        raise PermissionError("read-only folder")
 
-def test_concurrent_saves_with_retention_never_fail_and_leave_the_newest(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_save_many, args=(str(tmp_path), 15)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0, 0]                      # no save failed on a removal race
-    store = ModelStore(tmp_path)
-    assert len(store.versions("m")) >= 1 and store.load("m")[0]["i"] in range(15)
-    assert [p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".")] == []   # nothing half-removed
+    monkeypatch.setattr(store, "prune", failing)  # a removal that fails: the save stands, the log says why
+    with caplog.at_level("WARNING", logger="fashion_pipeline.core.model_store"):
+        v3 = store.save("m", {"i": 3}, {}, {})
+    assert store.load("m")[0] == {"i": 3} and v3 in store.versions("m")
+    assert "could not remove old versions of m: read-only folder" in caplog.text
 
 
 def test_model_store_resource_passes_its_retention_on(tmp_path):

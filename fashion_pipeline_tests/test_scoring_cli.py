@@ -784,3 +784,21 @@ def test_models_cli_lists_rolls_back_and_prunes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["models", "prune", "--keep", "0", *at])
     assert exit_.value.code == 2 and "--keep must be at least 1" in capsys.readouterr().err
+
+
+def test_models_cli_reports_a_damaged_version_instead_of_failing(tmp_path, capsys):
+    root = tmp_path / "models"
+    store = ModelStore(root)
+    good, bad = (store.save("m", {"w": i}, {}, {}) for i in range(2))
+    (root / "m" / bad / "info.json").write_text("{not json", encoding="utf-8")
+    at = ["--model-store", str(root)]
+    assert cli.main(["models", "list", "--json", *at]) == 0
+    rows = {r["version"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[good]["problem"] is None and rows[bad]["created_at"] is None
+    assert "unreadable info.json" in rows[bad]["problem"]
+    assert cli.main(["models", "list", *at]) == 0
+    assert "damaged: " in capsys.readouterr().out
+    assert cli.main(["models", "show", "m", bad, *at]) == 2
+    assert "unreadable info.json" in capsys.readouterr().err
+    assert cli.main(["models", "publish", "m", bad, *at]) == 2 and store.published("m") is None
+    assert "unreadable info.json" in capsys.readouterr().err

@@ -296,9 +296,9 @@ class ModelStore:
         """
         if version is not None:
             return self._load_verified(name, version)
-        marker = self._dir(name) / "PUBLISHED"
-        if marker.is_file():
-            return self._load_verified(name, marker.read_text().strip())
+        published = self.published_version(name)
+        if published is not None:
+            return self._load_verified(name, published)
         versions = self.versions(name)
         if not versions:
             raise ModelNotFoundError(f"no model '{name}' in {self.root}: materialize the asset that trains it first")

@@ -32,9 +32,10 @@ REUSED_FROM_KEY = "reused_from_run"
 _IO_MANAGER_KEYS = ("dagster/row_count", "dagster/column_schema", "dagster/table_name", "warehouse")
 
 
-def resource_config(resource) -> dict:
-    """A configurable resource's field values (what its behaviour depends on), for a fingerprint."""
-    return {name: getattr(resource, name, None) for name in type(resource).model_fields}
+def resource_config(resource, exclude: tuple[str, ...] = ()) -> dict:
+    """A configurable resource's field values (what its behaviour depends on), for a fingerprint;
+    ``exclude`` names fields that do not change the output (housekeeping such as retention)."""
+    return {name: getattr(resource, name, None) for name in type(resource).model_fields if name not in exclude}
 
 
 def _run_tags(context) -> dict | None:

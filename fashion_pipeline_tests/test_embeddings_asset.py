@@ -1,12 +1,16 @@
 """A real Dagster materialization clean_products -> product_embeddings on the embedded sample,
 with the offline backend (real EfficientNet-Lite0 + all-MiniLM-L6-v2 weights)."""
 
+import os
+import time
+
 import dagster as dg
 import duckdb
 import numpy as np
 import pandas as pd
 
 from fashion_pipeline.core.encoders import read_embedding_metadata, read_embeddings
+from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file
 from fashion_pipeline.definitions import defs
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
@@ -24,6 +28,13 @@ def test_product_embeddings_materializes_and_reruns_incrementally(tmp_path):
     # 64 px / 32 word pieces keep the test cheap on CI's 2 cores; the code path is the default backend's.
     encoder = EncoderResource(output_dir=str(var / "embeddings"), cache_dir=str(var / "cache" / "embeddings"),
                               offline_image_resolution=64, offline_text_max_tokens=32, torch_threads=1)
+    # Cache files of encoders this install no longer runs: one unused for 40 days, one used 2 days ago.
+    cache_dir = var / "cache" / "embeddings"
+    for identity, days in [("retired-encoder", 40), ("recent-encoder", 2)]:
+        with EmbeddingCache(cache_dir, "text", identity, 2) as c:
+            c.put_many(["k"], np.ones((1, 2), np.float32))
+        for part in cache_dir.glob(f"{cache_file(cache_dir, 'text', identity).name}*"):
+            os.utime(part, (time.time() - days * 86400,) * 2)
     first = materialize(INGEST_CHAIN + ["product_embeddings"], SAMPLE_ROOT, var, encoder=encoder)
     assert first.success
     md = _metadata(first, "product_embeddings")
@@ -49,6 +60,13 @@ def test_product_embeddings_materializes_and_reruns_incrementally(tmp_path):
     assert md["image_projection"].value.startswith("![") and "base64," in md["image_projection"].value
     meta = read_embedding_metadata(path)
     assert (meta["image_dim"], meta["text_dim"], meta["aligned"]) == ("1280", "384", "false")
+    # The default 28-day retention: the retired encoder's file is removed, the recent one and every
+    # vector this run used stay.
+    assert md["cache/retention_days"].value == 28 and md["cache/files_removed"].value == 1
+    assert md["cache/entries_removed"].value == 0
+    assert not cache_file(cache_dir, "text", "retired-encoder").exists()
+    assert cache_file(cache_dir, "text", "recent-encoder").exists()
+    assert md["cache/size_mb"].value > 0
 
     # Attributes appear (as the extraction helper would write them): only the texts that change are re-encoded.
     changed = products.product_id.iloc[:5].tolist()

@@ -3,7 +3,10 @@ with the real offline encoders (EfficientNet-Lite0 + all-MiniLM-L6-v2) on real s
 
 from __future__ import annotations
 
+import os
 import sqlite3
+
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -21,7 +24,7 @@ from fashion_pipeline.core.encoders import (
 )
 from fashion_pipeline.core.encoders import images as imgs
 from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
-from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file
+from fashion_pipeline.core.encoders.cache import EmbeddingCache, cache_file, sweep_cache
 from fashion_pipeline.core.encoders.io import EmbeddingsWriter, content_digest, file_content_digest
 from fashion_pipeline.core.warehouse import create_parquet_view
 from fashion_pipeline.core.encoders.product_text import build_product_text, build_texts
@@ -151,6 +154,90 @@ def test_unreadable_cache_file_is_moved_aside_and_restarted(tmp_path):
         assert c.reset_reason and len(c) == 0
         c.put_many(["x"], np.ones((1, 3), np.float32))
     assert list(tmp_path.glob("*.corrupt-*"))
+
+
+DAY = 86400.0
+
+
+class Clock:
+    """A settable clock for the cache's last-used stamps."""
+
+    def __init__(self, t: float = 1_800_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_entries_no_run_used_for_the_retention_age_are_swept_and_used_ones_kept(tmp_path):
+    clock = Clock()
+    with EmbeddingCache(tmp_path, "text", "enc", 4, clock=clock) as c:
+        c.put_many(["read", "validated", "rewritten", "stale"], np.ones((4, 4), np.float32))
+        clock.t += 20 * DAY
+        assert set(c.get_many(["read"])) == {"read"}             # a read stamps the entry
+        assert c.validate(["validated"]) == ({"validated"}, 0)   # so does the embedding stage's check
+        c.put_many(["rewritten"], np.zeros((1, 4), np.float32))  # and a write
+        clock.t += 20 * DAY                                      # 'stale': 40 days unused; the rest 20
+        assert c.sweep(28 * DAY) == 1
+        assert set(c.get_many(["read", "validated", "rewritten", "stale"])) == {"read", "validated", "rewritten"}
+        assert c.sweep(28 * DAY) == 0
+
+
+def test_a_schema_1_cache_file_is_migrated_in_place_and_its_entries_count_as_used_at_migration(tmp_path):
+    path = cache_file(tmp_path, "image", "enc")
+    blob = np.arange(3, dtype="<f4").tobytes()
+    con = sqlite3.connect(path)  # the layout the cache wrote before last_used existed
+    con.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+    con.execute("CREATE TABLE vectors (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, checksum TEXT NOT NULL, "
+                "vec BLOB NOT NULL)")
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", "1"), ("identity", "enc"), ("dim", "3")])
+    from fashion_pipeline.core.encoders.cache import vector_checksum
+    con.execute("INSERT INTO vectors VALUES ('old', 3, ?, ?)", (vector_checksum(blob), blob))
+    con.commit()
+    con.close()
+    clock = Clock()
+    with EmbeddingCache(tmp_path, "image", "enc", 3, clock=clock) as c:
+        assert c.reset_reason is None                                # migrated, not moved aside
+        clock.t += 27 * DAY
+        assert c.sweep(28 * DAY) == 0                                # stamped at the migration, 27 days ago
+        assert np.array_equal(c.get_many(["old"])["old"], [0, 1, 2])  # served, and stamped now
+    with sqlite3.connect(path) as con:
+        assert dict(con.execute("SELECT k, v FROM meta").fetchall())["schema"] == "2"
+    clock.t += 27 * DAY
+    with EmbeddingCache(tmp_path, "image", "enc", 3, clock=clock) as c:  # reopening re-stamps nothing
+        assert c.sweep(28 * DAY) == 0
+        clock.t += 2 * DAY
+        assert c.sweep(28 * DAY) == 1 and len(c) == 0
+
+
+def test_sweep_removes_other_encoders_files_unused_for_the_age_and_compacts_a_mostly_swept_file(tmp_path):
+    clock = Clock()
+    image = EmbeddingCache(tmp_path, "image", "live-image", 256, clock=clock)
+    text = EmbeddingCache(tmp_path, "text", "live-text", 4, clock=clock)
+    image.put_many([f"k{i}" for i in range(400)], np.ones((400, 256), np.float32))
+    with EmbeddingCache(tmp_path, "text", "retired-encoder", 4) as old, \
+            EmbeddingCache(tmp_path, "text", "recent-encoder", 4) as recent:
+        old.put_many(["x"], np.ones((1, 4), np.float32))
+        recent.put_many(["y"], np.ones((1, 4), np.float32))
+    retired, other = cache_file(tmp_path, "text", "retired-encoder"), cache_file(tmp_path, "text", "recent-encoder")
+    aside = tmp_path / f"{cache_file(tmp_path, 'image', 'live-image').name}.corrupt-1700000000"
+    aside.write_bytes(b"moved aside at some point")
+    clock.t += 29 * DAY  # the sweep's time; file ages below count back from it
+    for path, age_days in [(retired, 40), (other, 3), (aside, 30)]:
+        for part in tmp_path.glob(f"{path.name}*"):
+            os.utime(part, (clock.t - age_days * DAY, clock.t - age_days * DAY))
+    image.get_many([f"k{i}" for i in range(40)])  # 40 of 400 image vectors used again
+    report = sweep_cache([image, text], 28 * DAY)
+    assert report.entries_removed == {image.path.name: 360, text.path.name: 0}
+    assert sorted(report.files_removed) == sorted([retired.name, aside.name])
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    assert left == sorted([image.path.name, text.path.name, other.name])
+    # 360 of 400 1 KB vectors gone, and the file compacted (it held 400 KB of vectors) with its log emptied
+    assert image.path.stat().st_size < 120_000 and not Path(f"{image.path}-wal").stat().st_size
+    assert report.bytes_after < report.bytes_before
+    assert len(image) == 40 and set(image.get_many(["k0", "k39", "k40"])) == {"k0", "k39"}
+    image.close()
+    text.close()
 
 
 # ---------------------------------------------------------------- Parquet IO

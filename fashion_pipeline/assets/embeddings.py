@@ -75,7 +75,7 @@ def product_embeddings(
     attributes = _attributes(context, warehouse, config.use_attributes)
     path = encoder.output_path()
     fingerprint = combine({"products": frame_digest(clean_products), "attributes": frame_digest(attributes),
-                           "encoder": reuse.resource_config(encoder), "config": config.model_dump(),
+                           "encoder": reuse.resource_config(encoder, exclude=("cache_retention_days",)), "config": config.model_dump(),
                            "code": code_digest()})
     untouched = lambda event: path.is_file() and getattr(  # noqa: E731 - the Parquet file it wrote, as it wrote it
         event.asset_materialization.metadata.get("file_stat"), "value", None) == _file_stat(path)
@@ -98,6 +98,11 @@ def product_embeddings(
         progress=context.log.info,
     )
     warehouse.create_parquet_view("product_embeddings", str(path))  # under the warehouse's process lock
+    swept = encoder.sweep_cache(backend)  # after the run stamped every vector it used
+    if swept is not None:
+        context.log.info(f"embedding cache: {swept.total_entries_removed} entries unused for "
+                         f"{encoder.cache_retention_days:g} days removed, {len(swept.files_removed)} other cache "
+                         f"files removed; {swept.bytes_before / 1e6:.1f} -> {swept.bytes_after / 1e6:.1f} MB")
 
     category = clean_products.set_index("product_id")["category"] if "category" in clean_products else None
     labels = [str(category.get(i, "?")) if category is not None else "?" for i in report.sample_ids]
@@ -136,6 +141,13 @@ def product_embeddings(
         "file_stat": _file_stat(path),
         reuse.FINGERPRINT_KEY: fingerprint,
     }
+    if swept is not None:
+        metadata.update({
+            "cache/retention_days": dg.MetadataValue.float(float(encoder.cache_retention_days)),
+            "cache/entries_removed": dg.MetadataValue.int(swept.total_entries_removed),
+            "cache/files_removed": dg.MetadataValue.int(len(swept.files_removed)),
+            "cache/size_mb": dg.MetadataValue.float(round(swept.bytes_after / 1e6, 1)),
+        })
     if len(report.sample_ids) >= 3:
         metadata["image_projection"] = dg.MetadataValue.md(
             projection_markdown(report.sample_image, labels, f"Image embeddings, PCA, {len(labels)} products")

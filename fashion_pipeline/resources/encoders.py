@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from fashion_pipeline.core.encoders import EmbeddingBackend, build_backend
+from fashion_pipeline.core.encoders.cache import EmbeddingCache, SweepReport, sweep_cache
 from fashion_pipeline.paths import default_var_path, resolve
 
 
@@ -78,6 +79,11 @@ class EncoderResource(dg.ConfigurableResource):
     cache_dir: str | None = Field(
         default=None, description="Content-addressed embedding cache; default <var dir>/cache/embeddings."
     )
+    cache_retention_days: float | None = Field(
+        default=28, gt=0, description="After each product_embeddings computation, delete cached vectors no run "
+        "has written or read for this many days (products that left the catalogue, texts an updated extractor "
+        "rewrote), and other encoders' cache files unused as long. 28 = four weekly retrains; null keeps all."
+    )
     chunk_rows: int = Field(default=4096, ge=1, description="Rows per Parquet row group (bounds memory).")
 
     def build_backend(self) -> EmbeddingBackend:
@@ -105,3 +111,12 @@ class EncoderResource(dg.ConfigurableResource):
 
     def cache_path(self) -> Path:
         return Path(resolve(self.cache_dir) if self.cache_dir else resolve(default_var_path("cache", "embeddings")))
+
+    def sweep_cache(self, backend: EmbeddingBackend) -> SweepReport | None:
+        """Apply ``cache_retention_days`` to the cache folder (None when retention is off)."""
+        if self.cache_retention_days is None:
+            return None
+        folder = self.cache_path()
+        with EmbeddingCache(folder, "image", backend.image.identity, backend.image.dim) as image, \
+                EmbeddingCache(folder, "text", backend.text.identity, backend.text.dim) as text:
+            return sweep_cache([image, text], self.cache_retention_days * 86400)

@@ -183,6 +183,19 @@ def test_entries_no_run_used_for_the_retention_age_are_swept_and_used_ones_kept(
         assert c.sweep(28 * DAY) == 0
 
 
+def test_opening_a_current_cache_takes_no_write_lock(tmp_path):
+    with EmbeddingCache(tmp_path, "text", "enc", 2) as c:
+        c.put_many(["k"], np.ones((1, 2), np.float32))
+    writer = sqlite3.connect(cache_file(tmp_path, "text", "enc"))
+    writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    try:
+        with EmbeddingCache(tmp_path, "text", "enc", 2) as c:  # would wait 60 s, then move the file aside
+            assert c.reset_reason is None and len(c) == 1
+    finally:
+        writer.rollback()
+        writer.close()
+
+
 def test_a_schema_1_cache_file_is_migrated_in_place_and_its_entries_count_as_used_at_migration(tmp_path):
     path = cache_file(tmp_path, "image", "enc")
     blob = np.arange(3, dtype="<f4").tobytes()

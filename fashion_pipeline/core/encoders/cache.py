@@ -70,34 +70,39 @@ class EmbeddingCache:
     def _open(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=60)
         con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, "
-            "checksum TEXT NOT NULL, vec BLOB NOT NULL)"
-        )
-        con.execute("CREATE TABLE IF NOT EXISTS used (key TEXT PRIMARY KEY, last_used INTEGER NOT NULL)")
-        con.commit()
         expected = {"schema": _SCHEMA_VERSION, "identity": self.identity, "dim": str(self.dim)}
-        con.execute("BEGIN IMMEDIATE")  # one process at a time initialises or migrates the file
-        meta = dict(con.execute("SELECT k, v FROM meta").fetchall())
-        if not meta:
-            con.executemany("INSERT INTO meta VALUES (?, ?)", list(expected.items()))
-        elif meta == {**expected, "schema": "1"}:
-            # Schema 1 had no stamps: every entry counts as used now.
-            con.execute("INSERT OR IGNORE INTO used SELECT key, ? FROM vectors", (int(self.clock()),))
-            con.execute("UPDATE meta SET v = ? WHERE k = 'schema'", (_SCHEMA_VERSION,))
-            log.info("Embedding cache %s migrated to schema %s (entries stamped as used now)", self.path, _SCHEMA_VERSION)
-        elif meta != expected:
-            # Same file name but different content: a hash collision or a tampered file. Never serve it.
-            con.rollback()
-            con.close()
-            raise sqlite3.DatabaseError(f"cache metadata {meta} does not match {expected}")
-        con.commit()
+        if self._meta(con) != expected:  # a new file, or one to migrate: one process at a time, under a write lock
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+            con.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, "
+                        "checksum TEXT NOT NULL, vec BLOB NOT NULL)")
+            con.execute("CREATE TABLE IF NOT EXISTS used (key TEXT PRIMARY KEY, last_used INTEGER NOT NULL)")
+            meta = self._meta(con)
+            if not meta:
+                con.executemany("INSERT INTO meta VALUES (?, ?)", list(expected.items()))
+            elif meta == {**expected, "schema": "1"}:
+                # Schema 1 had no stamps: every entry counts as used now.
+                con.execute("INSERT OR IGNORE INTO used SELECT key, ? FROM vectors", (int(self.clock()),))
+                con.execute("UPDATE meta SET v = ? WHERE k = 'schema'", (_SCHEMA_VERSION,))
+                log.info("Embedding cache %s migrated to schema %s (entries stamped as used now)",
+                         self.path, _SCHEMA_VERSION)
+            elif meta != expected:
+                # Same file name but different content: a hash collision or a tampered file. Never serve it.
+                con.rollback()
+                con.close()
+                raise sqlite3.DatabaseError(f"cache metadata {meta} does not match {expected}")
+            con.commit()
         cols = self._columns(con)
-        if cols != _COLUMNS:
+        if cols != _COLUMNS or not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'used'").fetchone():
             con.close()
-            raise sqlite3.DatabaseError(f"unexpected cache columns {cols}")
+            raise sqlite3.DatabaseError(f"unexpected cache layout: vectors columns {cols}, table used missing")
         return con
+
+    @staticmethod
+    def _meta(con: sqlite3.Connection) -> dict[str, str]:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+            return {}
+        return dict(con.execute("SELECT k, v FROM meta").fetchall())
 
     @staticmethod
     def _columns(con: sqlite3.Connection) -> list[str]:

@@ -136,6 +136,24 @@ def retrain_choice(store, config: RegressorConfig) -> tuple[dict[str, str] | Non
                            "(model_selection_job re-selects and re-tunes)")
 
 
+def training_options(config: RegressorConfig) -> dict:
+    """`train_price_models`' keyword arguments that come from the config (all but the rows and what a
+    retrain continues): the asset's, and the H&M cross-validation benchmark's (benchmarks/hm_price_cv.py)."""
+    return {
+        "models": tuple(config.models),
+        "params": {
+            "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": resolve_threads(config.threads),
+                         "warm_rounds": config.lightgbm_warm_rounds},
+            "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
+                    "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs},
+            "ridge": {"warm_max_growth": config.warm_max_growth},
+            "router": {"warm_max_growth": config.warm_max_growth},
+        },
+        "blend": config.blend, "coverage": config.interval_coverage, "train_fraction": config.train_fraction,
+        "max_interval_ratio": config.max_interval_ratio, "warm_kinds": warm_kinds(config),
+    }
+
+
 def warm_kinds(config: RegressorConfig) -> tuple[str, ...]:
     """The model kinds a retrain continues from the model it retrains (see `warm_start_source`)."""
     kinds = tuple(k for k, n in (("mlp", config.mlp_warm_epochs), ("lightgbm", config.lightgbm_warm_rounds),
@@ -257,22 +275,10 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         selection = pd.DataFrame(info["metrics"]["validation"])
         counts, train_seconds = info["metrics"]["counts"], trained[1]
     else:
-        threads = resolve_threads(config.threads)
-        params = {
-            "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": threads,
-                         "warm_rounds": config.lightgbm_warm_rounds},
-            "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
-                    "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs},
-            "ridge": {"warm_max_growth": config.warm_max_growth},
-            "router": {"warm_max_growth": config.warm_max_growth},
-        }
         # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
         res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,
-                                 models=tuple(config.models), params=params,
-                                 blend=config.blend, coverage=config.interval_coverage,
-                                 train_fraction=config.train_fraction, max_interval_ratio=config.max_interval_ratio,
-                                 chosen=chosen, tuned=tuned, warm=warm, warm_kinds=warm_kinds(config),
-                                 progress=context.log.info)
+                                 chosen=chosen, tuned=tuned, warm=warm, progress=context.log.info,
+                                 **training_options(config))
         model = res.model
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                          "listing_fields": ["title", "description", "image", "brand", "colour", "source"],

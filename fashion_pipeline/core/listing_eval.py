@@ -199,8 +199,9 @@ def evaluate_listings(
     Price columns cover priced test rows: n_priced, abstained (share), rmsle and coverage (of the
     80% interval) over the listings that got a price, recipe_rmsle over the same listings.
     Classification columns: <task>_macro_f1 over rows with that label, and the recipe's.
-    Also returns per form the listing-level predictions (for plots and per-class tables): price,
-    and ``<task>_true`` / ``<task>_predicted`` (None where the listing got no value). Pass fitted ``recipe`` /
+    Also returns per form the listing-level predictions (for plots, per-class tables and pooling
+    over several evaluations): price, the 80% interval's bounds, the recipe's price, and
+    ``<task>_true`` / ``<task>_predicted`` (None where the listing got no value). Pass fitted ``recipe`` /
     ``text_recipe`` to reuse them across several models judged on the same rows.
     """
     recipe = recipe or Recipe().fit(train)
@@ -232,7 +233,8 @@ def _evaluate_form(form, test, truth, score, recipe, text_recipe, rows, per_list
     text_preds = {t: text_recipe.predict(listings, t) for t in TASKS}
     per_listing[form] = pd.DataFrame({"product_id": test["product_id"].to_numpy(), "source": src,
                                       "category": test["category"].to_numpy(), "price_usd": price,
-                                      "predicted_usd": pred, "priced": priced,
+                                      "predicted_usd": pred, "price_low_usd": lo, "price_high_usd": hi,
+                                      "recipe_usd": rec, "priced": priced,
                                       **{f"{t}_true": test[t].to_numpy(dtype=object) for t in TASKS},
                                       **{f"{t}_predicted": s[t].to_numpy(dtype=object) for t in TASKS}})
     for source in ["all", *sorted(set(src))]:

@@ -26,8 +26,9 @@ def _metadata(result, name):
 def test_product_embeddings_materializes_and_reruns_incrementally(tmp_path):
     var = tmp_path / "var"
     # 64 px / 32 word pieces keep the test cheap on CI's 2 cores; the code path is the default backend's.
-    encoder = EncoderResource(output_dir=str(var / "embeddings"), cache_dir=str(var / "cache" / "embeddings"),
-                              offline_image_resolution=64, offline_text_max_tokens=32, torch_threads=1)
+    options = dict(output_dir=str(var / "embeddings"), cache_dir=str(var / "cache" / "embeddings"),
+                   offline_image_resolution=64, offline_text_max_tokens=32, torch_threads=1)
+    encoder = EncoderResource(**options)
     # Cache files of encoders this install no longer runs: one unused for 40 days, one used 2 days ago.
     cache_dir = var / "cache" / "embeddings"
     for identity, days in [("retired-encoder", 40), ("recent-encoder", 2)]:
@@ -74,9 +75,16 @@ def test_product_embeddings_materializes_and_reruns_incrementally(tmp_path):
         "product_attributes",
         pd.DataFrame({"product_id": changed, "materials": ['["cotton"]'] * 5, "fit": ["slim"] * 5}),
     )
-    second = dg.materialize(assets_by_name(*INGEST_CHAIN, "product_embeddings"), selection=["product_embeddings"],
-                            resources=resources_for(SAMPLE_ROOT, var, encoder=encoder))
-    assert second.success
+    with dg.instance_for_test() as instance:
+        second = dg.materialize(assets_by_name(*INGEST_CHAIN, "product_embeddings"), selection=["product_embeddings"],
+                                resources=resources_for(SAMPLE_ROOT, var, encoder=encoder), instance=instance)
+        assert second.success
+        # Another retention is housekeeping, not another output: the next run re-emits this one.
+        shorter = EncoderResource(**options, cache_retention_days=7)
+        third = dg.materialize(assets_by_name(*INGEST_CHAIN, "product_embeddings"), selection=["product_embeddings"],
+                               resources=resources_for(SAMPLE_ROOT, var, encoder=shorter), instance=instance)
+        md3 = _metadata(third, "product_embeddings")
+        assert md3["reused_from_run"].value == second.run_id and md3["cache/retention_days"].value == 28
     md2 = _metadata(second, "product_embeddings")
     assert md2["image/encoded_rows"].value == 0 and md2["image/reused_rows"].value == int(got_image.sum())
     assert md2["text/encoded_rows"].value == 5 and md2["text/reused_rows"].value == len(ids) - 5
@@ -91,3 +99,22 @@ def test_embeddings_lineage():
     graph = defs.resolve_asset_graph()
     parents = {k.path[-1] for k in graph.get(dg.AssetKey("product_embeddings")).parent_keys}
     assert parents == {"clean_products", "product_attributes"}
+
+
+def test_a_failing_cache_sweep_is_a_warning_not_a_failed_materialization(tmp_path, monkeypatch):
+    var = tmp_path / "var"
+
+    def unwritable(self, backend):  # what a cache folder on a read-only or full disk raises
+        raise PermissionError(13, "Permission denied", str(self.cache_path()))
+
+    monkeypatch.setattr(EncoderResource, "sweep_cache", unwritable)
+    encoder = EncoderResource(output_dir=str(var / "embeddings"), cache_dir=str(var / "cache" / "embeddings"),
+                              offline_image_resolution=64, offline_text_max_tokens=32, torch_threads=1)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets_by_name(*INGEST_CHAIN, "product_embeddings"),
+                                resources=resources_for(SAMPLE_ROOT, var, encoder=encoder), instance=instance)
+        assert result.success
+        messages = [r.user_message for r in instance.all_logs(result.run_id)]
+    md = _metadata(result, "product_embeddings")
+    assert md["dagster/row_count"].value > 0 and "cache/entries_removed" not in md
+    assert any("embedding cache retention skipped this run (PermissionError" in m for m in messages)

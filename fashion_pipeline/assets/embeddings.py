@@ -8,6 +8,8 @@ Downstream code reads the file with ``fashion_pipeline.core.encoders.io.read_emb
 GPU scheduling for a CUDA encoder: ``gpu_declarations`` (fashion_pipeline.gpu), from the profile.
 """
 
+import sqlite3
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -75,7 +77,8 @@ def product_embeddings(
     attributes = _attributes(context, warehouse, config.use_attributes)
     path = encoder.output_path()
     fingerprint = combine({"products": frame_digest(clean_products), "attributes": frame_digest(attributes),
-                           "encoder": reuse.resource_config(encoder, exclude=("cache_retention_days",)), "config": config.model_dump(),
+                           "encoder": reuse.resource_config(encoder, exclude=("cache_retention_days",)),
+                           "config": config.model_dump(),
                            "code": code_digest()})
     untouched = lambda event: path.is_file() and getattr(  # noqa: E731 - the Parquet file it wrote, as it wrote it
         event.asset_materialization.metadata.get("file_stat"), "value", None) == _file_stat(path)
@@ -98,7 +101,12 @@ def product_embeddings(
         progress=context.log.info,
     )
     warehouse.create_parquet_view("product_embeddings", str(path))  # under the warehouse's process lock
-    swept = encoder.sweep_cache(backend)  # after the run stamped every vector it used
+    try:
+        swept = encoder.sweep_cache(backend)  # after the run stamped every vector it used
+    except (OSError, sqlite3.Error) as exc:  # housekeeping: the embeddings stand without it
+        swept = None
+        context.log.warning(f"embedding cache retention skipped this run ({type(exc).__name__}: {exc}); "
+                            "the next computation tries again")
     if swept is not None:
         context.log.info(f"embedding cache: {swept.total_entries_removed} entries unused for "
                          f"{encoder.cache_retention_days:g} days removed, {len(swept.files_removed)} other cache "

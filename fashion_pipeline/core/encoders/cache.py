@@ -221,8 +221,27 @@ class EmbeddingCache:
         return max(int(removed), 0)
 
 
-def _last_write(path: Path) -> float:
-    return max(p.stat().st_mtime for p in (path, Path(f"{path}-wal")) if p.exists())
+def _last_write(path: Path) -> float | None:
+    """When the file (or its write-ahead log) was last written; None once it is gone."""
+    stamps = []
+    for part in (path, Path(f"{path}-wal")):
+        try:
+            stamps.append(part.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(stamps) if stamps else None
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the cache files in ``folder`` (a file another process removes meanwhile counts as gone)."""
+    total = 0
+    for p in folder.iterdir():
+        if p.name.startswith(("image-", "text-")):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 @dataclass
@@ -251,23 +270,19 @@ def sweep_cache(caches: Sequence[EmbeddingCache], max_age_s: float) -> SweepRepo
     if any(c.path.parent != folder for c in caches):
         raise ValueError("sweep_cache takes caches of one folder")
     live = {c.path.name for c in caches}
-    files = [p for p in folder.iterdir() if p.is_file() and p.name.startswith(("image-", "text-"))]
-    report = SweepReport(bytes_before=sum(p.stat().st_size for p in files))
+    report = SweepReport(bytes_before=_folder_bytes(folder))
     for cache in caches:
         report.entries_removed[cache.path.name] = cache.sweep(max_age_s)
     cutoff = caches[0].clock() - max_age_s
     for path in sorted(folder.glob("*.sqlite*")):
         if path.name in live or path.name.endswith(("-wal", "-shm")) or not path.name.startswith(("image-", "text-")):
             continue  # a live cache; a -wal / -shm goes with its file
-        try:
-            if _last_write(path) >= cutoff:
-                continue
-            for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                part.unlink(missing_ok=True)
-        except FileNotFoundError:  # removed meanwhile by another process's sweep
+        last = _last_write(path)
+        if last is None or last >= cutoff:  # gone meanwhile (another process's sweep), or used recently
             continue
+        for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            part.unlink(missing_ok=True)
         report.files_removed.append(path.name)
         log.info("Embedding cache: removed %s (not used for %.0f days)", path, max_age_s / 86400)
-    report.bytes_after = sum(p.stat().st_size for p in folder.iterdir()
-                             if p.is_file() and p.name.startswith(("image-", "text-")))
+    report.bytes_after = _folder_bytes(folder)
     return report

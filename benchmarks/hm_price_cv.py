@@ -83,7 +83,7 @@ def run_fold(name: str, products: pd.DataFrame, embeddings, attributes, spec: di
     info = {"version": f"cv-{name}", "features_spec": {**spec, "forms": {f: m.chosen for f, m in res.model.forms.items()}}}
     extractor = scoring.listing_extractor(serving["store"], res.model.known_brands())[0]
     t1 = time.perf_counter()
-    table, per_listing = listing_eval.evaluate_price_model(
+    _, per_listing = listing_eval.evaluate_price_model(
         res.model, info, test, train, embedder=serving["embedder"], extractor=extractor,
         classifiers=serving["classifiers"], forms=FORMS, progress=logging.info)
     logging.info("%s: trained in %.0f s, %d H&M test products (%d priced), evaluated in %.0f s", name, train_s,
@@ -93,7 +93,8 @@ def run_fold(name: str, products: pd.DataFrame, embeddings, attributes, spec: di
 
 
 def pooled(per_listing: list[pd.DataFrame]) -> dict:
-    """RMSLE (95% bootstrap interval), 80% coverage (Wilson) and the recipe's RMSLE over the priced listings given a price."""
+    """RMSLE (95% bootstrap interval), 80% coverage (Wilson) and the recipe's RMSLE over the priced H&M
+    listings given a price."""
     d = pd.concat(per_listing, ignore_index=True)
     d = d[d["priced"] & (d["source"] == "hm")]
     got = d[np.isfinite(d["predicted_usd"])]
@@ -101,7 +102,7 @@ def pooled(per_listing: list[pd.DataFrame]) -> dict:
     covered = (price >= got["price_low_usd"].to_numpy(float)) & (price <= got["price_high_usd"].to_numpy(float))
     rmsle = float(np.sqrt(np.mean((np.log1p(pred) - np.log1p(price)) ** 2)))
     recipe = float(np.sqrt(np.mean((np.log1p(got["recipe_usd"].to_numpy(float)) - np.log1p(price)) ** 2)))
-    return {"n": len(d), "priced": len(got), "rmsle": rmsle, "ci": rmsle_interval(price, pred), "recipe": recipe,
+    return {"priced": len(got), "rmsle": rmsle, "ci": rmsle_interval(price, pred), "recipe": recipe,
             "coverage": float(covered.mean()), "coverage_ci": wilson(int(covered.sum()), len(covered))}
 
 
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
 
     # The published model itself on the test split's H&M listings, for reference.
     test = products[(products["split"] == "test") & (products["source"] == "hm")].reset_index(drop=True)
-    published_table, published_pl = listing_eval.evaluate_price_model(
+    _, published_pl = listing_eval.evaluate_price_model(
         model, info, test, products[products["split"] == "train"], embedder=serving["embedder"],
         extractor=scoring.listing_extractor(store, model.known_brands())[0], classifiers=classifiers, forms=FORMS,
         progress=logging.info)

@@ -27,7 +27,6 @@ lacks are encoded (and added to it).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -46,22 +45,14 @@ from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.encoders.io import read_embeddings
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline.core.pricing.training import train_price_models
+from fashion_pipeline.core.split import group_unit
 
 FORMS = ("full", "title+photo", "photo")
 
 
 def fold_of(group_ids: pd.Series, folds: int, salt: str = "hm-price-cv-v1") -> np.ndarray:
     """A stable fold number per row from its group (the same group always lands in the same fold)."""
-    def one(g: str) -> int:
-        u = int.from_bytes(hashlib.sha1(f"{salt}:{g}".encode()).digest()[:8], "big") / 2**64
-        return int(u * folds)
-    memo: dict[str, int] = {}
-    out = []
-    for g in group_ids.astype(str):
-        if g not in memo:
-            memo[g] = one(g)
-        out.append(memo[g])
-    return np.array(out, dtype=int)
+    return np.array([int(group_unit(g, salt) * folds) for g in group_ids.astype(str)], dtype=int)
 
 
 def fold_splits(products: pd.DataFrame, fold: np.ndarray, k: int) -> pd.Series:

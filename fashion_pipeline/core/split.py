@@ -9,14 +9,18 @@ import pandas as pd
 SPLITS = ("train", "validation", "test")
 
 
+def group_unit(group_id: str, salt: str) -> float:
+    """A number in [0, 1) from a stable hash (not Python's salted ``hash``) of ``salt:group_id``: the
+    same on any machine, in any order. Each use (split, calibration share, benchmark folds) has its salt."""
+    return int.from_bytes(hashlib.sha1(f"{salt}:{group_id}".encode()).digest()[:8], "big") / 2**64
+
+
 def split_for_group(group_id: str, salt: str = "fashion-v1", validation: float = 0.1, test: float = 0.1) -> str:
     """The same group always lands in the same split, on any machine, in any order.
 
-    A stable hash (not Python's salted ``hash``) of the group key gives a number in [0, 1).
     Grouping by H&M ``product_code`` keeps colour variants of one product together.
     """
-    digest = hashlib.sha1(f"{salt}:{group_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = group_unit(group_id, salt)
     if u < 1.0 - validation - test:
         return "train"
     if u < 1.0 - test:

@@ -12,7 +12,6 @@ Rows and what each is for (nothing is used twice):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pandas as pd
 
 from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, price_text_vectorizer, regime_view
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
+from ..split import group_unit
 from ..token_counts import TokenCounts
 from .price_metrics import regression_metrics
 from .models import (BlendPriceRegressor, LightGBMPriceRegressor, MLPPriceRegressor, PriceModel, RidgePriceRegressor,
@@ -63,10 +63,7 @@ def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 
 def calibration_groups(group_ids: pd.Series, fraction: float, salt: str = "price-calibration-v1") -> np.ndarray:
     """True for the groups (a stable hash, like the split) held out of training for conformal calibration."""
-    def u(g: str) -> float:
-        return int.from_bytes(hashlib.sha1(f"{salt}:{g}".encode()).digest()[:8], "big") / 2**64
-
-    return np.array([u(g) < fraction for g in group_ids.astype(str)], dtype=bool)
+    return np.array([group_unit(g, salt) < fraction for g in group_ids.astype(str)], dtype=bool)
 
 
 def pricing_splits(rows: pd.DataFrame, calibration_fraction: float = 0.125) -> np.ndarray:

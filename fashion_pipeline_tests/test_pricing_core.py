@@ -557,3 +557,103 @@ def test_categorical_columns_are_cleaned_per_value_with_every_kind_of_null_missi
     # "<missing>" (None, NaN, pd.NA, ""), "Nike" and "3" (3 and "3") reach min_count 2; "H&M Divided" does not.
     assert enc.levels_["brand"] == {"3": 1, "<missing>": 2, "Nike": 3}
     assert enc.codes(frame)[:, 1].tolist() == [3, 2, 2, 2, 3, 0, 2, 1, 1]
+
+
+# ---- k-NN price member ---------------------------------------------------------------------------
+
+def _knn_inputs(image, text, sources, prices=None):
+    from fashion_pipeline.core.pricing.features import PriceInputs
+
+    n = len(sources)
+    frame = pd.DataFrame({"product_id": [f"p{i}" for i in range(n)], "source": sources,
+                          "price_usd": prices if prices is not None else [np.nan] * n})
+    return PriceInputs(frame, np.asarray(text, np.float32), np.asarray(image, np.float32))
+
+
+def test_knn_with_one_neighbour_prices_a_training_row_as_itself_and_only_within_its_source():
+    from fashion_pipeline.core.pricing.models import KNNPriceRegressor
+
+    rng = np.random.default_rng(1)
+    image, text = rng.normal(size=(40, 1280)), rng.normal(size=(40, 384))
+    # Rows 20-39 repeat rows 0-19's vectors under the other source, at another price.
+    image[20:], text[20:] = image[:20], text[:20]
+    sources = ["kaggle"] * 20 + ["hm"] * 20
+    y = np.concatenate([np.linspace(2, 6, 20), np.linspace(1, 3, 20)])
+    knn = KNNPriceRegressor(k=1).fit(_knn_inputs(image, text, sources), y)
+    np.testing.assert_allclose(knn.predict_log(_knn_inputs(image, text, sources)), y, atol=1e-6)
+    # The same vectors asked as the other market get that market's price.
+    swapped = ["hm"] * 20 + ["kaggle"] * 20
+    np.testing.assert_allclose(knn.predict_log(_knn_inputs(image, text, swapped)), np.concatenate([y[20:], y[:20]]), atol=1e-6)
+    # A photo alone (no text embedding) still finds the row: the similarity is over the modalities the query has.
+    no_text = np.full_like(text, np.nan)
+    np.testing.assert_allclose(knn.predict_log(_knn_inputs(image, no_text, sources)), y, atol=1e-6)
+
+
+def test_knn_says_which_rows_it_could_not_price_and_falls_back_to_the_source_mean():
+    from fashion_pipeline.core.pricing.models import KNNPriceRegressor
+
+    rng = np.random.default_rng(2)
+    image, text = rng.normal(size=(30, 1280)), rng.normal(size=(30, 384))
+    sources = ["kaggle"] * 10 + ["hm"] * 20
+    y = np.concatenate([np.full(10, 5.0), np.full(20, 2.0)])
+    knn = KNNPriceRegressor(k=3).fit(_knn_inputs(image, text, sources), y)
+    q_img, q_txt = image[:4].copy(), text[:4].copy()
+    q_img[[1, 3]] = np.nan
+    q_txt[[1, 3]] = np.nan  # rows 1 and 3: no embedding at all
+    q = _knn_inputs(q_img, q_txt, ["kaggle", "kaggle", "hm", "somewhere else"])
+    pred, ok = knn.predict_log_partial(q)
+    assert ok.tolist() == [True, False, True, False] and np.isnan(pred[[1, 3]]).all()
+    filled = knn.predict_log(q)
+    assert filled[1] == pytest.approx(5.0) and filled[3] == pytest.approx(y.mean())
+    assert filled[0] == pytest.approx(5.0) and filled[2] == pytest.approx(2.0)  # neighbours of one price each
+
+
+def test_a_blend_prices_a_row_a_member_cannot_price_with_the_other_members_weights_renormalised():
+    from fashion_pipeline.core.pricing.models import BlendPriceRegressor
+
+    preds = np.array([[1.0, 3.0, 5.0], [2.0, np.nan, 4.0], [np.nan, np.nan, 7.0], [6.0, np.nan, np.nan]])
+    w = np.array([0.5, 0.25, 0.25])
+    got = BlendPriceRegressor._combine(preds, w)
+    # by hand: 0.5*1 + 0.25*3 + 0.25*5; (0.5*2 + 0.25*4) / 0.75; 7 alone; 6 alone
+    np.testing.assert_allclose(got, [2.5, 8 / 3, 7.0, 6.0])
+    # A row only zero-weighted members priced gets their plain mean.
+    np.testing.assert_allclose(BlendPriceRegressor._combine(np.array([[np.nan, 2.0, 4.0]]), np.array([1.0, 0.0, 0.0])), [3.0])
+
+
+def test_train_price_models_trains_the_knn_member_and_its_blend_by_default():
+    df = clean_sample()
+    ids = df["product_id"].tolist()
+    rng = np.random.default_rng(0)
+    emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
+    res = train_price_models(df, emb, params={"lightgbm": {"n_estimators": 30}, "mlp": {"epochs": 2, "hidden": 32}},
+                             forms=("image",))
+    sel = res.selection.set_index("model")
+    assert set(sel.index) == {"ridge", "lightgbm", "mlp", "knn", "blend"}
+    assert np.isfinite(sel.loc["knn", "rmsle"]) and "image/knn" in res.train_seconds
+    # The blend, chosen on the same validation rows, is never worse there than its best member.
+    assert sel.loc["blend", "rmsle"] <= sel.drop(index="blend")["rmsle"].min() + 1e-9
+
+
+def test_a_retrain_keeps_the_retrained_knn_projections_and_indexes_its_own_rows():
+    from fashion_pipeline.core.pricing.models import KNNPriceRegressor
+
+    df = clean_sample()
+    ids = df["product_id"].tolist()
+    rng = np.random.default_rng(0)
+    emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
+    kw = dict(models=("knn",), forms=("full",), chosen={"full": "knn"})
+    first = train_price_models(df, emb, **kw)
+    old = first.model.forms["full"].price_model.regressor
+    assert isinstance(old, KNNPriceRegressor) and set(old.pca_) == {"image", "text"}
+    # The retrain sees a few rows fewer (within warm_max_growth): projections kept, its own rows indexed.
+    fewer = df.drop(index=df.index[(df["split"] == "train").to_numpy()][:5])
+    res = train_price_models(fewer, emb, **kw, warm={"full": first.model.forms["full"]})
+    reg = res.model.forms["full"].price_model.regressor
+    assert reg.warm_started_ and reg.pca_["image"] is old.pca_["image"] and reg.pca_["text"] is old.pca_["text"]
+    assert len(reg.y_) == len(old.y_) - 5 and res.warm_starts["full"]["knn"].startswith("warm (projections fitted on ")
+    # Past warm_max_growth the projections are fitted again, and the note says why.
+    grown = train_price_models(fewer, emb, **kw, params={"knn": {"warm_max_growth": 0.0001}},
+                               warm={"full": first.model.forms["full"]})
+    note = grown.warm_starts["full"]["knn"]
+    assert note.startswith("cold: ") and "warm_max_growth" in note
+    assert grown.model.forms["full"].price_model.regressor.pca_["image"] is not old.pca_["image"]

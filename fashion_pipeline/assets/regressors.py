@@ -1,7 +1,7 @@
 """Price model: train + evaluate on listings (regressor_metrics), then publish behind a blocking gate.
 
 Flow: ``regressor_metrics`` trains one regressor per listing form (full / sparse / image; each
-chosen among ridge, LightGBM, MLP and their blend on validation rows in ``mode="select"``, the
+chosen among ridge, LightGBM, MLP, k-NN and their blend on validation rows in ``mode="select"``, the
 model-selection experiment; the weekly retrain, ``mode="retrain"``, trains only the kind the
 published model chose per form, with the hyper-parameters its selection tuned), calibrates its intervals
 on calibration rows, saves the candidate unpublished, and scores the test split *as listings*
@@ -54,9 +54,12 @@ class RegressorConfig(dg.Config):
         "materials / fit / pattern / occasion / style words beside the description); scoring then extracts them "
         "from listings. benchmarks/attributes_ablation.py: RMSLE -0.013 on full and -0.014 on title + photo "
         "Kaggle listings (ridge), no change on photo-only."))
-    models: list[str] = Field(default=["ridge", "lightgbm", "mlp"],
-                              description="Regressors to train: any of ridge (linear baseline), lightgbm, mlp.")
-    blend: bool = Field(default=True, description="Also evaluate a validation-weighted blend of the non-linear models.")
+    models: list[str] = Field(default=["ridge", "lightgbm", "mlp", "knn"], description=(
+        "Regressors to train: any of ridge (linear baseline), lightgbm, mlp, knn (the similarity-weighted prices of "
+        "the `knn_neighbours` most similar training products of the same source by photo and text embedding; a "
+        "blend member whose errors differ from the others')."))
+    blend: bool = Field(default=True, description="Also evaluate a validation-weighted blend of the models.")
+    knn_neighbours: int = Field(default=8, ge=1, description="Neighbours the knn regressor averages.")
     lightgbm_estimators: int = Field(default=400, ge=10,
                                      description="Maximum boosting rounds (early stopping on validation picks fewer).")
     mlp_epochs: int = Field(default=15, ge=1, description="Maximum MLP epochs (early stopping on validation).")
@@ -77,7 +80,8 @@ class RegressorConfig(dg.Config):
         "featurizer (TF-IDF vocabulary and IDF, categorical levels, embedding scaling) and starts LSQR from its "
         "coefficients (the same ridge problem on the kept columns, to LSQR's tolerance, in fewer iterations), and "
         "its source router keeps the retrained router's TF-IDF and photo PCA and starts its logistic regression "
-        "from its coefficients, while the train split differs from the rows those were fitted on by at most this "
+        "from its coefficients, and its k-NN member keeps the retrained member's embedding projections (PCA), "
+        "while the train split differs from the rows those were fitted on by at most this "
         "share; past that, or at 0, they are fitted from scratch (logged). model_selection_job always starts "
         "cold."))
     mlp_device: str = Field(default=get_profile().device,
@@ -147,6 +151,7 @@ def training_options(config: RegressorConfig) -> dict:
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                     "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs},
             "ridge": {"warm_max_growth": config.warm_max_growth},
+            "knn": {"k": config.knn_neighbours, "warm_max_growth": config.warm_max_growth},
             "router": {"warm_max_growth": config.warm_max_growth},
         },
         "blend": config.blend, "coverage": config.interval_coverage, "train_fraction": config.train_fraction,
@@ -157,7 +162,8 @@ def training_options(config: RegressorConfig) -> dict:
 def warm_kinds(config: RegressorConfig) -> tuple[str, ...]:
     """The model kinds a retrain continues from the model it retrains (see `warm_start_source`)."""
     kinds = tuple(k for k, n in (("mlp", config.mlp_warm_epochs), ("lightgbm", config.lightgbm_warm_rounds),
-                                 ("ridge", config.warm_max_growth)) if n > 0 and k in config.models)
+                                 ("ridge", config.warm_max_growth), ("knn", config.warm_max_growth))
+                  if n > 0 and k in config.models)
     return kinds + (("router",) if config.warm_max_growth > 0 else ())
 
 
@@ -181,6 +187,7 @@ def warm_start_source(store, chosen: dict[str, str] | None, config: RegressorCon
     how = {"mlp": f"its MLP fine-tuned for {config.mlp_warm_epochs} epochs",
            "lightgbm": f"its LightGBM continued for up to {config.lightgbm_warm_rounds} rounds",
            "ridge": "its ridge's featurizer kept and LSQR started from its coefficients",
+           "knn": "its k-NN's embedding projections kept",
            "router": "its source router's TF-IDF and photo PCA kept and its logistic regression continued"}
     limit = f" (while the train split is within {config.warm_max_growth:.0%} of the rows they were fitted on)" \
         if config.warm_max_growth > 0 else ""

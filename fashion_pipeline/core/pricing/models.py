@@ -556,6 +556,145 @@ class MLPPriceRegressor:
         return self._predict_tensor(self.net_, x, c, autocast)
 
 
+class KNNPriceRegressor:
+    """The prices of the most similar training products: a similarity-weighted mean of the log prices
+    of the ``k`` nearest training rows of the same source, by the embeddings the listing form shows.
+
+    Colour and size variants of one catalogue product share its price, and a listing's nearest
+    catalogue products by photo and text are its best evidence; the other regressors learn a smooth
+    function of the features instead, and their errors differ (benchmarks/results/hm_price_cv.md).
+    It is meant as a blend member: ``predict_log_partial`` says which rows it could price.
+
+    The vector is the comparables index's (core.comparables), reduced: each modality is projected
+    by a PCA fitted on the train rows (``components`` per modality), L2-normalised, and the parts
+    are weighted so that the inner product is the mean cosine over the modalities the query has; a
+    modality a training row lacks counts as similarity 0. Neighbours are weighted by
+    similarity ** ``power``. Exact search (a matrix product over the stored rows, in blocks of
+    ``block`` queries); the stored vectors are float16.
+    """
+
+    name = "knn"
+
+    def __init__(self, k: int = 8, power: float = 10.0, components: int = 128, block: int = 1024, seed: int = 0,
+                 warm_max_growth: float = 0.25):
+        self.k = k
+        self.power = power
+        self.components = components
+        self.block = block
+        self.seed = seed
+        self.warm_max_growth = warm_max_growth
+
+    def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
+        """Why ``warm_from``'s projections cannot serve this fit on ``train`` (None when they can): a
+        fitted k-NN regressor whose PCAs read these rows' embedding widths, fitted on a train split
+        these rows differ from by at most ``warm_max_growth`` of its rows."""
+        if not isinstance(warm_from, KNNPriceRegressor) or not hasattr(warm_from, "pca_"):
+            return f"{type(warm_from).__name__} is not a fitted k-NN regressor"
+        for name, m, missing in (("image", train.image, train.missing()[1]), ("text", train.text, train.missing()[0])):
+            pca = warm_from.pca_.get(name)
+            if (pca is None) != bool(missing.all()):
+                return f"it was fitted with{'out' if pca is None else ''} a {name} projection, these rows have " + (
+                    "no" if missing.all() else "") + f" {name} embeddings"
+            if pca is not None and pca.n_features_in_ != m.shape[1]:
+                return f"its {name} PCA reads {pca.n_features_in_} columns, these rows have {m.shape[1]}"
+        if grew_beyond(len(train), warm_from.fitted_rows_, self.warm_max_growth):
+            return (f"it was fitted on {warm_from.fitted_rows_} rows, these are {len(train)}: more than warm_max_growth "
+                    f"{self.warm_max_growth:.0%} apart, its projections are refitted")
+        return None
+
+    def start_note(self) -> str:
+        if not self.warm_started_:
+            return f"cold: {self.warm_note_}"
+        return f"warm (projections fitted on {self.fitted_rows_} rows kept; {len(self.y_)} rows indexed)"
+
+    def _project(self, inputs: PriceInputs) -> tuple[np.ndarray, np.ndarray]:
+        """Per row the weighted, reduced vector (module docstring) and how many modalities it has."""
+        n = len(inputs)
+        parts, present = [], np.zeros(n, np.float32)
+        for name, m, missing in (("image", inputs.image, inputs.missing()[1]), ("text", inputs.text, inputs.missing()[0])):
+            pca = self.pca_.get(name)
+            if pca is None:
+                continue
+            z = np.zeros((n, pca.n_components_), np.float32)
+            have = ~missing
+            if have.any():
+                z[have] = pca.transform(m[have]).astype(np.float32)
+                norms = np.linalg.norm(z[have], axis=1)
+                ok = norms > 0
+                rows = np.flatnonzero(have)
+                z[rows[ok]] /= norms[ok, None]
+                z[rows[~ok]] = 0.0
+                present[rows[ok]] += 1
+            parts.append(z)
+        if not parts:
+            return np.zeros((n, 0), np.float32), present
+        return np.hstack(parts), present
+
+    def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None,
+            warm_from: "KNNPriceRegressor | None" = None) -> "KNNPriceRegressor":
+        """Project and store the train rows. ``warm_from`` (the retrained model's k-NN member, see
+        `warm_start_refusal`): keep its PCA projections instead of fitting them again; every train
+        row is projected and stored either way. ``warm_started_`` / ``warm_note_`` say whether it did."""
+        if start_from(self, warm_from, train, "k-NN regressor"):
+            self.pca_, self.fitted_rows_ = dict(warm_from.pca_), warm_from.fitted_rows_
+        else:
+            t_miss, i_miss = train.missing()
+            self.pca_, self.fitted_rows_ = {}, len(train)
+            for name, m, missing in (("image", train.image, i_miss), ("text", train.text, t_miss)):
+                have = ~missing
+                k = min(self.components, m.shape[1], int(have.sum()) - 1)
+                if k >= 1:
+                    self.pca_[name] = PCA(k, svd_solver="randomized", random_state=self.seed).fit(m[have])
+        v, present = self._project(train)
+        keep = present > 0
+        scale = np.float32(1.0 / np.sqrt(max(len(self.pca_), 1)))
+        self.vectors_ = (v[keep] * scale).astype(np.float16)
+        self.y_ = np.asarray(y, dtype=np.float32)[keep]
+        self.sources_ = _source_codes(train.frame)[keep]
+        self.fallback_ = {s: float(np.mean(self.y_[self.sources_ == s])) for s in np.unique(self.sources_)}
+        self.mean_ = float(np.mean(y))
+        return self
+
+    def predict_log_partial(self, inputs: PriceInputs) -> tuple[np.ndarray, np.ndarray]:
+        """(log price, priced): NaN and False for a row with no embedding the model reads."""
+        n = len(inputs)
+        out = np.full(n, np.nan)
+        q, present = self._project(inputs)
+        has = present > 0
+        if not has.any() or not len(self.y_):
+            return out, np.zeros(n, bool)
+        # sqrt(M) / (modalities present) per query: the inner product is the mean cosine (see class doc).
+        q *= (np.sqrt(len(self.pca_)) / np.maximum(present, 1)).astype(np.float32)[:, None]
+        src = _source_codes(inputs.frame)
+        for s in np.unique(src[has]):
+            cand = np.flatnonzero(self.sources_ == s) if s in self.fallback_ else np.arange(len(self.y_))
+            base = self.vectors_[cand].astype(np.float32)
+            k = min(self.k, len(cand))
+            rows = np.flatnonzero(has & (src == s))
+            for b in range(0, len(rows), self.block):
+                r = rows[b : b + self.block]
+                sims = q[r] @ base.T
+                idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+                w = np.clip(np.take_along_axis(sims, idx, axis=1), 0, None) ** self.power + 1e-12
+                out[r] = (w * self.y_[cand][idx]).sum(axis=1) / w.sum(axis=1)
+        return out, np.isfinite(out)
+
+    def predict_log(self, inputs: PriceInputs) -> np.ndarray:
+        """`predict_log_partial`, with the mean training log price of the row's source (else of all
+        rows) where it has no neighbours."""
+        out, ok = self.predict_log_partial(inputs)
+        if not ok.all():
+            src = _source_codes(inputs.frame)
+            out[~ok] = [self.fallback_.get(s, self.mean_) for s in src[~ok]]
+        return out
+
+
+def _source_codes(frame: pd.DataFrame) -> np.ndarray:
+    if "source" not in frame:
+        return np.array([""] * len(frame), dtype=object)
+    return frame["source"].astype(object).where(frame["source"].notna(), "").astype(str).to_numpy(dtype=object)
+
+
 class BlendPriceRegressor:
     """Weighted average (in log space) of already-fitted regressors; the weight of each is
     chosen on validation by a small grid. Not refitted: it reuses its members."""
@@ -574,19 +713,33 @@ class BlendPriceRegressor:
         else:
             cands = [np.array(w) / sum(w) for w in _simplex(len(self.members), 10)]
         for w in cands:
-            s = float(np.sqrt(np.mean((preds @ w - y_val) ** 2)))
+            s = float(np.sqrt(np.mean((self._combine(preds, w) - y_val) ** 2)))
             if best is None or s < best[0]:
                 best = (s, w)
         self.weights_ = best[1]
         return self
 
     def _member_preds(self, inputs: PriceInputs) -> np.ndarray:
+        """[n, members] log prices; NaN where a member cannot price a row (the k-NN member for a row with
+        no embedding it reads)."""
         # One view per call, with a memo the members share (the stacked ridge); nothing outlives the call.
         shared = PriceInputs(inputs.frame, inputs.text, inputs.image, cache={"stacked": {}}, tokens=inputs.tokens)
-        return np.stack([m.predict_log(shared) for m in self.members], axis=1)
+        return np.stack([m.predict_log_partial(shared)[0] if hasattr(m, "predict_log_partial") else m.predict_log(shared)
+                         for m in self.members], axis=1)
+
+    @staticmethod
+    def _combine(preds: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The weighted mean per row over the members that priced it (weights renormalised); where
+        those members have no weight, the plain mean of them."""
+        ok = np.isfinite(preds)
+        p = np.where(ok, preds, 0.0)
+        ww = ok * w[None, :]
+        total = ww.sum(axis=1)
+        plain = p.sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
+        return np.where(total > 0, (p * ww).sum(axis=1) / np.where(total > 0, total, 1), plain)
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:
-        return self._member_preds(inputs) @ self.weights_
+        return self._combine(self._member_preds(inputs), self.weights_)
 
 
 def _simplex(k: int, steps: int):
@@ -702,8 +855,10 @@ def train_regressor(kind: str, train: PriceInputs, y: np.ndarray, val: PriceInpu
         reg = LightGBMPriceRegressor(**params)
     elif kind == "mlp":
         reg = MLPPriceRegressor(MLPConfig(**params))
+    elif kind == "knn":
+        reg = KNNPriceRegressor(**params)
     else:
-        raise ValueError(f"unknown regressor {kind!r}; expected ridge, lightgbm or mlp")
+        raise ValueError(f"unknown regressor {kind!r}; expected ridge, lightgbm, mlp or knn")
     if warm_from is not None:
         reg.fit(train, y, val, y_val, warm_from=warm_from)
     else:
@@ -720,6 +875,7 @@ __all__ = [
     "LightGBMPriceRegressor",
     "MLPPriceRegressor",
     "MLPConfig",
+    "KNNPriceRegressor",
     "BlendPriceRegressor",
     "PriceModel",
     "train_regressor",

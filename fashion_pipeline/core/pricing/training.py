@@ -24,13 +24,14 @@ from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, ro
 from ..split import group_unit
 from ..token_counts import TokenCounts
 from .price_metrics import regression_metrics
-from .models import (BlendPriceRegressor, LightGBMPriceRegressor, MLPPriceRegressor, PriceModel, RidgePriceRegressor,
-                     log_target, train_regressor)
+from .models import (BlendPriceRegressor, KNNPriceRegressor, LightGBMPriceRegressor, MLPPriceRegressor, PriceModel,
+                     RidgePriceRegressor, log_target, train_regressor)
 
 log = logging.getLogger(__name__)
-DEFAULT_MODELS = ("ridge", "lightgbm", "mlp")
+DEFAULT_MODELS = ("ridge", "lightgbm", "mlp", "knn")
 # The members a retrain continues from the model it retrains (and "router": each form's source router).
-WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor, "ridge": RidgePriceRegressor}
+WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor, "ridge": RidgePriceRegressor,
+                "knn": KNNPriceRegressor}
 WARM_KINDS = (*WARM_CLASSES, "router")
 
 

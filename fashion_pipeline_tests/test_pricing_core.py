@@ -657,3 +657,36 @@ def test_a_retrain_keeps_the_retrained_knn_projections_and_indexes_its_own_rows(
     note = grown.warm_starts["full"]["knn"]
     assert note.startswith("cold: ") and "warm_max_growth" in note
     assert grown.model.forms["full"].price_model.regressor.pca_["image"] is not old.pca_["image"]
+
+
+def test_a_blend_weights_each_source_with_the_members_that_price_it_best():
+    from fashion_pipeline.core.pricing.models import BlendPriceRegressor
+
+    class Column:  # a member whose log prices are given per row: exact for one market, off for the other
+        name = "column"
+
+        def __init__(self, values):
+            self.values = np.asarray(values, float)
+
+        def predict_log(self, inputs):
+            return self.values[inputs.frame["row"].to_numpy()]
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(3, 1, 600)
+    src = np.array(["kaggle"] * 400 + ["hm"] * 200, dtype=object)
+    good_for_kaggle = np.where(src == "kaggle", y, y + rng.normal(0, 1, 600))
+    good_for_hm = np.where(src == "hm", y, y + rng.normal(0, 1, 600))
+    frame = pd.DataFrame({"row": np.arange(600), "source": src})
+    from fashion_pipeline.core.pricing.features import PriceInputs
+
+    val = PriceInputs(frame, np.zeros((600, 1), np.float32), np.zeros((600, 1), np.float32))
+    blend = BlendPriceRegressor([Column(good_for_kaggle), Column(good_for_hm)], min_source_rows=150).fit(None, None, val, y)
+    np.testing.assert_allclose(blend.source_weights_["kaggle"], [1, 0])
+    np.testing.assert_allclose(blend.source_weights_["hm"], [0, 1])
+    assert 0 < blend.weights_[1] < 1  # the pooled choice mixes them
+    np.testing.assert_allclose(blend.predict_log(val), y)
+    # A source with too few validation rows, or one never seen, is weighted by the pooled choice.
+    few = BlendPriceRegressor([Column(good_for_kaggle), Column(good_for_hm)], min_source_rows=300).fit(None, None, val, y)
+    assert set(few.source_weights_) == {"kaggle"}
+    other = PriceInputs(frame.assign(source="elsewhere"), val.text, val.image)
+    np.testing.assert_allclose(few.predict_log(other), np.stack([good_for_kaggle, good_for_hm], 1) @ few.weights_)

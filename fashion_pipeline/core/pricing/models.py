@@ -696,27 +696,42 @@ def _source_codes(frame: pd.DataFrame) -> np.ndarray:
 
 
 class BlendPriceRegressor:
-    """Weighted average (in log space) of already-fitted regressors; the weight of each is
-    chosen on validation by a small grid. Not refitted: it reuses its members."""
+    """Weighted average (in log space) of already-fitted regressors; the weights are chosen on
+    validation by a small grid, once over all rows and again per source with at least
+    ``min_source_rows`` validation rows (the members' worth differs by market: the k-NN member helps
+    H&M listings much more than Myntra's, whose rows dominate the pooled choice). A row is weighted by
+    its source's weights (the stated or routed source), else the pooled ones. Not refitted: it
+    reuses its members."""
 
     name = "blend"
 
-    def __init__(self, members: list):
+    def __init__(self, members: list, min_source_rows: int = 200):
         self.members = members
+        self.min_source_rows = min_source_rows
 
-    def fit(self, train, y, val: PriceInputs, y_val):
-        preds = self._member_preds(val)
-        best = None
+    def _best_weights(self, preds: np.ndarray, y: np.ndarray) -> np.ndarray:
         grid = np.linspace(0, 1, 11)
         if len(self.members) == 2:
             cands = [np.array([w, 1 - w]) for w in grid]
         else:
             cands = [np.array(w) / sum(w) for w in _simplex(len(self.members), 10)]
+        best = None
         for w in cands:
-            s = float(np.sqrt(np.mean((self._combine(preds, w) - y_val) ** 2)))
+            s = float(np.sqrt(np.mean((self._combine(preds, w) - y) ** 2)))
             if best is None or s < best[0]:
                 best = (s, w)
-        self.weights_ = best[1]
+        return best[1]
+
+    def fit(self, train, y, val: PriceInputs, y_val):
+        preds = self._member_preds(val)
+        y_val = np.asarray(y_val, dtype=np.float64)
+        self.weights_ = self._best_weights(preds, y_val)
+        self.source_weights_ = {}
+        src = _source_codes(val.frame)
+        for s in np.unique(src):
+            rows = src == s
+            if s and rows.sum() >= self.min_source_rows:
+                self.source_weights_[s] = self._best_weights(preds[rows], y_val[rows])
         return self
 
     def _member_preds(self, inputs: PriceInputs) -> np.ndarray:
@@ -739,7 +754,16 @@ class BlendPriceRegressor:
         return np.where(total > 0, (p * ww).sum(axis=1) / np.where(total > 0, total, 1), plain)
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:
-        return self._combine(self._member_preds(inputs), self.weights_)
+        preds = self._member_preds(inputs)
+        out = self._combine(preds, self.weights_)
+        by_source = getattr(self, "source_weights_", {})  # models stored before per-source weights have none
+        if by_source:
+            src = _source_codes(inputs.frame)
+            for s, w in by_source.items():
+                rows = src == s
+                if rows.any():
+                    out[rows] = self._combine(preds[rows], w)
+        return out
 
 
 def _simplex(k: int, steps: int):

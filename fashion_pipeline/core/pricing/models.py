@@ -569,13 +569,14 @@ class KNNPriceRegressor:
     by a PCA fitted on the train rows (``components`` per modality), L2-normalised, and the parts
     are weighted so that the inner product is the mean cosine over the modalities the query has; a
     modality a training row lacks counts as similarity 0. Neighbours are weighted by
-    similarity ** ``power``. Exact search (a matrix product over the stored rows, in blocks of
-    ``block`` queries); the stored vectors are float16.
+    similarity ** ``power``. Exact search (faiss ``IndexFlatIP`` over the stored rows, ``block``
+    queries at a time: 4k listings against 30k rows in ~0.5 s on 2 cores, against 2.4–7.6 s for a numpy
+    product and argpartition); the stored vectors are float16.
     """
 
     name = "knn"
 
-    def __init__(self, k: int = 8, power: float = 10.0, components: int = 128, block: int = 1024, seed: int = 0,
+    def __init__(self, k: int = 8, power: float = 10.0, components: int = 128, block: int = 8192, seed: int = 0,
                  warm_max_growth: float = 0.25):
         self.k = k
         self.power = power
@@ -665,17 +666,20 @@ class KNNPriceRegressor:
             return out, np.zeros(n, bool)
         # sqrt(M) / (modalities present) per query: the inner product is the mean cosine (see class doc).
         q *= (np.sqrt(len(self.pca_)) / np.maximum(present, 1)).astype(np.float32)[:, None]
+        from fashion_pipeline.core.comparables import _faiss
+
+        faiss = _faiss()
         src = _source_codes(inputs.frame)
         for s in np.unique(src[has]):
             cand = np.flatnonzero(self.sources_ == s) if s in self.fallback_ else np.arange(len(self.y_))
-            base = self.vectors_[cand].astype(np.float32)
+            index = faiss.IndexFlatIP(self.vectors_.shape[1])  # exact search; built per call (a copy of the rows)
+            index.add(np.ascontiguousarray(self.vectors_[cand], dtype=np.float32))
             k = min(self.k, len(cand))
             rows = np.flatnonzero(has & (src == s))
             for b in range(0, len(rows), self.block):
                 r = rows[b : b + self.block]
-                sims = q[r] @ base.T
-                idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-                w = np.clip(np.take_along_axis(sims, idx, axis=1), 0, None) ** self.power + 1e-12
+                sims, idx = index.search(np.ascontiguousarray(q[r]), k)
+                w = np.clip(sims, 0, None).astype(np.float64) ** self.power + 1e-12
                 out[r] = (w * self.y_[cand][idx]).sum(axis=1) / w.sum(axis=1)
         return out, np.isfinite(out)
 

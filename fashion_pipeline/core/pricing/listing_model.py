@@ -27,11 +27,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
-from fashion_pipeline.core.split import grew_beyond
 from fashion_pipeline.core.token_counts import tfidf_transform
 
 from .features import PriceInputs, _clean_str, clean_column, regime_view, zero_nans_
-from .models import PriceModel, start_from
+from .models import PriceModel, growth_refusal, start_from
 
 FORMS = ("full", "sparse", "image")
 
@@ -81,10 +80,7 @@ class SourceRouter:
                 "" if has_text else " no") + " text"
         if warm_from.pca_ is not None and warm_from.pca_.n_features_in_ != inputs.image.shape[1]:
             return f"its photo PCA reads {warm_from.pca_.n_features_in_} columns, these rows have {inputs.image.shape[1]}"
-        if grew_beyond(len(inputs), rows, self.warm_max_growth):
-            return (f"it was fitted on {rows} rows, these are {len(inputs)}: more than warm_max_growth "
-                    f"{self.warm_max_growth:.0%} apart, its TF-IDF and PCA are refitted")
-        return None
+        return growth_refusal(len(inputs), rows, self.warm_max_growth, "it was", "its TF-IDF and PCA are refitted")
 
     def start_note(self) -> str:
         if not self.warm_started_:

@@ -31,6 +31,15 @@ def _groups(inputs: PriceInputs) -> np.ndarray:
     return (f["group_id"] if "group_id" in f.columns else f["product_id"]).astype(str).to_numpy()
 
 
+def growth_refusal(rows_now: int, rows_then: int, share: float, kept: str, refitted: str) -> str | None:
+    """A warm start's refusal when the train split moved more than ``share`` from the ``rows_then`` rows
+    ``kept`` (what the warm start keeps) was fitted on (`core.split.grew_beyond`), else None."""
+    if grew_beyond(rows_now, rows_then, share):
+        return (f"{kept} fitted on {rows_then} rows, these are {rows_now}: more than warm_max_growth "
+                f"{share:.0%} apart, {refitted}")
+    return None
+
+
 def start_from(model, warm_from, train: PriceInputs, name: str) -> bool:
     """The start of a fit asked to continue ``warm_from``: sets ``model.warm_started_`` and ``warm_note_``
     (``model.warm_start_refusal``'s reason, "" when it starts warm or was not asked to) and logs a refusal."""
@@ -75,10 +84,7 @@ class RidgePriceRegressor:
         width = train.text.shape[1] + train.image.shape[1] + 2
         if self.use_embeddings and len(scaler.mean_) != width:
             return f"its featurizer reads {len(scaler.mean_) - 2} embedding columns, these rows have {width - 2}"
-        if grew_beyond(len(train), rows, self.warm_max_growth):
-            return (f"its featurizer was fitted on {rows} rows, these are {len(train)}: more than "
-                    f"warm_max_growth {self.warm_max_growth:.0%} apart, the featurizer is refitted")
-        return None
+        return growth_refusal(len(train), rows, self.warm_max_growth, "its featurizer was", "the featurizer is refitted")
 
     def start_note(self) -> str:
         """How a fit asked to warm-start began: the featurizer it kept and LSQR's iterations, or why cold."""
@@ -598,10 +604,8 @@ class KNNPriceRegressor:
                     "no" if missing.all() else "") + f" {name} embeddings"
             if pca is not None and pca.n_features_in_ != m.shape[1]:
                 return f"its {name} PCA reads {pca.n_features_in_} columns, these rows have {m.shape[1]}"
-        if grew_beyond(len(train), warm_from.fitted_rows_, self.warm_max_growth):
-            return (f"it was fitted on {warm_from.fitted_rows_} rows, these are {len(train)}: more than warm_max_growth "
-                    f"{self.warm_max_growth:.0%} apart, its projections are refitted")
-        return None
+        return growth_refusal(len(train), warm_from.fitted_rows_, self.warm_max_growth, "it was",
+                              "its projections are refitted")
 
     def start_note(self) -> str:
         if not self.warm_started_:

@@ -659,6 +659,33 @@ def test_a_retrain_keeps_the_retrained_knn_projections_and_indexes_its_own_rows(
     assert grown.model.forms["full"].price_model.regressor.pca_["image"] is not old.pca_["image"]
 
 
+def test_the_published_knn_member_searches_the_validation_rows_too_but_not_calibration_or_test_rows():
+    from fashion_pipeline.core.pricing.models import KNNPriceRegressor
+    from fashion_pipeline.core.pricing.training import calibration_groups, priced_rows
+
+    df, _ = priced_rows(clean_sample())
+    rng = np.random.default_rng(0)
+    df = df.assign(price_usd=rng.uniform(5, 200, len(df)))  # distinct prices: no row matches another's by chance
+    ids = df["product_id"].tolist()
+    image, text = rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32)
+    res = train_price_models(df, (ids, image, text), models=("knn",), forms=("full",), params={"knn": {"k": 1}})
+    knn = res.model.forms["full"].price_model.regressor
+    assert isinstance(knn, KNNPriceRegressor)
+    cal = calibration_groups(df["group_id"], 0.125) & (df["split"] == "train").to_numpy()
+    role = np.where(cal, "calibration", df["split"].to_numpy())
+    y = np.log1p(df["price_usd"].to_numpy(float))
+    got = knn.predict_log(_knn_inputs(image, text, df["source"].tolist()))
+    exact = np.isclose(got, y, atol=1e-3)
+    # With one neighbour a searched row prices itself; a row kept out of the search (random vectors) does not.
+    for split, searched in (("train", True), ("validation", True), ("calibration", False), ("test", False)):
+        rows = role == split
+        assert rows.sum() >= 3, split
+        assert exact[rows].all() if searched else not exact[rows].any(), split
+    assert len(knn.y_) == int(np.isin(role, ["train", "validation"]).sum())
+    # The choice was made on validation before those rows joined: its score is not a self-match.
+    assert res.selection.set_index("model").loc["knn", "rmsle"] > 0.05
+
+
 def test_a_blend_weights_each_source_with_the_members_that_price_it_best():
     from fashion_pipeline.core.pricing.models import BlendPriceRegressor
 

@@ -650,15 +650,29 @@ class KNNPriceRegressor:
                 k = min(self.components, m.shape[1], int(have.sum()) - 1)
                 if k >= 1:
                     self.pca_[name] = PCA(k, svd_solver="randomized", random_state=self.seed).fit(m[have])
-        v, present = self._project(train)
-        keep = present > 0
-        scale = np.float32(1.0 / np.sqrt(max(len(self.pca_), 1)))
-        self.vectors_ = (v[keep] * scale).astype(np.float16)
-        self.y_ = np.asarray(y, dtype=np.float32)[keep]
-        self.sources_ = _source_codes(train.frame)[keep]
+        self.vectors_, self.y_, self.sources_ = self._stored(train, y)
         self.fallback_ = {s: float(np.mean(self.y_[self.sources_ == s])) for s in np.unique(self.sources_)}
         self.mean_ = float(np.mean(y))
         return self
+
+    def _stored(self, inputs: PriceInputs, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(float16 vectors, log prices, source codes) of the rows with an embedding the model reads."""
+        v, present = self._project(inputs)
+        keep = present > 0
+        scale = np.float32(1.0 / np.sqrt(max(len(self.pca_), 1)))
+        return ((v[keep] * scale).astype(np.float16), np.asarray(y, dtype=np.float32)[keep],
+                _source_codes(inputs.frame)[keep])
+
+    def index_more(self, inputs: PriceInputs, y: np.ndarray) -> int:
+        """Add labelled rows to the searched rows (projected by the fitted PCAs, which stay as they
+        are; the fallback means stay the train rows'). Training adds the validation rows once the
+        blend weights are chosen, so a listing's neighbours come from every row not kept for
+        calibration or test. Returns how many rows were added (rows without a read embedding are not)."""
+        v, yy, src = self._stored(inputs, y)
+        self.vectors_ = np.vstack([self.vectors_, v])
+        self.y_ = np.concatenate([self.y_, yy])
+        self.sources_ = np.concatenate([self.sources_, src])
+        return len(yy)
 
     def predict_log_partial(self, inputs: PriceInputs) -> tuple[np.ndarray, np.ndarray]:
         """(log price, priced): NaN and False for a row with no embedding the model reads."""

@@ -5,7 +5,9 @@ Rows and what each is for (nothing is used twice):
 - train (less its calibration share): fit every candidate regressor and the source routers;
 - calibration (a stable hash of ``group_id`` takes ``calibration_fraction`` of the train groups):
   conformal intervals only;
-- validation: alphas, early stopping, blend weights, and the choice of candidate per form;
+- validation: alphas, early stopping, blend weights, and the choice of candidate per form; then,
+  with every choice made, they join the rows the chosen model's k-NN member searches (before
+  calibration, so the intervals are calibrated on the model that is published);
 - test: untouched here. It is scored through the listing path (core.pricing.listing_eval) to
   report and to gate.
 """
@@ -194,6 +196,10 @@ def train_price_models(
             selection.append({"form": form, "model": kind, "split": "validation", "n": m["n"],
                               "rmsle": m["rmsle"], "r2_log": m["r2_log"], "mae": m["mae"]})
         pick = chosen[form] if chosen.get(form) in cands else min(val_scores, key=val_scores.get)
+        knn = _member(cands[pick], KNNPriceRegressor)
+        if knn is not None:  # weights chosen: the validation rows join the searched rows (calibration sees them)
+            added = knn.index_more(fva, y_va)
+            progress(f"{form}: the k-NN member now searches {len(knn.y_)} rows ({added} validation rows added)")
         previous_router = getattr(warm.get(form), "router", None) if "router" in warm_kinds and form in chosen else None
         router = SourceRouter(**params.get("router", {})).fit(ftr, warm_from=previous_router)
         if previous_router is not None:

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     import numpy as np
     import pandas as pd
 
-    faiss = cmp._faiss()
+    faiss = cmp.load_faiss()
     coretype = os.environ.get("OPENBLAS_CORETYPE") or "(OpenBLAS detection)"
     from fashion_pipeline.core.pricing.features import IMAGE_DIM, TEXT_DIM
 

@@ -85,7 +85,7 @@ def openblas_coretype_hint(cpuinfo: str | None = None) -> str | None:
     return None
 
 
-def _faiss():
+def load_faiss():
     """faiss, imported lazily (scoring without comparables must not need it). Before the first
     import, OPENBLAS_CORETYPE is set from the CPU's flags unless the environment sets it (see
     `openblas_coretype_hint`; numpy's own OpenBLAS is already loaded and unaffected)."""
@@ -160,7 +160,7 @@ def _catalogue_vectors(items: pd.DataFrame, image: np.ndarray | None, text: np.n
 
 
 def _info(index, dims: dict[str, int], counts: dict[str, int], t0: float) -> dict:
-    faiss = _faiss()
+    faiss = load_faiss()
     return {"format": FORMAT_VERSION, "metric": "inner product of weighted, L2-normalised image+text",
             "faiss_index": type(index).__name__, "faiss_version": getattr(faiss, "__version__", "?"),
             "size": int(index.ntotal), "dimension": int(index.d), "dims": dims, **counts,
@@ -184,7 +184,7 @@ class ComparablesIndex:
         Rows with neither embedding are left out and counted in ``info``."""
         t0 = time.perf_counter()
         vectors, kept, dims, counts = _catalogue_vectors(items, image, text, image_dim, text_dim)
-        faiss = _faiss()
+        faiss = load_faiss()
         d = vectors.shape[1]
         if len(vectors) >= hnsw_min_rows:
             index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -324,7 +324,7 @@ class ComparablesIndex:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _faiss().write_index(self.index, str(folder / INDEX_FILE))
+        load_faiss().write_index(self.index, str(folder / INDEX_FILE))
         self.items.to_parquet(folder / ITEMS_FILE, index=False)
         meta = {**self.info, "format": FORMAT_VERSION, "dims": self.dims, "size": self.size,
                 "dimension": self.dimension, "item_columns": list(ITEM_COLUMNS)}
@@ -340,7 +340,7 @@ class ComparablesIndex:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{folder}: comparables format {meta.get('format')!r}, this code reads {FORMAT_VERSION}")
-        index = _faiss().read_index(str(folder / INDEX_FILE))
+        index = load_faiss().read_index(str(folder / INDEX_FILE))
         if hasattr(index, "hnsw"):
             index.hnsw.efSearch = HNSW_EF_SEARCH
         items = pd.read_parquet(folder / ITEMS_FILE)

@@ -684,9 +684,9 @@ class KNNPriceRegressor:
             return out, np.zeros(n, bool)
         # sqrt(M) / (modalities present) per query: the inner product is the mean cosine (see class doc).
         q *= (np.sqrt(len(self.pca_)) / np.maximum(present, 1)).astype(np.float32)[:, None]
-        from fashion_pipeline.core.comparables import _faiss
+        from fashion_pipeline.core.comparables import load_faiss
 
-        faiss = _faiss()
+        faiss = load_faiss()
         src = _source_codes(inputs.frame)
         for s in np.unique(src[has]):
             cand = np.flatnonzero(self.sources_ == s) if s in self.fallback_ else np.arange(len(self.y_))

@@ -287,6 +287,24 @@ def test_the_mlp_trains_on_cuda_in_float16_and_the_stored_model_predicts_on_the_
     assert warm.history_[0]["val_rmse_log"] == pytest.approx(best(cpu), abs=1e-2)
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_mixed_precision_on_a_cpu_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, native_bf16):
+    # On a CPU without AVX512-BF16 / AMX, bf16 is emulated (the 'full' MLP fit on the full data: 497 s,
+    # against 65 s in fp32). There the mixed-precision fit must be the fp32 fit.
+    import fashion_pipeline.core.encoders.base as base
+
+    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: native_bf16)
+    tr, va, te = sample_splits()
+    y_tr, y_va = (log_target(s.frame["price_usd"]) for s in (tr, va))
+    cfg = dict(epochs=3, hidden=32, device="cpu")
+    mixed = MLPPriceRegressor(MLPConfig(**cfg)).fit(tr, y_tr, va, y_va)
+    fp32 = MLPPriceRegressor(MLPConfig(**cfg, mixed_precision=False)).fit(tr, y_tr, va, y_va)
+    assert fp32.precision_ == "fp32"
+    assert mixed.precision_ == ("bf16" if native_bf16 else "fp32")
+    same = np.array_equal(mixed.predict_log(te), fp32.predict_log(te))
+    assert same is not native_bf16  # identical fp32 fits without native bf16; bf16 rounding shows with it
+
+
 def test_a_blend_transforms_its_members_shared_stacking_ridge_once_per_prediction():
     from fashion_pipeline.core.pricing.models import BlendPriceRegressor
 

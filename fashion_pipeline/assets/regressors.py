@@ -87,7 +87,8 @@ class RegressorConfig(dg.Config):
     mlp_device: str = Field(default=get_profile().device,
                             description="torch device for the MLP: 'cpu' or 'cuda' (a GPU machine); default: the profile's.")
     mixed_precision: bool = Field(default=True,
-                                  description="torch.autocast: bfloat16 on CPU, float16 + GradScaler on CUDA.")
+                                  description="torch.autocast for the MLP: float16 + GradScaler on CUDA, bfloat16 on a CPU "
+                                              "with native bf16 (AVX512-BF16 / AMX), float32 on other CPUs.")
     threads: int | None = Field(default=None, ge=1, description=(
         "Threads for LightGBM and for the listing evaluation's recipe fits; default: the cores available to the "
         "run's process."))

@@ -221,7 +221,10 @@ def machine_info() -> dict:
             versions[pkg] = importlib_metadata.version(pkg)
         except importlib_metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
+    from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "native_bf16": cpu_has_native_bf16(),
+            "python": platform.python_version(),
             "platform": platform.platform(), "load_avg_at_start": os.getloadavg(), "versions": versions}
 
 
@@ -344,7 +347,9 @@ def portable_command(argv: list[str]) -> str:
 def write_report(results: list[dict], info: dict, out: Path) -> Path:
     plot(results, out / "stages.png")
     lines = ["# Pipeline benchmark", "",
-             f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; Python {info['python']}; "
+             f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}, "
+             f"{'native' if info.get('native_bf16') else 'no native'} bf16 (AVX512-BF16 / AMX: the encoders and "
+             f"the price MLP run in {'bf16' if info.get('native_bf16') else 'fp32'}); Python {info['python']}; "
              f"load average at start {tuple(round(x, 1) for x in info['load_avg_at_start'])} (shared machine).",
              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), "",
              "Command: `" + portable_command(sys.argv) + "`", "",

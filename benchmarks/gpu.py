@@ -130,7 +130,7 @@ def mlp(products: pd.DataFrame, n_rows: int, epochs: int) -> list[dict]:
             t0 = time.perf_counter()
             reg = MLPPriceRegressor(cfg).fit(train, y_tr, val, y_va)
             times[n_epochs] = time.perf_counter() - t0
-        precision = ("fp16 + GradScaler" if device.startswith("cuda") else "bf16") if amp else "fp32"
+        precision = reg.precision_ + (" + GradScaler" if reg.precision_ == "fp16" else "")
         row = {"device": device, "precision": precision, "train_rows": len(train),
                "dense_columns": len(reg.scaler_.mean_) + (reg.text_ridge_ is not None),
                "fit_s_0_epochs": times[0], f"fit_s_{epochs}_epochs": times[epochs],

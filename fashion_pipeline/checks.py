@@ -13,8 +13,9 @@ from fashion_pipeline.core.pricing.gate import price_gate
 @dg.asset_check(asset=regressor_metrics, blocking=True,
                 description="Refuses a candidate price model whose RMSLE on the test split's listings (forms full, "
                             "title+photo, photo; scored through the CLI's code path) is more than 1% worse than the "
-                            "published model's on the same listings (5% on one source), more than 5% worse than the "
-                            "TF-IDF recipe's, or whose 80% interval coverage is more than 10 points off. Blocking: "
+                            "published model's on the same listings (5% on one source with 30 or more paired "
+                            "listings), more than 5% worse than the TF-IDF recipe's, or whose 80% interval coverage "
+                            "is more than 10 points off. Blocking: "
                             "published_price_regressor does not run.")
 def price_regressor_gate(regressor_metrics: pd.DataFrame) -> dg.AssetCheckResult:
     decision = price_gate(regressor_metrics, GATE_FORMS)

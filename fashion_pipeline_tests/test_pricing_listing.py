@@ -397,6 +397,25 @@ def test_price_gate_margins_on_listing_metrics():
     assert price_gate(no_photo, listing_eval.GATE_FORMS).passed
 
 
+def test_the_gate_judges_a_source_alone_only_on_30_or_more_paired_listings():
+    rows = []
+    for form in listing_eval.GATE_FORMS:
+        for source, cand, pub, n in (("all", 0.30, 0.30, 200), ("hm", 0.64, 0.52, 8), ("kaggle", 0.30, 0.30, 192)):
+            rows.append({"model": "candidate", "form": form, "source": source, "rmsle": cand, "recipe_rmsle": 0.35,
+                         "coverage": 0.8})
+            rows.append({"model": "published", "form": form, "source": source, "rmsle": pub, "recipe_rmsle": 0.35,
+                         "coverage": 0.8, "n_paired": n, "rmsle_diff_se": 0.03})
+    table = pd.DataFrame(rows)
+    few = price_gate(table, listing_eval.GATE_FORMS)  # H&M +23% on 8 listings: too few to judge alone
+    assert few.passed
+    assert any("[hm]: 8 paired listings, fewer than 30" in r for r in few.reasons)
+    assert not any(c["reference"].startswith("published [full, hm]") for c in few.comparisons)
+    table.loc[(table["model"] == "published") & (table["source"] == "hm"), "n_paired"] = 30
+    enough = price_gate(table, listing_eval.GATE_FORMS)  # the same gap on 30 listings: refused
+    assert not enough.passed
+    assert any(c["reference"] == "published [full, hm]" and not c["ok"] for c in enough.comparisons)
+
+
 def test_the_gate_widens_its_tolerance_to_two_standard_errors_of_the_paired_difference():
     table = _gate_table(0.2600, 0.2550, 0.30)  # +2% vs published: refused by the fixed 1%
     published = table["model"] == "published"

@@ -426,14 +426,11 @@ class MLPPriceRegressor:
         multiplies bf16 in hardware (AVX512-BF16 or AMX); float32 elsewhere, where bf16 is emulated
         (the 'full' form's MLP on the full data, stacked ridge included, took 497 s in bf16 and
         65 s in fp32 on a 2-core AVX2 EPYC)."""
-        from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
+        from fashion_pipeline.core.encoders.base import autocast, resolve_precision
 
-        if self.config.mixed_precision:
-            if device.type == "cuda":
-                return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda"), "fp16"
-            if device.type == "cpu" and cpu_has_native_bf16():
-                return torch.autocast("cpu", dtype=torch.bfloat16), None, "bf16"
-        return torch.autocast(device_type=device.type, enabled=False), None, "fp32"
+        precision = resolve_precision("auto", str(device)) if self.config.mixed_precision else "fp32"
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        return autocast(str(device), precision), scaler, precision
 
     def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
         """Why ``warm_from`` cannot seed this fit on ``train`` (None when it can): it must be a fitted

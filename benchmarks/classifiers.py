@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dec-max-iter", type=int, default=2000)
     ap.add_argument("--neural-patience", type=int, default=PIPELINE.neural_patience)
     ap.add_argument("--neural-hidden", type=int, default=PIPELINE.neural_hidden)
+    ap.add_argument("--neural-ensemble", type=int, default=PIPELINE.neural_ensemble,
+                    help="networks averaged per neural model (the pipeline's neural_ensemble)")
     ap.add_argument("--max-train-rows", default="xgboost=8000,lightgbm=10000,extra_trees=10000,knn=15000",
                     help="per-model caps on training rows, name=n,...")
     ap.add_argument("--embeddings-note", default="", help="how the embeddings were produced (goes into the report)")
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
         regimes=tuple(args.regimes.split(",")), classical=tuple(m for m in args.classical.split(",") if m),
         neural=tuple(m for m in args.neural.split(",") if m),
         neural_config=NeuralConfig(epochs=args.neural_epochs, patience=args.neural_patience, hidden=args.neural_hidden,
-                                   seed=PIPELINE.seed, n_threads=THREADS),
+                                   ensemble=args.neural_ensemble, seed=PIPELINE.seed, n_threads=THREADS),
         featurizer={"svd_components": PIPELINE.svd_components, "image_components": PIPELINE.image_components},
         max_train_rows=caps, seed=PIPELINE.seed, n_threads=THREADS, brand_mask_rate=PIPELINE.brand_mask_rate,
     )

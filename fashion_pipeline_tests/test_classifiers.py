@@ -266,6 +266,48 @@ def test_a_warm_started_network_fine_tunes_a_copy_and_never_ends_worse_on_valida
     assert cold["warm_start"].startswith("cold: its width 64") and [h["epoch"] for h in cold["history"]] == [0]
 
 
+def test_an_ensemble_serves_the_mean_probability_of_networks_trained_from_consecutive_seeds(frame):
+    from sklearn.metrics import f1_score
+
+    from fashion_pipeline.core.models.fusion import MultiTaskEnsemble, predict_multitask, train_multitask
+
+    data, k = _image_task_data(frame)
+    (xt, yt), (xv, yv) = data["train"], data["validation"]
+
+    def fit(**cfg):
+        return train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k},
+                               NeuralConfig(epochs=4, patience=5, hidden=32, **cfg))
+
+    ens, info = fit(seed=7, ensemble=3)
+    assert isinstance(ens, MultiTaskEnsemble) and len(ens.members) == 3
+    # Member i is the network a single fit from seed 7 + i gives.
+    for i, member in enumerate(ens.members):
+        alone, _ = fit(seed=7 + i)
+        assert all(torch_equal(t, alone.state_dict()[n]) for n, t in member.state_dict().items())
+    p = predict_multitask(ens, xv)["category"]
+    mean = np.mean([predict_multitask(m, xv)["category"] for m in ens.members], axis=0)
+    np.testing.assert_allclose(p, mean, rtol=1e-5, atol=1e-6)
+    m = yv >= 0
+    assert info["best_val_macro_f1"] == pytest.approx(
+        f1_score(yv[m], mean[m].argmax(axis=1), average="macro", zero_division=0))
+    assert info["best_epoch"] == [i["best_epoch"] for i in info["members"]] and len(info["members"]) == 3
+    assert info["epochs_run"] == sum(i["epochs_run"] for i in info["members"])
+    # A retrain fine-tunes member i from stored member i; an ensemble of another size starts cold.
+    warm, winfo = train_multitask(xt[::2], {"category": yt[::2]}, xv, {"category": yv}, {"category": k},
+                                  NeuralConfig(epochs=4, hidden=32, ensemble=3, warm_epochs=1), init=ens)
+    assert winfo["warm_start"] == "warm" and [h["epoch"] for h in winfo["members"][2]["history"]] == [-1, 0]
+    assert all(torch_equal(w.x_mean, e.x_mean) for w, e in zip(warm.members, ens.members))
+    kept, _ = train_multitask(xt[::2], {"category": yt[::2]}, xv, {"category": yv}, {"category": k},
+                              NeuralConfig(hidden=32, ensemble=3, warm_epochs=0), init=ens)
+    assert all(torch_equal(t, e.state_dict()[n]) for w, e in zip(kept.members, ens.members)
+               for n, t in w.state_dict().items())  # no epoch: each member keeps its own starting weights
+    _, cold = train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k},
+                              NeuralConfig(epochs=1, hidden=32, ensemble=2), init=ens)
+    assert cold["warm_start"] == "cold: it averages 3 network(s), the configured ensemble 2"
+    with pytest.raises(ValueError, match="ensemble must be 1 or more"):
+        fit(ensemble=0)
+
+
 def test_a_cuda_device_on_a_machine_without_cuda_is_a_clear_error():
     import torch
 

@@ -88,6 +88,33 @@ class MultiTaskNet(nn.Module):
         return {t: head(h) for t, head in self.heads.items()}
 
 
+
+class MultiTaskEnsemble(nn.Module):
+    """Multitask networks of one shape trained from different seeds; predicts their mean probabilities.
+
+    ``forward`` returns per task the log of the members' mean softmax (log-sum-exp of their log-softmax
+    minus log n), so a softmax of it, as `predict_multitask` takes, is exactly the mean probability."""
+
+    def __init__(self, members: list[MultiTaskNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def heads(self) -> nn.ModuleDict:
+        return self.members[0].heads
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        outs = [m(x, tokens) for m in self.members]
+        log_n = float(np.log(len(outs)))
+        return {t: torch.logsumexp(torch.stack([torch.log_softmax(o[t], dim=1) for o in outs]), dim=0) - log_n
+                for t in outs[0]}
+
+
+def ensemble_members(net: nn.Module) -> list[MultiTaskNet]:
+    """The networks whose probabilities ``net`` averages (itself alone for a single network)."""
+    return list(net.members) if isinstance(net, MultiTaskEnsemble) else [net]
+
+
 @dataclass
 class NeuralConfig:
     epochs: int = 30
@@ -99,6 +126,11 @@ class NeuralConfig:
     dropout: float = 0.3
     seed: int = 0
     n_threads: int = 2
+    # Networks trained from seeds seed, seed+1, ... whose probabilities are averaged (1: one network).
+    # Measured on the full development data, image_cnn, photo-only test macro-F1 category / gender / usage
+    # over 9 seeds: one network 0.895 / 0.680 / 0.529 (sd 0.007 / 0.015 / 0.011), 3 averaged 0.903 /
+    # 0.696 / 0.544 (sd 0.004 / 0.007 / 0.008), 5 averaged 0.904 / 0.700 / 0.546; validation alike.
+    ensemble: int = 1
     # Class weights are the balanced weights raised to this power (1 = fully balanced, 0 = none).
     class_weight_power: float = 0.5
     # A warm start (train_multitask(init=...): a retrain of a fitted network on fresh rows) fine-tunes
@@ -118,7 +150,20 @@ WARM_STARTABLE = ("image_cnn",)
 
 def warm_start_refusal(init: "MultiTaskNet", in_dim: int, n_classes: dict[str, int], cfg: NeuralConfig,
                        with_text: bool) -> str | None:
-    """Why ``init`` cannot seed a fit of this shape (None when it can)."""
+    """Why ``init`` cannot seed a fit of this shape (None when it can). An ensemble seeds one of the same
+    size, member by member."""
+    members = ensemble_members(init) if isinstance(init, nn.Module) else [init]
+    if len(members) != cfg.ensemble:
+        return f"it averages {len(members)} network(s), the configured ensemble {cfg.ensemble}"
+    for member in members:
+        why = _member_refusal(member, in_dim, n_classes, cfg, with_text)
+        if why:
+            return why
+    return None
+
+
+def _member_refusal(init: "MultiTaskNet", in_dim: int, n_classes: dict[str, int], cfg: NeuralConfig,
+                    with_text: bool) -> str | None:
     if not isinstance(init, MultiTaskNet):
         return f"{type(init).__name__} is not a multitask network"
     if (init.text is not None) != with_text:
@@ -182,8 +227,8 @@ def train_multitask(
     tok_val: np.ndarray | None = None,
     vocab_size: int | None = None,
     log=None,
-    init: MultiTaskNet | None = None,
-) -> tuple[MultiTaskNet, dict]:
+    init: "MultiTaskNet | MultiTaskEnsemble | None" = None,
+) -> tuple["MultiTaskNet | MultiTaskEnsemble", dict]:
     """Train with AdamW; stop when the mean validation macro-F1 over the tasks has not improved for
     ``patience`` epochs and restore the best epoch's weights. Labels are int codes, -1 = unknown (no
     loss). Returns the network and {epochs_run, best_epoch, best_val_macro_f1, history (per epoch: train
@@ -195,21 +240,62 @@ def train_multitask(
     own validation score counts as epoch -1, so the result never ends worse on ``x_val`` than it
     started. ``init`` itself is not changed. ``warm_start`` in the info: "warm", or "cold: <why>".
 
+    ``cfg.ensemble`` > 1: that many networks from seeds ``cfg.seed``, ``cfg.seed + 1``, ... each trained
+    (and early-stopped) as above, returned as one `MultiTaskEnsemble`; ``init`` must then be an ensemble of
+    the same size (member i seeds member i). Its info: epochs_run summed, best_epoch per member,
+    best_val_macro_f1 the ensemble's own, seconds summed, history the members' (with their index under
+    "network"), members (each member's info).
+
     ``cfg.device``: where the network trains (float32; the training rows are moved there once); the
     returned network is on the CPU."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"neural classifiers: device {cfg.device!r} asked for, but CUDA is not available "
                          "on this machine; set the device to 'cpu' or run on a GPU node")
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    if cfg.ensemble < 1:
+        raise ValueError(f"neural classifiers: ensemble must be 1 or more networks, got {cfg.ensemble}")
+    refusal = None if init is None else warm_start_refusal(init, x_train.shape[1], n_classes, cfg,
+                                                           tok_train is not None)
+    inits = ensemble_members(init) if init is not None and refusal is None else [None] * cfg.ensemble
+    nets, infos = [], []
+    for i, member_init in enumerate(inits):
+        member_log = log
+        if log is not None and cfg.ensemble > 1:
+            def member_log(msg, i=i):
+                log(f"network {i + 1}/{cfg.ensemble}: {msg}")
+        net, info = _train_network(x_train, y_train, x_val, y_val, n_classes, cfg, cfg.seed + i, tok_train, tok_val,
+                                   vocab_size, member_log, member_init, refusal)
+        nets.append(net)
+        infos.append(info)
+    if len(nets) == 1:
+        return nets[0], infos[0]
+    ensemble = MultiTaskEnsemble(nets).eval()
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.n_threads)
+    try:
+        vf1 = _mean_macro_f1(ensemble, x_val, {t: np.asarray(v) for t, v in y_val.items()}, tok_val)
+    finally:
+        torch.set_num_threads(prev_threads)
+    if log:
+        log(f"ensemble of {len(nets)}: validation macro-F1 {vf1:.4f}")
+    return ensemble, {"epochs_run": sum(i["epochs_run"] for i in infos), "best_epoch": [i["best_epoch"] for i in infos],
+                      "best_val_macro_f1": vf1, "seconds": sum(i["seconds"] for i in infos),
+                      "history": [{"network": n, **h} for n, i in enumerate(infos) for h in i["history"]],
+                      "warm_start": infos[0]["warm_start"], "members": infos}
+
+
+def _train_network(x_train, y_train, x_val, y_val, n_classes, cfg: NeuralConfig, seed: int, tok_train, tok_val,
+                   vocab_size, log, init: "MultiTaskNet | None", refusal: str | None) -> tuple[MultiTaskNet, dict]:
+    """One network of `train_multitask` from ``seed``; ``init``: the network it fine-tunes (None: a cold start,
+    ``refusal`` saying why where one was asked for)."""
+    device = torch.device(cfg.device)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.n_threads)
     try:
         net = MultiTaskNet(x_train.shape[1], n_classes, cfg.hidden, cfg.dropout, vocab_size if tok_train is not None else None)
-        refusal = None if init is None else warm_start_refusal(init, x_train.shape[1], n_classes, cfg,
-                                                               tok_train is not None)
-        warm = init is not None and refusal is None
+        warm = init is not None
         epochs, lr = (cfg.warm_epochs, cfg.lr * cfg.warm_lr_scale) if warm else (cfg.epochs, cfg.lr)
         if warm:
             net.load_state_dict(init.state_dict())  # weights and the input standardisation it was trained with
@@ -233,7 +319,7 @@ def train_multitask(
         xt = torch.from_numpy(np.ascontiguousarray(x_train, np.float32)).to(device)
         yt = {t: torch.from_numpy(np.asarray(v, np.int64)).to(device) for t, v in y_train.items()}
         tt = torch.from_numpy(tok_train).to(device) if tok_train is not None else None
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(seed)
         y_val_np = {t: np.asarray(v) for t, v in y_val.items()}
         best, best_epoch, best_state, bad, history = -float("inf"), 0, None, 0, []
         t0 = time.perf_counter()

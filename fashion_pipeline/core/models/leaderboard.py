@@ -302,13 +302,13 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             )
             if init is not None or why_cold:
                 warm_starts[f"{arch}/{regime}"] = (
-                    f"warm (kept epoch {info['best_epoch']} of {nc.warm_epochs}; -1: the starting weights)"
+                    f"warm (kept {_kept(info)} of {nc.warm_epochs}; -1: the starting weights)"
                     if info["warm_start"] == "warm" else why_cold or info["warm_start"])
             pv = predict_multitask(net, xs["validation"], toks["validation"])
             pt = predict_multitask(net, xs["test"], toks["test"])
             say(f"[{regime}] {arch}: {info['seconds']:.1f} s, {info['epochs_run']} epochs (multitask"
                 + (f", {warm_starts[f'{arch}/{regime}']}" if f"{arch}/{regime}" in warm_starts else "")
-                + f"), kept epoch {info['best_epoch']} (mean validation macro-F1 {info['best_val_macro_f1']:.3f})")
+                + f"), kept {_kept(info)} (mean validation macro-F1 {info['best_val_macro_f1']:.3f})")
             for task in arch_tasks:
                 record(task, arch, "neural", regime, pv[task], pt[task], info["seconds"],
                        int((y_train[task] >= 0).sum()),
@@ -339,6 +339,12 @@ def _warm_linear(given, classes: list[str], y_codes: np.ndarray, x) -> tuple[obj
     if getattr(inner, "coef_", None) is None or inner.coef_.shape[1] != x.shape[1]:
         return None, "cold: its coefficients do not match these columns"
     return est, ""
+
+
+def _kept(info: dict) -> str:
+    """'epoch 7', or for an ensemble 'epochs [7, 4, 9] of its 3 networks'."""
+    kept = info["best_epoch"]
+    return f"epochs {kept} of its {len(kept)} networks" if isinstance(kept, list) else f"epoch {kept}"
 
 
 def _warm_start(cfg: LeaderboardConfig, arch: str, regime: str, arch_tasks: list[str],

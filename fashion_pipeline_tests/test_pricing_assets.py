@@ -112,6 +112,11 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
     assert cand.loc[("full", "all"), "rmsle"] <= 1.01 * pub.loc[("full", "all"), "rmsle"]
     mats = {e.event_specific_data.materialization.asset_key.path[-1]: e.event_specific_data.materialization.metadata
             for e in r2.get_asset_materialization_events()}
+    # The precision each form's MLP trained in (machine-dependent) is in the metadata and the stored model.
+    from fashion_pipeline.core.pricing.training import mlp_precisions
+    _, v2_info = store.load(scoring.PRICE_MODEL_NAME, v2)
+    assert mats["regressor_metrics"]["mlp_precision"].value == v2_info["features_spec"]["mlp_precision"] == \
+        mlp_precisions(store.load(scoring.PRICE_MODEL_NAME, v2)[0])
     # A retrain on the same train split re-scores the stored recipes: their figures are run 1's.
     assert mats["regressor_metrics"]["listing_recipes"].value.startswith(
         f"re-scored {RECIPES_NAME} {recipes_v1} (0.0% of its ")

@@ -305,6 +305,20 @@ def test_mixed_precision_on_a_cpu_is_bf16_only_where_the_cpu_has_native_bf16(mon
     assert same is not native_bf16  # identical fp32 fits without native bf16; bf16 rounding shows with it
 
 
+@pytest.mark.parametrize("native_bf16, full", [(False, "blend"), (True, "mlp")])
+def test_the_trained_model_records_the_precision_of_each_forms_mlp(monkeypatch, native_bf16, full):
+    import fashion_pipeline.core.encoders.base as base
+    from fashion_pipeline.core.pricing.training import mlp_precisions
+
+    monkeypatch.setattr(base, "cpu_has_native_bf16", lambda: native_bf16)
+    chosen = {"full": full, "sparse": "ridge"}
+    res = train_price_models(clean_sample(), None, models=("ridge", "mlp"), forms=("full", "sparse"),
+                             params={"mlp": {"epochs": 1, "hidden": 16, "device": "cpu"}}, chosen=chosen)
+    assert {f: m.chosen for f, m in res.model.forms.items()} == chosen
+    # the MLP alone or inside the blend is recorded; the ridge form has none
+    assert mlp_precisions(res.model) == {"full": "bf16" if native_bf16 else "fp32"}
+
+
 def test_a_blend_transforms_its_members_shared_stacking_ridge_once_per_prediction():
     from fashion_pipeline.core.pricing.models import BlendPriceRegressor
 

@@ -27,7 +27,7 @@ from fashion_pipeline.core.features import REGIMES
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.pricing import price_plots
 from fashion_pipeline.core.pricing.gate import price_gate
-from fashion_pipeline.core.pricing.training import train_price_models
+from fashion_pipeline.core.pricing.training import mlp_precisions, train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.core.token_counts import transform_memo
@@ -293,6 +293,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                          "forms": {f: m.chosen for f, m in model.forms.items()},
                          "tuned": res.tuned,
                          "warm_starts": {"from": warm_version, **res.warm_starts} if warm_version else {},
+                         "mlp_precision": mlp_precisions(model),
                          "encoder": encoder_rec,
                          "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
@@ -373,6 +374,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "forms": dg.MetadataValue.json(features_spec["forms"]),
         "mode": f"{config.mode}: {mode_note}",
         "warm_start": dg.MetadataValue.json({"note": warm_note, **features_spec.get("warm_starts", {})}),
+        "mlp_precision": dg.MetadataValue.json(features_spec.get("mlp_precision", {})),
         "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
         "listing_eval_extraction": dg.MetadataValue.json(extractor.counts),
         "listing_recipes": recipes_note,

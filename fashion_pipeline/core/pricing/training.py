@@ -229,6 +229,17 @@ def train_price_models(
     return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
 
 
+def mlp_precisions(model: ListingPriceModel) -> dict[str, str]:
+    """{form: the precision its MLP trained in ('bf16', 'fp16', 'fp32')} for each form served by an MLP or a
+    blend with one; the choice depends on the machine (`MLPPriceRegressor`), so the model records it."""
+    out = {}
+    for form, fm in model.forms.items():
+        mlp = _member(fm, MLPPriceRegressor)
+        if mlp is not None and getattr(mlp, "precision_", None):
+            out[form] = mlp.precision_
+    return out
+
+
 def _member(previous, cls):
     """The retrained form's regressor (``previous``: its `FormModel`, or the regressor itself), or its
     blend's member, when it is a ``cls``; else None."""

@@ -6,8 +6,10 @@ For each size it builds a subset in the datasets' own layouts (CSV rows chosen b
 hash; the per-product JSON and image folders are symlinked, not copied), runs the README's main
 command on it (`dg launch --assets '*'`, a separate process on a persistent instance with the
 shipped dagster.yaml, FASHION_EXECUTOR as given: the code location's default `in_process`), and
-records per stage: wall time, rows/s and peak memory (RSS of the command's process tree, sampled
-every 0.1 s while the stage runs), and the command's own wall time and start-up. It then adds 1% new products and
+records per stage: wall time, rows/s and peak memory of the command's process tree, sampled
+every 0.25 s while the stage runs (PSS summed over the tree: a page shared by processes — a forked
+image-loader worker maps its parent's pages — counts once; the sum of their RSS, which counts it once
+per process, is reported beside it), and the command's own wall time and start-up. It then adds 1% new products and
 re-runs, then re-runs twice more with nothing changed, to measure what caches, retraining only
 the published model choices, and reusing the output of stages whose inputs are unchanged save
 (the runs share one Dagster instance, as runs of a deployment do). Model quality tables found in the
@@ -87,9 +89,12 @@ def build_subset(src: Path, dst: Path, n_total: int | None, drop_fraction: float
     return chosen
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of process ``root`` and all its descendants (a run's step processes, under
-    the multiprocess executor), in MB; 0 once the tree is gone."""
+def tree_memory_mb(root: int) -> tuple[float, float]:
+    """(PSS, RSS) of process ``root`` and all its descendants (a run's step processes under the
+    multiprocess executor; the embedding stage's image-loader worker), each summed over the tree, in MB;
+    (0, 0) once the tree is gone. A forked child maps its parent's pages: summed RSS counts them in both,
+    summed PSS (each page divided among the processes mapping it) once — the memory the tree holds.
+    Where the kernel has no smaps_rollup, PSS is taken to be RSS."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -100,40 +105,54 @@ def tree_rss_mb(root: int) -> float:
         except (OSError, ValueError, IndexError):
             continue  # the process ended while the table was read
         children.setdefault(ppid, []).append(int(entry.name))
-    total_kb, todo = 0, [root]
+    pss_kb, rss_kb, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
         try:
-            with open(f"/proc/{pid}/status") as fh:
-                total_kb += next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0)
+            fields = _memory_fields(pid)
         except OSError:
             continue
+        rss_kb += fields.get("Rss", 0)
+        pss_kb += fields.get("Pss", fields.get("Rss", 0))
         todo.extend(children.get(pid, []))
-    return total_kb / 1024
+    return pss_kb / 1024, rss_kb / 1024
 
 
-class RssSampler(threading.Thread):
-    """Samples `tree_rss_mb(pid)` every ``period`` seconds until stopped."""
+def _memory_fields(pid: int) -> dict[str, int]:
+    """{'Rss': kB, 'Pss': kB} of one process (only 'Rss', from its status, without smaps_rollup)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return {k: int(line.split()[1]) for line in fh for k in ("Rss", "Pss") if line.startswith(k + ":")}
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise
+    with open(f"/proc/{pid}/status") as fh:
+        return {"Rss": next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0)}
 
-    def __init__(self, pid: int, period: float = 0.1):
+
+class MemorySampler(threading.Thread):
+    """Samples `tree_memory_mb(pid)` every ``period`` seconds until stopped (smaps_rollup walks each
+    process's page tables: a few ms for a 4 GB process, so not at 10 Hz)."""
+
+    def __init__(self, pid: int, period: float = 0.25):
         super().__init__(daemon=True)
         self.pid, self.period, self.samples, self._stop_evt = pid, period, [], threading.Event()
 
     def run(self) -> None:
         while not self._stop_evt.is_set():
-            self.samples.append((time.time(), tree_rss_mb(self.pid)))
+            self.samples.append((time.time(), *tree_memory_mb(self.pid)))
             time.sleep(self.period)
 
     def stop(self) -> None:
         self._stop_evt.set()
         self.join()
 
-    def peak(self, start: float, end: float) -> float:
-        """Largest sample while [start, end] ran; a step shorter than the period gets the last
-        sample before its end."""
-        values = [m for t, m in self.samples if start <= t <= end]
+    def peak(self, start: float, end: float, which: int = 0) -> float:
+        """Largest sample (``which`` 0: PSS, 1: RSS) while [start, end] ran; a step shorter than the
+        period gets the last sample before its end."""
+        values = [m[which] for t, *m in self.samples if start <= t <= end]
         if not values:
-            values = [m for t, m in self.samples if t <= end][-1:]
+            values = [m[which] for t, *m in self.samples if t <= end][-1:]
         return max(values) if values else float("nan")
 
 
@@ -148,7 +167,7 @@ def main_command() -> list[str]:
 def materialize_all(data_root: Path, var_dir: Path, home: Path, executor: str, log_path: Path) -> tuple[list[dict], float, float]:
     """Run the README's main command once, as a user does: a `dg launch` process on the persistent
     instance ``home`` (the shipped dagster.yaml), FASHION_EXECUTOR=``executor``. Returns per-step
-    timings (from the instance's event log), peak RSS of the command's process tree while each step
+    timings (from the instance's event log), peak PSS and RSS of the command's process tree while each step
     ran, whether the step reused its last output (metadata reused_from_run); the command's wall
     time; and its start-up (process start, imports, loading the definitions: until RUN_START)."""
     import dagster as dg
@@ -161,7 +180,7 @@ def materialize_all(data_root: Path, var_dir: Path, home: Path, executor: str, l
     t0 = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(main_command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        sampler = RssSampler(proc.pid)
+        sampler = MemorySampler(proc.pid)
         sampler.start()
         try:
             rc = proc.wait()
@@ -191,7 +210,8 @@ def materialize_all(data_root: Path, var_dir: Path, home: Path, executor: str, l
             elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
                 start = starts.get(ev.step_key, entry.timestamp)
                 rows.append({"stage": ev.step_key, "status": "ok" if ev.event_type_value == "STEP_SUCCESS" else "FAILED",
-                             "wall_s": entry.timestamp - start, "peak_rss_mb": sampler.peak(start, entry.timestamp),
+                             "wall_s": entry.timestamp - start, "peak_pss_mb": sampler.peak(start, entry.timestamp),
+                             "peak_rss_mb": sampler.peak(start, entry.timestamp, which=1),
                              "reused": ev.step_key in reused})
         if rc != 0 or run.status != dg.DagsterRunStatus.SUCCESS:
             failed = [r["stage"] for r in rows if r["status"] != "ok"]
@@ -314,9 +334,9 @@ def plot(results: list[dict], path: Path) -> None:
     for stage in stages:
         ys = [next((s["wall_s"] for s in r["stages"] if s["stage"] == stage), float("nan")) for r in results]
         ax[0].plot(xs, ys, marker="o", label=stage)
-        ms = [next((s["peak_rss_mb"] for s in r["stages"] if s["stage"] == stage), float("nan")) for r in results]
+        ms = [next((s["peak_pss_mb"] for s in r["stages"] if s["stage"] == stage), float("nan")) for r in results]
         ax[1].plot(xs, ms, marker="o", label=stage)
-    for a, title in ((ax[0], "wall time per stage (s)"), (ax[1], "peak RSS during stage (MB)")):
+    for a, title in ((ax[0], "wall time per stage (s)"), (ax[1], "peak memory during stage (MB, PSS)")):
         a.set_xscale("log")
         a.set_yscale("log")
         a.set_xlabel("products")
@@ -356,32 +376,37 @@ def write_report(results: list[dict], info: dict, out: Path) -> Path:
              "Each run is the README's main command (`dg launch --assets '*' -m fashion_pipeline.definitions`) in its "
              f"own process on a persistent instance (the shipped dagster.yaml), FASHION_EXECUTOR={info['executor']}; "
              "wall times are the command's, start-up included (process start, imports, loading the definitions); "
-             "peak RSS is the command's process tree.", "",
+             "peak memory is the command's process tree's: PSS summed over its processes (a page they share, "
+             "e.g. with the forked image-loader worker of product_embeddings, counts once), and beside it their "
+             "RSS summed (which counts a shared page once per process).", "",
              "The first run on a fresh var dir has nothing published, so the model assets *select* (every family "
              "in the default config lists trained — the classifiers' classical ones and image_cnn; multimodal_cnn "
              "and clip_fusion compete in model_selection_job —, chosen on validation); the re-runs use the default `mode: retrain` (the weekly schedule's): "
              "only the published choice per classifier task/regime and price form is retrained, and a stage whose "
              "input fingerprint matches its last materialization re-emits that output (marked *reused*).", "",
              "## Whole pipeline", "",
-             "| products | clean rows | wall (s) | rows/s | peak RSS (MB) | +1% re-run (s) | re-run / full "
+             "| products | clean rows | wall (s) | rows/s | peak memory, PSS (MB) | peak RSS sum (MB) | +1% re-run (s) "
+             "| re-run / full "
              "| nothing-changed re-run (s) | re-run / full | nothing changed again (s) | re-run / full |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        peak = max((s["peak_rss_mb"] for s in r["stages"]), default=float("nan"))
+        peak = max((s["peak_pss_mb"] for s in r["stages"]), default=float("nan"))
+        peak_rss = max((s["peak_rss_mb"] for s in r["stages"]), default=float("nan"))
         cells = []
         for key in ("incremental", "unchanged", "unchanged_again"):
             w = r.get(key, {}).get("wall_s")
             cells.append(f"{w:.1f} | {w / r['wall_s']:.1%} |" if w else "– | – |")
-        lines.append(f"| {r['size']} | {r['clean_rows']} | {r['wall_s']:.1f} | {r['clean_rows'] / r['wall_s']:.0f} | {peak:.0f} | "
+        lines.append(f"| {r['size']} | {r['clean_rows']} | {r['wall_s']:.1f} | {r['clean_rows'] / r['wall_s']:.0f} | {peak:.0f} | {peak_rss:.0f} | "
                      + " ".join(cells))
     lines += ["", "Of which the command's start-up (until the run's first event): "
               + "; ".join(f"{r['size']}: " + " / ".join(f"{x['startup_s']:.1f}" for x in
                                                         (r, *(r[k] for k in ("incremental", "unchanged", "unchanged_again") if k in r)))
                           + " s" for r in results) + " (full / +1% / nothing changed / again)."]
     lines += ["", "## Per stage", "", "![stages](stages.png)", "",
-              "| products | stage | status | wall (s) | rows/s | peak RSS (MB) | +1% re-run (s) | nothing-changed re-run (s) "
+              "| products | stage | status | wall (s) | rows/s | peak PSS (MB) | peak RSS sum (MB) | +1% re-run (s) "
+              "| nothing-changed re-run (s) "
               "| again (s) |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         inc = {s["stage"]: f"{s['wall_s']:.2f}" + (" reused" if s.get("reused") else "")
                for s in r.get("incremental", {}).get("stages", [])}
@@ -389,7 +414,7 @@ def write_report(results: list[dict], info: dict, out: Path) -> Path:
                         for s in r.get(key, {}).get("stages", [])} for key in ("unchanged", "unchanged_again"))
         for s in r["stages"]:
             rate = r["clean_rows"] / s["wall_s"] if s["wall_s"] > 0 else float("nan")
-            lines.append(f"| {r['size']} | {s['stage']} | {s['status']} | {s['wall_s']:.2f} | {rate:.0f} | {s['peak_rss_mb']:.0f} | "
+            lines.append(f"| {r['size']} | {s['stage']} | {s['status']} | {s['wall_s']:.2f} | {rate:.0f} | {s['peak_pss_mb']:.0f} | {s['peak_rss_mb']:.0f} | "
                          + (f"{inc[s['stage']]} |" if s["stage"] in inc else "– |")
                          + (f" {same[s['stage']]} |" if s["stage"] in same else " – |")
                          + (f" {again[s['stage']]} |" if s["stage"] in again else " – |"))

@@ -88,7 +88,6 @@ class MultiTaskNet(nn.Module):
         return {t: head(h) for t, head in self.heads.items()}
 
 
-
 class MultiTaskEnsemble(nn.Module):
     """Multitask networks of one shape trained from different seeds; predicts their mean probabilities.
 

@@ -114,9 +114,9 @@ def test_train_gate_publish_score_then_refuse_a_worse_candidate(tmp_path):
             for e in r2.get_asset_materialization_events()}
     # The precision each form's MLP trained in (machine-dependent) is in the metadata and the stored model.
     from fashion_pipeline.core.pricing.training import mlp_precisions
-    _, v2_info = store.load(scoring.PRICE_MODEL_NAME, v2)
+    v2_model, v2_info = store.load(scoring.PRICE_MODEL_NAME, v2)
     assert mats["regressor_metrics"]["mlp_precision"].value == v2_info["features_spec"]["mlp_precision"] == \
-        mlp_precisions(store.load(scoring.PRICE_MODEL_NAME, v2)[0])
+        mlp_precisions(v2_model)
     # A retrain on the same train split re-scores the stored recipes: their figures are run 1's.
     assert mats["regressor_metrics"]["listing_recipes"].value.startswith(
         f"re-scored {RECIPES_NAME} {recipes_v1} (0.0% of its ")

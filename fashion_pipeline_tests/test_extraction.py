@@ -279,6 +279,96 @@ def test_many_small_runs_are_compacted_without_losing_entries(tmp_path):
     assert stats.cached == len(products)
 
 
+DAY = 86400.0
+
+
+class _Clock:
+    """A settable clock for the cache (Unix seconds)."""
+
+    def __init__(self, t: float = 1_800_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _run(cache_dir, clock, products, retention_days=28):
+    retention = None if retention_days is None else retention_days * DAY
+    return Extractor(RulesExtractor(), cache=ExtractionCache(cache_dir, clock=clock),
+                     cache_retention_s=retention).run(products)[1]
+
+
+def test_the_cache_forgets_what_no_run_read_for_the_retention_period(tmp_path):
+    products, clock, c = _products(6), _Clock(), tmp_path / "c"
+    assert _run(c, clock, products).computed == 6
+    clock.t += 20 * DAY  # a run reads four; the other two products left the catalogue
+    s2 = _run(c, clock, products[:4])
+    assert (s2.cached, s2.cache_expired) == (4, 0)
+    clock.t += 10 * DAY  # the two unread entries are now 30 days old, the four read ones 10
+    s3 = _run(c, clock, products[:1])
+    assert (s3.cached, s3.cache_expired) == (1, 2)
+    assert len(ExtractionCache(c, clock=clock)) == 4  # gone from disk as well
+    clock.t += 365 * DAY  # no retention keeps everything, however old
+    assert _run(c, clock, products[:1], retention_days=None).cache_expired == 0
+    assert len(ExtractionCache(c, clock=clock)) == 4
+    # Entries read by a run are served and kept however long they went unread (the key is the text,
+    # backend, model and prompt: age alone does not make one wrong); the two forgotten ones are recomputed.
+    s5 = _run(c, clock, products)
+    assert (s5.cached, s5.computed, s5.cache_expired) == (4, 2, 0)
+    assert len(ExtractionCache(c, clock=clock)) == 6
+
+
+def test_reads_within_a_day_of_the_recorded_use_do_not_rewrite_the_cache(tmp_path):
+    products, clock, c = _products(5), _Clock(), tmp_path / "c"
+    _run(c, clock, products)
+    segments = {p.name: p.read_bytes() for p in c.glob("seg-*.jsonl")}
+    clock.t += 0.5 * DAY
+    assert _run(c, clock, products).cached == 5
+    assert {p.name: p.read_bytes() for p in c.glob("seg-*.jsonl")} == segments
+    clock.t += DAY  # 1.5 days after the recorded use: one rewrite, recording this read
+    assert _run(c, clock, products).cached == 5
+    (seg,) = list(c.glob("seg-*.jsonl"))
+    assert seg.name not in segments
+    assert [json.loads(line)["t"] for line in seg.read_text().splitlines()] == [clock.t] * 5
+
+
+def test_entries_written_before_retention_count_as_used_when_their_segment_was_written(tmp_path):
+    import os
+
+    products, clock, c = _products(3), _Clock(), tmp_path / "c"
+    _run(c, clock, products, retention_days=None)
+    (seg,) = list(c.glob("seg-*.jsonl"))
+    lines = [json.loads(line) for line in seg.read_text().splitlines()]
+    seg.write_text("".join(json.dumps({k: v for k, v in rec.items() if k != "t"}) + "\n" for rec in lines))
+    os.utime(seg, (clock.t - 40 * DAY, clock.t - 40 * DAY))
+    cache = ExtractionCache(c, clock=clock)
+    assert cache.corrupted == 0 and len(cache) == 3
+    assert cache.finish(50 * DAY) == 0
+    assert cache.finish(28 * DAY) == 3 and len(ExtractionCache(c, clock=clock)) == 0
+    with pytest.raises(ValueError, match="max_age_s"):
+        cache.finish(-1)
+
+
+def test_retention_zero_keeps_exactly_what_the_run_read_or_wrote(tmp_path):
+    products, clock, c = _products(6), _Clock(), tmp_path / "c"
+    _run(c, clock, products[:4], retention_days=None)
+    clock.t += 0.25 * DAY  # reads within a day leave the recorded use as it was; still kept
+    s = _run(c, clock, products[2:], retention_days=0)
+    assert (s.cached, s.computed, s.cache_expired) == (2, 2, 2)
+    assert _run(c, clock, products[2:], retention_days=None).cached == 4
+
+
+def test_the_resource_passes_its_retention_to_the_extractor(tmp_path):
+    def retention(**kw):
+        return ExtractorResource(backend="rules", cache_dir=str(tmp_path / "c"), **kw).build().cache_retention_s
+
+    assert retention() == 28 * DAY
+    assert retention(cache_retention_days=2.5) == 2.5 * DAY
+    assert retention(cache_retention_days=None) is None
+    with pytest.raises(Exception, match="greater than or equal to 0"):
+        ExtractorResource(backend="rules", cache_retention_days=-1)
+
+
 def test_the_rules_version_follows_their_source(monkeypatch):
     """Cached rules values are keyed by RULES_MODEL, so an edited rule must change it."""
     import inspect

@@ -2,10 +2,12 @@
 and the learned extractor (attribute_extractor) trained, published and used."""
 
 import json
+import time
 
 import dagster as dg
 import duckdb
 
+from fashion_pipeline.core.extraction.cache import ExtractionCache
 from fashion_pipeline.core.model_store import ModelStore
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline_tests.conftest import KAGGLE, SAMPLE_ROOT
@@ -23,6 +25,9 @@ def _metadata(result, name):
 def test_product_attributes_materializes_from_clean_products_and_reruns_from_cache(tmp_path):
     var = tmp_path / "var"
     extractor = ExtractorResource(backend="rules", cache_dir=str(var / "cache" / "extraction"))
+    # A result no run has read for 40 days (a product gone since): the default 28-day retention drops it.
+    ExtractionCache(var / "cache" / "extraction" / "rules", clock=lambda: time.time() - 40 * 86400).put_many(
+        {"0" * 64: {"attributes": {}, "status": "ok"}})
     result = materialize(INGEST_CHAIN + ["attribute_extractor", "product_attributes"], SAMPLE_ROOT, var,
                          extractor=extractor)
     assert result.success
@@ -42,6 +47,8 @@ def test_product_attributes_materializes_from_clean_products_and_reruns_from_cac
     md = _metadata(result, "product_attributes")
     assert md["backend"].value == "rules" and md["rows"].value == n_products
     assert md["rows_computed"].value == n_products and md["rows_cached"].value == 0
+    assert md["cache_entries_expired"].value == 1
+    assert "0" * 64 not in ExtractionCache(var / "cache" / "extraction" / "rules")
     table = md["quality_vs_catalogue"].value
     assert "| rules | material |" in table and "| naive keyword baseline | material |" in table
     assert md["rows_empty_description"].value == (attrs["status"] == "empty").sum()
@@ -53,6 +60,19 @@ def test_product_attributes_materializes_from_clean_products_and_reruns_from_cac
     assert again.success
     md2 = _metadata(again, "product_attributes")
     assert md2["rows_cached"].value == n_products and md2["rows_computed"].value == 0
+
+    # Another retention is housekeeping, not another output: the next run re-emits this one.
+    with dg.instance_for_test() as instance:
+        def run(resource):
+            return dg.materialize(assets_by_name(*INGEST_CHAIN, "attribute_extractor", "product_attributes"),
+                                  selection=["product_attributes"], instance=instance,
+                                  resources=resources_for(SAMPLE_ROOT, var, extractor=resource))
+
+        first = run(extractor)
+        shorter = run(ExtractorResource(backend="rules", cache_dir=str(var / "cache" / "extraction"),
+                                        cache_retention_days=7))
+        assert "reused_from_run" not in _metadata(first, "product_attributes")
+        assert _metadata(shorter, "product_attributes")["reused_from_run"].value == first.run_id
 
 
 def test_learned_extractor_is_trained_published_and_used_by_product_attributes(tmp_path):

@@ -224,7 +224,8 @@ def product_attributes(context: dg.AssetExecutionContext, clean_products: pd.Dat
     fingerprint = combine({
         "products": frame_digest(clean_products[["product_id", "title", "description", "brand",
                                                  "article_attributes", "split"]]),
-        "extractor": reuse.resource_config(extractor), "learned_version": (published or {}).get("version"),
+        "extractor": reuse.resource_config(extractor, exclude=("cache_retention_days",)),
+        "learned_version": (published or {}).get("version"),
         "code": code_digest()})
     if (previous := reuse.reused_table(context, "product_attributes", fingerprint, warehouse.read_table)) is not None:
         return previous
@@ -255,6 +256,7 @@ def product_attributes(context: dg.AssetExecutionContext, clean_products: pd.Dat
         "rows_computed": stats.computed,
         "rows_rules_reused": stats.rules_reused,
         "cache_entries_dropped": stats.cache_dropped,
+        "cache_entries_expired": stats.cache_expired,
         "rows_failed_validation": stats.failed_validation,
         "rows_hit_max_tokens": stats.hit_max_tokens,
         "rows_fell_back_to_rules": stats.fell_back,

@@ -45,6 +45,9 @@ class ExtractorResource(dg.ConfigurableResource):
         "Incremental result cache (a subfolder per backend); default <var>/cache/extraction. Relative "
         "paths resolve against the project root."))
     use_cache: bool = Field(default=True, description="Reuse results keyed by text+backend+model+prompt version")
+    cache_retention_days: float | None = Field(default=28.0, ge=0, description=(
+        "After each extraction the cache forgets the results no run has read or written for this many days "
+        "(texts that changed, products gone, a superseded prompt or model); null keeps everything."))
     model_cache_dir: str | None = Field(default=None, description=(
         "Where converted HF model folders live; default <var>/cache/models."))
     max_description_chars: int = Field(default=2000, description="Descriptions are cut to this many characters "
@@ -91,6 +94,7 @@ class ExtractorResource(dg.ConfigurableResource):
             llm = VLLMBackend(model=self.model or DEFAULT_VLLM_MODEL, tensor_parallel_size=self.tensor_parallel_size,
                               gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len)
         cache = ExtractionCache(self.cache_path() / self.backend) if self.use_cache else None
+        retention = None if self.cache_retention_days is None else self.cache_retention_days * 86400.0
         return Extractor(rules, llm, cache, max_description_chars=self.max_description_chars,
                          batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                         learned=learned if self.backend == "learned" else None)
+                         learned=learned if self.backend == "learned" else None, cache_retention_s=retention)

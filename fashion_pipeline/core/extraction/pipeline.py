@@ -75,6 +75,7 @@ class RunStats:
     cache_corrupted: int = 0
     rules_reused: int = 0  # learned backend: rows whose rules values came from the cache (a previous model's run)
     cache_dropped: int = 0  # learned backend: cached results of other learned versions, removed
+    cache_expired: int = 0  # cached results no run had read or written for the retention period, removed
     seconds: float = 0.0
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -97,17 +98,20 @@ class RunStats:
 
 class Extractor:
     """Configured extraction: a backend (an LLM, the learned model, or neither = rules) + rules
-    fallback + optional cache."""
+    fallback + optional cache. ``cache_retention_s``: after each run the cache forgets what no run
+    has read or written for that long (None: keeps everything)."""
 
     def __init__(self, rules: RulesExtractor, llm: LLMBackend | None = None, cache: ExtractionCache | None = None,
                  max_description_chars: int = 2000, batch_size: int = 16, max_new_tokens: int = 160,
-                 retry_max_new_tokens: int | None = None, learned: LearnedAttributeModel | None = None):
+                 retry_max_new_tokens: int | None = None, learned: LearnedAttributeModel | None = None,
+                 cache_retention_s: float | None = None):
         if llm is not None and learned is not None:
             raise ValueError("an extractor runs one backend: an LLM or the learned model, not both")
         self.rules = rules
         self.llm = llm
         self.learned = learned
         self.cache = cache
+        self.cache_retention_s = cache_retention_s
         self.max_description_chars = max_description_chars
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -252,6 +256,7 @@ class Extractor:
                 model = self.model
                 stats.cache_dropped = self.cache.drop_where(
                     lambda v: str(v.get("model", "")).startswith("learned-") and v["model"] != model)
+            stats.cache_expired = self.cache.finish(self.cache_retention_s)
         stats.seconds = time.perf_counter() - t0
         found.update(new)
         results = []

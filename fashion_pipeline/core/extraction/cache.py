@@ -96,9 +96,6 @@ class ExtractionCache:
                 self._refresh = True
         return value
 
-    def last_used(self, key: str) -> float | None:
-        return self._used.get(key)
-
     def _write_segment(self, items: dict[str, dict]) -> Path:
         name = f"seg-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)

@@ -29,6 +29,7 @@ from fashion_pipeline.core.encoders.io import EmbeddingsWriter, content_digest, 
 from fashion_pipeline.core.warehouse import create_parquet_view
 from fashion_pipeline.core.encoders.product_text import build_product_text, build_texts
 from fashion_pipeline_tests.fixtures.encoders import damaged
+from fashion_pipeline_tests.fixtures.clock import DAY, Clock
 
 # ---------------------------------------------------------------- images
 
@@ -156,17 +157,6 @@ def test_unreadable_cache_file_is_moved_aside_and_restarted(tmp_path):
     assert list(tmp_path.glob("*.corrupt-*"))
 
 
-DAY = 86400.0
-
-
-class Clock:
-    """A settable clock for the cache's last-used stamps."""
-
-    def __init__(self, t: float = 1_800_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_entries_no_run_used_for_the_retention_age_are_swept_and_used_ones_kept(tmp_path):

@@ -18,6 +18,7 @@ from fashion_pipeline.core.extraction.prepared_text import prepare
 from fashion_pipeline.core.text_cleaning import strip_html
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline_tests.conftest import HM, KAGGLE, SAMPLE_ROOT
+from fashion_pipeline_tests.fixtures.clock import DAY, Clock
 
 STYLES = SAMPLE_ROOT / KAGGLE / "styles"
 
@@ -279,19 +280,6 @@ def test_many_small_runs_are_compacted_without_losing_entries(tmp_path):
     assert stats.cached == len(products)
 
 
-DAY = 86400.0
-
-
-class _Clock:
-    """A settable clock for the cache (Unix seconds)."""
-
-    def __init__(self, t: float = 1_800_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def _run(cache_dir, clock, products, retention_days=28):
     retention = None if retention_days is None else retention_days * DAY
     return Extractor(RulesExtractor(), cache=ExtractionCache(cache_dir, clock=clock),
@@ -299,7 +287,7 @@ def _run(cache_dir, clock, products, retention_days=28):
 
 
 def test_the_cache_forgets_what_no_run_read_for_the_retention_period(tmp_path):
-    products, clock, c = _products(6), _Clock(), tmp_path / "c"
+    products, clock, c = _products(6), Clock(), tmp_path / "c"
     assert _run(c, clock, products).computed == 6
     clock.t += 20 * DAY  # a run reads four; the other two products left the catalogue
     s2 = _run(c, clock, products[:4])
@@ -319,7 +307,7 @@ def test_the_cache_forgets_what_no_run_read_for_the_retention_period(tmp_path):
 
 
 def test_reads_within_a_day_of_the_recorded_use_do_not_rewrite_the_cache(tmp_path):
-    products, clock, c = _products(5), _Clock(), tmp_path / "c"
+    products, clock, c = _products(5), Clock(), tmp_path / "c"
     _run(c, clock, products)
     segments = {p.name: p.read_bytes() for p in c.glob("seg-*.jsonl")}
     clock.t += 0.5 * DAY
@@ -335,7 +323,7 @@ def test_reads_within_a_day_of_the_recorded_use_do_not_rewrite_the_cache(tmp_pat
 def test_entries_written_before_retention_count_as_used_when_their_segment_was_written(tmp_path):
     import os
 
-    products, clock, c = _products(3), _Clock(), tmp_path / "c"
+    products, clock, c = _products(3), Clock(), tmp_path / "c"
     _run(c, clock, products, retention_days=None)
     (seg,) = list(c.glob("seg-*.jsonl"))
     lines = [json.loads(line) for line in seg.read_text().splitlines()]
@@ -350,7 +338,7 @@ def test_entries_written_before_retention_count_as_used_when_their_segment_was_w
 
 
 def test_retention_zero_keeps_exactly_what_the_run_read_or_wrote(tmp_path):
-    products, clock, c = _products(6), _Clock(), tmp_path / "c"
+    products, clock, c = _products(6), Clock(), tmp_path / "c"
     _run(c, clock, products[:4], retention_days=None)
     clock.t += 0.25 * DAY  # reads within a day leave the recorded use as it was; still kept
     s = _run(c, clock, products[2:], retention_days=0)

@@ -157,8 +157,6 @@ def test_unreadable_cache_file_is_moved_aside_and_restarted(tmp_path):
     assert list(tmp_path.glob("*.corrupt-*"))
 
 
-
-
 def test_entries_no_run_used_for_the_retention_age_are_swept_and_used_ones_kept(tmp_path):
     clock = Clock()
     with EmbeddingCache(tmp_path, "text", "enc", 4, clock=clock) as c:

@@ -250,9 +250,11 @@ def test_a_warm_started_network_fine_tunes_a_copy_and_never_ends_worse_on_valida
                              NeuralConfig(epochs=3, patience=5, hidden=64))
     before = {n: t.clone() for n, t in old.state_dict().items()}
     net, info = train_multitask(xt[::2], {"category": yt[::2]}, xv, {"category": yv}, {"category": k},
-                                NeuralConfig(epochs=40, patience=5, hidden=64, warm_epochs=2), init=old)
+                                NeuralConfig(epochs=40, patience=5, hidden=64, warm_epochs=2, warm_patience=2),
+                                init=old)
     assert info["warm_start"] == "warm"
-    # Epoch -1 is the given network on these validation rows; then warm_epochs epochs, not `epochs`.
+    # Epoch -1 is the given network on these validation rows; then warm_epochs epochs, not `epochs` (a
+    # warm_patience of 2 lets both run whatever they score).
     assert [h["epoch"] for h in info["history"]] == [-1, 0, 1] and info["epochs_run"] == 2
     f1s = [h["val_macro_f1"] for h in info["history"]]
     assert info["best_val_macro_f1"] == max(f1s) >= f1s[0]
@@ -264,6 +266,27 @@ def test_a_warm_started_network_fine_tunes_a_copy_and_never_ends_worse_on_valida
     _, cold = train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k},
                               NeuralConfig(epochs=1, hidden=32), init=old)
     assert cold["warm_start"].startswith("cold: its width 64") and [h["epoch"] for h in cold["history"]] == [0]
+
+
+@pytest.mark.parametrize("warm_patience", [1, 2])
+def test_a_network_fine_tune_ends_after_warm_patience_epochs_without_a_better_validation_score(frame, warm_patience):
+    from fashion_pipeline.core.models.fusion import predict_multitask, train_multitask
+
+    data, k = _image_task_data(frame)
+    (xt, yt), (xv, yv) = data["train"], data["validation"]
+    old, _ = train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k},
+                             NeuralConfig(epochs=20, patience=5, hidden=64))
+    # A learning rate 500 times the cold one: no fine-tuning epoch beats the starting weights.
+    cfg = NeuralConfig(epochs=40, patience=5, hidden=64, warm_epochs=6, warm_lr_scale=500.0,
+                       warm_patience=warm_patience)
+    net, info = train_multitask(xt, {"category": yt}, xv, {"category": yv}, {"category": k}, cfg, init=old)
+    assert [h["epoch"] for h in info["history"]] == list(range(-1, warm_patience))
+    assert info["epochs_run"] == warm_patience and info["best_epoch"] == -1
+    f1s = [h["val_macro_f1"] for h in info["history"]]
+    assert all(f < f1s[0] for f in f1s[1:])
+    # What it serves is the starting weights.
+    np.testing.assert_allclose(predict_multitask(net, xv)["category"], predict_multitask(old, xv)["category"],
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_an_ensemble_serves_the_mean_probability_of_networks_trained_from_consecutive_seeds(frame):
@@ -350,7 +373,7 @@ def test_networks_train_on_cuda_and_come_back_on_the_cpu():
     assert gpu_info["best_val_macro_f1"] > f1_score(yv[m], majority, average="macro", zero_division=0) + 0.3
     # The same network scores the same on either device: the CPU-trained one, warm-started on the GPU,
     # starts (epoch -1, evaluated there) at its CPU validation score.
-    warm, warm_info = fit(init=cpu, device="cuda", warm_epochs=2)
+    warm, warm_info = fit(init=cpu, device="cuda", warm_epochs=2, warm_patience=2)
     assert warm_info["warm_start"] == "warm" and [h["epoch"] for h in warm_info["history"]] == [-1, 0, 1]
     assert warm_info["history"][0]["val_macro_f1"] == pytest.approx(cpu_info["best_val_macro_f1"], abs=0.02)
     # the text-CNN branch (multimodal_cnn) moves its token ids to the device too

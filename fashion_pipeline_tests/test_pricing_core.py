@@ -234,9 +234,11 @@ def test_a_warm_started_mlp_fine_tunes_the_given_weights_and_never_ends_worse_on
     y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
     old = MLPPriceRegressor(MLPConfig(epochs=4, hidden=32)).fit(tr, y_tr, va, y_va)
     start_score = _rmsle(y_va, old.predict_log(va))
-    new = MLPPriceRegressor(MLPConfig(epochs=40, hidden=32, warm_epochs=2)).fit(tr, y_tr, va, y_va, warm_from=old)
+    new = MLPPriceRegressor(MLPConfig(epochs=40, hidden=32, warm_epochs=2, warm_patience=2)).fit(
+        tr, y_tr, va, y_va, warm_from=old)
     assert new.warm_started_ and new.warm_note_ == ""
-    # Epoch 0 is the given model on these validation rows; then warm_epochs epochs, not `epochs`.
+    # Epoch 0 is the given model on these validation rows; then warm_epochs epochs, not `epochs` (a
+    # warm_patience of 2 lets both run whatever they score).
     assert [h["epoch"] for h in new.history_] == [0, 1, 2]
     assert new.history_[0]["val_rmse_log"] == pytest.approx(start_score, rel=1e-4)
     assert _rmsle(y_va, new.predict_log(va)) <= start_score + 1e-6
@@ -245,6 +247,29 @@ def test_a_warm_started_mlp_fine_tunes_the_given_weights_and_never_ends_worse_on
     assert new.scaler_ is old.scaler_ and new.cats_ is old.cats_ and new.y_mean_ == old.y_mean_
     assert _rmsle(y_va, old.predict_log(va)) == start_score
     assert len(pickle.dumps(new)) < 1.5 * len(pickle.dumps(old))
+
+
+def test_the_regressor_config_sets_the_mlp_fine_tune_budget_and_patience():
+    from fashion_pipeline.assets.regressors import RegressorConfig, training_options
+
+    mlp = MLPConfig(**training_options(RegressorConfig(mlp_warm_epochs=4, mlp_warm_patience=3))["params"]["mlp"])
+    assert (mlp.warm_epochs, mlp.warm_patience) == (4, 3)
+    assert MLPConfig(**training_options(RegressorConfig())["params"]["mlp"]).warm_patience == 1
+
+
+@pytest.mark.parametrize("warm_patience", [1, 2])
+def test_a_warm_mlp_fine_tune_ends_after_warm_patience_epochs_without_a_better_validation_score(warm_patience):
+    tr, va, _ = sample_splits()
+    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
+    old = MLPPriceRegressor(MLPConfig(epochs=4, hidden=32)).fit(tr, y_tr, va, y_va)
+    # A learning rate 500 times the cold one: no fine-tuning epoch beats the starting weights.
+    cfg = MLPConfig(epochs=40, hidden=32, warm_epochs=6, warm_lr_scale=500.0, warm_patience=warm_patience)
+    new = MLPPriceRegressor(cfg).fit(tr, y_tr, va, y_va, warm_from=old)
+    assert [h["epoch"] for h in new.history_] == list(range(warm_patience + 1))
+    assert all(h["val_rmse_log"] > new.history_[0]["val_rmse_log"] for h in new.history_[1:])
+    # What it serves is the starting weights (epoch 0).
+    assert new.best_epoch_ == 0 and new.start_note() == f"warm (best epoch 0; {warm_patience} of 6 epochs run)"
+    np.testing.assert_allclose(new.predict_log(va), old.predict_log(va), rtol=1e-5)
 
 
 def test_an_mlp_of_another_shape_is_refused_as_a_warm_start_and_the_fit_starts_cold():
@@ -281,8 +306,8 @@ def test_the_mlp_trains_on_cuda_in_float16_and_the_stored_model_predicts_on_the_
     best = lambda reg: min(h["val_rmse_log"] for h in reg.history_)  # noqa: E731
     assert abs(best(gpu) - best(cpu)) < 0.1 * baseline
     # a warm start from a model trained on the CPU fine-tunes it on the GPU
-    warm = MLPPriceRegressor(MLPConfig(**cfg, device="cuda", warm_epochs=2)).fit(tr, y_tr, va, y_va,
-                                                                                warm_from=cpu)
+    warm = MLPPriceRegressor(MLPConfig(**cfg, device="cuda", warm_epochs=2, warm_patience=2)).fit(
+        tr, y_tr, va, y_va, warm_from=cpu)
     assert warm.warm_started_ and [h["epoch"] for h in warm.history_] == [0, 1, 2]
     assert warm.history_[0]["val_rmse_log"] == pytest.approx(best(cpu), abs=1e-2)
 

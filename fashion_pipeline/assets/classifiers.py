@@ -94,6 +94,11 @@ class ClassifierConfig(dg.Config):
         "as epoch -1 on the new validation rows. It starts cold, and says why in the metadata `neural_start`, "
         "where the classes or shapes changed. 0: always cold. The other networks read inputs refitted on every "
         "run and always start cold."))
+    neural_warm_patience: int = Field(default=1, ge=1, description=(
+        "mode retrain: a network's fine-tune stops after this many epochs in a row without a better mean "
+        "validation macro-F1 (its starting weights' included). A +1% retrain on the full development data kept "
+        "epochs [-1, -1, 1] of image_cnn's three networks, so the other epochs (~2 s each) changed nothing "
+        "served; raise it to let a fine-tune recover from a worse epoch."))
     neural_device: str = Field(default=get_profile().device, description=(
         "torch device the neural classifiers train on: 'cpu' or 'cuda' (a GPU machine); default: the profile's. "
         "The other families train on the CPU."))
@@ -358,7 +363,8 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         neural_config=NeuralConfig(epochs=config.neural_epochs, patience=config.neural_patience,
                                    hidden=config.neural_hidden, ensemble=config.neural_ensemble, seed=config.seed,
                                    n_threads=threads,
-                                   warm_epochs=config.neural_warm_epochs, device=config.neural_device),
+                                   warm_epochs=config.neural_warm_epochs, warm_patience=config.neural_warm_patience,
+                                   device=config.neural_device),
         featurizer={"svd_components": config.svd_components, "image_components": config.image_components},
         max_train_rows=dict(config.max_train_rows), seed=config.seed, n_threads=threads,
         brand_mask_rate=config.brand_mask_rate, chosen=chosen, warm=warm,

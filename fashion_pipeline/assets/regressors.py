@@ -69,6 +69,11 @@ class RegressorConfig(dg.Config):
         "epochs (from a quarter of the cold learning rate, keeping its input scaling and categorical levels; its "
         "own validation score counts as epoch 0) instead of training `mlp_epochs` from scratch; it falls back to a "
         "cold start, logged, where the shapes differ. 0: always cold. model_selection_job always starts cold."))
+    mlp_warm_patience: int = Field(default=1, ge=1, description=(
+        "mode retrain: the MLP's fine-tune stops after this many epochs in a row without a better validation "
+        "score (its starting weights' included). A +1% retrain on the full development data kept the starting "
+        "weights in every form, so further epochs cost ~2.3 s each per form for nothing; raise it to let a "
+        "fine-tune recover from a worse first epoch."))
     lightgbm_warm_rounds: int = Field(default=40, ge=0, description=(
         "mode retrain: a form whose chosen kind includes LightGBM continues the retrained model's trees with up to "
         "this many more boosting rounds on the fresh rows (keeping its categorical codes and image PCA; the stacked "
@@ -150,7 +155,8 @@ def training_options(config: RegressorConfig) -> dict:
             "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": resolve_threads(config.threads),
                          "warm_rounds": config.lightgbm_warm_rounds},
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
-                    "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs},
+                    "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs,
+                    "warm_patience": config.mlp_warm_patience},
             "ridge": {"warm_max_growth": config.warm_max_growth},
             "knn": {"k": config.knn_neighbours, "warm_max_growth": config.warm_max_growth},
             "router": {"warm_max_growth": config.warm_max_growth},
@@ -185,7 +191,8 @@ def warm_start_source(store, chosen: dict[str, str] | None, config: RegressorCon
     except Exception as e:  # a damaged or foreign model: retrain from scratch, and say so
         return {}, None, f"cold: {PRICE_MODEL_NAME} {info['version']} could not be loaded ({type(e).__name__}: {e})"
     forms = {f: fm for f, fm in getattr(model, "forms", {}).items() if f in chosen}
-    how = {"mlp": f"its MLP fine-tuned for {config.mlp_warm_epochs} epochs",
+    how = {"mlp": f"its MLP fine-tuned for up to {config.mlp_warm_epochs} epochs (ending after "
+                  f"{config.mlp_warm_patience} without a better validation score)",
            "lightgbm": f"its LightGBM continued for up to {config.lightgbm_warm_rounds} rounds",
            "ridge": "its ridge's featurizer kept and LSQR started from its coefficients",
            "knn": "its k-NN's embedding projections kept",

@@ -47,7 +47,7 @@ class TrainingResult:
     # values it was given (LightGBM may stop earlier on the new rows: re-deriving them would ratchet
     # its rounds down retrain after retrain, and change the fingerprint of a run with nothing new).
     tuned: dict[str, dict[str, dict]] = field(default_factory=dict)
-    # {form: {kind: how it started}} for the members a retrain continued: MLP "warm (best epoch k of n)",
+    # {form: {kind: how it started}} for the members a retrain continued: MLP "warm (best epoch k; r of n epochs run)",
     # LightGBM "warm (n + k of w trees kept)", ridge "warm (featurizer of n rows kept; ...)", router
     # "warm (TF-IDF and photo PCA of n rows kept; ...)", or "cold: <why the warm start was refused>".
     warm_starts: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -23,3 +23,13 @@ def var_dir() -> Path:
 
 def default_var_path(*parts: str) -> str:
     return str(var_dir().joinpath(*parts))
+
+
+def token_cache_dir() -> Path:
+    """Where the training assets' TF-IDF memos keep their term counts between runs (core.token_counts):
+    safe to delete (the next run tokenises every text again)."""
+    return var_dir() / "cache" / "tokens"
+
+
+def token_cache_path(name: str) -> Path:
+    return token_cache_dir() / f"{name}.pkl"

@@ -264,3 +264,47 @@ def test_regimes_fitted_on_one_frame_share_one_image_pca_and_the_same_features(f
     other = ProductFeaturizer("image", **kw)
     other.fit(train.copy(), kinds=("sparse",), shared=shared)
     assert other.image_pca_ is not together["image"].image_pca_
+
+
+def _same_matrix(a, b) -> None:
+    if sp.issparse(a):
+        a, b = a.tocsr(), b.tocsr()
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.data, b.data)
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def test_featurizers_within_token_caches_give_the_same_features_and_the_next_run_reads_the_counts(frame, tmp_path):
+    """A classifier run inside `token_caches` (fits and transforms, a kept featurizer too) builds the matrices
+    it builds without; the next run finds every text it asks for in the files and tokenises none."""
+    from fashion_pipeline.core.token_counts import token_caches
+
+    train = frame[frame["split"] == "train"]
+    other = frame[frame["split"] != "train"]
+    kinds = ["dense", "sparse"]
+    plain = ProductFeaturizer("full", svd_components=8, image_components=8)
+    expected = plain.fit_transform_kinds(train, kinds)
+    expected_other = plain.transform_kinds(other, kinds)
+    for run in range(2):
+        with token_caches(tmp_path, "classifiers") as tokens:
+            fz = ProductFeaturizer("full", svd_components=8, image_components=8)
+            got = fz.fit_transform_kinds(train, kinds)
+            got_other = fz.transform_kinds(other, kinds)
+            kept_other = plain.transform_kinds(other, kinds)  # a featurizer fitted elsewhere (a retrain's kept one)
+        for k in kinds:
+            _same_matrix(got[k], expected[k])
+            _same_matrix(got_other[k], expected_other[k])
+            _same_matrix(kept_other[k], expected_other[k])
+        seen = tokens.describe()
+        assert len(seen) == 2  # the word analyser (titles and descriptions) and the title characters
+        if run == 0:
+            assert all(s["texts_from_cache"] == 0 and s["texts_tokenised"] > 0 for s in seen.values())
+        else:
+            assert all(s["texts_tokenised"] == 0 and s["texts_from_cache"] > 0 and "counts read" in s["cache"]
+                       for s in seen.values()), seen
+            # The title characters' memo counted every title, the transformed splits' too: transforms go through it.
+            assert frame["title"].fillna("").astype(str).nunique() in {s["texts_from_cache"] for s in seen.values()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(seen)

@@ -124,6 +124,11 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     assert set(_table(var, "select distinct model from classifier_leaderboard")["model"]) == {"linear_svc", "complement_nb"}
     meta = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
     assert meta["regressor_metrics"]["mode"].value.startswith("retrain: retraining the published")
+    # The retrain's TF-IDF read the first run's term counts: only texts it had not seen were tokenised (the
+    # new products', and for the price text the brand-hidden views its random masks drew anew).
+    for asset, key, share in (("regressor_metrics", "price_text_tokens", 4), ("attribute_extractor", "text_tokenisation", 20)):
+        tokens = meta[asset][key].value
+        assert "counts read" in tokens["cache"] and 0 < tokens["texts_tokenised"] < tokens["texts_from_cache"] / share, asset
     assert meta["attribute_classifiers"]["mode"].value.startswith("retrain: retraining the published")
     price_before = store.info(scoring.PRICE_MODEL_NAME, published_before[scoring.PRICE_MODEL_NAME])
     price_after = store.info(scoring.PRICE_MODEL_NAME, after_version := store.versions(scoring.PRICE_MODEL_NAME)[-1])

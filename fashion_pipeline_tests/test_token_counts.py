@@ -112,13 +112,18 @@ def test_the_price_featurizer_gives_the_same_matrix_with_and_without_the_memo():
         assert tr.tokens.counts["texts_tokenised"] > 0
 
 
-def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it():
+def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it(tmp_path):
+    def train(logs: list[str]):
+        return train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
+                                  params={"lightgbm": {"n_estimators": 30}}, blend=False, progress=logs.append,
+                                  token_cache=tmp_path / "price_text.pkl")
+
     logs: list[str] = []
-    res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
-                             params={"lightgbm": {"n_estimators": 30}}, blend=False, progress=logs.append)
+    res = train(logs)
     line = next(m for m in logs if m.startswith("price text:"))
-    tokenised, requested = (int(w) for w in line.split() if w.isdigit())
+    tokenised, from_cache, requested = (int(w) for w in line.split() if w.isdigit())
     assert 0 < tokenised < requested / 4  # fits and transforms of the same rows share one tokenisation
+    assert from_cache == 0 and "none yet" in line
     blob = pickle.dumps(res.model)
     assert b"TokenCounts" not in blob
     # The pickled model prices raw listing texts without the memo.
@@ -127,6 +132,12 @@ def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it():
     served = pickle.loads(blob).predict(test)
     assert served["price_usd"].notna().sum() > 10
     assert served.equals(res.model.predict(test))
+    # The next training reads every text's counts from the file the first one wrote, and trains the same model.
+    again_logs: list[str] = []
+    again = train(again_logs)
+    line = next(m for m in again_logs if m.startswith("price text:"))
+    assert [int(w) for w in line.split() if w.isdigit()] == [0, tokenised, requested, tokenised]  # last: read
+    assert again.model.predict(test).equals(served)
 
 
 def test_the_transform_memo_gives_the_rows_sklearn_transforms_bit_for_bit():
@@ -155,3 +166,66 @@ def test_the_transform_memo_gives_the_rows_sklearn_transforms_bit_for_bit():
     before = dict(memo.counts)
     _same(tfidf_transform(word, batches[1]), word.transform(batches[1]))
     assert memo.counts == before
+
+
+def _memo_texts(tokens: TokenCounts) -> list[str]:
+    return list(tokens._rows)
+
+
+@pytest.mark.parametrize("params", [
+    {"ngram_range": (1, 2), "min_df": 2, "max_features": 300, "sublinear_tf": True, "dtype": np.float32},
+    {"analyzer": "char_wb", "ngram_range": (2, 5), "min_df": 3, "max_features": 2_000, "dtype": np.float32},
+], ids=["word", "char"])
+def test_a_memo_read_from_the_last_runs_file_fits_and_transforms_as_sklearn_and_tokenises_only_new_texts(
+        tmp_path, params):
+    texts = list(dict.fromkeys(_texts()))
+    cache = tmp_path / "tokens.pkl"
+    first, later = texts[: len(texts) * 2 // 3], texts[len(texts) // 3:]  # a third of the texts are new next run
+    run1 = TokenCounts(TfidfVectorizer(**params), cache=cache)
+    assert "none yet" in run1.cache_note
+    run1.fit(TfidfVectorizer(**params), first)
+    run1.save()
+    run2 = TokenCounts(TfidfVectorizer(**params), cache=cache)
+    assert f"{len(first)} texts' counts read" in run2.cache_note
+    expected = TfidfVectorizer(**params).fit(later)
+    got = run2.fit(TfidfVectorizer(**params), later)
+    assert got.vocabulary_ == expected.vocabulary_
+    np.testing.assert_array_equal(got.idf_, expected.idf_)
+    other = texts[: len(texts) // 6] + ["unseen words zzqx", ""]  # the texts between are in neither: dropped
+    _same(run2.transform(got, other), expected.transform(other))
+    _same(run2.transform(got, later), expected.transform(later))
+    new = len(set(later) - set(first)) + 1  # the unseen text (the empty one was in neither: counted too)
+    new += "" not in set(first) | set(later)
+    assert run2.counts["texts_tokenised"] == new
+    assert run2.counts["texts_from_cache"] == len(set(later + other) & set(first))
+    # What run 2 saves is what it was asked for: a text only the first run had is gone from the file (and
+    # the terms only such texts had: the file's term ids are renumbered).
+    run2.save()
+    run3 = TokenCounts(TfidfVectorizer(**params), cache=cache)
+    assert f"{len(set(later + other))} texts' counts read" in run3.cache_note
+    sample = texts[:3] + texts[len(texts) // 4: len(texts) // 4 + 3] + texts[-5:]  # kept, dropped, kept
+    _same(run3.transform(TfidfVectorizer(**params).fit(texts), sample),
+          TfidfVectorizer(**params).fit(texts).transform(sample))
+    assert run3.counts["texts_from_cache"] == len(set(sample) & set(later + other)) == 8
+    assert run3.counts["texts_tokenised"] == len(set(sample) - set(later + other)) == 3
+
+
+def test_a_cache_file_for_another_analyser_or_a_corrupt_one_is_not_read_and_the_counts_are_sklearns(tmp_path):
+    texts = list(dict.fromkeys(_texts()))[:120]
+    cache = tmp_path / "tokens.pkl"
+    word = TokenCounts(TfidfVectorizer(ngram_range=(1, 2)), cache=cache)
+    word.fit(TfidfVectorizer(ngram_range=(1, 2)), texts)
+    word.save()
+    unigram = TokenCounts(TfidfVectorizer(ngram_range=(1, 1)), cache=cache)
+    assert "another analyser" in unigram.cache_note
+    got = unigram.fit(TfidfVectorizer(ngram_range=(1, 1)), texts)
+    assert got.vocabulary_ == TfidfVectorizer(ngram_range=(1, 1)).fit(texts).vocabulary_
+    assert unigram.counts["texts_from_cache"] == 0 and unigram.counts["texts_tokenised"] == len(texts)
+    cache.write_bytes(cache.read_bytes()[:100])  # a torn file
+    torn = TokenCounts(TfidfVectorizer(ngram_range=(1, 2)), cache=cache)
+    assert "unreadable" in torn.cache_note and "rebuilt" in torn.cache_note
+    expected = TfidfVectorizer(ngram_range=(1, 2)).fit(texts)
+    _same(torn.transform(torn.fit(TfidfVectorizer(ngram_range=(1, 2)), texts), texts), expected.transform(texts))
+    assert torn.counts["texts_tokenised"] == len(texts)
+    torn.save()  # and the next run reads the rebuilt file
+    assert f"{len(texts)} texts' counts read" in TokenCounts(TfidfVectorizer(ngram_range=(1, 2)), cache=cache).cache_note

@@ -21,6 +21,7 @@ from fashion_pipeline.core.extraction.prepared_text import prepare
 from fashion_pipeline.core.threads import WorkerPool, resolve_threads
 from fashion_pipeline.core.token_counts import TokenCounts
 from fashion_pipeline.gpu import gpu_declarations
+from fashion_pipeline.paths import token_cache_path
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
@@ -87,7 +88,8 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     truths = [quality.catalogue_truth(v) for v in clean_products["article_attributes"]]
     unknown_gold = _unknown_gold_values(clean_products["article_attributes"])
     splits = clean_products["split"].tolist()
-    tokens = TokenCounts(learned.text_vectorizer())  # the model, the recipe and the report tokenise each text once
+    # The model, the recipe and the report tokenise each text once; a text the last run counted, not at all.
+    tokens = TokenCounts(learned.text_vectorizer(), cache=token_cache_path("extractor_text"))
     with WorkerPool(resolve_threads(config.processes)) as pool:  # the model's and the recipe's LinearSVC fits
         try:
             model = learned.fit(texts, truths, clean_products["source_category"].tolist(), splits,
@@ -104,8 +106,10 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         recipe = learned.reference_recipe(texts, truths, [s == "train" for s in splits], test, tokens=tokens,
                                           processes=pool)
     report = pd.DataFrame(learned.evaluate(model, test_texts, test_truths, recipe, tokens=tokens))
-    context.log.info(f"text tokenisation: {tokens.counts['texts_tokenised']} distinct texts for "
-                     f"{tokens.counts['texts_requested']} fitted or transformed")
+    context.log.info(f"text tokenisation: {tokens.counts['texts_tokenised']} distinct texts tokenised and "
+                     f"{tokens.counts['texts_from_cache']} counted by the last run for {tokens.counts['texts_requested']} "
+                     f"fitted or transformed (cache {tokens.cache_note})")
+    tokens.save()
     report.insert(0, "split", "test")
     brand = brandmod.score_titles(model.brands.find, model.brands.brands, clean_products["title"][test], clean_products["brand"][test])
     metrics = {"test": report.to_dict("records"), "brand_test": brand, "train_seconds": round(train_s, 1)}
@@ -136,6 +140,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         "gold_values_outside_vocabulary": dg.MetadataValue.json(unknown_gold),
         "thresholds": dg.MetadataValue.json({a: h["threshold"] for a, h in model.describe()["heads"].items()}),
         "brands": dg.MetadataValue.json(model.brands.describe()),
+        "text_tokenisation": dg.MetadataValue.json({**tokens.counts, "cache": tokens.cache_note}),
         reuse.FINGERPRINT_KEY: fingerprint,
     })
 

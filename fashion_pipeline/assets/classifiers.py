@@ -43,8 +43,10 @@ from fashion_pipeline.core.models.publishing import (BASELINE_MODELS, baseline_n
 from fashion_pipeline.core.split import grew_beyond
 from fashion_pipeline.core.figures import confusion_matrix_png
 from fashion_pipeline.core.threads import resolve_threads
+from fashion_pipeline.core.token_counts import token_caches
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, require_catalogue_embeddings
 from fashion_pipeline.gpu import gpu_declarations
+from fashion_pipeline.paths import token_cache_dir
 from fashion_pipeline.profiles import get_profile
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
@@ -370,62 +372,65 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         brand_mask_rate=config.brand_mask_rate, chosen=chosen, warm=warm,
         stored_baselines=frozenset(reused_baselines), featurizers=featurizers, warm_linear=warm_linear,
     )
-    with threadpool_limits(limits=threads):  # BLAS / OpenMP pools too, not only torch
-        result = run_leaderboard(frame, cfg, context.log.info)
-    lb = result.leaderboard
-    # A baseline fitted beside a non-linear serving choice is kept, so the retrains after it re-score it
-    # instead of fitting it again (stored_baselines).
-    for (task, regime), base in sorted(result.baselines.items()):
-        serving = result.serving.get((task, regime))
-        if serving is None or serving.model_name in BASELINE_MODELS:
-            continue
-        rows = lb[(lb.task == task) & (lb.regime == regime) & (lb.model == base.model_name)]
-        version = store.save(baseline_name(task, regime), base,
-                             {"test": {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n}
-                                       for r in rows.itertuples()}},
-                             {**base.features_spec(), "encoder": encoder, "train_split_rows": train_rows})
-        baseline_notes[f"{task}/{regime}"] = f"fitted, stored as {baseline_name(task, regime)} {version}"
-    stored = []
-    plots = {}
-    for (task, regime), clf in sorted(result.serving.items()):
-        rows = lb[(lb.task == task) & (lb.regime == regime) & (lb.model == clf.model_name)]
-        metrics = {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "weighted_f1": r.weighted_f1, "n": r.n}
-                   for r in rows.itertuples()}
-        name = classifier_name(task, regime)
-        version = store.save(name, clf, {"test": metrics, "selected_on": "validation macro-F1"}, {**clf.features_spec(), "encoder": encoder})
-        all_row = rows[rows.source == "all"].iloc[0]
-        published = store.published(name)
-        pub_f1, pub_note = None, "nothing published"
-        if published is not None:
-            # Re-scored on this run's test rows: the published model's recorded metrics came from another split.
-            try:
-                pub_f1, _ = macro_f1_on_test_rows(store.load(name, published["version"])[0], frame, task)
-                pub_note = "re-scored on this run's test split"
-            except Exception as e:  # an old model this code cannot run: say so, the baseline still applies
-                pub_note = f"could not be scored: {type(e).__name__}: {e}"
-                context.log.warning(f"published {name} {published['version']} {pub_note}")
-        base_model, base_f1 = baseline_row(lb, task, regime)
-        if (task, regime) in reused_baselines:
-            base_clf, base_info = reused_baselines[(task, regime)]
-            try:
-                base_model, base_f1 = base_clf.model_name, macro_f1_on_test_rows(base_clf, frame, task)[0]
-            except Exception as e:  # a stored baseline this code cannot run: the published model still gates
-                base_model, base_f1 = None, None
-                baseline_notes[f"{task}/{regime}"] = (f"{baseline_name(task, regime)} {base_info['version']} could not "
-                                                      f"be scored ({type(e).__name__}: {e})")
-                context.log.warning(baseline_notes[f"{task}/{regime}"])
-        stored.append({"name": name, "task": task, "regime": regime, "model": clf.model_name, "version": version,
-                       "test_accuracy": float(all_row.accuracy), "test_macro_f1": float(all_row.macro_f1),
-                       "n_test": int(all_row.n),
-                       "published_version_before": published["version"] if published else None,
-                       "published_test_macro_f1": pub_f1, "published_note": pub_note,
-                       "baseline_model": base_model, "baseline_test_macro_f1": base_f1})
-        if regime == ("full" if "full" in cfg.regimes else cfg.regimes[0]):
-            pred = result.test_predictions[(task, clf.model_name, regime)]
-            if len(pred):
-                plots[f"confusion/{task}"] = md.png(confusion_matrix_png(
-                    pred.y_true, pred.y_pred, clf.classes,
-                    f"{task}: {clf.model_name} ({regime}), test split, row-normalised"), f"confusion {task}")
+    # Every TF-IDF fit and transform below (the leaderboard's, the published models' re-scoring) counts a
+    # text the last run counted from the term counts kept under var/cache/tokens (core.token_counts).
+    with token_caches(token_cache_dir(), "classifiers") as tokens:
+        with threadpool_limits(limits=threads):  # BLAS / OpenMP pools too, not only torch
+            result = run_leaderboard(frame, cfg, context.log.info)
+        lb = result.leaderboard
+        # A baseline fitted beside a non-linear serving choice is kept, so the retrains after it re-score it
+        # instead of fitting it again (stored_baselines).
+        for (task, regime), base in sorted(result.baselines.items()):
+            serving = result.serving.get((task, regime))
+            if serving is None or serving.model_name in BASELINE_MODELS:
+                continue
+            rows = lb[(lb.task == task) & (lb.regime == regime) & (lb.model == base.model_name)]
+            version = store.save(baseline_name(task, regime), base,
+                                 {"test": {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n}
+                                           for r in rows.itertuples()}},
+                                 {**base.features_spec(), "encoder": encoder, "train_split_rows": train_rows})
+            baseline_notes[f"{task}/{regime}"] = f"fitted, stored as {baseline_name(task, regime)} {version}"
+        stored = []
+        plots = {}
+        for (task, regime), clf in sorted(result.serving.items()):
+            rows = lb[(lb.task == task) & (lb.regime == regime) & (lb.model == clf.model_name)]
+            metrics = {r.source: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "weighted_f1": r.weighted_f1, "n": r.n}
+                       for r in rows.itertuples()}
+            name = classifier_name(task, regime)
+            version = store.save(name, clf, {"test": metrics, "selected_on": "validation macro-F1"}, {**clf.features_spec(), "encoder": encoder})
+            all_row = rows[rows.source == "all"].iloc[0]
+            published = store.published(name)
+            pub_f1, pub_note = None, "nothing published"
+            if published is not None:
+                # Re-scored on this run's test rows: the published model's recorded metrics came from another split.
+                try:
+                    pub_f1, _ = macro_f1_on_test_rows(store.load(name, published["version"])[0], frame, task)
+                    pub_note = "re-scored on this run's test split"
+                except Exception as e:  # an old model this code cannot run: say so, the baseline still applies
+                    pub_note = f"could not be scored: {type(e).__name__}: {e}"
+                    context.log.warning(f"published {name} {published['version']} {pub_note}")
+            base_model, base_f1 = baseline_row(lb, task, regime)
+            if (task, regime) in reused_baselines:
+                base_clf, base_info = reused_baselines[(task, regime)]
+                try:
+                    base_model, base_f1 = base_clf.model_name, macro_f1_on_test_rows(base_clf, frame, task)[0]
+                except Exception as e:  # a stored baseline this code cannot run: the published model still gates
+                    base_model, base_f1 = None, None
+                    baseline_notes[f"{task}/{regime}"] = (f"{baseline_name(task, regime)} {base_info['version']} could not "
+                                                          f"be scored ({type(e).__name__}: {e})")
+                    context.log.warning(baseline_notes[f"{task}/{regime}"])
+            stored.append({"name": name, "task": task, "regime": regime, "model": clf.model_name, "version": version,
+                           "test_accuracy": float(all_row.accuracy), "test_macro_f1": float(all_row.macro_f1),
+                           "n_test": int(all_row.n),
+                           "published_version_before": published["version"] if published else None,
+                           "published_test_macro_f1": pub_f1, "published_note": pub_note,
+                           "baseline_model": base_model, "baseline_test_macro_f1": base_f1})
+            if regime == ("full" if "full" in cfg.regimes else cfg.regimes[0]):
+                pred = result.test_predictions[(task, clf.model_name, regime)]
+                if len(pred):
+                    plots[f"confusion/{task}"] = md.png(confusion_matrix_png(
+                        pred.y_true, pred.y_pred, clf.classes,
+                        f"{task}: {clf.model_name} ({regime}), test split, row-normalised"), f"confusion {task}")
     stored_df = pd.DataFrame(stored)
     if len(stored_df):
         for c in ("published_test_macro_f1", "baseline_test_macro_f1"):
@@ -462,6 +467,7 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         "neural_start": dg.MetadataValue.json({k: {"source": warm_notes.get(k, ""), "start": result.warm_starts.get(k, "cold")}
                                                 for k in sorted(set(warm_notes) | set(result.warm_starts))}),
         "train_seconds": dg.MetadataValue.float(float(result.timings["total_seconds"])),
+        "text_tokenisation": dg.MetadataValue.json(tokens.describe()),
         reuse.FINGERPRINT_KEY: fingerprint,
     })
 

@@ -34,7 +34,7 @@ from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
-from fashion_pipeline.core.token_counts import TokenCounts, tfidf_transform
+from fashion_pipeline.core.token_counts import TokenCounts, memo_for, tfidf_transform
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,8 @@ class ProductFeaturizer:
     def _fit(self, frame: pd.DataFrame, kinds=KINDS, shared: dict | None = None):
         """Fit; returns the training rows' TF-IDF (for `fit_transform_kinds`; not kept). Each
         vectorizer fits through a tokenisation memo (core.token_counts), so computing that
-        TF-IDF for the SVD does not tokenise the texts again; the memos are dropped on return."""
+        TF-IDF for the SVD does not tokenise the texts again; the memos are dropped on return
+        (unless they are an active `token_caches` block's)."""
         _require_train_only(frame)
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
@@ -257,7 +258,7 @@ class ProductFeaturizer:
         memos: dict[str, TokenCounts] = {}
 
         def fit_vectorizer(name: str, vec: TfidfVectorizer, texts: pd.Series) -> None:
-            memos[name] = TokenCounts(vec)
+            memos[name] = memo_for(vec)  # the active token_caches block's, kept between runs; else a fresh one
             self.vectorizers_[name] = memos[name].fit(vec, texts)
 
         if r.title:

@@ -25,34 +25,55 @@ and two models through `scoring.score_listings`, so the same texts met the same 
 again and again; a TF-IDF row depends only on its own text, so the memo's rows are the ones
 ``vectorizer.transform`` gives, bit for bit. Nothing is memoised outside the ``with`` block (the
 CLI's scoring runs without one).
+
+Across runs: a memo built with a ``cache`` file starts from the term counts the last run saved there
+(`TokenCounts.save`: the rows of the texts that run asked for, keyed by a hash of the text), so a
+retrain after new products tokenises only the new and edited texts. A count row depends only on its
+text and the analyser, so a fit or transform from the file's rows is the one from fresh rows, bit for
+bit; a file written for another analyser, sklearn version or format is not read, and an unreadable
+one is reported (``cache_note``) and rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from numbers import Integral
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import sklearn
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
+
+from fashion_pipeline.core.atomic import atomic_write_bytes
 
 # Parameters that decide what the analyser emits for a text: a memo serves only vectorizers that agree on them.
 ANALYZER_PARAMS = ("input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor", "tokenizer",
                    "stop_words", "token_pattern", "ngram_range", "analyzer")
 
 
+CACHE_FORMAT = 1
+
+
 def _analyzer_key(vectorizer: TfidfVectorizer) -> tuple:
     return tuple(repr(getattr(vectorizer, p)) for p in ANALYZER_PARAMS)
+
+
+def _text_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class TokenCounts:
     """Term counts of every text seen so far, for vectorizers with one analyser configuration.
 
-    ``counts`` says how many distinct texts were tokenised and how many were asked for."""
+    ``counts`` says how many distinct texts were tokenised, how many were asked for, and how many
+    were read from the ``cache`` file instead of tokenised (see the module docstring; `save` writes it)."""
 
-    def __init__(self, vectorizer: TfidfVectorizer):
+    def __init__(self, vectorizer: TfidfVectorizer, cache: str | Path | None = None):
         self._key = _analyzer_key(vectorizer)
         self._analyze = vectorizer.build_analyzer()
         self._terms: dict[str, int] = {}
@@ -60,7 +81,58 @@ class TokenCounts:
         self._rows: dict[str, int] = {}
         self._matrix = sp.csr_array((0, 0), dtype=np.float32)
         self._fitted: dict[int, tuple[TfidfVectorizer, np.ndarray]] = {}  # id -> (vectorizer, memo term ids)
-        self.counts = {"texts_tokenised": 0, "texts_requested": 0}
+        self.counts = {"texts_tokenised": 0, "texts_requested": 0, "texts_from_cache": 0}
+        self._cache = Path(cache) if cache is not None else None
+        self._cached: dict[bytes, int] = {}  # text hash -> row of _cached_matrix (columns: memo term ids)
+        self._cached_matrix = None
+        self.cache_note = "no cache file"
+        if self._cache is not None:
+            self._load_cache()
+
+    def _stamp(self) -> dict:
+        return {"format": CACHE_FORMAT, "analyser": self._key, "sklearn": sklearn.__version__}
+
+    def _load_cache(self) -> None:
+        path = self._cache
+        if not path.exists():
+            self.cache_note = f"{path.name}: none yet"
+            return
+        try:
+            with open(path, "rb") as fh:
+                saved = pickle.load(fh)
+            if saved.get("stamp") != self._stamp():
+                self.cache_note = f"{path.name}: written for another analyser or sklearn version, not read"
+                return
+            names, hashes = list(saved["terms"]), saved["hashes"]
+            matrix = sp.csr_array((saved["data"], saved["indices"], saved["indptr"]), shape=(len(hashes) // 16, len(names)))
+            if len(hashes) % 16 or len(matrix.indptr) != len(hashes) // 16 + 1:
+                raise ValueError("rows and hashes disagree")
+            if matrix.nnz and not 0 <= matrix.indices.min() <= matrix.indices.max() < len(names):
+                raise ValueError("term ids outside the file's vocabulary")
+        except Exception as e:  # a cache is never worth a failed run: say so and tokenise afresh
+            self.cache_note = f"{path.name}: unreadable ({type(e).__name__}: {e}), rebuilt"
+            return
+        self._names = names
+        self._terms = {t: j for j, t in enumerate(names)}
+        self._cached = {hashes[16 * i:16 * (i + 1)]: i for i in range(len(hashes) // 16)}
+        self._cached_matrix = matrix
+        self._matrix = sp.csr_array((0, len(names)), dtype=np.float32)
+        self.cache_note = f"{path.name}: {len(self._cached)} texts' counts read"
+
+    def save(self) -> None:
+        """Write the counts of every text this memo was asked for (and only those: the file follows the
+        product set) to its ``cache`` file, atomically; a memo built without one has nothing to write."""
+        if self._cache is None:
+            return
+        m = self._matrix
+        used = np.unique(m.indices)  # the terms those texts have, renumbered in their order
+        remap = np.full(len(self._names), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        texts = list(self._rows)  # in row order: a text's row is fixed when it is first counted
+        payload = {"stamp": self._stamp(), "terms": [self._names[j] for j in used],
+                   "hashes": b"".join(_text_hash(t) for t in texts),
+                   "data": m.data, "indices": remap[m.indices].astype(np.int32), "indptr": m.indptr}
+        atomic_write_bytes(self._cache, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
     def serves(self, vectorizer: TfidfVectorizer) -> bool:
         """Whether ``vectorizer`` analyses text as this memo does (and counts as sklearn's CountVectorizer
@@ -75,6 +147,19 @@ class TokenCounts:
         docs = list(docs)
         self.counts["texts_requested"] += len(docs)
         new = [d for d in dict.fromkeys(docs) if d not in self._rows]
+        if new and self._cached:  # texts the last run counted: their rows, not a new tokenisation
+            hit_rows, unseen = [], []
+            for d in new:
+                i = self._cached.get(_text_hash(d))
+                if i is None:
+                    unseen.append(d)
+                else:
+                    hit_rows.append(i)
+                    self._rows[d] = len(self._rows)
+            if hit_rows:
+                self._append(self._cached_matrix[np.asarray(hit_rows, dtype=np.int64)])
+                self.counts["texts_from_cache"] += len(hit_rows)
+            new = unseen
         if new:
             terms, names = self._terms, self._names
             indices: list[int] = []
@@ -92,14 +177,19 @@ class TokenCounts:
                 values.extend(counter.values())
                 indptr.append(len(indices))
                 self._rows[d] = len(self._rows)
-            added = sp.csr_array((np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64),
-                                  np.asarray(indptr, dtype=np.int64)), shape=(len(new), len(names)))
-            old = self._matrix
-            old = sp.csr_array((old.data, old.indices, old.indptr), shape=(old.shape[0], len(names)))
-            self._matrix = sp.vstack([old, added], format="csr")
+            self._append(sp.csr_array((np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64),
+                                       np.asarray(indptr, dtype=np.int64)), shape=(len(new), len(names))))
             self.counts["texts_tokenised"] += len(new)
         rows = np.fromiter((self._rows[d] for d in docs), dtype=np.int64, count=len(docs))
         return self._matrix[rows]
+
+    def _append(self, rows: sp.csr_array) -> None:
+        """Add count rows (columns: memo term ids, up to the current vocabulary) below the matrix."""
+        n = len(self._names)
+        old = self._matrix
+        old = sp.csr_array((old.data, old.indices, old.indptr), shape=(old.shape[0], n))
+        rows = sp.csr_array((rows.data, rows.indices, rows.indptr), shape=(rows.shape[0], n))
+        self._matrix = sp.vstack([old, rows], format="csr")
 
     def fit(self, vectorizer: TfidfVectorizer, docs) -> TfidfVectorizer:
         """``vectorizer`` fitted on ``docs`` as ``vectorizer.fit(docs)`` would fit it."""
@@ -229,7 +319,66 @@ def transform_memo() -> Iterator[TransformMemo]:
         _ACTIVE.reset(token)
 
 
+class TokenCaches:
+    """One `TokenCounts` per analyser configuration, each with its cache file in ``folder`` (named
+    ``<prefix>-<hash of the analyser>.pkl``): see `token_caches`."""
+
+    def __init__(self, folder: str | Path, prefix: str):
+        self.folder, self.prefix = Path(folder), prefix
+        self._memos: dict[tuple, TokenCounts] = {}
+
+    def memo_for(self, vectorizer: TfidfVectorizer) -> TokenCounts | None:
+        """The memo that counts ``vectorizer``'s texts (made, and its file read, on first use); None
+        for a vectorizer a memo cannot serve (binary counts, a fixed vocabulary, not a TfidfVectorizer)."""
+        if not isinstance(vectorizer, TfidfVectorizer) or vectorizer.binary or vectorizer.vocabulary is not None:
+            return None
+        key = _analyzer_key(vectorizer)
+        if key not in self._memos:
+            name = hashlib.blake2b(repr(key).encode(), digest_size=6).hexdigest()
+            self._memos[key] = TokenCounts(vectorizer, cache=self.folder / f"{self.prefix}-{name}.pkl")
+        return self._memos[key]
+
+    def save(self) -> None:
+        for memo in self._memos.values():
+            memo.save()
+
+    def describe(self) -> dict[str, dict]:
+        """Per cache file: what was tokenised, read from it and asked for, and how the file was read."""
+        return {m._cache.name: {**m.counts, "cache": m.cache_note} for m in self._memos.values()}
+
+
+_CACHES: ContextVar[TokenCaches | None] = ContextVar("token_caches", default=None)
+
+
+@contextmanager
+def token_caches(folder: str | Path, prefix: str) -> Iterator[TokenCaches]:
+    """Within the block, a featurizer's vectorizer fits (`memo_for`) and `tfidf_transform` go through
+    term counts kept between runs in ``folder``: a retrain that keeps its featurizers, or fits them
+    again on a train split that grew by a few products, tokenises only the texts the last run did not
+    count. The files are rewritten when the block ends without an error. The same matrices bit for
+    bit as without it (the module docstring)."""
+    caches = TokenCaches(folder, prefix)
+    token = _CACHES.set(caches)
+    try:
+        yield caches
+    finally:
+        _CACHES.reset(token)
+    caches.save()
+
+
+def memo_for(vectorizer: TfidfVectorizer) -> TokenCounts:
+    """The active `token_caches` block's memo for ``vectorizer``, else a fresh one."""
+    caches = _CACHES.get()
+    memo = caches.memo_for(vectorizer) if caches is not None else None
+    return memo if memo is not None else TokenCounts(vectorizer)
+
+
 def tfidf_transform(vectorizer: TfidfVectorizer, docs):
-    """``vectorizer.transform(docs)``, through the active `transform_memo` if there is one."""
+    """``vectorizer.transform(docs)``, through the active `token_caches` memo for its analyser, else
+    the active `transform_memo`, if there is one."""
+    caches = _CACHES.get()
+    memo = caches.memo_for(vectorizer) if caches is not None else None
+    if memo is not None:
+        return memo.transform(vectorizer, docs)
     memo = _ACTIVE.get()
     return memo.transform(vectorizer, docs) if memo is not None else vectorizer.transform(docs)

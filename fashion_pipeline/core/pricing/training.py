@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,8 @@ class TrainingResult:
     # LightGBM "warm (n + k of w trees kept)", ridge "warm (featurizer of n rows kept; ...)", router
     # "warm (TF-IDF and photo PCA of n rows kept; ...)", or "cold: <why the warm start was refused>".
     warm_starts: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The price text's tokenisation (`TokenCounts.counts`, and what its cache file held: ``cache``).
+    tokens: dict = field(default_factory=dict)
 
 
 def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -106,6 +109,7 @@ def train_price_models(
     tuned: dict[str, dict[str, dict]] | None = None,
     warm: dict[str, object] | None = None,
     warm_kinds: tuple[str, ...] = WARM_KINDS,
+    token_cache: str | Path | None = None,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
@@ -126,7 +130,9 @@ def train_price_models(
     `RidgePriceRegressor.fit`: its featurizer kept, LSQR started from its coefficients). With "router"
     in ``warm_kinds``, its source router keeps the retrained router's TF-IDF and photo PCA
     and continues its logistic regression (`SourceRouter.fit`).
-    ``TrainingResult.warm_starts`` says per form and kind whether it could."""
+    ``TrainingResult.warm_starts`` says per form and kind whether it could.
+    ``token_cache``: a file for the price text's term counts (`TokenCounts`): read before training,
+    so a text the last run counted is not tokenised again, and rewritten after it; the same models either way."""
     params = params or {}
     tuned = tuned or {}
     warm = warm or {}
@@ -140,7 +146,7 @@ def train_price_models(
     rows, counts = priced_rows(products)
     inputs = build_price_inputs(rows, embeddings, attributes)
     # Every fit and transform of the price text below shares one tokenisation of each text.
-    inputs.tokens = TokenCounts(price_text_vectorizer())
+    inputs.tokens = TokenCounts(price_text_vectorizer(), cache=token_cache)
     embeddings = None  # the aligned copy is all training reads (a caller that handed them over frees them now)
     split = pricing_splits(inputs.frame, calibration_fraction)
     if train_fraction < 1.0:  # deterministic subsample of train only; the other splits stay whole
@@ -214,8 +220,10 @@ def train_price_models(
         how = "retrained the chosen" if chosen.get(form) == pick else "chose"
         progress(f"{form}: {how} {pick} (validation RMSLE {val_scores[pick]:.4f}); intervals "
                  f"{ {k: tuple(round(v, 3) for v in q) for k, q in pm.residual_quantiles_.items()} }")
-    progress(f"price text: {tr.tokens.counts['texts_tokenised']} distinct texts tokenised once for "
-             f"{tr.tokens.counts['texts_requested']} rows fitted or transformed")
+    progress(f"price text: {tr.tokens.counts['texts_tokenised']} distinct texts tokenised once and "
+             f"{tr.tokens.counts['texts_from_cache']} counted by the last run for "
+             f"{tr.tokens.counts['texts_requested']} rows fitted or transformed (cache {tr.tokens.cache_note})")
+    tr.tokens.save()
     if not fitted:
         raise ValueError(f"no listing form could be trained: {counts}")
     model = ListingPriceModel(fitted, (float(train_prices.min()), float(train_prices.max())), coverage,
@@ -226,7 +234,8 @@ def train_price_models(
     for form, by_kind in tuned.items():
         if form in chosen and form in recorded:
             recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
-    return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
+    return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts,
+                          {**tr.tokens.counts, "cache": tr.tokens.cache_note})
 
 
 def mlp_precisions(model: ListingPriceModel) -> dict[str, str]:

@@ -129,6 +129,9 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     for asset, key, share in (("regressor_metrics", "price_text_tokens", 4), ("attribute_extractor", "text_tokenisation", 20)):
         tokens = meta[asset][key].value
         assert "counts read" in tokens["cache"] and 0 < tokens["texts_tokenised"] < tokens["texts_from_cache"] / share, asset
+    # ...and so did its listing evaluation, per analyser (the test listings are the first run's, and a few new ones).
+    eval_tokens = meta["regressor_metrics"]["listing_eval_tokens"].value
+    assert len(eval_tokens) >= 2 and all(t["texts_tokenised"] < t["texts_from_cache"] / 10 for t in eval_tokens.values())
     assert meta["attribute_classifiers"]["mode"].value.startswith("retrain: retraining the published")
     price_before = store.info(scoring.PRICE_MODEL_NAME, published_before[scoring.PRICE_MODEL_NAME])
     price_after = store.info(scoring.PRICE_MODEL_NAME, after_version := store.versions(scoring.PRICE_MODEL_NAME)[-1])

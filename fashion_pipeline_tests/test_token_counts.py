@@ -229,3 +229,26 @@ def test_a_cache_file_for_another_analyser_or_a_corrupt_one_is_not_read_and_the_
     assert torn.counts["texts_tokenised"] == len(texts)
     torn.save()  # and the next run reads the rebuilt file
     assert f"{len(texts)} texts' counts read" in TokenCounts(TfidfVectorizer(ngram_range=(1, 2)), cache=cache).cache_note
+
+
+def test_transforms_inside_token_caches_and_a_transform_memo_are_sklearns_and_the_next_block_tokenises_nothing(tmp_path):
+    """The listing evaluation's TF-IDF: several vectorizers fitted elsewhere (the served models'), one analyser
+    memo each among them, term counts kept in files between blocks."""
+    from fashion_pipeline.core.token_counts import token_caches
+
+    texts = _texts()
+    word_a = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(texts[::2])
+    word_b = TfidfVectorizer(ngram_range=(1, 2), max_features=200, dtype=np.float32).fit(texts[1::2])  # same analyser
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3).fit(texts[::3])
+    batch = texts[:300] + ["unseen words zzqx", ""]
+    for block in range(2):
+        with token_caches(tmp_path, "eval") as caches, transform_memo():
+            for vec in (word_a, word_b, char, word_a):
+                _same(tfidf_transform(vec, batch), vec.transform(batch))
+        seen = caches.describe()
+        assert len(seen) == 2  # one memo per analyser, not per vectorizer
+        distinct = len(set(batch))
+        if block == 0:
+            assert sorted(s["texts_tokenised"] for s in seen.values()) == [distinct, distinct]
+        else:
+            assert all(s["texts_tokenised"] == 0 and s["texts_from_cache"] == distinct for s in seen.values()), seen

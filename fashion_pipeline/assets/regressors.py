@@ -30,10 +30,10 @@ from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import mlp_precisions, train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
 from fashion_pipeline.core.threads import resolve_threads
-from fashion_pipeline.core.token_counts import transform_memo
+from fashion_pipeline.core.token_counts import token_caches, transform_memo
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, read_catalogue_embeddings
 from fashion_pipeline.gpu import gpu_declarations
-from fashion_pipeline.paths import token_cache_path
+from fashion_pipeline.paths import token_cache_dir, token_cache_path
 from fashion_pipeline.profiles import get_profile
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
@@ -336,8 +336,9 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                                                  recipe=recipe, text_recipe=text_recipe)
 
     # One TF-IDF transform memo for both evaluations: the published model meets the same test texts, and
-    # the classifiers and recipes it is served beside are the same objects (core.token_counts).
-    with transform_memo():
+    # the classifiers and recipes it is served beside are the same objects; each text is tokenised once per
+    # analyser, and not at all when the last run's evaluation counted it (core.token_counts).
+    with token_caches(token_cache_dir(), "listing_eval") as eval_tokens, transform_memo():
         cand_table, cand_pred = judge(model, {"version": version, "features_spec": features_spec},
                                       tuple(listing_eval.LISTING_FORMS))
         cand_table.insert(0, "model", "candidate")
@@ -387,6 +388,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         "mlp_precision": dg.MetadataValue.json(features_spec.get("mlp_precision", {})),
         "listing_eval_embeddings": dg.MetadataValue.json(getattr(embedder, "counts", {})),
         "listing_eval_extraction": dg.MetadataValue.json(extractor.counts),
+        "listing_eval_tokens": dg.MetadataValue.json(eval_tokens.describe()),
         "listing_recipes": recipes_note,
         "intervals": dg.MetadataValue.json(model.describe()),
         "candidate_version": version,

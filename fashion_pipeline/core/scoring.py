@@ -643,6 +643,11 @@ def load_serving(store, model, info: dict, *, classify: bool = True, embed: bool
     return out
 
 
+# The columns `_flags` reads.
+FLAG_INPUTS = ("image_path", "title", "description", "category", "asking_price_invalid", "asking_price_usd",
+               "price_clipped", "price_abstained")
+
+
 def _flags(row: dict, image_error: str | None, price_range: tuple[float, float] | None) -> str:
     f = []
     if not _s(row.get("image_path")) or image_error in _ABSENT_IMAGE:
@@ -828,8 +833,10 @@ def score_listings(
                 out[c] = a[c].to_numpy()
     price_range = getattr(price_model, "price_range_", None)
     trained_with_embeddings = str(((model_info or {}).get("features_spec") or {}).get("embeddings", "")).startswith("read")
-    # Rows as dicts (`_flags` reads them with .get): iterrows built a Series per listing, ~45 us each.
-    out["flags"] = pd.Series([_flags(r, e, price_range) for r, e in zip(out.to_dict("records"), image_errors)],
+    # Rows as dicts (`_flags` reads them with .get): iterrows built a Series per listing, ~45 us each; only
+    # the columns it reads (a column the frame lacks stays absent: .get gives None, as before).
+    flag_rows = out[[c for c in FLAG_INPUTS if c in out.columns]].to_dict("records")
+    out["flags"] = pd.Series([_flags(r, e, price_range) for r, e in zip(flag_rows, image_errors)],
                              index=out.index, dtype=object)
     if embedder is None and trained_with_embeddings and len(out):
         out["flags"] = [";".join(x for x in (f, NO_EMBEDDINGS) if x) for f in out["flags"]]

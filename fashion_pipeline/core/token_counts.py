@@ -287,14 +287,14 @@ class TransformMemo:
         _, rows, matrix = entry
         new = [d for d in dict.fromkeys(docs) if d not in rows]
         if new:
-            x = vectorizer.transform(new)
+            x = _counted_transform(vectorizer, new)
             matrix = x if matrix is None else sp.vstack([matrix, x], format="csr")
             rows.update((d, len(rows)) for d in new)
             self.counts["texts_transformed"] += len(new)
         self._by_vectorizer[id(vectorizer)] = (vectorizer, rows, matrix)
         self.counts["texts_requested"] += len(docs)
         if matrix is None:  # no texts at all: what the vectorizer gives for none
-            return vectorizer.transform(docs)
+            return _counted_transform(vectorizer, docs)
         out = matrix[np.fromiter((rows[d] for d in docs), dtype=np.int64, count=len(docs))]
         out.sort_indices()
         return out
@@ -373,12 +373,17 @@ def memo_for(vectorizer: TfidfVectorizer) -> TokenCounts:
     return memo if memo is not None else TokenCounts(vectorizer)
 
 
-def tfidf_transform(vectorizer: TfidfVectorizer, docs):
-    """``vectorizer.transform(docs)``, through the active `token_caches` memo for its analyser, else
-    the active `transform_memo`, if there is one."""
+def _counted_transform(vectorizer: TfidfVectorizer, docs):
+    """``vectorizer.transform(docs)``, counting the texts through the active `token_caches` memo for its
+    analyser if there is one."""
     caches = _CACHES.get()
     memo = caches.memo_for(vectorizer) if caches is not None else None
-    if memo is not None:
-        return memo.transform(vectorizer, docs)
-    memo = _ACTIVE.get()
     return memo.transform(vectorizer, docs) if memo is not None else vectorizer.transform(docs)
+
+
+def tfidf_transform(vectorizer: TfidfVectorizer, docs):
+    """``vectorizer.transform(docs)``, through the active `transform_memo` (each text's row once per
+    vectorizer) and the active `token_caches` (each text tokenised once per analyser, if at all) when
+    there are."""
+    memo = _ACTIVE.get()
+    return memo.transform(vectorizer, docs) if memo is not None else _counted_transform(vectorizer, docs)

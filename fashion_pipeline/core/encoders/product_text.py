@@ -102,6 +102,7 @@ def build_texts(products, attributes=None) -> list[str]:
             attr_by_id = dedup.to_dict(orient="index")
     product_cols = [c for c in PRODUCT_ATTRIBUTE_COLUMNS if c in products.columns]
     descriptions = products["description"] if "description" in products.columns else [None] * len(products)
+    values = {c: products[c].to_numpy() for c in product_cols}  # what .iat gives, without its per-call cost
     texts = []
     for i, (pid, title, desc) in enumerate(zip(products["product_id"], products["title"], descriptions)):
         attrs: dict[str, Any] = {}
@@ -110,6 +111,6 @@ def build_texts(products, attributes=None) -> list[str]:
             if c in extracted:
                 attrs[c] = extracted[c]
         for c in product_cols:
-            attrs.setdefault(c, products[c].iat[i])
+            attrs.setdefault(c, values[c][i])
         texts.append(build_product_text(title, desc, attrs))
     return texts

@@ -30,6 +30,3 @@ def token_cache_dir() -> Path:
     safe to delete (the next run tokenises every text again)."""
     return var_dir() / "cache" / "tokens"
 
-
-def token_cache_path(name: str) -> Path:
-    return token_cache_dir() / f"{name}.pkl"

@@ -126,9 +126,11 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     assert meta["regressor_metrics"]["mode"].value.startswith("retrain: retraining the published")
     # The retrain's TF-IDF read the first run's term counts: only texts it had not seen were tokenised (the
     # new products', and for the price text the brand-hidden views its random masks drew anew).
-    for asset, key, share in (("regressor_metrics", "price_text_tokens", 4), ("attribute_extractor", "text_tokenisation", 20)):
-        tokens = meta[asset][key].value
-        assert "counts read" in tokens["cache"] and 0 < tokens["texts_tokenised"] < tokens["texts_from_cache"] / share, asset
+    for asset, key, share in (("regressor_metrics", "price_training_tokens", 4), ("attribute_extractor", "text_tokenisation", 20)):
+        files = meta[asset][key].value
+        assert files and all("counts read" in t["cache"] and t["texts_tokenised"] < t["texts_from_cache"] / share
+                             for t in files.values()), (asset, files)
+        assert sum(t["texts_tokenised"] for t in files.values()) > 0, asset  # the new products' texts
     # ...and so did its listing evaluation, per analyser (the test listings are the first run's, and a few new ones).
     eval_tokens = meta["regressor_metrics"]["listing_eval_tokens"].value
     assert len(eval_tokens) >= 2 and all(t["texts_tokenised"] < t["texts_from_cache"] / 10 for t in eval_tokens.values())

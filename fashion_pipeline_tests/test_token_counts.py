@@ -113,10 +113,16 @@ def test_the_price_featurizer_gives_the_same_matrix_with_and_without_the_memo():
 
 
 def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it(tmp_path):
+    from fashion_pipeline.core.token_counts import token_caches
+
     def train(logs: list[str]):
-        return train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
-                                  params={"lightgbm": {"n_estimators": 30}}, blend=False, progress=logs.append,
-                                  token_cache=tmp_path / "price_text.pkl")
+        with token_caches(tmp_path, "price_training") as caches:
+            res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
+                                     params={"lightgbm": {"n_estimators": 30}}, blend=False, progress=logs.append)
+        files.append(caches.describe())
+        return res
+
+    files: list[dict] = []
 
     logs: list[str] = []
     res = train(logs)
@@ -138,6 +144,8 @@ def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it(tmp_pa
     line = next(m for m in again_logs if m.startswith("price text:"))
     assert [int(w) for w in line.split() if w.isdigit()] == [0, tokenised, requested, tokenised]  # last: read
     assert again.model.predict(test).equals(served)
+    # The source router's TF-IDF (another analyser: words alone) counted its texts through the block's memos too.
+    assert len(files[1]) == 2 and all(f["texts_tokenised"] == 0 < f["texts_from_cache"] for f in files[1].values())
 
 
 def test_the_transform_memo_gives_the_rows_sklearn_transforms_bit_for_bit():

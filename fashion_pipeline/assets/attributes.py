@@ -19,9 +19,9 @@ from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, prompt_finge
 from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline
 from fashion_pipeline.core.extraction.prepared_text import prepare
 from fashion_pipeline.core.threads import WorkerPool, resolve_threads
-from fashion_pipeline.core.token_counts import TokenCounts
+from fashion_pipeline.core.token_counts import TokenCaches
 from fashion_pipeline.gpu import gpu_declarations
-from fashion_pipeline.paths import token_cache_path
+from fashion_pipeline.paths import token_cache_dir
 from fashion_pipeline.resources.extraction import ExtractorResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
@@ -89,7 +89,8 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     unknown_gold = _unknown_gold_values(clean_products["article_attributes"])
     splits = clean_products["split"].tolist()
     # The model, the recipe and the report tokenise each text once; a text the last run counted, not at all.
-    tokens = TokenCounts(learned.text_vectorizer(), cache=token_cache_path("extractor_text"))
+    caches = TokenCaches(token_cache_dir(), "extractor")
+    tokens = caches.memo_for(learned.text_vectorizer())
     with WorkerPool(resolve_threads(config.processes)) as pool:  # the model's and the recipe's LinearSVC fits
         try:
             model = learned.fit(texts, truths, clean_products["source_category"].tolist(), splits,
@@ -109,7 +110,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     context.log.info(f"text tokenisation: {tokens.counts['texts_tokenised']} distinct texts tokenised and "
                      f"{tokens.counts['texts_from_cache']} counted by the last run for {tokens.counts['texts_requested']} "
                      f"fitted or transformed (cache {tokens.cache_note})")
-    tokens.save()
+    caches.save()
     report.insert(0, "split", "test")
     brand = brandmod.score_titles(model.brands.find, model.brands.brands, clean_products["title"][test], clean_products["brand"][test])
     metrics = {"test": report.to_dict("records"), "brand_test": brand, "train_seconds": round(train_s, 1)}
@@ -140,7 +141,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         "gold_values_outside_vocabulary": dg.MetadataValue.json(unknown_gold),
         "thresholds": dg.MetadataValue.json({a: h["threshold"] for a, h in model.describe()["heads"].items()}),
         "brands": dg.MetadataValue.json(model.brands.describe()),
-        "text_tokenisation": dg.MetadataValue.json({**tokens.counts, "cache": tokens.cache_note}),
+        "text_tokenisation": dg.MetadataValue.json(caches.describe()),
         reuse.FINGERPRINT_KEY: fingerprint,
     })
 

@@ -33,7 +33,7 @@ from fashion_pipeline.core.threads import resolve_threads
 from fashion_pipeline.core.token_counts import token_caches, transform_memo
 from fashion_pipeline.embedding_inputs import EMBEDDINGS_ASSET, read_catalogue_embeddings
 from fashion_pipeline.gpu import gpu_declarations
-from fashion_pipeline.paths import token_cache_dir, token_cache_path
+from fashion_pipeline.paths import token_cache_dir
 from fashion_pipeline.profiles import get_profile
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.model_store import ModelStoreResource
@@ -293,9 +293,11 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         tokens = {}  # nothing trained, nothing tokenised for training
     else:
         # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
-        res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,
-                                 chosen=chosen, tuned=tuned, warm=warm, progress=context.log.info,
-                                 token_cache=token_cache_path("price_text"), **training_options(config))
+        # The price text's and the router's TF-IDF count a text the last training counted from its files.
+        with token_caches(token_cache_dir(), "price_training") as train_tokens:
+            res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,
+                                     chosen=chosen, tuned=tuned, warm=warm, progress=context.log.info,
+                                     **training_options(config))
         model = res.model
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                          "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
@@ -308,7 +310,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
                                                        "counts": res.counts, "intervals": model.describe()}, features_spec)
         selection, counts, train_seconds = res.selection, res.counts, res.train_seconds
-        tokens = {"price_text_tokens": dg.MetadataValue.json(res.tokens)}
+        tokens = {"price_training_tokens": dg.MetadataValue.json(train_tokens.describe())}
         eval_fp = _evaluation_fingerprint(store, train_fp, version, config)
 
     # Test rows, as listings, through score_listings: the candidate and the published model.

@@ -27,7 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
-from fashion_pipeline.core.token_counts import tfidf_transform
+from fashion_pipeline.core.token_counts import memo_for, tfidf_transform
 
 from .features import PriceInputs, _clean_str, clean_column, regime_view, zero_nans_
 from .models import PriceModel, growth_refusal, start_from
@@ -123,8 +123,9 @@ class SourceRouter:
             lr.coef_, lr.intercept_ = warm_from.model_.coef_.copy(), warm_from.model_.intercept_.copy()
         else:
             docs = inputs.frame["price_text"]
-            self.tfidf_ = TfidfVectorizer(min_df=2, max_features=30_000, sublinear_tf=True, dtype=np.float32).fit(docs) \
-                if (docs.str.len() > 0).sum() >= 2 else None
+            vec = TfidfVectorizer(min_df=2, max_features=30_000, sublinear_tf=True, dtype=np.float32)
+            # Through the active token_caches block's memo (its transforms below then tokenise nothing).
+            self.tfidf_ = memo_for(vec).fit(vec, docs) if (docs.str.len() > 0).sum() >= 2 else None
             have = ~inputs.missing()[1]
             k = min(self.image_components, inputs.image.shape[1], int(have.sum()) - 1)
             self.pca_ = PCA(k, random_state=self.seed).fit(inputs.image[have]) if k >= 1 else None

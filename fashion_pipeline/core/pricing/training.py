@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ import pandas as pd
 from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, price_text_vectorizer, regime_view
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
 from ..split import group_unit
-from ..token_counts import TokenCounts
+from ..token_counts import memo_for
 from .price_metrics import regression_metrics
 from .models import (BlendPriceRegressor, KNNPriceRegressor, LightGBMPriceRegressor, MLPPriceRegressor, PriceModel,
                      RidgePriceRegressor, log_target, train_regressor)
@@ -52,8 +51,6 @@ class TrainingResult:
     # LightGBM "warm (n + k of w trees kept)", ridge "warm (featurizer of n rows kept; ...)", router
     # "warm (TF-IDF and photo PCA of n rows kept; ...)", or "cold: <why the warm start was refused>".
     warm_starts: dict[str, dict[str, str]] = field(default_factory=dict)
-    # The price text's tokenisation (`TokenCounts.counts`, and what its cache file held: ``cache``).
-    tokens: dict = field(default_factory=dict)
 
 
 def priced_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -109,7 +106,6 @@ def train_price_models(
     tuned: dict[str, dict[str, dict]] | None = None,
     warm: dict[str, object] | None = None,
     warm_kinds: tuple[str, ...] = WARM_KINDS,
-    token_cache: str | Path | None = None,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
@@ -131,8 +127,8 @@ def train_price_models(
     in ``warm_kinds``, its source router keeps the retrained router's TF-IDF and photo PCA
     and continues its logistic regression (`SourceRouter.fit`).
     ``TrainingResult.warm_starts`` says per form and kind whether it could.
-    ``token_cache``: a file for the price text's term counts (`TokenCounts`): read before training,
-    so a text the last run counted is not tokenised again, and rewritten after it; the same models either way."""
+    Inside a `token_caches` block, the price text's and the router's TF-IDF count each text through
+    that block's memos (a text its files hold is not tokenised again); the same models either way."""
     params = params or {}
     tuned = tuned or {}
     warm = warm or {}
@@ -146,7 +142,7 @@ def train_price_models(
     rows, counts = priced_rows(products)
     inputs = build_price_inputs(rows, embeddings, attributes)
     # Every fit and transform of the price text below shares one tokenisation of each text.
-    inputs.tokens = TokenCounts(price_text_vectorizer(), cache=token_cache)
+    inputs.tokens = memo_for(price_text_vectorizer())
     embeddings = None  # the aligned copy is all training reads (a caller that handed them over frees them now)
     split = pricing_splits(inputs.frame, calibration_fraction)
     if train_fraction < 1.0:  # deterministic subsample of train only; the other splits stay whole
@@ -223,7 +219,6 @@ def train_price_models(
     progress(f"price text: {tr.tokens.counts['texts_tokenised']} distinct texts tokenised once and "
              f"{tr.tokens.counts['texts_from_cache']} counted by the last run for "
              f"{tr.tokens.counts['texts_requested']} rows fitted or transformed (cache {tr.tokens.cache_note})")
-    tr.tokens.save()
     if not fitted:
         raise ValueError(f"no listing form could be trained: {counts}")
     model = ListingPriceModel(fitted, (float(train_prices.min()), float(train_prices.max())), coverage,
@@ -234,8 +229,7 @@ def train_price_models(
     for form, by_kind in tuned.items():
         if form in chosen and form in recorded:
             recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
-    return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts,
-                          {**tr.tokens.counts, "cache": tr.tokens.cache_note})
+    return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
 
 
 def mlp_precisions(model: ListingPriceModel) -> dict[str, str]:

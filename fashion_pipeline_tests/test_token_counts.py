@@ -260,3 +260,12 @@ def test_transforms_inside_token_caches_and_a_transform_memo_are_sklearns_and_th
             assert sorted(s["texts_tokenised"] for s in seen.values()) == [distinct, distinct]
         else:
             assert all(s["texts_tokenised"] == 0 and s["texts_from_cache"] == distinct for s in seen.values()), seen
+
+
+def test_a_cache_file_that_cannot_be_written_is_reported_not_raised(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    memo = TokenCounts(TfidfVectorizer(), cache=blocker / "tokens.pkl")
+    memo.fit(TfidfVectorizer(), ["red shirt", "blue shirt"])
+    memo.save()
+    assert "not saved" in memo.cache_note and not (blocker / "tokens.pkl").exists()

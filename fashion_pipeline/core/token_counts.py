@@ -132,7 +132,10 @@ class TokenCounts:
         payload = {"stamp": self._stamp(), "terms": [self._names[j] for j in used],
                    "hashes": b"".join(_text_hash(t) for t in texts),
                    "data": m.data, "indices": remap[m.indices].astype(np.int32), "indptr": m.indptr}
-        atomic_write_bytes(self._cache, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            atomic_write_bytes(self._cache, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as e:  # a full disk costs the next run its tokenisation, not this run its result
+            self.cache_note += f"; not saved ({type(e).__name__}: {e})"
 
     def serves(self, vectorizer: TfidfVectorizer) -> bool:
         """Whether ``vectorizer`` analyses text as this memo does (and counts as sklearn's CountVectorizer

@@ -63,6 +63,12 @@ def _analyzer_key(vectorizer: TfidfVectorizer) -> tuple:
     return tuple(repr(getattr(vectorizer, p)) for p in ANALYZER_PARAMS)
 
 
+def _countable(vectorizer) -> bool:
+    """Whether a memo can count for ``vectorizer`` as sklearn's CountVectorizer would: a TfidfVectorizer
+    without binary counts or a fixed vocabulary."""
+    return isinstance(vectorizer, TfidfVectorizer) and not vectorizer.binary and vectorizer.vocabulary is None
+
+
 def _text_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
@@ -140,8 +146,7 @@ class TokenCounts:
     def serves(self, vectorizer: TfidfVectorizer) -> bool:
         """Whether ``vectorizer`` analyses text as this memo does (and counts as sklearn's CountVectorizer
         would: no binary counts, no fixed vocabulary)."""
-        return (isinstance(vectorizer, TfidfVectorizer) and _analyzer_key(vectorizer) == self._key
-                and not vectorizer.binary and vectorizer.vocabulary is None)
+        return _countable(vectorizer) and _analyzer_key(vectorizer) == self._key
 
     def _count(self, docs: list[str]) -> sp.csr_array:
         """Rows of the count matrix for ``docs`` (columns: memo term ids), tokenising only unseen texts."""
@@ -333,7 +338,7 @@ class TokenCaches:
     def memo_for(self, vectorizer: TfidfVectorizer) -> TokenCounts | None:
         """The memo that counts ``vectorizer``'s texts (made, and its file read, on first use); None
         for a vectorizer a memo cannot serve (binary counts, a fixed vocabulary, not a TfidfVectorizer)."""
-        if not isinstance(vectorizer, TfidfVectorizer) or vectorizer.binary or vectorizer.vocabulary is not None:
+        if not _countable(vectorizer):
             return None
         key = _analyzer_key(vectorizer)
         if key not in self._memos:
@@ -369,18 +374,22 @@ def token_caches(folder: str | Path, prefix: str) -> Iterator[TokenCaches]:
     caches.save()
 
 
+def _active_memo(vectorizer: TfidfVectorizer) -> TokenCounts | None:
+    """The active `token_caches` block's memo for ``vectorizer``'s analyser, if any."""
+    caches = _CACHES.get()
+    return caches.memo_for(vectorizer) if caches is not None else None
+
+
 def memo_for(vectorizer: TfidfVectorizer) -> TokenCounts:
     """The active `token_caches` block's memo for ``vectorizer``, else a fresh one."""
-    caches = _CACHES.get()
-    memo = caches.memo_for(vectorizer) if caches is not None else None
+    memo = _active_memo(vectorizer)
     return memo if memo is not None else TokenCounts(vectorizer)
 
 
 def _counted_transform(vectorizer: TfidfVectorizer, docs):
     """``vectorizer.transform(docs)``, counting the texts through the active `token_caches` memo for its
     analyser if there is one."""
-    caches = _CACHES.get()
-    memo = caches.memo_for(vectorizer) if caches is not None else None
+    memo = _active_memo(vectorizer)
     return memo.transform(vectorizer, docs) if memo is not None else vectorizer.transform(docs)
 
 

@@ -141,3 +141,19 @@ def test_a_retrain_not_measurably_better_keeps_the_published_extractor_and_its_c
     with duckdb.connect(str(var / "warehouse.duckdb"), read_only=True) as con:
         models = {r[0] for r in con.execute("select distinct model from product_attributes").fetchall()}
     assert all(m.startswith(md1["model_version"].value + "+") for m in models)
+
+
+def test_catalogue_values_outside_the_vocabulary_are_counted_per_field():
+    """attribute_extractor's gold_values_outside_vocabulary: a catalogue value no vocabulary entry takes
+    is counted under its field; known values, "NA" and rows without attributes are not."""
+    import numpy as np
+    import pandas as pd
+
+    from fashion_pipeline.assets.attributes import _unknown_gold_values
+    from fashion_pipeline.core.extraction import quality
+
+    rows = pd.Series(['{"Fabric": "Moonrock", "Wash Care": "Hand wash"}',
+                      '{"Fabric": "Cotton", "Fit": "Weird", "Pattern": "NA"}', None, np.nan, "",
+                      '{"Print or Pattern Type": "Zigzag mesh", "Occasion": "Casual"}', '{"Material": "Polyester"}'])
+    truths = [quality.catalogue_truth(v) if isinstance(v, str) else {} for v in rows]
+    assert _unknown_gold_values(rows, truths) == {"material": 1, "fit": 1, "pattern": 1}

@@ -324,6 +324,36 @@ def test_the_evaluations_transform_memo_changes_no_number(monkeypatch):
         pd.testing.assert_frame_equal(memoised[1][form], plain[1][form])
 
 
+def test_a_second_evaluation_takes_the_listings_the_first_read_and_gets_the_same_numbers():
+    """regressor_metrics judges the published model first and keeps its listings' reads (extraction,
+    embedding, classification) for the candidate: the candidate's evaluation then reads only the forms
+    the first did not, and its tables are those of an evaluation that reads every form itself."""
+    res = trained()
+    df = clean_sample()
+    test, train = df[df["split"] == "test"].reset_index(drop=True), df[df["split"] == "train"]
+    offline = scoring.encoder_embedder("offline")
+    embedded = []
+
+    def embedder(listings, attributes):
+        embedded.append(len(listings))
+        return offline(listings, attributes)
+
+    recipe, text_recipe = listing_eval.Recipe().fit(train), listing_eval.TextClassifierRecipe().fit(train)
+    kw = dict(embedder=embedder, progress=lambda s: None, recipe=recipe, text_recipe=text_recipe)
+    reads: dict = {}
+    listing_eval.evaluate_price_model(res.model, {}, test, train, forms=("full", "photo"), reads=reads,
+                                      remember=True, **kw)
+    assert len(embedded) == 2 and len(reads) == 2
+    shared = listing_eval.evaluate_price_model(res.model, {}, test, train, forms=("full", "title+photo", "photo"),
+                                               reads=reads, **kw)
+    assert len(embedded) == 3 and reads == {}  # 'title+photo' read; 'full' and 'photo' taken (and let go)
+    alone = listing_eval.evaluate_price_model(res.model, {}, test, train, forms=("full", "title+photo", "photo"), **kw)
+    assert len(embedded) == 6
+    pd.testing.assert_frame_equal(shared[0], alone[0])
+    for form in ("full", "title+photo", "photo"):
+        pd.testing.assert_frame_equal(shared[1][form], alone[1][form])
+
+
 def test_text_classifier_recipe_is_tfidf_and_linear_svc_per_task():
     """The reference recipe, written out with sklearn here: TF-IDF (1-2 grams, min_df 2, sublinear tf) of
     title + description + brand on the train rows, one LinearSVC per task on the rows with that label."""

@@ -1,6 +1,7 @@
 """Structured product attributes (brand, materials, care, fit, pattern, occasion, style)
 extracted from title + description; the logic lives in fashion_pipeline.core.extraction."""
 
+import json
 import time
 from typing import Literal
 
@@ -86,7 +87,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
     texts = [prepare(t, d, config.max_description_chars)
              for t, d in zip(clean_products["title"], clean_products["description"].fillna(""))]
     truths = [quality.catalogue_truth(v) for v in clean_products["article_attributes"]]
-    unknown_gold = _unknown_gold_values(clean_products["article_attributes"])
+    unknown_gold = _unknown_gold_values(clean_products["article_attributes"], truths)
     splits = clean_products["split"].tolist()
     # The model, the recipe and the report tokenise each text once; a text the last run counted, not at all.
     caches = TokenCaches(token_cache_dir(), "extractor")
@@ -190,11 +191,14 @@ def retrain_c(store, config: AttributeExtractorConfig) -> tuple[dict[str, float]
                    "(model_selection_job searches again)")
 
 
-def _unknown_gold_values(article_attributes: pd.Series) -> dict[str, int]:
-    """Catalogue values that map to no vocabulary entry (left out of training), counted per field."""
+def _unknown_gold_values(article_attributes: pd.Series, truths: list[dict]) -> dict[str, int]:
+    """Catalogue values that map to no vocabulary entry (left out of training), counted per field.
+    ``truths``: `quality.catalogue_truth` of each row (each object is parsed once)."""
     counts: dict[str, int] = {}
-    for v in article_attributes.dropna():
-        truth = quality.catalogue_truth(v)
+    for v, truth in zip(article_attributes, truths):
+        if not isinstance(v, (str, dict)):  # missing (None, NaN): no catalogue values
+            continue
+        v = json.loads(v) if isinstance(v, str) and v else v  # (catalogue_truth parsed it already)
         for field, keys in (("material", ("Fabric", "Material")), ("care", ("Wash Care",)), ("fit", ("Fit",)),
                             ("pattern", ("Pattern", "Print or Pattern Type")), ("occasion", ("Occasion",))):
             raw = quality.raw_values(v, keys)

@@ -332,44 +332,53 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     context.log.info(f"listing evaluation: recipes {recipes_note}")
     recipe, text_recipe = recipes.recipe, recipes.text_recipe
 
-    def judge(m, info, forms):
+    # The published model is judged first, on the gate's forms, and its listings' reads (extraction,
+    # embedding, classification: everything but the price model) are kept for the candidate's evaluation
+    # of the same forms, which takes them instead of reading the listings again.
+    reads: dict = {}
+
+    def judge(m, info, forms, remember=False):
         return listing_eval.evaluate_price_model(m, info, test, train, embedder=embedder, extractor=extractor,
                                                  classifiers=classifiers, forms=forms, progress=context.log.info,
-                                                 recipe=recipe, text_recipe=text_recipe)
+                                                 recipe=recipe, text_recipe=text_recipe, reads=reads,
+                                                 remember=remember)
 
     # One TF-IDF transform memo for both evaluations: the published model meets the same test texts, and
     # the classifiers and recipes it is served beside are the same objects; each text is tokenised once per
     # analyser, and not at all when the last run's evaluation counted it (core.token_counts).
     with token_caches(token_cache_dir(), "listing_eval") as eval_tokens, transform_memo():
+        published = store.published(PRICE_MODEL_NAME)
+        pub_note, pub_table, pub_pred = "nothing published", None, None
+        if published is not None and str(published["version"]) != version:
+            try:
+                pmodel, pinfo = store.load(PRICE_MODEL_NAME, published["version"])
+                if not hasattr(pmodel, "forms"):
+                    raise TypeError(f"{type(pmodel).__name__} is not a listing price model (trained by an older version)")
+                pub_table, pub_pred = judge(pmodel, pinfo, listing_eval.GATE_FORMS, remember=True)
+                pub_note = f"{pinfo['version']} re-scored on this run's test listings"
+            except Exception as e:  # a model this code cannot serve: say so; the recipe still gates
+                pub_note = f"{published['version']} could not be scored: {type(e).__name__}: {e}"
+                context.log.warning(f"published {PRICE_MODEL_NAME} {pub_note}")
+                reads.clear()
         cand_table, cand_pred = judge(model, {"version": version, "features_spec": features_spec},
                                       tuple(listing_eval.LISTING_FORMS))
+        reads.clear()
         cand_table.insert(0, "model", "candidate")
         cand_table["version"] = version
         tables = [cand_table]
-        published = store.published(PRICE_MODEL_NAME)
-        pub_note = "nothing published"
         if published is not None and str(published["version"]) == version:
             # The reused candidate is the published model: the same listings give the same scores.
             pub_table = cand_table[cand_table["form"].isin(listing_eval.GATE_FORMS)].copy()
             pub_table["model"] = "published"
             tables.append(pub_table)
             pub_note = f"{version} is the candidate itself (its training inputs are unchanged)"
-        elif published is not None:
-            try:
-                pmodel, pinfo = store.load(PRICE_MODEL_NAME, published["version"])
-                if not hasattr(pmodel, "forms"):
-                    raise TypeError(f"{type(pmodel).__name__} is not a listing price model (trained by an older version)")
-                pub_table, pub_pred = judge(pmodel, pinfo, listing_eval.GATE_FORMS)
-                # How far the two can differ on these listings by chance: the gate's tolerance widens to it.
-                pub_table = pub_table.merge(listing_eval.paired_price_differences(
-                    cand_pred, pub_pred, listing_eval.GATE_FORMS), on=["form", "source"], how="left")
-                pub_table.insert(0, "model", "published")
-                pub_table["version"] = pinfo["version"]
-                tables.append(pub_table)
-                pub_note = f"{pinfo['version']} re-scored on this run's test listings"
-            except Exception as e:  # a model this code cannot serve: say so; the recipe still gates
-                pub_note = f"{published['version']} could not be scored: {type(e).__name__}: {e}"
-                context.log.warning(f"published {PRICE_MODEL_NAME} {pub_note}")
+        elif pub_pred is not None:
+            # How far the two can differ on these listings by chance: the gate's tolerance widens to it.
+            pub_table = pub_table.merge(listing_eval.paired_price_differences(
+                cand_pred, pub_pred, listing_eval.GATE_FORMS), on=["form", "source"], how="left")
+            pub_table.insert(0, "model", "published")
+            pub_table["version"] = pinfo["version"]
+            tables.append(pub_table)
     metrics = pd.concat(tables, ignore_index=True)
     decision = price_gate(metrics, listing_eval.GATE_FORMS, config.interval_coverage)
     full = cand_pred["full"]

@@ -23,6 +23,7 @@ the listing's category was predicted as. The recipe is told the true source, whi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Callable
@@ -284,6 +285,14 @@ def paired_price_differences(candidate: dict[str, pd.DataFrame], published: dict
     return pd.DataFrame(rows, columns=["form", "source", "n_paired", "rmsle_diff_se"])
 
 
+def listings_key(listings: pd.DataFrame) -> str:
+    """A digest of listings' content (columns, values and order)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(list(listings.columns)).encode())
+    h.update(pd.util.hash_pandas_object(listings.astype(str), index=True).to_numpy().tobytes())
+    return h.hexdigest()
+
+
 def evaluate_price_model(
     model,
     info: dict,
@@ -297,11 +306,23 @@ def evaluate_price_model(
     progress=log.info,
     recipe: "Recipe | None" = None,
     text_recipe: "TextClassifierRecipe | None" = None,
+    reads: dict | None = None,
+    remember: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """`evaluate_listings` with ``score`` = `scoring.score_listings` and the given price model,
-    embedder, attribute extractor and classifiers: what `fashion-pipeline score` gives."""
+    embedder, attribute extractor and classifiers: what `fashion-pipeline score` gives.
+
+    reads: a dict shared by evaluations with the same embedder, extractor and classifiers (and test
+    rows): listings another evaluation read (`scoring.listing_reads`: extraction, embedding,
+    classification — everything but the price model) are taken from it, not read again, and leave it;
+    with ``remember``, this evaluation's reads are put in it for the next one."""
     def score(listings: pd.DataFrame):
-        return scoring.score_listings(listings, model, info, embedder=embedder, extractor=extractor,
-                                      classifiers=classifiers or {})
+        key = listings_key(listings) if reads is not None else None
+        read = reads.pop(key, None) if reads is not None else None
+        if read is None:
+            read = scoring.listing_reads(listings, embedder, extractor, classifiers or {})
+            if remember and reads is not None:
+                reads[key] = read
+        return scoring.price_listing_reads(read, model, info)
 
     return evaluate_listings(test, train, score, forms, progress, recipe, text_recipe)

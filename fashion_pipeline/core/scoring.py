@@ -783,7 +783,36 @@ def score_listings(
 
     ``comparables_index`` (a `core.comparables.ComparablesIndex`, see `load_for_price_model`) is
     searched for the ``comparables_k`` most similar catalogue products per embedded listing.
+
+    The same as `price_listing_reads` of `listing_reads`: a caller pricing the same listings with
+    several price models reads them once.
     """
+    return price_listing_reads(listing_reads(listings, embedder, extractor, classifiers), price_model, model_info,
+                               comparables_index, comparables_k)
+
+
+@dataclass(frozen=True)
+class ListingReads:
+    """What scoring reads from listings before a price model sees them (`listing_reads`): the cleaned
+    rows with the classifiers' values filled in, the extracted attributes, the embeddings, each
+    listing's image error and the classifier columns. It depends on the listings, the embedder, the
+    extractor and the classifiers, not on the price model. `price_listing_reads` does not modify it."""
+    frame: pd.DataFrame
+    attributes: pd.DataFrame | None
+    embeddings: tuple | None
+    image_errors: list
+    predicted: pd.DataFrame
+    embedded: bool
+    classifiers_published: int
+
+
+def listing_reads(
+    listings: pd.DataFrame,
+    embedder: Embedder | None = None,
+    extractor: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    classifiers: dict | None = None,
+) -> ListingReads:
+    """The first half of `score_listings`: clean the asking prices, extract attributes, embed, classify."""
     df = listings.reset_index(drop=True).copy()
     for col in ("title", "description", "image_path", "category", "gender", "usage", "brand", "colour", "source"):
         if col not in df.columns:
@@ -813,6 +842,20 @@ def score_listings(
         stated = df[task].map(_s)
         df[task] = [v if v in valid[task] else (p if p is not None else (v or None))
                     for v, p in zip(stated, predicted[f"{task}_predicted"])]
+    return ListingReads(df, attributes, embeddings, image_errors, predicted, embedder is not None,
+                        len(classifiers or {}))
+
+
+def price_listing_reads(
+    read: ListingReads,
+    price_model,
+    model_info: dict | None = None,
+    comparables_index=None,
+    comparables_k: int = COMPARABLES_K,
+) -> tuple[pd.DataFrame, dict]:
+    """The second half of `score_listings`: price read listings, flag them, find comparables."""
+    df, attributes, embeddings, image_errors, predicted = (read.frame, read.attributes, read.embeddings,
+                                                           read.image_errors, read.predicted)
     # The price model reads extracted attributes only if it was trained with them (features_spec);
     # giving attribute words to a model trained without them would be train/serve skew.
     uses_attributes = bool(((model_info or {}).get("features_spec") or {}).get("uses_attributes"))
@@ -838,7 +881,7 @@ def score_listings(
     flag_rows = out[[c for c in FLAG_INPUTS if c in out.columns]].to_dict("records")
     out["flags"] = pd.Series([_flags(r, e, price_range) for r, e in zip(flag_rows, image_errors)],
                              index=out.index, dtype=object)
-    if embedder is None and trained_with_embeddings and len(out):
+    if not read.embedded and trained_with_embeddings and len(out):
         out["flags"] = [";".join(x for x in (f, NO_EMBEDDINGS) if x) for f in out["flags"]]
     if len(out):
         out["flags"] = [";".join(x for x in (f, NOT_CLASSIFIED if r is None else "") if x)
@@ -854,9 +897,9 @@ def score_listings(
                  PRICE_ABSTAINED_NO_MODEL,
                  NO_EMBEDDINGS, NOT_CLASSIFIED):
         counts[flag] = sum(flag in fs.split(";") for fs in out["flags"])
-    counts["embedded"] = embedder is not None
+    counts["embedded"] = read.embedded
     counts["attributes_extracted"] = attributes is not None
-    counts["classifiers_published"] = len(classifiers or {})
+    counts["classifiers_published"] = read.classifiers_published
     counts["classified_by_regime"] = {str(k): int(v) for k, v in out["classifier_regime"].value_counts().items()}
     counts["comparables"] = cmp_counts
     counts["priced_by_form"] = {str(k): int(v) for k, v in out.loc[out["price_usd"].notna(), "price_form"]

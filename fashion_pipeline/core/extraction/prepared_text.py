@@ -23,6 +23,8 @@ _EN_WORDS = frozenset(
 _FOREIGN_WORDS = frozenset(
     "de la el los las del con para por una unos une des et avec pour sur dans le les du und mit der die "
     "das für aus ein eine den dem il della delle per che sono em com uma os da do".split()) - _EN_WORDS
+_WORD = re.compile(r"[^\W\d_]+")
+assert min(map(len, _EN_WORDS | _FOREIGN_WORDS)) > 1  # (see looks_non_english)
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,10 @@ def looks_non_english(text: str) -> bool:
         letters = [c for c in text if c.isalpha() and c not in "ÃÂ"]
         if len(letters) >= 20 and sum(c.isascii() for c in letters) / len(letters) < 0.7:
             return True
-    words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) > 1]
-    foreign = sum(w in _FOREIGN_WORDS for w in words)
-    return foreign >= 2 and foreign > sum(w in _EN_WORDS for w in words)
+    # Words of two or more letters: the sets below hold no one-letter word, so membership counts them alone.
+    words = _WORD.findall(text.lower())
+    foreign = sum(map(_FOREIGN_WORDS.__contains__, words))
+    return foreign >= 2 and foreign > sum(map(_EN_WORDS.__contains__, words))
 
 
 # One run prepares each catalogue text several times (the extractor's training, product_attributes'

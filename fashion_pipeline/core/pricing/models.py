@@ -203,11 +203,17 @@ class BlockRidge:
         return out + self.intercept_
 
 
-def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0):
+def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0,
+                    warm_from: "RidgePriceRegressor | None" = None):
     """Out-of-fold predictions of a TF-IDF ridge (grouped folds) plus the ridge fit on all rows.
 
     Used as one feature for the tree / neural models (stacking): TF-IDF carries brand and
     article-type words that embeddings blur, and out-of-fold values keep it honest on train.
+
+    ``warm_from``: the stacked ridge (``text_ridge_``) of the member a retrain continues: the ridge on
+    all rows continues it (`RidgePriceRegressor.fit`'s warm start: its featurizer kept, LSQR from its
+    coefficients, while the train split is within its ``warm_max_growth``); the out-of-fold ridges are
+    fitted afresh on their own rows (a start from coefficients fitted on a held-out fold would leak it).
     """
     cached = train.cache.get("text_ridge_oof")
     if cached is not None and len(cached[0]) == len(y) and np.array_equal(cached[2], y):
@@ -218,7 +224,7 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
     for tr, te in GroupKFold(n_splits=k).split(np.zeros(len(train)), y, groups):
         r = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False).fit(train.subset(_mask(len(train), tr)), y[tr])
         oof[te] = r.predict_log(train.subset(_mask(len(train), te)))
-    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False).fit(train, y)
+    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False).fit(train, y, warm_from=warm_from)
     train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy())
     return oof, full
 
@@ -333,7 +339,8 @@ class LightGBMPriceRegressor:
             n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
             # No (or too few) images in training: the image block is left out entirely.
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
-        oof, self.text_ridge_ = _text_ridge_oof(train, y)
+        oof, self.text_ridge_ = _text_ridge_oof(
+            train, y, warm_from=getattr(warm_from, "text_ridge_", None) if self.warm_started_ else None)
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(
@@ -491,7 +498,8 @@ class MLPPriceRegressor:
         ridge_tr = None
         self.text_ridge_ = None
         if cfg.stack_text_ridge:
-            ridge_tr, self.text_ridge_ = _text_ridge_oof(train, y)
+            ridge_tr, self.text_ridge_ = _text_ridge_oof(
+                train, y, warm_from=getattr(warm_from, "text_ridge_", None) if self.warm_started_ else None)
         x = torch.from_numpy(self._dense(train, ridge_tr)).to(device)
         c = torch.from_numpy(self.cats_.codes(train.frame)).to(device)
         t = torch.from_numpy(((y - self.y_mean_) / self.y_std_).astype(np.float32)).to(device)

@@ -187,6 +187,32 @@ def test_a_block_ridge_started_from_x0_solves_the_same_ridge_problem():
         BlockRidge(alpha=0.5).fit(*blocks, y, x0=np.zeros(3))
 
 
+def test_the_ridge_solver_on_several_threads_gives_the_one_thread_solution_bit_for_bit():
+    """BlockRidge splits its sparse products by rows over threads: each entry is still one row's dot
+    product, so coefficients and iterations are those of one thread exactly (cold and warm)."""
+    import scipy.sparse as sp
+
+    from fashion_pipeline.core.pricing.models import BlockRidge, _row_split_product
+
+    rng = np.random.default_rng(0)
+    n, k = 3000, 5000
+    sparse = sp.random(n, k, density=0.05, format="csr", random_state=1)  # 750k entries: split
+    dense = rng.normal(size=(n, 20)).astype(np.float32)
+    y = sparse @ rng.normal(size=k) + rng.normal(size=n)
+    one = BlockRidge(alpha=0.5, n_threads=1).fit(sparse, dense, y)
+    for threads in (2, 3):
+        many = BlockRidge(alpha=0.5, n_threads=threads).fit(sparse, dense, y)
+        np.testing.assert_array_equal(many.coef_, one.coef_)
+        assert (many.n_iter_, many.intercept_) == (one.n_iter_, one.intercept_)
+        warm = BlockRidge(alpha=0.5, n_threads=threads).fit(sparse, dense, y, x0=one.coef_ * 0.9)
+        np.testing.assert_array_equal(warm.coef_, BlockRidge(alpha=0.5, n_threads=1).fit(sparse, dense, y, x0=one.coef_ * 0.9).coef_)
+    from concurrent.futures import ThreadPoolExecutor
+
+    v = rng.normal(size=k)
+    with ThreadPoolExecutor(3) as pool:
+        np.testing.assert_array_equal(_row_split_product(sparse, 3, pool)(v), sparse @ v)
+
+
 def test_a_warm_started_ridge_keeps_the_featurizer_and_solves_on_its_columns():
     from fashion_pipeline.core.pricing.models import BlockRidge, LightGBMPriceRegressor
 

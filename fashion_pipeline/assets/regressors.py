@@ -96,7 +96,8 @@ class RegressorConfig(dg.Config):
                                   description="torch.autocast for the MLP: float16 + GradScaler on CUDA, bfloat16 on a CPU "
                                               "with native bf16 (AVX512-BF16 / AMX), float32 on other CPUs.")
     threads: int | None = Field(default=None, ge=1, description=(
-        "Threads for LightGBM and for the listing evaluation's recipe fits; default: the cores available to the "
+        "Threads for LightGBM, for the ridge solvers' sparse products (the ridge member's and the stacked TF-IDF "
+        "ridge of LightGBM) and for the listing evaluation's recipe fits; default: the cores available to the "
         "run's process."))
     train_fraction: float = Field(default=1.0, gt=0, le=1,
                                   description="Share of the train split used (deterministic); validation and test "
@@ -158,7 +159,7 @@ def training_options(config: RegressorConfig) -> dict:
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                     "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs,
                     "warm_patience": config.mlp_warm_patience},
-            "ridge": {"warm_max_growth": config.warm_max_growth},
+            "ridge": {"warm_max_growth": config.warm_max_growth, "n_threads": resolve_threads(config.threads)},
             "knn": {"k": config.knn_neighbours, "warm_max_growth": config.warm_max_growth},
             "router": {"warm_max_growth": config.warm_max_growth},
         },

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 
 from fashion_pipeline.core.split import grew_beyond
+from fashion_pipeline.core.threads import resolve_threads
 
 from .features import CATEGORICAL_COLUMNS, MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
 
@@ -62,10 +65,11 @@ class RidgePriceRegressor:
     name = "ridge"
 
     def __init__(self, alphas: tuple[float, ...] = (0.25, 0.5, 1.0), use_embeddings: bool = True,
-                 warm_max_growth: float = 0.25):
+                 warm_max_growth: float = 0.25, n_threads: int | None = None):
         self.alphas = tuple(alphas)
         self.use_embeddings = use_embeddings
         self.warm_max_growth = warm_max_growth
+        self.n_threads = n_threads  # BlockRidge's sparse products; None: the cores available
 
     def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
         """Why ``warm_from`` cannot seed this fit on ``train`` (None when it can): it must be a fitted
@@ -115,7 +119,7 @@ class RidgePriceRegressor:
         best = None
         xv = self.featurizer_.transform_blocks(val) if val is not None and len(val) else None
         for a in self.alphas if xv is not None else self.alphas[:1]:
-            m = BlockRidge(alpha=a).fit(*x, y, x0=x0)
+            m = BlockRidge(alpha=a, n_threads=getattr(self, "n_threads", None)).fit(*x, y, x0=x0)
             score = float(np.sqrt(np.mean((m.predict(*xv) - y_val) ** 2))) if xv is not None else 0.0
             if xv is not None:
                 log.info("ridge alpha=%s validation rmse(log)=%.4f", a, score)
@@ -130,6 +134,17 @@ class RidgePriceRegressor:
         return self.model_.predict(self.featurizer_.transform(inputs))  # a model stored with sklearn's Ridge
 
 
+def _row_split_product(m: sp.csr_matrix, parts: int, pool) -> Callable[[np.ndarray], np.ndarray]:
+    """``v -> m @ v`` computed on ``pool``'s threads, one block of rows (about equal non-zeros) each:
+    scipy's CSR product releases the GIL, and each output entry is the same row's dot product, so
+    the result is ``m @ v`` bit for bit. One block (and no pool) below two threads or ~100k non-zeros."""
+    if pool is None or parts < 2 or m.nnz < 100_000:
+        return lambda v: m @ v
+    cuts = [0, *(int(np.searchsorted(m.indptr, m.nnz * i // parts)) for i in range(1, parts)), m.shape[0]]
+    blocks = [m[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    return lambda v: np.concatenate(list(pool.map(lambda block: block @ v, blocks)))
+
+
 class BlockRidge:
     """Ridge regression with an intercept on ``[sparse | dense]`` columns, solved as sklearn's
     ``Ridge(solver="lsqr")`` solves a sparse design (LSQR on the implicitly centred matrix, damp =
@@ -140,9 +155,10 @@ class BlockRidge:
     ~90 ms. The coefficients solve the same problem; they equal sklearn's to LSQR's tolerance, not
     bit for bit (fashion_pipeline_tests/test_pricing_core.py compares them)."""
 
-    def __init__(self, alpha: float = 1.0, tol: float = 1e-4):
+    def __init__(self, alpha: float = 1.0, tol: float = 1e-4, n_threads: int | None = None):
         self.alpha = alpha
         self.tol = tol
+        self.n_threads = n_threads
 
     def fit(self, sparse: sp.csr_matrix, dense: np.ndarray | None, y: np.ndarray,
             x0: np.ndarray | None = None) -> "BlockRidge":
@@ -155,6 +171,9 @@ class BlockRidge:
         sparse = sp.csr_matrix(sparse)
         sparse_t = sparse.T.tocsr()  # X.T @ r as a row-major product
         n, k = sparse.shape
+        threads = resolve_threads(self.n_threads)
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        product, product_t = _row_split_product(sparse, threads, pool), _row_split_product(sparse_t, threads, pool)
         dense = None if dense is None or dense.shape[1] == 0 else np.ascontiguousarray(dense, dtype=np.float32)
         d = 0 if dense is None else dense.shape[1]
         y = np.asarray(y, dtype=np.float64)
@@ -164,30 +183,34 @@ class BlockRidge:
 
         def matvec(b):
             b = np.asarray(b, dtype=np.float64).ravel()
-            out = sparse @ b[:k]
+            out = product(b[:k])
             if dense is not None:
                 out += dense @ b[k:].astype(np.float32)
             return out - b.dot(offset)
 
         def rmatvec(r):
             r = np.asarray(r, dtype=np.float64).ravel()
-            parts = [sparse_t @ r]
+            parts = [product_t(r)]
             if dense is not None:
                 parts.append((dense.T @ r.astype(np.float32)).astype(np.float64))
             return np.concatenate(parts) - offset * r.sum()
 
-        if x0 is None:
-            op = LinearOperator((n, k + d), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
-            info = lsqr(op, y - y_offset, damp=np.sqrt(self.alpha), atol=self.tol, btol=self.tol)
-        else:
-            x0 = np.asarray(x0, dtype=np.float64).ravel()
-            if len(x0) != k + d:
-                raise ValueError(f"x0 has {len(x0)} coefficients for {k + d} columns")
-            root = float(np.sqrt(self.alpha))
-            op = LinearOperator((n + k + d, k + d), dtype=np.float64,
-                                matvec=lambda b: np.concatenate([matvec(b), root * np.asarray(b, np.float64).ravel()]),
-                                rmatvec=lambda r: rmatvec(np.asarray(r).ravel()[:n]) + root * np.asarray(r, np.float64).ravel()[n:])
-            info = lsqr(op, np.concatenate([y - y_offset, np.zeros(k + d)]), atol=self.tol, btol=self.tol, x0=x0)
+        try:
+            if x0 is None:
+                op = LinearOperator((n, k + d), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+                info = lsqr(op, y - y_offset, damp=np.sqrt(self.alpha), atol=self.tol, btol=self.tol)
+            else:
+                x0 = np.asarray(x0, dtype=np.float64).ravel()
+                if len(x0) != k + d:
+                    raise ValueError(f"x0 has {len(x0)} coefficients for {k + d} columns")
+                root = float(np.sqrt(self.alpha))
+                op = LinearOperator((n + k + d, k + d), dtype=np.float64,
+                                    matvec=lambda b: np.concatenate([matvec(b), root * np.asarray(b, np.float64).ravel()]),
+                                    rmatvec=lambda r: rmatvec(np.asarray(r).ravel()[:n]) + root * np.asarray(r, np.float64).ravel()[n:])
+                info = lsqr(op, np.concatenate([y - y_offset, np.zeros(k + d)]), atol=self.tol, btol=self.tol, x0=x0)
+        finally:
+            if pool is not None:
+                pool.shutdown()
         self.coef_ = info[0]
         self.n_iter_ = int(info[2])
         self.intercept_ = y_offset - float(offset @ self.coef_)
@@ -204,7 +227,7 @@ class BlockRidge:
 
 
 def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0,
-                    warm_from: "RidgePriceRegressor | None" = None):
+                    warm_from: "RidgePriceRegressor | None" = None, n_threads: int | None = None):
     """Out-of-fold predictions of a TF-IDF ridge (grouped folds) plus the ridge fit on all rows.
 
     Used as one feature for the tree / neural models (stacking): TF-IDF carries brand and
@@ -222,9 +245,11 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
     groups = _groups(train)
     k = min(folds, len(np.unique(groups)))
     for tr, te in GroupKFold(n_splits=k).split(np.zeros(len(train)), y, groups):
-        r = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False).fit(train.subset(_mask(len(train), tr)), y[tr])
+        r = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads).fit(
+            train.subset(_mask(len(train), tr)), y[tr])
         oof[te] = r.predict_log(train.subset(_mask(len(train), te)))
-    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False).fit(train, y, warm_from=warm_from)
+    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads).fit(
+        train, y, warm_from=warm_from)
     train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy())
     return oof, full
 
@@ -340,7 +365,8 @@ class LightGBMPriceRegressor:
             # No (or too few) images in training: the image block is left out entirely.
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
         oof, self.text_ridge_ = _text_ridge_oof(
-            train, y, warm_from=getattr(warm_from, "text_ridge_", None) if self.warm_started_ else None)
+            train, y, warm_from=getattr(warm_from, "text_ridge_", None) if self.warm_started_ else None,
+            n_threads=self.num_threads)
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(

@@ -188,8 +188,9 @@ def test_a_block_ridge_started_from_x0_solves_the_same_ridge_problem():
 
 
 def test_the_ridge_solver_on_several_threads_gives_the_one_thread_solution_bit_for_bit():
-    """BlockRidge splits its sparse products by rows over threads: each entry is still one row's dot
-    product, so coefficients and iterations are those of one thread exactly (cold and warm)."""
+    """BlockRidge splits a sparse-only design's products by rows over threads: each entry is still one
+    row's dot product, so coefficients and iterations are those of one thread exactly (cold and warm).
+    With a dense block the threads are BLAS's: n_threads changes nothing."""
     import scipy.sparse as sp
 
     from fashion_pipeline.core.pricing.models import BlockRidge, _row_split_product
@@ -199,13 +200,15 @@ def test_the_ridge_solver_on_several_threads_gives_the_one_thread_solution_bit_f
     sparse = sp.random(n, k, density=0.05, format="csr", random_state=1)  # 750k entries: split
     dense = rng.normal(size=(n, 20)).astype(np.float32)
     y = sparse @ rng.normal(size=k) + rng.normal(size=n)
-    one = BlockRidge(alpha=0.5, n_threads=1).fit(sparse, dense, y)
-    for threads in (2, 3):
-        many = BlockRidge(alpha=0.5, n_threads=threads).fit(sparse, dense, y)
-        np.testing.assert_array_equal(many.coef_, one.coef_)
-        assert (many.n_iter_, many.intercept_) == (one.n_iter_, one.intercept_)
-        warm = BlockRidge(alpha=0.5, n_threads=threads).fit(sparse, dense, y, x0=one.coef_ * 0.9)
-        np.testing.assert_array_equal(warm.coef_, BlockRidge(alpha=0.5, n_threads=1).fit(sparse, dense, y, x0=one.coef_ * 0.9).coef_)
+    for block in (None, dense):
+        one = BlockRidge(alpha=0.5, n_threads=1).fit(sparse, block, y)
+        warm_one = BlockRidge(alpha=0.5, n_threads=1).fit(sparse, block, y, x0=one.coef_ * 0.9)
+        for threads in (2, 3):
+            many = BlockRidge(alpha=0.5, n_threads=threads).fit(sparse, block, y)
+            np.testing.assert_array_equal(many.coef_, one.coef_)
+            assert (many.n_iter_, many.intercept_) == (one.n_iter_, one.intercept_)
+            warm = BlockRidge(alpha=0.5, n_threads=threads).fit(sparse, block, y, x0=one.coef_ * 0.9)
+            np.testing.assert_array_equal(warm.coef_, warm_one.coef_)
     from concurrent.futures import ThreadPoolExecutor
 
     v = rng.normal(size=k)

@@ -526,3 +526,40 @@ def test_cpu_bf16_embeddings_match_fp32_and_are_cached_apart(catalogue):
     px = torch.stack([tf(Image.open(p).convert("RGB")) for p in damaged.real_images(3, hm=1)])
     ia, ib = fp32.encode_image_batch(px), bf16.encode_image_batch(px)
     assert ib.dtype == np.float32 and min(_cos(x, y) for x, y in zip(ia, ib)) > 0.98
+
+
+def test_a_rerun_keys_unchanged_photos_from_the_memo_and_reads_new_or_changed_ones(offline, catalogue, tmp_path,
+                                                                                  monkeypatch):
+    """product_embeddings keys each photo by the sha256 of its bytes; with a key memo a re-run takes the
+    keys of files whose size and mtime are unchanged and reads only the others (an unreadable or missing
+    photo is never remembered). The vectors are those of a run without the memo."""
+    import shutil
+
+    from fashion_pipeline.core.encoders import pipeline
+    from fashion_pipeline.core.readers.file_memo import FileMemo
+
+    kw = dict(image_batch_size=4, loader_workers=1)
+    embed_products(catalogue, offline, tmp_path / "plain.parquet", tmp_path / "cache0", **kw)
+    memo_file = tmp_path / "keys.parquet"
+    first = FileMemo(memo_file, "v")
+    embed_products(catalogue, offline, tmp_path / "e1.parquet", tmp_path / "cache", key_memo=first, **kw)
+    first.save()
+    present = [p for p in catalogue["image_path"] if isinstance(p, str) and os.path.exists(p)]
+    assert first.counts()["files_read"] == len(present) == 16 and first.counts()["files_reused"] == 0
+    for a, b in zip(read_embeddings(tmp_path / "plain.parquet")[1:], read_embeddings(tmp_path / "e1.parquet")[1:]):
+        np.testing.assert_array_equal(a, b)
+
+    path = dict(zip(catalogue["product_id"], catalogue["image_path"]))
+    shutil.copyfile(path["p1"], path["dup"])  # 'dup' now holds p1's photo (other bytes, other size)
+    read = []
+    original = pipeline.read_image_bytes
+    monkeypatch.setattr(pipeline, "read_image_bytes", lambda p: read.append(str(p)) or original(p))
+    second = FileMemo(memo_file, "v")
+    embed_products(catalogue, offline, tmp_path / "e2.parquet", tmp_path / "cache", key_memo=second, **kw)
+    assert second.counts()["files_reused"] == 15 and second.counts()["files_read"] == 1
+    # Read to be keyed (in this process; decoding happens in the loader's worker): the changed photo, the
+    # missing one and the row without a path, nothing else.
+    assert sorted(read) == sorted([path["dup"], path["gone"], "None"])
+    ids, image, _ = read_embeddings(tmp_path / "e2.parquet")
+    row = {pid: i for i, pid in enumerate(ids)}
+    np.testing.assert_array_equal(image[row["dup"]], image[row["p1"]])

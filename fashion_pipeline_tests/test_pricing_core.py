@@ -392,30 +392,6 @@ def test_a_blend_transforms_its_members_shared_stacking_ridge_once_per_predictio
     assert not te.cache  # the caller's inputs carry no memo that could go stale
 
 
-def test_a_warm_started_lightgbm_continues_its_stacked_ridge_and_refits_the_out_of_fold_ridges():
-    """A retrain continuing a LightGBM member continues its stacked TF-IDF ridge too (featurizer kept,
-    LSQR from its coefficients, `RidgePriceRegressor`'s warm start); the out-of-fold predictions it is
-    trained on are those of a cold fit (fold ridges fitted on their own rows, never from coefficients
-    that saw the held-out fold). A cold LightGBM fit fits a cold stacked ridge."""
-    from fashion_pipeline.core.pricing.models import _text_ridge_oof
-
-    tr, va, _ = sample_splits()
-    y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
-    first = np.arange(len(tr)) < int(len(tr) * 0.9)
-    old = LightGBMPriceRegressor(n_estimators=30, image_components=4).fit(tr.subset(first), y_tr[first], va, y_va)
-    new = LightGBMPriceRegressor(n_estimators=30, image_components=4).fit(tr, y_tr, va, y_va, warm_from=old)
-    assert new.warm_started_ and new.text_ridge_.warm_started_
-    assert new.text_ridge_.featurizer_ is old.text_ridge_.featurizer_
-    oof_warm = tr.cache["text_ridge_oof"][0]
-    tr.cache.clear()
-    oof_cold, cold_ridge = _text_ridge_oof(tr, y_tr)
-    np.testing.assert_array_equal(oof_warm, oof_cold)
-    assert not cold_ridge.warm_started_ and cold_ridge.featurizer_ is not old.text_ridge_.featurizer_
-    tr.cache.clear()
-    again = LightGBMPriceRegressor(n_estimators=30, image_components=4).fit(tr, y_tr, va, y_va)
-    assert not again.text_ridge_.warm_started_
-
-
 def test_intervals_contain_the_point_and_cover_about_nominal():
     tr, va, te = sample_splits()
     y_tr, y_va = log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])

@@ -20,11 +20,16 @@ from fashion_pipeline.gpu import gpu_declarations
 
 from fashion_pipeline.core.encoders import embed_products
 from fashion_pipeline.core.encoders.report import projection_markdown
+from fashion_pipeline.core.readers.file_memo import FileMemo
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "embeddings"
 ATTRIBUTES_TABLE = "product_attributes"
+# Beside the embedding cache (its sweep removes only *.sqlite files). The keys are sha256 of a file's bytes:
+# no code change alters them, so the version is a constant.
+IMAGE_KEY_MEMO = "image_keys.parquet"
+IMAGE_KEY_VERSION = "sha256-of-file-bytes-1"
 
 
 class EmbeddingsConfig(dg.Config):
@@ -87,6 +92,10 @@ def product_embeddings(
         return previous
     backend = encoder.build_backend()
     context.log.info(f"encoders: {backend.describe()}")
+    # The photos' keys (sha256 of their bytes) by file size and mtime: a re-run reads only new or changed
+    # photos to key them. A run with reuse turned off reads every photo (and rewrites the memo).
+    key_memo = FileMemo(encoder.cache_path() / IMAGE_KEY_MEMO, version=IMAGE_KEY_VERSION,
+                        fresh=not reuse.reuse_enabled(context))
     report = embed_products(
         clean_products,
         backend,
@@ -99,7 +108,9 @@ def product_embeddings(
         chunk_rows=encoder.chunk_rows,
         sample_size=config.plot_sample,
         progress=context.log.info,
+        key_memo=key_memo,
     )
+    key_memo.save()
     warehouse.create_parquet_view("product_embeddings", str(path))  # under the warehouse's process lock
     try:
         swept = encoder.sweep_cache(backend)  # after the run stamped every vector it used
@@ -145,6 +156,7 @@ def product_embeddings(
         "text/corrupt_cache_entries": dg.MetadataValue.int(txt.corrupt_cache_entries),
         "texts_per_s": dg.MetadataValue.float(round(txt.per_second, 1)),
         "attributes_rows_matched": dg.MetadataValue.int(matched),
+        "image_keys": dg.MetadataValue.json(key_memo.counts()),
         "wall_seconds": dg.MetadataValue.float(round(report.wall_seconds, 1)),
         "file_stat": _file_stat(path),
         reuse.FINGERPRINT_KEY: fingerprint,

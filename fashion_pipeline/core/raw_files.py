@@ -41,15 +41,16 @@ def fingerprint_folders(folders: list[Path], follow_links: bool = False) -> Fing
             continue
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_links):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, folder)  # once per folder, not per file (~80k files per ingest)
+            prefix = f"{folder.name}/" if rel == "." else f"{folder.name}/{rel}{os.sep}"
             for name in filenames:
                 if _ignored(name):
                     continue
-                path = os.path.join(dirpath, name)
                 try:
-                    st = os.stat(path)
+                    st = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:  # removed while we walked: simply not part of this snapshot
                     continue
-                entries.append((f"{folder.name}/{os.path.relpath(path, folder)}", st.st_size, st.st_mtime_ns))
+                entries.append((prefix + name, st.st_size, st.st_mtime_ns))
     entries.sort()
     h = hashlib.sha256()
     for rel, size, mtime in entries:

@@ -143,7 +143,7 @@ def _row_split_product(m: sp.csr_matrix, parts: int, pool) -> Callable[[np.ndarr
     if pool is None or parts < 2 or m.nnz < 100_000:
         return lambda v: m @ v
     cuts = [0, *(int(np.searchsorted(m.indptr, m.nnz * i // parts)) for i in range(1, parts)), m.shape[0]]
-    blocks = [m[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    blocks = [m[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]  # copies: the caller may drop m
     return lambda v: np.concatenate(list(pool.map(lambda block: block @ v, blocks)))
 
 
@@ -176,17 +176,18 @@ class BlockRidge:
         sparse_t = sparse.T.tocsr()  # X.T @ r as a row-major product
         n, k = sparse.shape
         dense = None if dense is None or dense.shape[1] == 0 else np.ascontiguousarray(dense, dtype=np.float32)
+        d = 0 if dense is None else dense.shape[1]
+        y = np.asarray(y, dtype=np.float64)
+        offset = np.concatenate([np.asarray(sparse.mean(axis=0), dtype=np.float64).ravel(),
+                                 dense.mean(axis=0, dtype=np.float64) if dense is not None else np.zeros(0)])
+        y_offset = float(y.mean())
         # A sparse-only design (the stacked TF-IDF ridges) multiplies on this fit's threads, with BLAS on one
         # (its idle workers spin and took the second core from the products: no gain measured on 2 cores); a
         # dense block keeps BLAS's threads for its own products, and the sparse ones stay on this thread.
         threads = resolve_threads(self.n_threads) if dense is None else 1
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
         product, product_t = _row_split_product(sparse, threads, pool), _row_split_product(sparse_t, threads, pool)
-        d = 0 if dense is None else dense.shape[1]
-        y = np.asarray(y, dtype=np.float64)
-        offset = np.concatenate([np.asarray(sparse.mean(axis=0), dtype=np.float64).ravel(),
-                                 dense.mean(axis=0, dtype=np.float64) if dense is not None else np.zeros(0)])
-        y_offset = float(y.mean())
+        del sparse, sparse_t  # held by the products (whole, or as their row blocks), not twice
 
         def matvec(b):
             b = np.asarray(b, dtype=np.float64).ravel()
@@ -235,16 +236,11 @@ class BlockRidge:
 
 
 def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0,
-                    warm_from: "RidgePriceRegressor | None" = None, n_threads: int | None = None):
+                    n_threads: int | None = None):
     """Out-of-fold predictions of a TF-IDF ridge (grouped folds) plus the ridge fit on all rows.
 
     Used as one feature for the tree / neural models (stacking): TF-IDF carries brand and
     article-type words that embeddings blur, and out-of-fold values keep it honest on train.
-
-    ``warm_from``: the stacked ridge (``text_ridge_``) of the member a retrain continues: the ridge on
-    all rows continues it (`RidgePriceRegressor.fit`'s warm start: its featurizer kept, LSQR from its
-    coefficients, while the train split is within its ``warm_max_growth``); the out-of-fold ridges are
-    fitted afresh on their own rows (a start from coefficients fitted on a held-out fold would leak it).
     """
     cached = train.cache.get("text_ridge_oof")
     if cached is not None and len(cached[0]) == len(y) and np.array_equal(cached[2], y):
@@ -256,8 +252,7 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
         r = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads).fit(
             train.subset(_mask(len(train), tr)), y[tr])
         oof[te] = r.predict_log(train.subset(_mask(len(train), te)))
-    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads).fit(
-        train, y, warm_from=warm_from)
+    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads).fit(train, y)
     train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy())
     return oof, full
 
@@ -372,9 +367,7 @@ class LightGBMPriceRegressor:
             n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
             # No (or too few) images in training: the image block is left out entirely.
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
-        oof, self.text_ridge_ = _text_ridge_oof(
-            train, y, warm_from=getattr(warm_from, "text_ridge_", None) if self.warm_started_ else None,
-            n_threads=self.num_threads)
+        oof, self.text_ridge_ = _text_ridge_oof(train, y, n_threads=self.num_threads)
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(
@@ -532,8 +525,7 @@ class MLPPriceRegressor:
         ridge_tr = None
         self.text_ridge_ = None
         if cfg.stack_text_ridge:
-            ridge_tr, self.text_ridge_ = _text_ridge_oof(
-                train, y, warm_from=getattr(warm_from, "text_ridge_", None) if self.warm_started_ else None)
+            ridge_tr, self.text_ridge_ = _text_ridge_oof(train, y)
         x = torch.from_numpy(self._dense(train, ridge_tr)).to(device)
         c = torch.from_numpy(self.cats_.codes(train.frame)).to(device)
         t = torch.from_numpy(((y - self.y_mean_) / self.y_std_).astype(np.float32)).to(device)

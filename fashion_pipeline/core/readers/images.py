@@ -40,8 +40,11 @@ def check_images(paths: list[str | None], report: DropReport, workers: int = 4,
             return image_status(path)
         return memo.lookup("image", path, lambda: image_status(path))
 
+    # A chunk of paths per task: a thread pool ignores map's chunksize, and one task per path cost more than
+    # the memo's lookups themselves (~2 s for the full development data's 44k photos).
+    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        statuses = list(pool.map(status_of, paths, chunksize=256))
+        statuses = [s for part in pool.map(lambda part: [status_of(p) for p in part], chunks) for s in part]
     out: list[str | None] = []
     for path, status in zip(paths, statuses):
         if status == "ok":

@@ -260,3 +260,23 @@ def test_a_damaged_file_memo_costs_one_full_read_not_a_wrong_table(sample_copy, 
     (tmp_path / "a-file").write_text("not a folder")
     pd.testing.assert_frame_equal(read_hm_articles(root, DropReport(), memo=blocked), df)
     assert blocked.save() is False and "not saved" in blocked.note
+
+
+def test_map_chunked_keeps_item_order_across_chunks_and_threads_and_raises_a_worker_error():
+    """The photo checks and the photo keys map a cheap function over ~44k paths in chunks on threads:
+    the results must come back in the paths' order whatever the chunk size and thread count, and a
+    failure inside a chunk must reach the caller, not vanish with its thread."""
+    from fashion_pipeline.core.threads import map_chunked
+
+    items = list(range(1000))
+    assert map_chunked(lambda x: x * x, items, workers=4, chunk=7) == [x * x for x in items]
+    assert map_chunked(lambda x: x * x, items, workers=1) == [x * x for x in items]
+    assert map_chunked(lambda x: x * x, [], workers=2) == []
+
+    def fail_on_500(x):
+        if x == 500:
+            raise ValueError("item 500")
+        return x
+
+    with pytest.raises(ValueError, match="item 500"):
+        map_chunked(fail_on_500, items, workers=3, chunk=64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 
 def available_cores() -> int:
@@ -17,6 +18,18 @@ def available_cores() -> int:
 def resolve_threads(threads: int | None) -> int:
     """A configured thread count, or the cores available when none is configured."""
     return int(threads) if threads else available_cores()
+
+
+def map_chunked(fn, items: list, workers: int, chunk: int = 256) -> list:
+    """``[fn(x) for x in items]`` (in order) on ``workers`` threads, ``chunk`` items per task: a thread
+    pool ignores map's chunksize, and one task per item cost more than the work itself for cheap ``fn``
+    (a memo lookup per file: ~3 s of the 43.7k-product catalogue's ~6 s went to the tasks)."""
+    def run(part: list) -> list:
+        return [fn(x) for x in part]
+
+    parts = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        return [y for part in pool.map(run, parts) for y in part]
 
 
 class WorkerPool:

@@ -706,6 +706,38 @@ def test_a_blend_prices_a_row_a_member_cannot_price_with_the_other_members_weigh
     np.testing.assert_allclose(BlendPriceRegressor._combine(np.array([[np.nan, 2.0, 4.0]]), np.array([1.0, 0.0, 0.0])), [3.0])
 
 
+def test_a_blends_member_predictions_read_once_give_each_members_and_the_blends_own_predictions():
+    """Training scores every candidate on validation from one reading of the members (the blend's
+    weights, each member's score, the blend's score): those must be exactly what each one predicts alone,
+    the k-NN member's fallback included where it finds no neighbours."""
+    from fashion_pipeline.core.pricing.models import BlendPriceRegressor, KNNPriceRegressor
+
+    rng = np.random.default_rng(3)
+    image, text = rng.normal(size=(60, 1280)), rng.normal(size=(60, 384))
+    sources = ["kaggle"] * 30 + ["hm"] * 30
+    y = rng.normal(3.0, 1.0, size=60)
+    knn = KNNPriceRegressor(k=3).fit(_knn_inputs(image, text, sources), y)
+    noisy = y[:20] + rng.normal(0, 0.5, size=20)
+
+    class Given:  # a member without predict_log_partial: its log prices are given per row
+        def predict_log(self, inputs):
+            return noisy[[int(i[1:]) for i in inputs.frame["product_id"]]]
+
+    q_img, q_txt = image[:20] + 0.1, text[:20] + 0.1
+    q_img[[2, 5]], q_txt[[2, 5]] = np.nan, np.nan  # no embedding: the k-NN member cannot price these
+    q = _knn_inputs(q_img, q_txt, ["kaggle"] * 10 + ["hm"] * 10)
+    members = [knn, Given()]
+    preds = BlendPriceRegressor.member_predictions(members, q)
+    assert np.isnan(preds[[2, 5], 0]).all() and np.isfinite(preds[:, 1]).all()
+    for i, m in enumerate(members):
+        np.testing.assert_array_equal(BlendPriceRegressor.member_prediction(m, preds[:, i], q.frame), m.predict_log(q))
+    blend = BlendPriceRegressor(members, min_source_rows=5).fit(None, None, q, y[:20])
+    given = BlendPriceRegressor(members, min_source_rows=5).fit(None, None, q, y[:20], member_preds=preds)
+    np.testing.assert_array_equal(given.weights_, blend.weights_)
+    assert given.source_weights_.keys() == blend.source_weights_.keys() == {"kaggle", "hm"}
+    np.testing.assert_array_equal(given.combine_members(preds, q.frame), blend.predict_log(q))
+
+
 def test_train_price_models_trains_the_knn_member_and_its_blend_by_default():
     df = clean_sample()
     ids = df["product_id"].tolist()

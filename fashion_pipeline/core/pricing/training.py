@@ -186,13 +186,19 @@ def train_price_models(
             seconds[f"{form}/{kind}"] = round(secs, 2)
             if start is not None:
                 warm_starts.setdefault(form, {})[kind] = reg.start_note()
+        val_preds = {}  # each candidate's validation log prices; the blend's come from its members' (read once)
         if (blend if form not in chosen else chosen[form] == "blend") and len(cands) >= 2:
             t0 = time.perf_counter()
-            cands["blend"] = BlendPriceRegressor(list(cands.values())).fit(ftr, y_tr, fva, y_va)
+            members = list(cands.values())
+            member_val = BlendPriceRegressor.member_predictions(members, fva)
+            val_preds = {kind: BlendPriceRegressor.member_prediction(reg, member_val[:, i], fva.frame)
+                         for i, (kind, reg) in enumerate(cands.items())}
+            cands["blend"] = BlendPriceRegressor(members).fit(ftr, y_tr, fva, y_va, member_preds=member_val)
+            val_preds["blend"] = cands["blend"].combine_members(member_val, fva.frame)
             seconds[f"{form}/blend"] = round(time.perf_counter() - t0, 2)
         val_scores = {}
         for kind, reg in cands.items():
-            p = reg.predict_log(fva)
+            p = val_preds[kind] if kind in val_preds else reg.predict_log(fva)
             val_scores[kind] = _rmsle_log(p, y_va)
             m = regression_metrics(np.expm1(y_va), np.expm1(p))
             selection.append({"form": form, "model": kind, "split": "validation", "n": m["n"],

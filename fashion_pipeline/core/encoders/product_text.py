@@ -7,11 +7,14 @@ the short attribute phrase carries more signal per token than the tail of a desc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import pandas as pd
 
 # Columns of the product_attributes table (CONTRACT) used in the text, in this order.
 EMBEDDED_ATTRIBUTE_COLUMNS: tuple[str, ...] = ("brand", "materials", "care", "fit", "pattern", "occasion", "style")
@@ -24,33 +27,33 @@ def _is_missing(value: Any) -> bool:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    try:
-        import pandas as pd
-
-        if value is pd.NA or value is pd.NaT:
-            return True
-    except ImportError:  # pragma: no cover - pandas is a project dependency
-        pass
-    return False
+    return value is pd.NA or value is pd.NaT
 
 
 def _attribute_text(value: Any) -> str:
     """Render one attribute value: JSON lists (materials, care) become comma lists."""
+    if isinstance(value, str):
+        return _string_attribute_text(value)
     if _is_missing(value):
         return ""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("["):
-            try:
-                parsed = json.loads(stripped)
-            except json.JSONDecodeError:
-                return stripped
-            return _attribute_text(parsed)
-        return stripped
     if isinstance(value, Sequence) or hasattr(value, "tolist"):
         items = value.tolist() if hasattr(value, "tolist") else list(value)
         return ", ".join(str(v).strip() for v in items if not _is_missing(v) and str(v).strip())
     return str(value).strip()
+
+
+@functools.lru_cache(maxsize=65536)
+def _string_attribute_text(value: str) -> str:
+    """`_attribute_text` of a string (a few hundred distinct values repeat over the catalogue: each JSON
+    list is parsed once per process)."""
+    stripped = value.strip()
+    if stripped.startswith("["):
+        try:
+            parsed = json.loads(stripped)
+        except json.JSONDecodeError:
+            return stripped
+        return _attribute_text(parsed)
+    return stripped
 
 
 def build_product_text(

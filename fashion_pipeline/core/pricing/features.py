@@ -119,7 +119,7 @@ def build_price_inputs(
         if "brand" in a.columns:  # extracted brand fills in where the catalogue has none
             fill = a["brand"].to_numpy()
             df["brand"] = [b if _clean_str(b) else f for b, f in zip(df["brand"], fill)]
-        parts = [a[c].map(_attr_text).to_numpy() for c in ATTRIBUTE_TEXT_COLUMNS if c in a.columns]
+        parts = [clean_column(a[c], _attr_text) for c in ATTRIBUTE_TEXT_COLUMNS if c in a.columns]
         if parts:
             attr_text = pd.Series([" ".join(p for p in row if p) for row in zip(*parts)])
     df["attr_text"] = attr_text.to_numpy()
@@ -145,9 +145,8 @@ def build_price_inputs(
 def _price_text(df: pd.DataFrame, description: bool) -> list[str]:
     """Title, brand, extracted attributes and (for the full form) description as one text.
     Attributes are extracted from title + description, so they go with the description."""
-    cols = [df["title"], df["brand"], df["attr_text"] if description else [""] * len(df),
-            df["description"] if description else [""] * len(df)]
-    return [" ".join(p for p in map(_clean_str, row) if p) for row in zip(*cols)]
+    cols = [clean_column(df[c]) for c in (("title", "brand", "attr_text", "description") if description else ("title", "brand"))]
+    return [" ".join(p for p in row if p) for row in zip(*cols)]
 
 
 # What each listing form shows the price model (the classifiers' input regimes, same names).
@@ -186,12 +185,13 @@ def mask_stated(inputs: PriceInputs, rate: float = 0.5, seed: int = 0) -> PriceI
     return PriceInputs(df, inputs.text, inputs.image, tokens=inputs.tokens)
 
 
-def clean_column(values: pd.Series) -> np.ndarray:
-    """``_clean_str`` of every value, as an object array: computed once per distinct value
-    (``pd.factorize``; a null of any kind is one "" entry), not once per row — the categorical
-    columns of a training set have a few thousand distinct values over tens of thousands of rows."""
+def clean_column(values: pd.Series, clean=None) -> np.ndarray:
+    """``clean`` (default ``_clean_str``) of every value, as an object array: computed once per distinct
+    value (``pd.factorize``; a null of any kind is one "" entry), not once per row — the categorical
+    columns of a training set have a few thousand distinct values over tens of thousands of rows, and
+    colour variants share their title and description."""
     codes, uniques = pd.factorize(pd.Series(values, dtype=object).to_numpy(), use_na_sentinel=True)
-    cleaned = np.array([_clean_str(v) for v in uniques] + [""], dtype=object)
+    cleaned = np.array([(clean or _clean_str)(v) for v in uniques] + [""], dtype=object)
     return cleaned[codes]  # code -1 (a null) reads the trailing ""
 
 

@@ -114,6 +114,39 @@ def test_html_only_long_and_non_english_inputs_are_flagged():
     assert not prepare(title, desc, 2000).non_english
 
 
+def test_prepared_texts_kept_between_runs_are_served_again_and_only_by_the_same_code(tmp_path, monkeypatch):
+    """The extractor's training keeps the catalogue's prepared texts in a file: the next run (a fresh
+    process: the in-process memo cleared) takes them from it instead of preparing them, prepares only
+    texts it does not hold, and a file written by other code or unreadable is not used (said in its note)."""
+    from fashion_pipeline.core.extraction import prepared_text as pt
+
+    calls = [("Nike Men Shoes", "<p>Soft <i>cotton</i> &amp; linen</p>", 2000),
+             ("Camiseta", "Camiseta de algodón con cuello redondo y manga corta para el día a día", 2000),
+             ("Title", "cotton " * 1000, 300)]
+    expected = [pt._prepare(*c) for c in calls]
+    store = pt.PreparedTextStore(tmp_path / "prepared.pkl")
+    assert store.load() == 0 and store.note == "prepared.pkl: none yet"
+    store.save(calls, [pt.prepare(*c) for c in calls])
+    prepared_now = []
+    real = pt._prepare
+    monkeypatch.setattr(pt, "_prepare", lambda *a: prepared_now.append(a) or real(*a))
+    try:
+        again = pt.PreparedTextStore(tmp_path / "prepared.pkl")
+        assert again.load() == 3 and again.note == "prepared.pkl: 3 prepared texts read"
+        assert [pt.prepare(*c) for c in calls] == expected and prepared_now == []
+        new = ("Jeans", "Slim fit denim", 2000)
+        assert pt.prepare(*new) == real(*new) and prepared_now == [new]
+        # Other code (the stamp covers this module and the HTML cleaning): not read, every text prepared again.
+        monkeypatch.setattr(pt, "_code_stamp", lambda: "other code")
+        assert pt.PreparedTextStore(tmp_path / "prepared.pkl").load() == 0
+        assert [pt.prepare(*c) for c in calls] == expected and prepared_now[1:] == calls
+        (tmp_path / "broken.pkl").write_bytes(b"not a pickle")
+        broken = pt.PreparedTextStore(tmp_path / "broken.pkl")
+        assert broken.load() == 0 and broken.note.startswith("broken.pkl: unreadable (")
+    finally:
+        pt.PreparedTextStore(tmp_path / "absent.pkl").load()  # leave no stored results for other tests
+
+
 @pytest.mark.parametrize("raw, text", [
     # Written with a space after "<", as in a few Kaggle descriptions: still tags, not words.
     ("< b> Style Note< /b>\nCertain scents", "Style Note\nCertain scents"),

@@ -8,6 +8,7 @@ republished, and the new products have attributes, embeddings and (listed in the
 scores. Model configurations are small (run_config) to keep it cheap; the code paths are the real ones.
 """
 
+import re
 import shutil
 from datetime import datetime, timezone
 
@@ -131,6 +132,9 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
         assert files and all("counts read" in t["cache"] and t["texts_tokenised"] < t["texts_from_cache"] / share
                              for t in files.values()), (asset, files)
         assert sum(t["texts_tokenised"] for t in files.values()) > 0, asset  # the new products' texts
+    # The extractor's prepared catalogue texts came from the first run's file too (the new products' are added).
+    assert re.fullmatch(r"extractor_prepared_texts\.pkl: [1-9]\d* prepared texts read",
+                        str(meta["attribute_extractor"]["prepared_texts"].value))
     # ...and so did its listing evaluation, per analyser (the test listings are the first run's, and a few new ones).
     eval_tokens = meta["regressor_metrics"]["listing_eval_tokens"].value
     assert len(eval_tokens) >= 2 and all(t["texts_tokenised"] < t["texts_from_cache"] / 10 for t in eval_tokens.values())

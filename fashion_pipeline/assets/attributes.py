@@ -18,7 +18,7 @@ from fashion_pipeline.core.extraction import learned, quality
 from fashion_pipeline.core.extraction.pipeline import ProductText, fill_rates, results_to_records
 from fashion_pipeline.core.extraction.prompt import PROMPT_VERSION, prompt_fingerprint
 from fashion_pipeline.core.extraction.rules import NaiveKeywordBaseline
-from fashion_pipeline.core.extraction.prepared_text import prepare
+from fashion_pipeline.core.extraction.prepared_text import PreparedTextStore, prepare
 from fashion_pipeline.core.threads import WorkerPool, resolve_threads
 from fashion_pipeline.core.token_counts import TokenCaches
 from fashion_pipeline.gpu import gpu_declarations
@@ -84,8 +84,15 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         store.publish(EXTRACTOR_MODEL, serving(previous.metadata))  # serve what that run decided to serve
         return previous
     t0 = time.perf_counter()
-    texts = [prepare(t, d, config.max_description_chars)
+    # The last run's prepared catalogue texts (HTML stripped, cut, language-checked): only new and edited
+    # texts are prepared again, here and in the steps after this one in the process (product_attributes).
+    prepared_store = PreparedTextStore(token_cache_dir() / "extractor_prepared_texts.pkl")
+    prepared_store.load()
+    calls = [(t, d, config.max_description_chars)
              for t, d in zip(clean_products["title"], clean_products["description"].fillna(""))]
+    texts = [prepare(*c) for c in calls]
+    prepared_store.save(calls, texts)
+    context.log.info(f"prepared {len(texts)} catalogue texts ({prepared_store.note})")
     truths = [quality.catalogue_truth(v) for v in clean_products["article_attributes"]]
     unknown_gold = _unknown_gold_values(clean_products["article_attributes"], truths)
     splits = clean_products["split"].tolist()
@@ -143,6 +150,7 @@ def attribute_extractor(context: dg.AssetExecutionContext, config: AttributeExtr
         "thresholds": dg.MetadataValue.json({a: h["threshold"] for a, h in model.describe()["heads"].items()}),
         "brands": dg.MetadataValue.json(model.brands.describe()),
         "text_tokenisation": dg.MetadataValue.json(caches.describe()),
+        "prepared_texts": prepared_store.note,
         reuse.FINGERPRINT_KEY: fingerprint,
     })
 

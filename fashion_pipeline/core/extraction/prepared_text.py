@@ -98,11 +98,14 @@ STORE_FORMAT = 1
 
 
 def _code_stamp() -> str:
-    """The code a stored result came from: this module and the HTML cleaning it calls (a change to either
-    makes the file unreadable to the next run, which prepares every text again)."""
+    """The code a stored result came from: this module, the HTML cleaning it calls and the Python whose
+    HTML parser that uses (a change to any makes the file unreadable to the next run, which prepares every
+    text again)."""
+    import sys
+
     from fashion_pipeline.core import text_cleaning
 
-    h = hashlib.sha256(f"format={STORE_FORMAT}".encode())
+    h = hashlib.sha256(f"format={STORE_FORMAT};python={sys.version_info[:3]}".encode())
     for module_file in (__file__, text_cleaning.__file__):
         h.update(Path(module_file).read_bytes())
     return h.hexdigest()

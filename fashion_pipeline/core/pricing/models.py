@@ -222,9 +222,15 @@ class BlockRidge:
 
         scale = 1.0 / np.sqrt(np.maximum(sq - n * np.square(offset), 0.0) + self.alpha)
         root = float(np.sqrt(self.alpha))
-        op = LinearOperator((n + k + d, k + d), dtype=np.float64,
-                            matvec=lambda v: np.concatenate([matvec(scale * v), root * scale * v]),
-                            rmatvec=lambda r: scale * (rmatvec(r[:n]) + root * r[n:]))
+        def scaled_matvec(v):
+            w = scale * np.asarray(v, dtype=np.float64).ravel()
+            return np.concatenate([matvec(w), root * w])
+
+        def scaled_rmatvec(r):
+            r = np.asarray(r, dtype=np.float64).ravel()
+            return scale * (rmatvec(r[:n]) + root * r[n:])
+
+        op = LinearOperator((n + k + d, k + d), dtype=np.float64, matvec=scaled_matvec, rmatvec=scaled_rmatvec)
         try:
             with threadpool_limits(limits=1, user_api="blas") if dense is None else contextlib.nullcontext():
                 # Undamped least squares of the augmented design (the damping rows are in it), which LSQR may

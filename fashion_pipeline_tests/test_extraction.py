@@ -136,6 +136,22 @@ def test_prepared_texts_kept_between_runs_are_served_again_and_only_by_the_same_
         assert [pt.prepare(*c) for c in calls] == expected and prepared_now == []
         new = ("Jeans", "Slim fit denim", 2000)
         assert pt.prepare(*new) == real(*new) and prepared_now == [new]
+        # The texts it read, in its order: the file is left as it is; one more text: it is written again.
+        # (A write replaces the file: a new inode.)
+        inode = (tmp_path / "prepared.pkl").stat().st_ino
+        again.save(calls, expected)
+        assert again.note.endswith("(the same texts: not rewritten)")
+        assert (tmp_path / "prepared.pkl").stat().st_ino == inode
+        again.save([*calls, new], [*expected, real(*new)])
+        assert (tmp_path / "prepared.pkl").stat().st_ino != inode
+        assert pt.PreparedTextStore(tmp_path / "prepared.pkl").load() == 4
+        # A write that fails (here: a folder in the file's place) is said in the note, not raised.
+        (tmp_path / "folder.pkl").mkdir()
+        nowhere = pt.PreparedTextStore(tmp_path / "folder.pkl")
+        assert nowhere.load() == 0 and nowhere.note.startswith("folder.pkl: unreadable (IsADirectoryError")
+        nowhere.save(calls, expected)
+        assert "; not saved (IsADirectoryError" in nowhere.note and (tmp_path / "folder.pkl").is_dir()
+        assert again.load() == 4
         # Other code (the stamp covers this module and the HTML cleaning): not read, every text prepared again.
         monkeypatch.setattr(pt, "_code_stamp", lambda: "other code")
         assert pt.PreparedTextStore(tmp_path / "prepared.pkl").load() == 0

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,33 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_output(target) as tmp:
         tmp.write_bytes(data)
+
+
+def read_stamped_pickle(path: str | Path, stamp: Any, parse, stale: str = "written by other code") -> tuple[Any, str]:
+    """A memo file `write_stamped_pickle` wrote, as ``(parse(payload), "")``, or ``(None, why)``: the file's
+    name and "none yet", "<stale>, not read" (its stamp is not ``stamp``: other code or versions wrote it)
+    or "unreadable (<error>), rebuilt" (``parse`` raising included). A memo is never worth a failed run."""
+    path = Path(path)
+    if not path.exists():
+        return None, f"{path.name}: none yet"
+    try:
+        with open(path, "rb") as fh:
+            saved = pickle.load(fh)
+        if not isinstance(saved, dict) or saved.get("stamp") != stamp:
+            return None, f"{path.name}: {stale}, not read"
+        return parse(saved), ""
+    except Exception as e:
+        return None, f"{path.name}: unreadable ({type(e).__name__}: {e}), rebuilt"
+
+
+def write_stamped_pickle(path: str | Path, stamp: Any, payload: dict) -> str:
+    """Write ``payload`` with its ``stamp`` for `read_stamped_pickle`, atomically; "" or, when the write
+    failed, "not saved (<error>)": a full disk costs the next run its memo, not this run its result."""
+    try:
+        atomic_write_bytes(path, pickle.dumps({**payload, "stamp": stamp}, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError as e:
+        return f"not saved ({type(e).__name__}: {e})"
+    return ""
 
 
 def atomic_write_json(target: str | Path, obj: Any) -> None:

@@ -37,7 +37,6 @@ one is reported (``cache_note``) and rebuilt.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,7 +48,7 @@ import scipy.sparse as sp
 import sklearn
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
-from fashion_pipeline.core.atomic import atomic_write_bytes
+from fashion_pipeline.core.atomic import read_stamped_pickle, write_stamped_pickle
 
 # Parameters that decide what the analyser emits for a text: a memo serves only vectorizers that agree on them.
 ANALYZER_PARAMS = ("input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor", "tokenizer",
@@ -71,6 +70,17 @@ def _countable(vectorizer) -> bool:
 
 def _text_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _parse_counts(saved: dict) -> tuple[list[str], bytes, sp.csr_array]:
+    """(terms, 16-byte text hashes, counts matrix) of a `TokenCounts` file, checked."""
+    names, hashes = list(saved["terms"]), saved["hashes"]
+    matrix = sp.csr_array((saved["data"], saved["indices"], saved["indptr"]), shape=(len(hashes) // 16, len(names)))
+    if len(hashes) % 16 or len(matrix.indptr) != len(hashes) // 16 + 1:
+        raise ValueError("rows and hashes disagree")
+    if matrix.nnz and not 0 <= matrix.indices.min() <= matrix.indices.max() < len(names):
+        raise ValueError("term ids outside the file's vocabulary")
+    return names, hashes, matrix
 
 
 class TokenCounts:
@@ -99,31 +109,18 @@ class TokenCounts:
         return {"format": CACHE_FORMAT, "analyser": self._key, "sklearn": sklearn.__version__}
 
     def _load_cache(self) -> None:
-        path = self._cache
-        if not path.exists():
-            self.cache_note = f"{path.name}: none yet"
+        loaded, why = read_stamped_pickle(self._cache, self._stamp(), _parse_counts,
+                                          stale="written for another analyser or sklearn version")
+        if loaded is None:
+            self.cache_note = why
             return
-        try:
-            with open(path, "rb") as fh:
-                saved = pickle.load(fh)
-            if saved.get("stamp") != self._stamp():
-                self.cache_note = f"{path.name}: written for another analyser or sklearn version, not read"
-                return
-            names, hashes = list(saved["terms"]), saved["hashes"]
-            matrix = sp.csr_array((saved["data"], saved["indices"], saved["indptr"]), shape=(len(hashes) // 16, len(names)))
-            if len(hashes) % 16 or len(matrix.indptr) != len(hashes) // 16 + 1:
-                raise ValueError("rows and hashes disagree")
-            if matrix.nnz and not 0 <= matrix.indices.min() <= matrix.indices.max() < len(names):
-                raise ValueError("term ids outside the file's vocabulary")
-        except Exception as e:  # a cache is never worth a failed run: say so and tokenise afresh
-            self.cache_note = f"{path.name}: unreadable ({type(e).__name__}: {e}), rebuilt"
-            return
+        names, hashes, matrix = loaded
         self._names = names
         self._terms = {t: j for j, t in enumerate(names)}
         self._cached = {hashes[16 * i:16 * (i + 1)]: i for i in range(len(hashes) // 16)}
         self._cached_matrix = matrix
         self._matrix = sp.csr_array((0, len(names)), dtype=np.float32)
-        self.cache_note = f"{path.name}: {len(self._cached)} texts' counts read"
+        self.cache_note = f"{self._cache.name}: {len(self._cached)} texts' counts read"
 
     def save(self) -> None:
         """Write the counts of every text this memo was asked for (and only those: the file follows the
@@ -135,13 +132,11 @@ class TokenCounts:
         remap = np.full(len(self._names), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
         texts = list(self._rows)  # in row order: a text's row is fixed when it is first counted
-        payload = {"stamp": self._stamp(), "terms": [self._names[j] for j in used],
-                   "hashes": b"".join(_text_hash(t) for t in texts),
-                   "data": m.data, "indices": remap[m.indices].astype(np.int32), "indptr": m.indptr}
-        try:
-            atomic_write_bytes(self._cache, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
-        except OSError as e:  # a full disk costs the next run its tokenisation, not this run its result
-            self.cache_note += f"; not saved ({type(e).__name__}: {e})"
+        failed = write_stamped_pickle(self._cache, self._stamp(), {
+            "terms": [self._names[j] for j in used], "hashes": b"".join(_text_hash(t) for t in texts),
+            "data": m.data, "indices": remap[m.indices].astype(np.int32), "indptr": m.indptr})
+        if failed:
+            self.cache_note += f"; {failed}"
 
     def serves(self, vectorizer: TfidfVectorizer) -> bool:
         """Whether ``vectorizer`` analyses text as this memo does (and counts as sklearn's CountVectorizer

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashion_pipeline.core.atomic import read_stamped_pickle, write_stamped_pickle
 from fashion_pipeline.core.text_cleaning import strip_html
 
 # Common English function words; a text of some length with none of them is probably not English.
@@ -124,45 +124,47 @@ class PreparedTextStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.note = f"{self.path.name}: not loaded"
+        self._read_keys = b""  # the file's texts, in its order, when loaded
 
     def load(self) -> int:
         """Serve `prepare` from the file; returns how many results it holds (0: none, stale or unreadable)."""
         global _stored
         _stored = {}
+        self._read_keys = b""
         prepare.cache_clear()  # results computed before the load stay correct, but the memo starts afresh
-        if not self.path.exists():
-            self.note = f"{self.path.name}: none yet"
+        loaded, why = read_stamped_pickle(self.path, _code_stamp(), _parse_store)
+        if loaded is None:
+            self.note = why
             return 0
-        try:
-            with open(self.path, "rb") as fh:
-                saved = pickle.load(fh)
-            if not isinstance(saved, dict) or saved.get("stamp") != _code_stamp():
-                self.note = f"{self.path.name}: written by other code, not read"
-                return 0
-            keys, titles, descriptions, flags = saved["keys"], saved["titles"], saved["descriptions"], saved["flags"]
-            if not (len(keys) == 16 * len(titles) == 16 * len(descriptions) == 16 * len(flags)):
-                raise ValueError("keys and results disagree")
-            loaded = {keys[16 * i:16 * (i + 1)]: PreparedText(t, d, bool(f & 1), bool(f & 2), bool(f & 4))
-                      for i, (t, d, f) in enumerate(zip(titles, descriptions, flags.tolist()))}
-        except Exception as e:  # a memo is never worth a failed run: say so and prepare afresh
-            self.note = f"{self.path.name}: unreadable ({type(e).__name__}: {e}), rebuilt"
-            return 0
-        _stored = loaded
-        self.note = f"{self.path.name}: {len(loaded)} prepared texts read"
-        return len(loaded)
+        _stored, self._read_keys = loaded
+        self.note = f"{self.path.name}: {len(_stored)} prepared texts read"
+        return len(_stored)
 
     def save(self, calls: list[tuple[str | None, str | None, int]], results: list[PreparedText]) -> None:
-        """Write ``results`` (`prepare` of each of ``calls``' arguments), one entry per distinct call."""
+        """Write ``results`` (`prepare` of each of ``calls``' arguments), one entry per distinct call;
+        not when they are the texts the file held when loaded, in the same order (nothing to add or drop)."""
         import numpy as np
-
-        from fashion_pipeline.core.atomic import atomic_write_bytes
 
         seen: dict[bytes, PreparedText] = {}
         for args, r in zip(calls, results, strict=True):
             seen.setdefault(text_key(*args), r)
+        keys = b"".join(seen)
+        if keys == self._read_keys:
+            self.note += " (the same texts: not rewritten)"
+            return
         values = list(seen.values())
-        payload = {"stamp": _code_stamp(), "keys": b"".join(seen),
-                   "titles": [r.title for r in values], "descriptions": [r.description for r in values],
-                   "flags": np.array([r.truncated | r.empty_description << 1 | r.non_english << 2 for r in values],
-                                     dtype=np.uint8)}
-        atomic_write_bytes(self.path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        failed = write_stamped_pickle(self.path, _code_stamp(), {
+            "keys": keys, "titles": [r.title for r in values], "descriptions": [r.description for r in values],
+            "flags": np.array([r.truncated | r.empty_description << 1 | r.non_english << 2 for r in values],
+                              dtype=np.uint8)})
+        if failed:
+            self.note += f"; {failed}"
+
+
+def _parse_store(saved: dict) -> tuple[dict[bytes, PreparedText], bytes]:
+    """({text_key: result}, the keys in the file's order) of a `PreparedTextStore` file, checked."""
+    keys, titles, descriptions, flags = saved["keys"], saved["titles"], saved["descriptions"], saved["flags"]
+    if not (len(keys) == 16 * len(titles) == 16 * len(descriptions) == 16 * len(flags)):
+        raise ValueError("keys and results disagree")
+    return ({keys[16 * i:16 * (i + 1)]: PreparedText(t, d, bool(f & 1), bool(f & 2), bool(f & 4))
+             for i, (t, d, f) in enumerate(zip(titles, descriptions, flags.tolist()))}, keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from pathlib import Path
@@ -286,6 +287,43 @@ def test_the_regressor_config_sets_the_mlp_fine_tune_budget_and_patience():
     assert MLPConfig(**training_options(RegressorConfig())["params"]["mlp"]).warm_patience == 1
 
 
+def test_the_stacked_ridge_folds_follow_the_product_group_and_a_retrain_continues_the_last_runs_fold_ridges():
+    """The out-of-fold TF-IDF ridge the tree and neural members stack: each row's fold is its group's (a
+    hash: rows added or removed move no other row), and a retrain started from the last run's ridge keeps
+    its featurizer and starts every fold's LSQR from that fold's coefficients: the same problems, so the
+    out-of-fold values and the full ridge agree with a cold fit on the kept columns to LSQR's tolerance."""
+    from fashion_pipeline.core.pricing.models import _groups, _text_ridge_oof, stacking_folds
+
+    tr, _, _ = sample_splits()
+    y = log_target(tr.frame["price_usd"])
+    groups = _groups(tr)
+    folds = stacking_folds(groups, 3)
+    assert set(folds) == {0, 1, 2}
+    for g in np.unique(groups):
+        assert len(set(folds[groups == g])) == 1  # a group (the same product in several rows) in one fold
+    fewer = np.arange(len(groups)) % 4 != 0
+    np.testing.assert_array_equal(stacking_folds(groups[fewer], 3), folds[fewer])
+
+    oof_first, first = _text_ridge_oof(tr.subset(np.arange(len(tr)) % 10 != 0), y[np.arange(len(tr)) % 10 != 0])
+    assert not first.warm_started_ and len(first.fold_coefs_) == 3
+    # Fresh copies of the rows (each PriceInputs memoises its stacking fit): a retrain on 11% more rows.
+    oof_warm, warm = _text_ridge_oof(tr.subset(np.ones(len(tr), bool)), y, warm_from=first)
+    assert warm.warm_started_ and warm.featurizer_ is first.featurizer_
+    assert warm.stacking_note_.startswith(f"warm: featurizer of {first.featurizer_rows_} rows kept")
+    cold_kept = copy.copy(first)
+    cold_kept.fold_coefs_ = [np.zeros_like(c) for c in first.fold_coefs_]  # the same featurizer, LSQR from 0
+    cold_kept.model_ = copy.copy(first.model_)
+    cold_kept.model_.coef_ = np.zeros_like(first.model_.coef_)
+    oof_cold, cold = _text_ridge_oof(tr.subset(np.ones(len(tr), bool)), y, warm_from=cold_kept)
+    assert warm.model_.n_iter_ < cold.model_.n_iter_ and sum(warm.fold_iterations_) < sum(cold.fold_iterations_)
+    assert np.sqrt(np.mean((oof_warm - oof_cold) ** 2)) < 0.02 * np.std(oof_cold)
+    assert np.sqrt(np.mean((warm.predict_log(tr) - cold.predict_log(tr)) ** 2)) < 0.02 * np.std(y)
+    # Further from the rows the featurizer was fitted on than warm_max_growth: fitted afresh, and said.
+    _, refused = _text_ridge_oof(tr.subset(np.ones(len(tr), bool)), y, warm_from=first, max_growth=0.05)
+    assert not refused.warm_started_ and refused.featurizer_ is not first.featurizer_
+    assert "more than warm_max_growth 5% apart" in refused.stacking_note_
+
+
 @pytest.mark.parametrize("warm_patience", [1, 2])
 def test_a_warm_mlp_fine_tune_ends_after_warm_patience_epochs_without_a_better_validation_score(warm_patience):
     tr, va, _ = sample_splits()
@@ -297,7 +335,9 @@ def test_a_warm_mlp_fine_tune_ends_after_warm_patience_epochs_without_a_better_v
     assert [h["epoch"] for h in new.history_] == list(range(warm_patience + 1))
     assert all(h["val_rmse_log"] > new.history_[0]["val_rmse_log"] for h in new.history_[1:])
     # What it serves is the starting weights (epoch 0).
-    assert new.best_epoch_ == 0 and new.start_note() == f"warm (best epoch 0; {warm_patience} of 6 epochs run)"
+    # (Its stacked ridge is the one the first fit made on the same rows: reused, see _text_ridge_oof.)
+    assert new.best_epoch_ == 0 and new.start_note().startswith(
+        f"warm (best epoch 0; {warm_patience} of 6 epochs run; stacked ridge cold (")
     np.testing.assert_allclose(new.predict_log(va), old.predict_log(va), rtol=1e-5)
 
 
@@ -545,7 +585,10 @@ def test_a_retrain_continues_the_retrained_lightgbm_and_never_ends_worse_on_vali
     assert new.warm_started_ and new.cats_ is old.cats_ and new.pca_ is old.pca_
     assert new.start_trees_ == old.best_iteration_ and old.best_iteration_ <= new.best_iteration_ <= old.best_iteration_ + 10
     assert res.warm_starts == {"full": {"lightgbm": f"warm ({old.best_iteration_} + "
-                                        f"{new.best_iteration_ - old.best_iteration_} of 10 trees kept)"}}
+                                        f"{new.best_iteration_ - old.best_iteration_} of 10 trees kept; stacked ridge "
+                                        f"{new.text_ridge_.stacking_note_})"}}
+    # The stacked TF-IDF ridge continued too: the kept featurizer, LSQR from the stored coefficients.
+    assert new.text_ridge_.warm_started_ and new.text_ridge_.featurizer_ is old.text_ridge_.featurizer_
     # Its first trees are the stored model's; on the same rows (the same stacked ridge) they predict as it does.
     val = first.selection.set_index("model").loc["lightgbm", "rmsle"]
     assert res.selection.set_index("model").loc["lightgbm", "rmsle"] <= val + 1e-12

@@ -86,7 +86,9 @@ class RegressorConfig(dg.Config):
         "featurizer (TF-IDF vocabulary and IDF, categorical levels, embedding scaling) and starts LSQR from its "
         "coefficients (the same ridge problem on the kept columns, to LSQR's tolerance, in fewer iterations), and "
         "its source router keeps the retrained router's TF-IDF and photo PCA and starts its logistic regression "
-        "from its coefficients, and its k-NN member keeps the retrained member's embedding projections (PCA), "
+        "from its coefficients, and its k-NN member keeps the retrained member's embedding projections (PCA), and "
+        "the stacked TF-IDF ridge of its LightGBM / MLP members keeps its featurizer and starts each out-of-fold "
+        "LSQR (folds by a stable hash of the product group) and the full one from its coefficients, "
         "while the train split differs from the rows those were fitted on by at most this "
         "share; past that, or at 0, they are fitted from scratch (logged). model_selection_job always starts "
         "cold."))
@@ -155,10 +157,10 @@ def training_options(config: RegressorConfig) -> dict:
         "models": tuple(config.models),
         "params": {
             "lightgbm": {"n_estimators": config.lightgbm_estimators, "num_threads": resolve_threads(config.threads),
-                         "warm_rounds": config.lightgbm_warm_rounds},
+                         "warm_rounds": config.lightgbm_warm_rounds, "warm_max_growth": config.warm_max_growth},
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                     "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs,
-                    "warm_patience": config.mlp_warm_patience},
+                    "warm_patience": config.mlp_warm_patience, "warm_max_growth": config.warm_max_growth},
             "ridge": {"warm_max_growth": config.warm_max_growth, "n_threads": resolve_threads(config.threads)},
             "knn": {"k": config.knn_neighbours, "warm_max_growth": config.warm_max_growth},
             "router": {"warm_max_growth": config.warm_max_growth},

@@ -23,7 +23,7 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
-from fashion_pipeline.core.split import grew_beyond
+from fashion_pipeline.core.split import grew_beyond, group_unit
 from fashion_pipeline.core.threads import resolve_threads
 
 from .features import CATEGORICAL_COLUMNS, MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
@@ -255,24 +255,87 @@ class BlockRidge:
         return out + self.intercept_
 
 
+STACKING_SALT = "price-stacking-folds-v1"
+
+
+def stacking_folds(groups: np.ndarray, folds: int) -> np.ndarray:
+    """The out-of-fold stacking's fold of each row: a stable hash of its group (`core.split.group_unit`),
+    so a product keeps its fold while the catalogue grows and a retrain's fold ridges can start from the
+    last run's (no fold ridge ever saw the rows it predicts). Where the hash leaves fewer than two folds
+    with rows (a handful of groups), GroupKFold's balanced folds instead."""
+    unique, inverse = np.unique(groups, return_inverse=True)
+    fold = np.array([int(group_unit(g, STACKING_SALT) * folds) for g in unique], dtype=np.int64)[inverse]
+    if len(np.unique(fold)) >= 2:
+        return fold
+    fold = np.zeros(len(groups), dtype=np.int64)
+    k = min(folds, len(unique))
+    if k >= 2:
+        for i, (_, te) in enumerate(GroupKFold(n_splits=k).split(np.zeros(len(groups)), None, groups)):
+            fold[te] = i
+    return fold
+
+
+def stacking_warm_refusal(warm_from, train: PriceInputs, folds: int, alpha: float, max_growth: float) -> str | None:
+    """Why ``warm_from`` (the stacked TF-IDF ridge of the model a retrain continues) cannot seed
+    `_text_ridge_oof` on ``train`` (None when it can)."""
+    if max_growth <= 0:
+        return "warm_max_growth is 0"
+    if not isinstance(warm_from, RidgePriceRegressor) or getattr(warm_from, "fold_coefs_", None) is None:
+        return "it keeps no fold coefficients (trained by older code)"
+    if (len(warm_from.fold_coefs_), warm_from.alpha_, getattr(warm_from, "folds_salt_", None)) != (
+            folds, alpha, STACKING_SALT):
+        return "its folds or alpha differ from this fit's"
+    return growth_refusal(len(train), warm_from.featurizer_rows_, max_growth, "its featurizer was",
+                          "the stacked ridge is fitted afresh")
+
+
 def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0,
-                    n_threads: int | None = None):
-    """Out-of-fold predictions of a TF-IDF ridge (grouped folds) plus the ridge fit on all rows.
+                    n_threads: int | None = None, warm_from: "RidgePriceRegressor | None" = None,
+                    max_growth: float = 0.25):
+    """Out-of-fold predictions of a TF-IDF ridge (folds by group, `stacking_folds`) plus the ridge fit on
+    all rows, which also keeps each fold's coefficients (``fold_coefs_``).
 
     Used as one feature for the tree / neural models (stacking): TF-IDF carries brand and
-    article-type words that embeddings blur, and out-of-fold values keep it honest on train.
-    """
+    article-type words that embeddings blur, and out-of-fold values keep it honest on train. One
+    featurizer (TF-IDF vocabulary and IDF, fitted without prices) serves every fold.
+    ``warm_from`` (the stacked ridge of the model a retrain continues, `stacking_warm_refusal`): its
+    featurizer is kept and each fold's LSQR, and the full fit's, starts from its coefficients: the same
+    ridge problems, to LSQR's tolerance, in fewer iterations. ``stacking_note_`` on the returned ridge
+    says how it started."""
     cached = train.cache.get("text_ridge_oof")
     if cached is not None and len(cached[0]) == len(y) and np.array_equal(cached[2], y):
         return cached[0], cached[1]  # the tree and neural models share one stacking fit
+    refusal = None if warm_from is None else stacking_warm_refusal(warm_from, train, folds, alpha, max_growth)
+    warm = warm_from is not None and refusal is None
+    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads)
+    if warm:
+        full.featurizer_, full.featurizer_rows_ = warm_from.featurizer_, warm_from.featurizer_rows_
+    else:
+        full.featurizer_ = PriceFeaturizer(use_embeddings=False).fit(train)
+        full.featurizer_rows_ = len(train)
+    xs, xd = full.featurizer_.transform_blocks(train)
+    fold = stacking_folds(_groups(train), folds)
     oof = np.zeros(len(train), dtype=np.float64)
-    groups = _groups(train)
-    k = min(folds, len(np.unique(groups)))
-    for tr, te in GroupKFold(n_splits=k).split(np.zeros(len(train)), y, groups):
-        r = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads).fit(
-            train.subset(_mask(len(train), tr)), y[tr])
-        oof[te] = r.predict_log(train.subset(_mask(len(train), te)))
-    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads).fit(train, y)
+    full.fold_coefs_, iterations = [], []
+    for f in range(folds):
+        te = fold == f
+        m = None
+        if te.any() and not te.all():
+            tr = ~te
+            m = BlockRidge(alpha=alpha, n_threads=n_threads).fit(
+                xs[tr], None if xd is None else xd[tr], y[tr],
+                x0=warm_from.fold_coefs_[f] if warm and warm_from.fold_coefs_[f] is not None else None)
+            oof[te] = m.predict(xs[te], None if xd is None else xd[te])
+            iterations.append(m.n_iter_)
+        full.fold_coefs_.append(None if m is None else m.coef_.astype(np.float32))  # a start point: float32 will do
+    full.model_ = BlockRidge(alpha=alpha, n_threads=n_threads).fit(xs, xd, y, x0=warm_from.model_.coef_ if warm else None)
+    full.alpha_, full.folds_salt_, full.fold_iterations_ = alpha, STACKING_SALT, iterations
+    full.warm_started_, full.warm_note_ = warm, refusal or ""
+    how = (f"warm: featurizer of {full.featurizer_rows_} rows kept, LSQR from the last run's coefficients"
+           if warm else f"cold: {refusal}" if refusal else "cold")
+    full.stacking_note_ = f"{how} ({iterations} fold and {full.model_.n_iter_} full LSQR iterations)"
+    if refusal is not None:
+        log.warning("stacked TF-IDF ridge: cold start instead of the warm start asked for: %s", refusal)
     train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy())
     return oof, full
 
@@ -311,6 +374,7 @@ class LightGBMPriceRegressor:
         early_stopping_rounds: int = 100,
         num_threads: int = 2,
         warm_rounds: int = 40,
+        warm_max_growth: float = 0.25,
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -319,6 +383,7 @@ class LightGBMPriceRegressor:
         self.early_stopping_rounds = early_stopping_rounds
         self.num_threads = num_threads
         self.warm_rounds = warm_rounds
+        self.warm_max_growth = warm_max_growth
 
     def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
         """Why ``warm_from`` cannot seed this fit on ``train`` (None when it can): it must be a fitted
@@ -347,7 +412,8 @@ class LightGBMPriceRegressor:
         """How a fit asked to warm-start began: the trees it kept, or why it started cold."""
         if not self.warm_started_:
             return f"cold: {self.warm_note_}"
-        return f"warm ({self.start_trees_} + {self.best_iteration_ - self.start_trees_} of {self.warm_rounds} trees kept)"
+        return (f"warm ({self.start_trees_} + {self.best_iteration_ - self.start_trees_} of {self.warm_rounds} trees "
+                f"kept; stacked ridge {self.text_ridge_.stacking_note_})")
 
     def _design(self, inputs: PriceInputs, ridge_pred: np.ndarray) -> np.ndarray:
         codes = self.cats_.codes(inputs.frame).astype(np.float32)
@@ -387,7 +453,9 @@ class LightGBMPriceRegressor:
             n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
             # No (or too few) images in training: the image block is left out entirely.
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
-        oof, self.text_ridge_ = _text_ridge_oof(train, y, n_threads=self.num_threads)
+        oof, self.text_ridge_ = _text_ridge_oof(
+            train, y, n_threads=self.num_threads, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
+            max_growth=getattr(self, "warm_max_growth", 0.25))
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(
@@ -450,6 +518,9 @@ class MLPConfig:
     # weights in all three forms at warm_lr_scale 0.25 and 0.05 (at 0.01 one form gained 0.0006 RMSLE on
     # validation): the epochs after the first worse one were spent for nothing.
     warm_patience: int = 1
+    # A warm start keeps the stacked TF-IDF ridge's featurizer (and starts its LSQR from the retrained
+    # model's coefficients) while the train split is within this share of the rows it was fitted on.
+    warm_max_growth: float = 0.25
 
 
 def _build_net(n_dense: int, cards: list[int], cfg: MLPConfig):
@@ -513,7 +584,8 @@ class MLPPriceRegressor:
         if not self.warm_started_:
             return f"cold: {self.warm_note_}"
         ran = sum(h["epoch"] > 0 for h in self.history_)
-        return f"warm (best epoch {self.best_epoch_}; {ran} of {self.config.warm_epochs} epochs run)"
+        stacked = f"; stacked ridge {self.text_ridge_.stacking_note_}" if self.text_ridge_ is not None else ""
+        return f"warm (best epoch {self.best_epoch_}; {ran} of {self.config.warm_epochs} epochs run{stacked})"
 
     def fit(self, train: PriceInputs, y: np.ndarray, val: PriceInputs | None = None, y_val=None,
             warm_from: "MLPPriceRegressor | None" = None):
@@ -545,7 +617,9 @@ class MLPPriceRegressor:
         ridge_tr = None
         self.text_ridge_ = None
         if cfg.stack_text_ridge:
-            ridge_tr, self.text_ridge_ = _text_ridge_oof(train, y)
+            ridge_tr, self.text_ridge_ = _text_ridge_oof(
+                train, y, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
+                max_growth=cfg.warm_max_growth)
         x = torch.from_numpy(self._dense(train, ridge_tr)).to(device)
         c = torch.from_numpy(self.cats_.codes(train.frame)).to(device)
         t = torch.from_numpy(((y - self.y_mean_) / self.y_std_).astype(np.float32)).to(device)

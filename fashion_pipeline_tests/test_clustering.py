@@ -88,9 +88,11 @@ def test_a_warm_started_clustering_keeps_the_projection_and_the_cluster_numbers(
     model = first["model"]
     centres = model.methods["dec"].centers_.detach().clone()
     # Another seed: a cold fit would number its clusters anew; a warm one continues from the model.
-    again = ClusteringConfig(**{**cfg.__dict__, "seed": 1})
+    again = ClusteringConfig(**{**cfg.__dict__, "seed": 1, "dec_warm_max_iter": 40})
     warm, _, second = cluster_products(ids, image, text, None, again, warm=model)
     assert second["warm_note"] == "" and {i["start"] for i in second["info"].values()} == {"warm"}
+    # DEC's self-training continued for dec_warm_max_iter steps at most (targets at steps 0 and 20), not dec_max_iter.
+    assert [h["iter"] for h in second["model"].methods["dec"].history_] in ([0], [0, 20])
     assert second["model"].reducer is model.reducer  # the stored projection, not a refit
     assert torch.equal(model.methods["dec"].centers_.detach(), centres)  # the stored model is left as it was
     assert second["model"].methods["dec"] is not model.methods["dec"]

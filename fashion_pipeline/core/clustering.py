@@ -34,6 +34,7 @@ class ClusteringConfig:
     silhouette_sample: int = 2000
     dec_pretrain_epochs: int = 20
     dec_max_iter: int = 2000
+    dec_warm_max_iter: int = 150  # a warm start's self-training steps (continuing a fitted DEC)
     dec_update_interval: int = 50
     n_threads: int = 2
 
@@ -109,7 +110,8 @@ def fit_method(method: str, x: np.ndarray, cfg: ClusteringConfig, warm=None) -> 
     """Labels, info and the fitted estimator. ``warm`` (the same method's estimator from a previous run
     on the same projection): k-means starts from its centres, the mixture from its weights, means and
     precisions (one initialisation each), and DEC continues self-training from its autoencoder and
-    centres (no pre-training, no k-means initialisation); cluster numbers then keep their meaning
+    centres for at most ``dec_warm_max_iter`` steps (no pre-training, no k-means initialisation); cluster
+    numbers then keep their meaning
     from one run to the next. ``warm`` is not changed."""
     t0 = time.perf_counter()
     info: dict = {"start": "warm" if warm is not None else "cold"}
@@ -126,7 +128,7 @@ def fit_method(method: str, x: np.ndarray, cfg: ClusteringConfig, warm=None) -> 
     elif method == "dec":
         if warm is not None:
             est = copy.deepcopy(warm)
-            est.max_iter, est.update_interval, est.n_threads = cfg.dec_max_iter, cfg.dec_update_interval, cfg.n_threads
+            est.max_iter, est.update_interval, est.n_threads = cfg.dec_warm_max_iter, cfg.dec_update_interval, cfg.n_threads
             est.continue_fit(x)
         else:
             est = DEC(cfg.n_clusters, pretrain_epochs=cfg.dec_pretrain_epochs, max_iter=cfg.dec_max_iter,

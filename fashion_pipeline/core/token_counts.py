@@ -128,7 +128,8 @@ class TokenCounts:
         if self._cache is None:
             return
         m = self._matrix
-        used = np.unique(m.indices)  # the terms those texts have, renumbered in their order
+        # The terms those texts have, renumbered in their order (a count per term: np.unique sorts every entry).
+        used = np.flatnonzero(np.bincount(m.indices, minlength=len(self._names)))
         remap = np.full(len(self._names), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
         texts = list(self._rows)  # in row order: a text's row is fixed when it is first counted

@@ -134,6 +134,10 @@ def test_cache_round_trip_and_corrupt_entries_are_never_served(tmp_path):
     with EmbeddingCache(tmp_path, "image", "enc-A", 4) as c:
         c.put_many(["k1", "k2", "k3"], vecs)
         assert np.array_equal(c.get_many(["k2"])["k2"], vecs[1])
+        # The check can hand over the vectors it read, within a byte budget (here two 16-byte vectors).
+        kept: dict = {}
+        assert c.validate(["k3", "k1", "k2"], keep=kept, keep_bytes=40) == ({"k1", "k2", "k3"}, 0)
+        assert sorted(kept) == ["k1", "k2"] and all(np.array_equal(kept[k], vecs[i]) for i, k in enumerate(kept))
     con = sqlite3.connect(cache_file(tmp_path, "image", "enc-A"))
     con.execute("UPDATE vectors SET vec = ? WHERE key = 'k1'", (np.ones(4, np.float32).tobytes(),))  # checksum mismatch
     con.execute("UPDATE vectors SET vec = ? WHERE key = 'k2'", (b"\x00" * 8,))  # wrong length
@@ -450,6 +454,12 @@ def test_incremental_run_encodes_only_new_products(offline, catalogue, tmp_path)
     ids, img, txt = read_embeddings(out)
     assert len(ids) == 10
     assert np.allclose(img[:7], first_img, atol=1e-5) and np.allclose(txt[:7], first_txt, atol=1e-5)
+    # The cached vectors the run checked are written from what the check read, or, past the budget held
+    # between the two (here 5 image vectors' worth, none for texts), read again: the same file either way.
+    budget = 5 * 1280 * 4
+    embed_products(base, offline, tmp_path / "budget.parquet", cache, loader_workers=0, keep_cached_bytes=budget)
+    again = read_embeddings(tmp_path / "budget.parquet")
+    assert again[0] == ids and np.array_equal(again[1], img, equal_nan=True) and np.array_equal(again[2], txt, equal_nan=True)
 
 
 def test_changed_encoder_recomputes_everything(offline, catalogue, tmp_path):

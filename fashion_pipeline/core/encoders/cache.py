@@ -140,16 +140,24 @@ class EmbeddingCache:
             q = f"SELECT key, dim, checksum, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})"
             yield from self._con.execute(q, part)
 
-    def validate(self, keys: Iterable[str]) -> tuple[set[str], int]:
-        """Keys whose cached vector is intact; corrupt entries are deleted. Returns (valid, n_corrupt)."""
+    def validate(self, keys: Iterable[str], keep: dict[str, np.ndarray] | None = None,
+                 keep_bytes: int = 0) -> tuple[set[str], int]:
+        """Keys whose cached vector is intact; corrupt entries are deleted. Returns (valid, n_corrupt).
+        ``keep``: a dict that receives the intact vectors read (as `get_many` returns them) while they
+        total at most ``keep_bytes``, so a caller that needs them next does not read them again."""
         unique = sorted(set(keys))
         valid: set[str] = set()
         corrupt: list[str] = []
+        room = keep_bytes if keep is not None else 0
         for key, dim, checksum, blob in self._rows(unique):
-            if self._decode(dim, checksum, blob) is None:
+            vec = self._decode(dim, checksum, blob)
+            if vec is None:
                 corrupt.append(key)
             else:
                 valid.add(key)
+                if room >= vec.nbytes:
+                    keep[key] = vec
+                    room -= vec.nbytes
         if corrupt:
             log.warning("Embedding cache %s: %d corrupt entries deleted, will be recomputed", self.path, len(corrupt))
             self._con.executemany("DELETE FROM vectors WHERE key = ?", [(k,) for k in corrupt])

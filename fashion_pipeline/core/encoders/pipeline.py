@@ -169,6 +169,16 @@ def _hash_images(paths: list, workers: int, memo: FileMemo | None = None) -> lis
     return map_chunked(lambda p: _image_key(p, memo), paths, workers)
 
 
+def _cached_vectors(cache: EmbeddingCache, kept: dict[str, np.ndarray], keys) -> dict[str, np.ndarray]:
+    """The vectors of ``keys`` (None: no key): from ``kept`` where the cache check kept them, else read."""
+    want = [k for k in keys if k]
+    out = {k: kept[k] for k in want if k in kept}
+    rest = [k for k in want if k not in out]
+    if rest:
+        out.update(cache.get_many(rest))
+    return out
+
+
 def embed_products(
     products: pd.DataFrame,
     backend: EmbeddingBackend,
@@ -183,6 +193,7 @@ def embed_products(
     sample_size: int = 2000,
     progress: Callable[[str], None] | None = None,
     key_memo: FileMemo | None = None,
+    keep_cached_bytes: int = 512 << 20,
 ) -> EmbeddingReport:
     """Write image + text embeddings of every row of ``products`` to ``output_path``.
 
@@ -190,6 +201,8 @@ def embed_products(
     ``attributes`` is the optional product_attributes frame (see text.build_texts).
     ``key_memo``: image keys (sha256 of the bytes) of files unchanged since the last run, which then
     are not read to be keyed (the caller saves it).
+    ``keep_cached_bytes``: at most this many bytes of cached vectors are held between the cache check
+    and the output (the rest is read again, a chunk at a time, while the file is written).
     Rows keep their input order; duplicated product_ids are an error (they would make the
     file ambiguous for joins).
     """
@@ -219,9 +232,15 @@ def embed_products(
     img_stats.cache_reset, txt_stats.cache_reset = img_cache.reset_reason, txt_cache.reset_reason
     writer = None
     try:
-        # 2. what the caches already hold
-        img_cached, img_stats.corrupt_cache_entries = img_cache.validate(k for k in image_keys if k)
-        txt_cached, txt_stats.corrupt_cache_entries = txt_cache.validate(k for k in text_keys if k)
+        # 2. what the caches already hold; the vectors checked are kept for step 4 (up to keep_cached_bytes)
+        # instead of being read from the cache a second time (~2.4 s of a +1% retrain on the full data).
+        img_kept: dict[str, np.ndarray] = {}
+        txt_kept: dict[str, np.ndarray] = {}
+        img_cached, img_stats.corrupt_cache_entries = img_cache.validate(
+            (k for k in image_keys if k), keep=img_kept, keep_bytes=keep_cached_bytes)
+        room = keep_cached_bytes - sum(v.nbytes for v in img_kept.values())
+        txt_cached, txt_stats.corrupt_cache_entries = txt_cache.validate(
+            (k for k in text_keys if k), keep=txt_kept, keep_bytes=room)
 
         # 3a. texts
         text_todo: dict[str, str] = {}
@@ -294,8 +313,8 @@ def embed_products(
             stop = min(start + chunk_rows, n)
             m = stop - start
             ikeys, tkeys = image_keys[start:stop], text_keys[start:stop]
-            ivecs = img_cache.get_many(k for k in ikeys if k)
-            tvecs = txt_cache.get_many(k for k in tkeys if k)
+            ivecs = _cached_vectors(img_cache, img_kept, ikeys)
+            tvecs = _cached_vectors(txt_cache, txt_kept, tkeys)
             image = np.zeros((m, backend.image.dim), dtype=np.float32)
             text = np.zeros((m, backend.text.dim), dtype=np.float32)
             ivalid, tvalid = np.zeros(m, dtype=bool), np.zeros(m, dtype=bool)

@@ -353,12 +353,6 @@ def _stacked_log(ridge: "RidgePriceRegressor", inputs: PriceInputs) -> np.ndarra
     return hit[1]
 
 
-def _mask(n: int, idx: np.ndarray) -> np.ndarray:
-    m = np.zeros(n, dtype=bool)
-    m[idx] = True
-    return m
-
-
 class LightGBMPriceRegressor:
     """Gradient-boosted trees on categorical codes, text embedding, image embedding (PCA) and a
     stacked out-of-fold TF-IDF ridge prediction; early stopping on validation."""
@@ -455,7 +449,7 @@ class LightGBMPriceRegressor:
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
         oof, self.text_ridge_ = _text_ridge_oof(
             train, y, n_threads=self.num_threads, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
-            max_growth=getattr(self, "warm_max_growth", 0.25))
+            max_growth=self.warm_max_growth)
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(

@@ -92,6 +92,18 @@ class RidgePriceRegressor:
             return f"its featurizer reads {len(scaler.mean_) - 2} embedding columns, these rows have {width - 2}"
         return growth_refusal(len(train), rows, self.warm_max_growth, "its featurizer was", "the featurizer is refitted")
 
+    @classmethod
+    def from_parts(cls, featurizer: PriceFeaturizer, featurizer_rows: int, model: "BlockRidge",
+                   n_threads: int | None = None, warm_started: bool = False,
+                   warm_note: str = "") -> "RidgePriceRegressor":
+        """A fitted ridge from a fitted featurizer and a `BlockRidge` solved on its columns (the stacked
+        TF-IDF ridge of `_text_ridge_oof`, whose folds share one featurizer); ``warm_started`` /
+        ``warm_note`` as `fit` sets them."""
+        ridge = cls(alphas=(model.alpha,), use_embeddings=featurizer.use_embeddings, n_threads=n_threads)
+        ridge.featurizer_, ridge.featurizer_rows_, ridge.model_, ridge.alpha_ = featurizer, featurizer_rows, model, model.alpha
+        ridge.warm_started_, ridge.warm_note_ = warm_started, warm_note
+        return ridge
+
     def start_note(self) -> str:
         """How a fit asked to warm-start began: the featurizer it kept and LSQR's iterations, or why cold."""
         if not self.warm_started_:
@@ -307,16 +319,14 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
         return cached[0], cached[1]  # the tree and neural models share one stacking fit
     refusal = None if warm_from is None else stacking_warm_refusal(warm_from, train, folds, alpha, max_growth)
     warm = warm_from is not None and refusal is None
-    full = RidgePriceRegressor(alphas=(alpha,), use_embeddings=False, n_threads=n_threads)
     if warm:
-        full.featurizer_, full.featurizer_rows_ = warm_from.featurizer_, warm_from.featurizer_rows_
+        featurizer, rows = warm_from.featurizer_, warm_from.featurizer_rows_
     else:
-        full.featurizer_ = PriceFeaturizer(use_embeddings=False).fit(train)
-        full.featurizer_rows_ = len(train)
-    xs, xd = full.featurizer_.transform_blocks(train)
+        featurizer, rows = PriceFeaturizer(use_embeddings=False).fit(train), len(train)
+    xs, xd = featurizer.transform_blocks(train)
     fold = stacking_folds(_groups(train), folds)
     oof = np.zeros(len(train), dtype=np.float64)
-    full.fold_coefs_, iterations = [], []
+    fold_coefs, iterations = [], []
     for f in range(folds):
         te = fold == f
         m = None
@@ -327,13 +337,14 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
                 x0=warm_from.fold_coefs_[f] if warm and warm_from.fold_coefs_[f] is not None else None)
             oof[te] = m.predict(xs[te], None if xd is None else xd[te])
             iterations.append(m.n_iter_)
-        full.fold_coefs_.append(None if m is None else m.coef_.astype(np.float32))  # a start point: float32 will do
-    full.model_ = BlockRidge(alpha=alpha, n_threads=n_threads).fit(xs, xd, y, x0=warm_from.model_.coef_ if warm else None)
-    full.alpha_, full.folds_salt_, full.fold_iterations_ = alpha, STACKING_SALT, iterations
-    full.warm_started_, full.warm_note_ = warm, refusal or ""
-    how = (f"warm: featurizer of {full.featurizer_rows_} rows kept, LSQR from the last run's coefficients"
+        fold_coefs.append(None if m is None else m.coef_.astype(np.float32))  # a start point: float32 will do
+    model = BlockRidge(alpha=alpha, n_threads=n_threads).fit(xs, xd, y, x0=warm_from.model_.coef_ if warm else None)
+    full = RidgePriceRegressor.from_parts(featurizer, rows, model, n_threads=n_threads, warm_started=warm,
+                                          warm_note=refusal or "")
+    full.fold_coefs_, full.folds_salt_, full.fold_iterations_ = fold_coefs, STACKING_SALT, iterations
+    how = (f"warm: featurizer of {rows} rows kept, LSQR from the last run's coefficients"
            if warm else f"cold: {refusal}" if refusal else "cold")
-    full.stacking_note_ = f"{how} ({iterations} fold and {full.model_.n_iter_} full LSQR iterations)"
+    full.stacking_note_ = f"{how} ({iterations} fold and {model.n_iter_} full LSQR iterations)"
     if refusal is not None:
         log.warning("stacked TF-IDF ridge: cold start instead of the warm start asked for: %s", refusal)
     train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy())

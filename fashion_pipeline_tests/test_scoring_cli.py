@@ -308,6 +308,51 @@ def test_scoring_builds_the_encoder_the_models_record(classified, tmp_path, caps
     assert summary["classified_by_regime"] == {"sparse": 1}
 
 
+def test_the_listing_embedder_keys_unchanged_photos_from_the_embedding_stage_memo(tmp_path):
+    """A photo the embedding stage keyed (image_keys.parquet) and unchanged since is looked up in the cache
+    by that key, unread; a photo replaced since (another size / mtime) is read, and gets its own vector,
+    not the one the old bytes had; a keyed photo whose vector is not cached is read and encoded."""
+    from fashion_pipeline.core.encoders import build_backend, embed_products, read_embeddings
+    from fashion_pipeline.core.encoders.pipeline import IMAGE_KEY_MEMO, image_key_memo
+
+    products = clean_sample()
+    products = products[products["image_path"].notna()].head(4).reset_index(drop=True)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    copies = []
+    for i, src in enumerate(products["image_path"]):
+        copies.append(str(shutil.copyfile(src, photos / f"{i}{Path(src).suffix}")))
+    products = products.assign(image_path=copies)
+    cache = tmp_path / "cache"
+    memo = image_key_memo(cache)
+    embed_products(products, build_backend("offline", resolution=64), tmp_path / "e.parquet", cache, key_memo=memo)
+    assert memo.save() and (cache / IMAGE_KEY_MEMO).is_file()
+    _, cat_image, _ = read_embeddings(tmp_path / "e.parquet")
+
+    embed = scoring.encoder_embedder("offline", resolution=64, cache_dir=cache)
+    _, image, _, errors = embed(products, None)
+    assert embed.counts["image_keys_from_memo"] == 4 and embed.counts["image_from_cache"] == 4
+    assert embed.counts["image_encoded"] == 0 and errors == [None] * 4
+    np.testing.assert_array_equal(image, cat_image)
+
+    # Photo 0 replaced by photo 1's bytes (another file size): read again, and served photo 1's vector.
+    assert Path(copies[0]).stat().st_size != Path(copies[1]).stat().st_size
+    shutil.copyfile(copies[1], copies[0])
+    again = scoring.encoder_embedder("offline", resolution=64, cache_dir=cache)
+    _, image, _, _ = again(products, None)
+    assert again.counts["image_keys_from_memo"] == 3 and again.counts["image_encoded"] == 0
+    np.testing.assert_array_equal(image[0], cat_image[1])
+
+    # Another encoder (resolution 96) has its own, empty cache: every keyed photo is read and encoded.
+    other = scoring.encoder_embedder("offline", resolution=96, cache_dir=cache)
+    _, image96, _, errors = other(products, None)
+    fresh = scoring.encoder_embedder("offline", resolution=96)
+    _, expected, _, _ = fresh(products, None)
+    assert other.counts["image_keys_from_memo"] == 3 and other.counts["image_encoded"] == 4
+    assert errors == [None] * 4
+    np.testing.assert_allclose(image96, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_listing_embedder_shares_the_embedding_stage_cache(tmp_path):
     """Listings whose photo or text the embedding stage already embedded are served from its cache
     (the same vectors it wrote), and what the embedder computes is added for the next run."""
@@ -323,12 +368,14 @@ def test_the_listing_embedder_shares_the_embedding_stage_cache(tmp_path):
     listings = products.assign(description="")  # a seller's shorter text: not in the cache yet
     first = scoring.encoder_embedder("offline", resolution=64, cache_dir=cache)
     _, image, text, errors = first(listings, None)
-    assert first.counts == {"text_encoded": 6, "text_from_cache": 0, "image_encoded": 0, "image_from_cache": 6}
+    assert first.counts == {"text_encoded": 6, "text_from_cache": 0, "image_encoded": 0, "image_from_cache": 6,
+                            "image_keys_from_memo": 0}  # embed_products above kept no key memo
     assert errors == [None] * 6
     np.testing.assert_array_equal(image, cat_image)  # the catalogue's own vectors
     second = scoring.encoder_embedder("offline", resolution=64, cache_dir=cache)
     _, image2, text2, _ = second(listings, None)
-    assert second.counts == {"text_encoded": 0, "text_from_cache": 6, "image_encoded": 0, "image_from_cache": 6}
+    assert second.counts == {"text_encoded": 0, "text_from_cache": 6, "image_encoded": 0, "image_from_cache": 6,
+                             "image_keys_from_memo": 0}
     np.testing.assert_array_equal(text2, text)
     # Without a cache everything is computed, and agrees with the cached vectors.
     fresh = scoring.encoder_embedder("offline", resolution=64)

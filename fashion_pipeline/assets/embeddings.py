@@ -19,17 +19,13 @@ from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.gpu import gpu_declarations
 
 from fashion_pipeline.core.encoders import embed_products
+from fashion_pipeline.core.encoders.pipeline import image_key_memo
 from fashion_pipeline.core.encoders.report import projection_markdown
-from fashion_pipeline.core.readers.file_memo import FileMemo
 from fashion_pipeline.resources.encoders import EncoderResource
 from fashion_pipeline.resources.warehouse import WarehouseResource
 
 GROUP = "embeddings"
 ATTRIBUTES_TABLE = "product_attributes"
-# Beside the embedding cache (its sweep removes only *.sqlite files). The keys are sha256 of a file's bytes:
-# no code change alters them, so the version is a constant.
-IMAGE_KEY_MEMO = "image_keys.parquet"
-IMAGE_KEY_VERSION = "sha256-of-file-bytes-1"
 
 
 class EmbeddingsConfig(dg.Config):
@@ -94,8 +90,7 @@ def product_embeddings(
     context.log.info(f"encoders: {backend.describe()}")
     # The photos' keys (sha256 of their bytes) by file size and mtime: a re-run reads only new or changed
     # photos to key them. A run with reuse turned off reads every photo (and rewrites the memo).
-    key_memo = FileMemo(encoder.cache_path() / IMAGE_KEY_MEMO, version=IMAGE_KEY_VERSION,
-                        fresh=not reuse.reuse_enabled(context))
+    key_memo = image_key_memo(encoder.cache_path(), fresh=not reuse.reuse_enabled(context))
     report = embed_products(
         clean_products,
         backend,

@@ -423,7 +423,8 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     listings, bf16: images ~31 s vs ~46 s per 10k at 64 and ~40 s at 16; texts ~45 s vs ~52 s at 64).
     ``cache_dir``: the embedding stage's content-addressed cache (``core.encoders.cache``): a text or
     image file whose bytes that encoder embedded before is read from it, and new vectors are added —
-    the listing evaluation's photos are the catalogue's.
+    the listing evaluation's photos are the catalogue's; a photo the stage keyed (its ``image_keys.parquet``)
+    and unchanged since is looked up by that key without being read.
 
     Returns a function: listings -> (ids, image [n, d] (NaN rows where no image could be used),
     text [n, d], and per row the image error (None when the image was embedded)). Its ``encoder``
@@ -433,7 +434,7 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     import torch
 
     from .encoders import build_backend
-    from .encoders.images import decode_image, read_image_bytes
+    from .encoders.images import ImageBytes, decode_image, read_image_bytes
     from .encoders.record import EncoderMismatchError, check_encoder, encoder_record
     from .encoders.product_text import build_texts, text_sha256
 
@@ -455,9 +456,26 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     if cache_dir is not None:  # the embedding stage's content-addressed caches for this encoder
         from .encoders.cache import EmbeddingCache
 
+        from .encoders.pipeline import IMAGE_KEY_KIND, image_key_memo
+
         caches = {"text": EmbeddingCache(cache_dir, "text", be.text.identity, be.text.dim),
                   "image": EmbeddingCache(cache_dir, "image", be.image.identity, be.image.dim)}
-    embed_counts = {"text_encoded": 0, "text_from_cache": 0, "image_encoded": 0, "image_from_cache": 0}
+        # The embedding stage's photo keys: a photo it keyed, unchanged since (size and mtime), is looked up
+        # in the cache by that key without being read (on the development data's shared folder a read costs
+        # ~1 ms a photo: ~4 s for the listing evaluation's test photos); it is read only when its vector is
+        # not there.
+        key_memo = image_key_memo(cache_dir)
+    embed_counts = {"text_encoded": 0, "text_from_cache": 0, "image_encoded": 0, "image_from_cache": 0,
+                    "image_keys_from_memo": 0}
+
+    def photo(path) -> ImageBytes:
+        """The photo's bytes and key, or only its key when the stage's memo knows it (``data`` None)."""
+        if caches is not None and isinstance(path, (str, os.PathLike)) and str(path).strip():
+            sha = key_memo.known(IMAGE_KEY_KIND, path)
+            if sha is not None:
+                embed_counts["image_keys_from_memo"] += 1
+                return ImageBytes(None, sha, None)
+        return read_image_bytes(path)
 
     def embed(products: pd.DataFrame, attributes: pd.DataFrame | None):
         n = len(products)
@@ -486,7 +504,7 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
                 text[i] = text_memo[t]
         image = np.full((n, be.image.dim), np.nan, dtype=np.float32)
         paths = list(products["image_path"]) if "image_path" in products else [None] * n
-        raws = {str(p): read_image_bytes(p) for p in dict.fromkeys(paths) if str(p) not in image_memo}
+        raws = {str(p): photo(p) for p in dict.fromkeys(paths) if str(p) not in image_memo}
         hits = caches["image"].get_many({r.sha256 for r in raws.values() if r.sha256}) if caches and raws else {}
         embed_counts["image_from_cache"] += len(hits)
         pixels, keys = [], []
@@ -496,6 +514,11 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
             elif raw.sha256 in hits:  # these very bytes were embedded before by this encoder
                 image_memo[key] = (hits[raw.sha256], None)
             else:
+                if raw.data is None:  # keyed by the memo, but its vector is not cached: read it now
+                    raw = raws[key] = read_image_bytes(key)
+                    if raw.error:
+                        image_memo[key] = (None, raw.error)
+                        continue
                 im, _, err = decode_image(raw.data)
                 image_memo[key] = (None, err)
                 if im is not None:

@@ -152,13 +152,26 @@ def _image_sha256(path) -> str:
     return r.sha256
 
 
+# The photos' keys (sha256 of their bytes) by file size and mtime, beside the embedding cache (its sweep removes
+# only *.sqlite files): written by the embedding stage, read by the listing scorer (`scoring.encoder_embedder`).
+# No code change alters a sha256, so the version is a constant.
+IMAGE_KEY_MEMO = "image_keys.parquet"
+IMAGE_KEY_VERSION = "sha256-of-file-bytes-1"
+IMAGE_KEY_KIND = "image_sha256"
+
+
+def image_key_memo(cache_dir: str | os.PathLike, fresh: bool = False) -> FileMemo:
+    """The photo key memo of the embedding cache ``cache_dir`` (`core.readers.file_memo`)."""
+    return FileMemo(Path(cache_dir) / IMAGE_KEY_MEMO, version=IMAGE_KEY_VERSION, fresh=fresh)
+
+
 def _image_key(path, memo: FileMemo | None) -> tuple[str | None, str | None]:
     """(sha256, None) or (None, error): from ``memo`` while the file's size and mtime are those it
     remembers (`core.readers.file_memo`), else read and hashed."""
     try:
         if memo is None or not isinstance(path, (str, os.PathLike)) or not str(path).strip():
             return _image_sha256(path), None
-        return memo.lookup("image_sha256", path, lambda: _image_sha256(path)), None
+        return memo.lookup(IMAGE_KEY_KIND, path, lambda: _image_sha256(path)), None
     except _Unread as e:
         return None, str(e)
 

@@ -73,6 +73,18 @@ class FileMemo:
                 self.read += 1
         return value
 
+    def known(self, kind: str, file: str | os.PathLike) -> Any | None:
+        """What the last read remembered for ``file`` while its size and mtime are unchanged, else None
+        (never computes; for a reader of another stage's memo, which it does not save)."""
+        try:
+            st = os.stat(file)
+        except OSError:
+            return None
+        old = self._old.get((kind, str(file)))
+        if old is None or old[0] != st.st_size or old[1] != st.st_mtime_ns:
+            return None
+        return json.loads(old[2])
+
     def counts(self) -> dict[str, Any]:
         return {"files_reused": self.reused, "files_read": self.read, "memo": self.note}
 

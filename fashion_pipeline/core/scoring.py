@@ -455,7 +455,6 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     caches = None
     if cache_dir is not None:  # the embedding stage's content-addressed caches for this encoder
         from .encoders.cache import EmbeddingCache
-
         from .encoders.pipeline import IMAGE_KEY_KIND, image_key_memo
 
         caches = {"text": EmbeddingCache(cache_dir, "text", be.text.identity, be.text.dim),

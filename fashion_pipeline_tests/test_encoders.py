@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -267,6 +268,28 @@ def test_parquet_round_trip_with_nulls_and_duckdb_view(tmp_path):
     create_parquet_view(warehouse, "product_embeddings", path)
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*), count(image_embedding) FROM product_embeddings").fetchone() == (3, 1)
+
+
+def test_read_embeddings_fills_each_row_group_in_order_and_refuses_a_vector_of_another_width(tmp_path):
+    rng = np.random.default_rng(3)
+    image, text = rng.standard_normal((7, 4)).astype(np.float32), rng.standard_normal((7, 2)).astype(np.float32)
+    ivalid = np.array([1, 1, 0, 1, 1, 1, 0], bool)  # nulls in the first and last of three row groups
+    tvalid = np.array([1, 1, 1, 1, 1, 0, 1], bool)
+    path = _write(tmp_path / "e.parquet", list("abcdefg"), image, ivalid, text, tvalid, batches=3)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    ids, img, txt = read_embeddings(path)
+    assert ids == list("abcdefg")
+    assert np.array_equal(img[ivalid], image[ivalid]) and np.isnan(img[~ivalid]).all()
+    assert np.array_equal(txt[tvalid], text[tvalid]) and np.isnan(txt[~tvalid]).all()
+
+    # A file whose footer declares 4 image dimensions but holds a 3-wide vector (another writer's).
+    bad = tmp_path / "bad.parquet"
+    table = pa.table({"product_id": ["a", "b"],
+                      "image_embedding": pa.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0]], pa.list_(pa.float32())),
+                      "text_embedding": pa.array([[1.0, 2.0], None], pa.list_(pa.float32()))})
+    pq.write_table(table.replace_schema_metadata({"image_dim": "4", "text_dim": "2"}), bad)
+    with pytest.raises(ValueError, match="1 embeddings do not have the declared dimension 4"):
+        read_embeddings(bad)
 
 
 def _write(path, ids, image, ivalid, text, tvalid, batches=1):

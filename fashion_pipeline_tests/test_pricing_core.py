@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -786,13 +787,21 @@ def test_train_price_models_trains_the_knn_member_and_its_blend_by_default():
     ids = df["product_id"].tolist()
     rng = np.random.default_rng(0)
     emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
+    said: list[str] = []
     res = train_price_models(df, emb, params={"lightgbm": {"n_estimators": 30}, "mlp": {"epochs": 2, "hidden": 32}},
-                             forms=("image",))
+                             forms=("image",), progress=said.append)
     sel = res.selection.set_index("model")
     assert set(sel.index) == {"ridge", "lightgbm", "mlp", "knn", "blend"}
     assert np.isfinite(sel.loc["knn", "rmsle"]) and "image/knn" in res.train_seconds
     # The blend, chosen on the same validation rows, is never worse there than its best member.
     assert sel.loc["blend", "rmsle"] <= sel.drop(index="blend")["rmsle"].min() + 1e-9
+    # The log says its weights, each beside its member's name (this sample has no source with enough
+    # validation rows for weights of its own).
+    blend = res.model.forms["image"].price_model.regressor
+    (told,) = [m for m in said if m.startswith("image: blend weights ")]
+    named = re.findall(r"(\w+) (\d\.\d\d)", told)
+    assert [k for k, _ in named] == ["ridge", "lightgbm", "mlp", "knn"] and blend.source_weights_ == {}
+    np.testing.assert_allclose([float(w) for _, w in named], blend.weights_, atol=0.005)
 
 
 def test_a_retrain_keeps_the_retrained_knn_projections_and_indexes_its_own_rows():

@@ -189,11 +189,13 @@ def train_price_models(
         val_preds = {}  # each candidate's validation log prices; the blend's come from its members' (read once)
         if (blend if form not in chosen else chosen[form] == "blend") and len(cands) >= 2:
             t0 = time.perf_counter()
-            members = list(cands.values())
+            members, member_kinds = list(cands.values()), list(cands)
             member_val = BlendPriceRegressor.member_predictions(members, fva)
             val_preds = {kind: BlendPriceRegressor.member_prediction(reg, member_val[:, i], fva.frame)
                          for i, (kind, reg) in enumerate(cands.items())}
-            cands["blend"] = BlendPriceRegressor(members).fit(ftr, y_tr, fva, y_va, member_preds=member_val)
+            cands["blend"] = blender = BlendPriceRegressor(members).fit(ftr, y_tr, fva, y_va, member_preds=member_val)
+            progress(f"{form}: blend weights {_named(member_kinds, blender.weights_)}" + "".join(
+                f"; for {s} listings {_named(member_kinds, w)}" for s, w in blender.source_weights_.items()))
             val_preds["blend"] = cands["blend"].combine_members(member_val, fva.frame)
             seconds[f"{form}/blend"] = round(time.perf_counter() - t0, 2)
         val_scores = {}
@@ -257,6 +259,11 @@ def _member(previous, cls):
         if isinstance(m, cls):
             return m
     return None
+
+
+def _named(kinds: list[str], weights) -> str:
+    """'ridge 0.30, lightgbm 0.20, ...': blend weights beside their members' names, for the log."""
+    return ", ".join(f"{k} {w:.2f}" for k, w in zip(kinds, weights))
 
 
 def _within_limits(reuse: dict, configured: dict) -> dict:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from placeholders import shown_command  # benchmarks/placeholders.py
-from listings import COVERAGE_BAND, RMSLE_TARGETS, machine, rmsle_interval, wilson  # benchmarks/listings.py
+from listings import COVERAGE_BAND, RMSLE_TARGETS, machine, require_photos, rmsle_interval, wilson  # benchmarks/listings.py
 
 from fashion_pipeline.assets.regressors import RegressorConfig, training_options
 from fashion_pipeline.core import listing_eval, scoring
@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     with duckdb.connect(str(args.var_dir / "warehouse.duckdb"), read_only=True) as con:
         products = con.sql("select * from clean_products").df()
         attributes = con.sql("select * from product_attributes").df()
+    # Every fold scores H&M train and test products as listings, photos included.
+    require_photos(products[products["split"].isin(["train", "test"]) & (products["source"] == "hm")].reset_index(drop=True))
     store = ModelStore(args.var_dir / "models")
     model, info = scoring.load_published_price_model(store)
     spec = info["features_spec"]

@@ -158,6 +158,17 @@ def time_scoring(products: pd.DataFrame, model, info, n: int, store, seed: int =
             "priced": int(scores["price_usd"].notna().sum()), "comparables": counts["comparables"]}
 
 
+def require_photos(test: pd.DataFrame, other_way: str = "") -> None:
+    """Stop with a clear error when over 5% of ``test``'s photos are missing. The photos are read from
+    the paths clean_products recorded; when that dataset folder is gone (benchmarks/pipeline.py deletes
+    its subsets) every listing would be scored without its photo, and photo-only listings not at all."""
+    missing = sum(not (isinstance(p, str) and Path(p).is_file()) for p in test["image_path"])
+    if missing > 0.05 * len(test):
+        raise SystemExit(f"{missing} of {len(test)} products' photos are missing (e.g. "
+                         f"{test['image_path'].iloc[0]!r}): the dataset folder the pipeline read is gone. "
+                         f"Rebuild it there (benchmarks/pipeline.py's build_subset){' ' + other_way if other_way else ''}.")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=os.environ.get("FASHION_DATA_ROOT"),
@@ -188,13 +199,7 @@ def main(argv=None) -> int:
         test = test.sample(args.max_test, random_state=0).reset_index(drop=True)
     train = products[products["split"] == "train"]
     forms = tuple(f for f in args.forms.split(",") if f)
-    # The photos are read from the paths clean_products recorded; when that dataset folder is gone
-    # (benchmarks/pipeline.py deletes its subsets) every listing would be scored without its photo.
-    missing = sum(not (isinstance(p, str) and Path(p).is_file()) for p in test["image_path"])
-    if missing > 0.05 * len(test):
-        raise SystemExit(f"{missing} of {len(test)} test products' photos are missing (e.g. "
-                         f"{test['image_path'].iloc[0]!r}): the dataset folder the pipeline read is gone. "
-                         "Rebuild it there (benchmarks/pipeline.py's build_subset) or run with --run-pipeline.")
+    require_photos(test, "or run with --run-pipeline")
 
     t0 = time.perf_counter()
     table, per_listing = listing_eval.evaluate_price_model(

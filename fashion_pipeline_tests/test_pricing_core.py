@@ -788,8 +788,10 @@ def test_train_price_models_trains_the_knn_member_and_its_blend_by_default():
     rng = np.random.default_rng(0)
     emb = (ids, rng.normal(size=(len(ids), 1280)).astype(np.float32), rng.normal(size=(len(ids), 384)).astype(np.float32))
     said: list[str] = []
+    # chosen: the blend is the published regressor read below, whichever candidate this sample's validation
+    # rows would pick (every candidate is still trained and scored).
     res = train_price_models(df, emb, params={"lightgbm": {"n_estimators": 30}, "mlp": {"epochs": 2, "hidden": 32}},
-                             forms=("image",), progress=said.append)
+                             forms=("image",), chosen={"image": "blend"}, progress=said.append)
     sel = res.selection.set_index("model")
     assert set(sel.index) == {"ridge", "lightgbm", "mlp", "knn", "blend"}
     assert np.isfinite(sel.loc["knn", "rmsle"]) and "image/knn" in res.train_seconds

@@ -44,6 +44,7 @@ from fashion_pipeline.assets.regressors import RegressorConfig, training_options
 from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.encoders.io import read_embeddings
 from fashion_pipeline.core.model_store import ModelStore
+from fashion_pipeline.core.pricing.features import SPARSE_TEXT
 from fashion_pipeline.core.pricing.training import train_price_models
 from fashion_pipeline.core.split import group_unit
 
@@ -66,8 +67,10 @@ def fold_splits(products: pd.DataFrame, fold: np.ndarray, k: int) -> pd.Series:
 def run_fold(name: str, products: pd.DataFrame, embeddings, attributes, spec: dict, serving: dict) -> dict:
     """Train on ``products``' train rows as the published model was chosen, score its H&M test rows as listings."""
     t0 = time.perf_counter()
+    # Title vectors only where the published model's sparse form was trained on them, as the pipeline does.
+    titles = serving["embedder"].encode_texts if spec.get("sparse_text") == SPARSE_TEXT else None
     res = train_price_models(products, embeddings, attributes, chosen=spec["forms"], tuned=spec.get("tuned") or {},
-                             progress=logging.info, **training_options(RegressorConfig()))
+                             encode_titles=titles, progress=logging.info, **training_options(RegressorConfig()))
     train_s = time.perf_counter() - t0
     test = products[(products["split"] == "test") & (products["source"] == "hm")].reset_index(drop=True)
     train = products[products["split"] == "train"]

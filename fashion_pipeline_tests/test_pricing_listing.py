@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from fashion_pipeline.core import listing_eval, scoring
-from fashion_pipeline.core.pricing.features import build_price_inputs, mask_stated, regime_view
+from fashion_pipeline.core.pricing.features import (SPARSE_TEXT, build_price_inputs, concat_inputs, mask_stated,
+                                                     regime_view, title_texts)
 from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.listing_model import SourceRouter, listing_forms
 from fashion_pipeline.core.pricing.models import conformal_quantiles
@@ -94,6 +95,81 @@ def test_regime_views_show_only_what_the_form_has():
     assert np.isnan(sparse.text).all() and not np.isnan(full.text).any()
     assert (photo.frame["price_text"] == "").all() and np.isnan(photo.text).all()
     assert not np.isnan(photo.image).any()
+
+
+def test_the_sparse_view_reads_the_title_vector_where_inputs_carry_one():
+    df = clean_sample().head(6).reset_index(drop=True)
+    ids = df["product_id"].tolist()
+    text = np.ones((len(df), 384), np.float32)
+    titles = np.arange(len(df) * 384, dtype=np.float32).reshape(len(df), 384)
+    titles[2] = np.nan  # a row without a title vector
+    inputs = build_price_inputs(df, (ids, np.ones((len(df), 1280), np.float32), text), title_text=titles)
+    sparse = regime_view(inputs, "sparse")
+    np.testing.assert_array_equal(sparse.text, titles)
+    np.testing.assert_array_equal(regime_view(inputs, "full").text, text)  # the full form keeps the product's
+    assert np.isnan(regime_view(inputs, "image").text).all()
+    # Kept through the row subsets, masks and concatenations training makes of its rows.
+    rows = np.array([True, False, True, False, True, True])
+    np.testing.assert_array_equal(regime_view(mask_stated(inputs.subset(rows)), "sparse").text, titles[rows])
+    np.testing.assert_array_equal(concat_inputs([inputs.subset(rows), inputs.subset(~rows)]).title_text,
+                                  np.concatenate([titles[rows], titles[~rows]]))
+    with pytest.raises(ValueError, match="one row per product"):
+        build_price_inputs(df, None, title_text=titles[:3])
+
+
+def test_a_title_vector_encodes_the_title_alone():
+    assert title_texts(["  Slim  jeans ", None, "", float("nan")]) == ["Slim  jeans", "", "", ""]
+
+
+def test_scoring_embeds_the_titles_of_listings_without_a_description_for_a_model_trained_on_them():
+    """Listings without a description get the vector of their title alone (what the encoder gives that
+    title by itself), the others none; only a model whose spec names title vectors is given them."""
+    from fashion_pipeline.core.encoders import build_backend
+
+    listings = _listings([{"listing_id": "a", "title": "Blue denim shirt", "description": "Shirt in soft fabric"},
+                          {"listing_id": "b", "title": "Black leather ankle boots", "description": "", "colour": "Black"},
+                          {"listing_id": "c", "title": "", "description": ""}])
+    read = scoring.listing_reads(listings, scoring.encoder_embedder("offline"))
+    assert np.isnan(read.title_text[[0, 2]]).all()
+    alone = build_backend("offline").encode_text_batch(["Black leather ankle boots"])[0]
+    np.testing.assert_allclose(read.title_text[1], alone, atol=2e-2)
+    # Not the listing's own text vector, which encodes its stated colour too.
+    assert not np.allclose(read.title_text[1], read.embeddings[2][1], atol=2e-2)
+
+    seen = []
+
+    class Spy:  # the trained model, noting the title vectors it is given
+        def predict(self, inputs):
+            seen.append(inputs.title_text)
+            return trained().model.predict(inputs)
+
+    scoring.price_listing_reads(read, Spy(), {"features_spec": {"sparse_text": SPARSE_TEXT}})
+    scoring.price_listing_reads(read, Spy(), {"features_spec": {}})
+    assert seen[0] is read.title_text and seen[1] is None
+
+
+def test_training_gives_the_sparse_form_the_title_vectors_it_encodes():
+    """train_price_models encodes each priced row's title alone with the given encoder; the sparse form is
+    then trained on those vectors, and prices differently with them than without."""
+    asked = []
+    offline = scoring.encoder_embedder("offline")
+
+    def encode(texts):
+        asked.extend(texts)
+        return offline.encode_texts(texts)
+
+    df = clean_sample()
+    res = train_price_models(df, image_embeddings(), models=("lightgbm",), blend=False, forms=("sparse",),
+                             params={"lightgbm": {"n_estimators": 60}}, encode_titles=encode)
+    assert asked and set(asked) <= {" ".join(str(t).split()) for t in df["title"]} | {""}
+    test = df[df["split"] == "test"].reset_index(drop=True)
+    listings = listing_eval.as_listings(test, "title+photo")
+    read = scoring.listing_reads(listings, offline)
+    spec = {"features_spec": {"sparse_text": SPARSE_TEXT}}
+    used, _ = scoring.price_listing_reads(read, res.model, spec)
+    without, _ = scoring.price_listing_reads(read, res.model, {})
+    both = used["price_usd"].notna() & without["price_usd"].notna()
+    assert both.sum() > 10 and (used["price_usd"][both] != without["price_usd"][both]).mean() > 0.5
 
 
 def test_masking_hides_stated_fields_on_about_the_rate():

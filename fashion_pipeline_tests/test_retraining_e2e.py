@@ -142,6 +142,11 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     price_before = store.info(scoring.PRICE_MODEL_NAME, published_before[scoring.PRICE_MODEL_NAME])
     price_after = store.info(scoring.PRICE_MODEL_NAME, after_version := store.versions(scoring.PRICE_MODEL_NAME)[-1])
     assert price_after["features_spec"]["forms"] == price_before["features_spec"]["forms"], after_version
+    # Its title-only form was trained on title vectors, and says so for scoring; the retrain encoded only the
+    # new products' titles, the others it read from the embedding stage's cache (the first run's).
+    assert price_after["features_spec"]["sparse_text"] == "title embedding (features.title_texts)"
+    titles = meta["regressor_metrics"]["price_training_title_vectors"].value
+    assert titles["text_encoded"] <= N_NEW < titles["text_from_cache"], titles
     assert {(r["form"], r["model"]) for r in price_after["metrics"]["validation"]} == set(
         price_before["features_spec"]["forms"].items())
     for n in [m for m in names if "_classifier" in m and published_before[m]]:

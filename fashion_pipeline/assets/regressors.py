@@ -26,6 +26,7 @@ from fashion_pipeline.core import listing_eval, scoring
 from fashion_pipeline.core.features import REGIMES
 from fashion_pipeline.core.fingerprint import code_digest, combine, frame_digest
 from fashion_pipeline.core.pricing import price_plots
+from fashion_pipeline.core.pricing.features import SPARSE_TEXT
 from fashion_pipeline.core.pricing.gate import price_gate
 from fashion_pipeline.core.pricing.training import mlp_precisions, train_price_models
 from fashion_pipeline.core.scoring import PRICE_MODEL_NAME
@@ -251,6 +252,18 @@ LISTING_COLUMNS = ["form", "source", "n_priced", "abstained", "rmsle", "recipe_r
                    "recipe_category_macro_f1", "recipe_gender_macro_f1", "recipe_usage_macro_f1"]
 
 
+def listing_embedder(context, encoder_rec: dict | None, encoder: EncoderResource):
+    """The encoder the catalogue's embeddings were made with (`scoring.encoder_embedder`) over the embedding
+    stage's cache — its test products' photos were embedded with the catalogue, and a re-run finds the
+    listing and title texts of the previous one — or None (logged) where it cannot be loaded: the price model
+    then trains its sparse form without title vectors and the listing evaluation runs without embeddings."""
+    try:
+        return scoring.encoder_embedder(record=encoder_rec, cache_dir=encoder.cache_path())
+    except ImportError as e:
+        context.log.warning(f"price training and listing evaluation without the encoder: {e}")
+        return None
+
+
 @dg.asset(group_name=GROUP, kinds={"duckdb", "pandas", "lightgbm", "pytorch"},
           # After published_classifiers: the listing evaluation serves the candidate beside the classifiers
           # that scoring will use after this run, not the ones a retrain is about to replace.
@@ -295,11 +308,13 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         counts, train_seconds = info["metrics"]["counts"], trained[1]
         tokens = {}  # nothing trained, nothing tokenised for training
     else:
+        title_encoder = listing_embedder(context, encoder_rec, encoder) if catalogue is not None else None
         # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
         # The price text's and the router's TF-IDF count a text the last training counted from its files.
         with token_caches(token_cache_dir(), "price_training") as train_tokens:
             res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,
                                      chosen=chosen, tuned=tuned, warm=warm, progress=context.log.info,
+                                     encode_titles=title_encoder.encode_texts if title_encoder is not None else None,
                                      **training_options(config))
         model = res.model
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
@@ -309,11 +324,15 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                          "warm_starts": {"from": warm_version, **res.warm_starts} if warm_version else {},
                          "mlp_precision": mlp_precisions(model),
                          "encoder": encoder_rec,
+                         "sparse_text": SPARSE_TEXT if title_encoder is not None else None,
                          "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
                                                        "counts": res.counts, "intervals": model.describe()}, features_spec)
         selection, counts, train_seconds = res.selection, res.counts, res.train_seconds
         tokens = {"price_training_tokens": dg.MetadataValue.json(train_tokens.describe())}
+        if title_encoder is not None:  # the sparse form's title vectors: encoded now vs read from the stage's cache
+            tokens["price_training_title_vectors"] = dg.MetadataValue.json(
+                {k: v for k, v in title_encoder.counts.items() if k.startswith("text_")})
         eval_fp = _evaluation_fingerprint(store, train_fp, version, config)
 
     # Test rows, as listings, through score_listings: the candidate and the published model.
@@ -321,13 +340,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     if config.listing_eval_max_rows and len(test) > config.listing_eval_max_rows:
         test = test.sample(config.listing_eval_max_rows, random_state=0).reset_index(drop=True)
     train = clean_products[clean_products["split"] == "train"]
-    try:
-        # The embedding stage's cache: the test products' photos were embedded with the catalogue, and a
-        # re-run finds the listing texts of the previous one.
-        embedder = scoring.encoder_embedder(record=encoder_rec, cache_dir=encoder.cache_path()) if catalogue is not None else None
-    except ImportError as e:
-        embedder = None
-        context.log.warning(f"listing evaluation without embeddings: {e}")
+    # Its own embedder (not training's), so its counts in the metadata are the evaluation's.
+    embedder = listing_embedder(context, encoder_rec, encoder) if catalogue is not None else None
     extractor, extraction_note = scoring.listing_extractor(store, model.known_brands())
     context.log.info(f"listing evaluation: attribute extraction with {extraction_note}")
     classifiers = scoring.load_published_classifiers(store)

@@ -49,7 +49,7 @@ from .extraction.learned import STORE_NAME as EXTRACTOR_MODEL
 from .model_store import ModelCorruptError, ModelNotFoundError
 from .models.publishing import classifier_name
 from .raw_prices import parse_price
-from .pricing.features import build_price_inputs
+from .pricing.features import SPARSE_TEXT, build_price_inputs, title_texts
 from .pricing.listing_model import ABSTAIN_NO_INPUT, ABSTAIN_NO_MODEL, ABSTAIN_WIDE_INTERVAL
 from .reports import DropReport
 from .taxonomy import CATEGORIES, GENDERS, USAGES
@@ -429,7 +429,9 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     Returns a function: listings -> (ids, image [n, d] (NaN rows where no image could be used),
     text [n, d], and per row the image error (None when the image was embedded)). Its ``encoder``
     attribute is the record of the encoder it runs (``core.encoders.record.encoder_record``); ``counts``
-    says how many texts / images it encoded and how many came from the cache.
+    says how many texts / images it encoded and how many came from the cache; ``encode_texts`` (texts ->
+    [n, d], NaN rows for empty texts) encodes any texts with the same encoder, memo and cache (the price
+    model's title vectors, ``core.pricing.features.title_texts``).
     """
     import torch
 
@@ -476,10 +478,10 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
                 return ImageBytes(None, sha, None)
         return read_image_bytes(path)
 
-    def embed(products: pd.DataFrame, attributes: pd.DataFrame | None):
-        n = len(products)
-        texts = build_texts(products, attributes)
-        text = np.full((n, be.text.dim), np.nan, dtype=np.float32)
+    def encode_texts(texts: list[str]) -> np.ndarray:
+        """[len(texts), d] vectors of ``texts`` (NaN rows for empty ones), each distinct text encoded once
+        per embedder and looked up in the stage's cache first."""
+        out = np.full((len(texts), be.text.dim), np.nan, dtype=np.float32)
         # Longest first, as the embedding stage does: each batch holds texts of similar length and
         # pads little. Measured: listing texts without attributes (half under 64 tokens) encode ~20%
         # faster than in alphabetical order; with extracted attributes most reach the 64-token cap
@@ -500,7 +502,12 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
         embed_counts["text_encoded"] += len(todo)
         for i, t in enumerate(texts):
             if t:
-                text[i] = text_memo[t]
+                out[i] = text_memo[t]
+        return out
+
+    def embed(products: pd.DataFrame, attributes: pd.DataFrame | None):
+        n = len(products)
+        text = encode_texts(build_texts(products, attributes))
         image = np.full((n, be.image.dim), np.nan, dtype=np.float32)
         paths = list(products["image_path"]) if "image_path" in products else [None] * n
         raws = {str(p): photo(p) for p in dict.fromkeys(paths) if str(p) not in image_memo}
@@ -540,6 +547,7 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
 
     embed.encoder = encoder_record(be.describe())  # what a model trained on these vectors records
     embed.counts = embed_counts  # encoded vs served from the cache, so far
+    embed.encode_texts = encode_texts  # any texts (the price model's title vectors), with the same memo and cache
     return embed
 
 
@@ -826,6 +834,9 @@ class ListingReads:
     predicted: pd.DataFrame
     embedded: bool
     classifiers_published: int
+    # Title vectors (`features.title_texts`) of the listings without a description (the sparse form's),
+    # NaN rows for the others; None without an embedder.
+    title_text: np.ndarray | None = None
 
 
 def listing_reads(
@@ -849,10 +860,13 @@ def listing_reads(
     df["asking_price_invalid"] = given_invalid | np.array([bad for _, bad in asking], dtype=bool)
     attributes = extractor(df) if extractor is not None and len(df) else None
     image_errors: list[str | None] = [None] * len(df)
-    embeddings = None
+    embeddings = title_text = None
     if embedder is not None and len(df):
         ids, image, text, image_errors = embedder(df, attributes)
         embeddings = (ids, image, text)
+        # Only the rows the sparse form prices: a listing with a description is priced by the full form.
+        titled = [t if not _s(d) else "" for t, d in zip(title_texts(df["title"]), df["description"])]
+        title_text = embedder.encode_texts(titled) if hasattr(embedder, "encode_texts") else None
     else:
         from .readers.images import image_status
 
@@ -865,7 +879,7 @@ def listing_reads(
         df[task] = [v if v in valid[task] else (p if p is not None else (v or None))
                     for v, p in zip(stated, predicted[f"{task}_predicted"])]
     return ListingReads(df, attributes, embeddings, image_errors, predicted, embedder is not None,
-                        len(classifiers or {}))
+                        len(classifiers or {}), title_text)
 
 
 def price_listing_reads(
@@ -880,8 +894,11 @@ def price_listing_reads(
                                                            read.image_errors, read.predicted)
     # The price model reads extracted attributes only if it was trained with them (features_spec);
     # giving attribute words to a model trained without them would be train/serve skew.
-    uses_attributes = bool(((model_info or {}).get("features_spec") or {}).get("uses_attributes"))
-    inputs = build_price_inputs(df, embeddings, attributes if uses_attributes else None)
+    spec = (model_info or {}).get("features_spec") or {}
+    uses_attributes = bool(spec.get("uses_attributes"))
+    # Likewise the title vectors: only a model whose sparse form was trained on them gets them.
+    title_text = read.title_text if spec.get("sparse_text") == SPARSE_TEXT else None
+    inputs = build_price_inputs(df, embeddings, attributes if uses_attributes else None, title_text)
     pred = price_model.predict(inputs)
     out = inputs.frame.copy()
     out["listing_id"] = out["product_id"]

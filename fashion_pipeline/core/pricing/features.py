@@ -9,7 +9,9 @@ The price models read only what a seller's listing can show: title, description,
 optional stated brand / colour / source. Catalogue-only columns (articleType, age group,
 category labels) are never features: a listing does not have them. `regime_view` restricts the
 inputs to one listing form (full: title + description; sparse: title only; image: photo only),
-so each form's model is trained on exactly what that form shows.
+so each form's model is trained on exactly what that form shows. The sparse form's text vector is
+the embedding of the title alone (`title_texts`), given to `build_price_inputs` as ``title_text``:
+the stored product embedding encodes the description too, which a title-only listing does not have.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ MASKED_COLUMNS: tuple[str, ...] = ("brand", "colour")
 # Extracted attribute columns appended to the price text when product_attributes is given.
 ATTRIBUTE_TEXT_COLUMNS: tuple[str, ...] = ("materials", "fit", "pattern", "occasion", "style")
 MISSING = "<missing>"
+# features_spec["sparse_text"] of a price model whose sparse form was trained on title vectors.
+SPARSE_TEXT = "title embedding (features.title_texts)"
 TEXT_DIM = 384
 IMAGE_DIM = 1280
 
@@ -63,6 +67,9 @@ class PriceInputs:
     frame: pd.DataFrame
     text: np.ndarray
     image: np.ndarray
+    # The embedding of each row's title alone (`title_texts`; NaN rows where there is none), the sparse
+    # form's text vector; None when it was not computed (that form then has no text vector).
+    title_text: np.ndarray | None = None
     # Per-fit memo (e.g. a stacking fit shared by two regressors); never pickled with a model.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
     # The training run's tokenisation memo (core.token_counts), shared by every view of its
@@ -83,28 +90,46 @@ class PriceInputs:
     def subset(self, mask: np.ndarray | pd.Series) -> "PriceInputs":
         m = np.asarray(mask, dtype=bool)
         if m.all():  # every row: the same (never written) embedding arrays, not a copy of them
-            return PriceInputs(self.frame.reset_index(drop=True), self.text, self.image, tokens=self.tokens)
-        return PriceInputs(self.frame[m].reset_index(drop=True), self.text[m], self.image[m], tokens=self.tokens)
+            return PriceInputs(self.frame.reset_index(drop=True), self.text, self.image, self.title_text,
+                               tokens=self.tokens)
+        return PriceInputs(self.frame[m].reset_index(drop=True), self.text[m], self.image[m],
+                           None if self.title_text is None else self.title_text[m], tokens=self.tokens)
 
 
 def concat_inputs(parts: list[PriceInputs]) -> PriceInputs:
-    """Rows of several PriceInputs, in order (with the first one's tokenisation memo)."""
+    """Rows of several PriceInputs, in order (with the first one's tokenisation memo); title vectors only
+    when every part has them."""
+    titles = [p.title_text for p in parts]
     return PriceInputs(pd.concat([p.frame for p in parts], ignore_index=True),
                        np.concatenate([p.text for p in parts]), np.concatenate([p.image for p in parts]),
+                       np.concatenate(titles) if titles and all(t is not None for t in titles) else None,
                        tokens=parts[0].tokens if parts else None)
+
+
+def title_texts(titles) -> list[str]:
+    """The text whose embedding is a row's title vector: the title alone, as the embedding stage writes a
+    product text (`build_product_text`), "" where there is none. The same for a catalogue product in
+    training and for a listing in scoring."""
+    from fashion_pipeline.core.encoders.product_text import build_product_text
+
+    return [build_product_text(t) for t in titles]
 
 
 def build_price_inputs(
     products: pd.DataFrame,
     embeddings: tuple[list[str], np.ndarray, np.ndarray] | None = None,
     attributes: pd.DataFrame | None = None,
+    title_text: np.ndarray | None = None,
 ) -> PriceInputs:
     """Align products with their embeddings and (optional) extracted attributes.
 
     ``embeddings`` is what ``core.encoders.io.read_embeddings`` returns: (ids, image [n,1280],
     text [n,384]); products without an embedding get NaN rows, which the featurizers turn into
-    zeros plus a "missing" indicator. Row order follows ``products``.
+    zeros plus a "missing" indicator. Row order follows ``products``. ``title_text``: the embedding
+    of each product's `title_texts`, [len(products), d] in its row order (the sparse form's text vector).
     """
+    if title_text is not None and (title_text.ndim != 2 or len(title_text) != len(products)):
+        raise ValueError(f"title_text has shape {title_text.shape}; expected one row per product ({len(products)})")
     df = products.reset_index(drop=True).copy()
     for col in CATEGORICAL_COLUMNS:
         if col not in df.columns:
@@ -139,7 +164,7 @@ def build_price_inputs(
         if img is not None and len(rows):
             image = np.full((n, img.shape[1]), np.nan, dtype=np.float32)
             image[have] = img[rows]
-    return PriceInputs(df, text, image)
+    return PriceInputs(df, text, image, None if title_text is None else np.asarray(title_text, dtype=np.float32))
 
 
 def _price_text(df: pd.DataFrame, description: bool) -> list[str]:
@@ -156,7 +181,8 @@ REGIME_TEXT = {"full": "description", "sparse": "title", "image": None}
 def regime_view(inputs: PriceInputs, regime: str) -> PriceInputs:
     """The inputs as the listing form ``regime`` shows them: full = title + description (+ text
     embedding), sparse = title only (the stored text embedding encodes the description too, so
-    it is dropped), image = photo only (no text at all). The photo is kept where there is one."""
+    the title vector takes its place: ``title_text``, or no text vector when there is none),
+    image = photo only (no text at all). The photo is kept where there is one."""
     if regime not in REGIME_TEXT:
         raise ValueError(f"unknown listing form {regime!r}; expected one of {sorted(REGIME_TEXT)}")
     df = inputs.frame.copy()
@@ -165,11 +191,11 @@ def regime_view(inputs: PriceInputs, regime: str) -> PriceInputs:
         df["price_text"] = _price_text(df, description=True)
     elif REGIME_TEXT[regime] == "title":
         df["price_text"] = _price_text(df, description=False)
-        text = np.full_like(inputs.text, np.nan)
+        text = inputs.title_text if inputs.title_text is not None else np.full_like(inputs.text, np.nan)
     else:
         df["price_text"] = ""
         text = np.full_like(inputs.text, np.nan)
-    return PriceInputs(df, text, inputs.image, tokens=inputs.tokens)
+    return PriceInputs(df, text, inputs.image, inputs.title_text, tokens=inputs.tokens)
 
 
 def mask_stated(inputs: PriceInputs, rate: float = 0.5, seed: int = 0) -> PriceInputs:
@@ -182,7 +208,7 @@ def mask_stated(inputs: PriceInputs, rate: float = 0.5, seed: int = 0) -> PriceI
     for col in MASKED_COLUMNS:
         hide = hidden_brand if col == "brand" else rng.random(len(df)) < rate
         df[col] = [None if h else v for v, h in zip(df[col], hide)]
-    return PriceInputs(df, inputs.text, inputs.image, tokens=inputs.tokens)
+    return PriceInputs(df, inputs.text, inputs.image, inputs.title_text, tokens=inputs.tokens)
 
 
 def clean_column(values: pd.Series, clean=None) -> np.ndarray:

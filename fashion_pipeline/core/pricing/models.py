@@ -915,7 +915,8 @@ class BlendPriceRegressor:
         """[n, members] log prices; NaN where a member cannot price a row (the k-NN member for a row with
         no embedding it reads: its `predict_log_partial`; `member_prediction` gives what it predicts alone)."""
         # One view per call, with a memo the members share (the stacked ridge); nothing outlives the call.
-        shared = PriceInputs(inputs.frame, inputs.text, inputs.image, cache={"stacked": {}}, tokens=inputs.tokens)
+        shared = PriceInputs(inputs.frame, inputs.text, inputs.image, inputs.title_text, cache={"stacked": {}},
+                             tokens=inputs.tokens)
         return np.stack([m.predict_log_partial(shared)[0] if hasattr(m, "predict_log_partial") else m.predict_log(shared)
                          for m in members], axis=1)
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .features import PriceInputs, build_price_inputs, concat_inputs, mask_stated, price_text_vectorizer, regime_view
+from .features import (PriceInputs, build_price_inputs, concat_inputs, mask_stated, price_text_vectorizer, regime_view,
+                       title_texts)
 from .listing_model import FORMS, FormModel, ListingPriceModel, SourceRouter, route_sources
 from ..split import group_unit
 from ..token_counts import memo_for
@@ -106,6 +107,7 @@ def train_price_models(
     tuned: dict[str, dict[str, dict]] | None = None,
     warm: dict[str, object] | None = None,
     warm_kinds: tuple[str, ...] = WARM_KINDS,
+    encode_titles=None,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
@@ -127,6 +129,9 @@ def train_price_models(
     in ``warm_kinds``, its source router keeps the retrained router's TF-IDF and photo PCA
     and continues its logistic regression (`SourceRouter.fit`).
     ``TrainingResult.warm_starts`` says per form and kind whether it could.
+    ``encode_titles`` (texts -> [n, d] vectors, e.g. `scoring.encoder_embedder`'s ``encode_texts``): the
+    encoder of the sparse form's title vectors (`features.title_texts`); without it that form has no text
+    vector, and scoring must not give it one (``features_spec["sparse_text"]``).
     Inside a `token_caches` block, the price text's and the router's TF-IDF count each text through
     that block's memos (a text its files hold is not tokenised again); the same models either way."""
     params = params or {}
@@ -140,7 +145,12 @@ def train_price_models(
     if unknown:
         raise ValueError(f"unknown listing forms {sorted(unknown)}; expected some of {list(FORMS)}")
     rows, counts = priced_rows(products)
-    inputs = build_price_inputs(rows, embeddings, attributes)
+    title_text = None
+    if encode_titles is not None:
+        t0 = time.perf_counter()
+        title_text = encode_titles(title_texts(rows["title"]))
+        progress(f"title vectors of {len(rows)} priced rows in {time.perf_counter() - t0:.1f} s")
+    inputs = build_price_inputs(rows, embeddings, attributes, title_text)
     # Every fit and transform of the price text below shares one tokenisation of each text.
     inputs.tokens = memo_for(price_text_vectorizer())
     embeddings = None  # the aligned copy is all training reads (a caller that handed them over frees them now)
@@ -216,7 +226,7 @@ def train_price_models(
             warm_starts.setdefault(form, {})["router"] = router.start_note()
         # Calibration rows go through the same routing as a listing that states no source.
         fcal = regime_view(cal_m.subset(form_rows(cal_m, form)), form)
-        hidden = PriceInputs(fcal.frame.assign(source=None), fcal.text, fcal.image, tokens=fcal.tokens)
+        hidden = PriceInputs(fcal.frame.assign(source=None), fcal.text, fcal.image, fcal.title_text, tokens=fcal.tokens)
         fcal.frame["source"] = route_sources(hidden, router, set(router.classes_))
         pm = PriceModel(cands[pick], coverage).calibrate(fcal, log_target(fcal.frame["price_usd"]), train_prices)
         fitted[form] = FormModel(pm, router, pick)

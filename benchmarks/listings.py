@@ -162,10 +162,10 @@ def require_photos(test: pd.DataFrame, other_way: str = "") -> None:
     """Stop with a clear error when over 5% of ``test``'s photos are missing. The photos are read from
     the paths clean_products recorded; when that dataset folder is gone (benchmarks/pipeline.py deletes
     its subsets) every listing would be scored without its photo, and photo-only listings not at all."""
-    missing = sum(not (isinstance(p, str) and Path(p).is_file()) for p in test["image_path"])
-    if missing > 0.05 * len(test):
-        raise SystemExit(f"{missing} of {len(test)} products' photos are missing (e.g. "
-                         f"{test['image_path'].iloc[0]!r}): the dataset folder the pipeline read is gone. "
+    missing = [p for p in test["image_path"] if not (isinstance(p, str) and Path(p).is_file())]
+    if len(missing) > 0.05 * len(test):
+        raise SystemExit(f"{len(missing)} of {len(test)} products' photos are missing (e.g. "
+                         f"{missing[0]!r}): the dataset folder the pipeline read is gone. "
                          f"Rebuild it there (benchmarks/pipeline.py's build_subset){' ' + other_way if other_way else ''}.")
 
 

@@ -4,7 +4,7 @@ conformal intervals per (form, source), clipping to the training range, and abst
 A listing shows one of three forms (the classifiers' input regimes, same names):
 
 - ``full``:   title + description (+ photo where there is one)
-- ``sparse``: title only (+ photo)
+- ``sparse``: title only (+ photo; its text vector is the title's alone, `features.title_texts`)
 - ``image``:  photo only
 
 Each form has its own regressor, trained on catalogue rows restricted to what that form shows

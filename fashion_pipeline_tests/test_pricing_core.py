@@ -100,6 +100,42 @@ def test_featurizer_handles_null_metadata_and_unseen_levels():
     assert x.shape[0] == 3 and np.isfinite(x.data).all()
 
 
+def test_character_ngrams_are_fitted_on_and_given_to_the_named_sources_rows_only():
+    rows = [("hm", "gabardine trench coat"), ("hm", "gabardine trousers"), ("hm", "gabardine blazer"),
+            ("kaggle", "zzqx kurta"), ("kaggle", "zzqx kurta set"), ("kaggle", "zzqx dupatta"),
+            ("myntra", "gabardine shirt"), ("myntra", "gabardine dress")]
+    df = pd.DataFrame({"product_id": [str(i) for i in range(len(rows))], "source": [r[0] for r in rows],
+                       "title": [r[1] for r in rows], "description": "", "price_usd": 10.0})
+    inputs = build_price_inputs(df)
+    plain = PriceFeaturizer(use_embeddings=False).fit(inputs)
+    chars = PriceFeaturizer(use_embeddings=False, char_sources=("hm", "myntra")).fit(inputs)
+    # Fitted on H&M's three texts only (a kaggle-only n-gram is not a column); myntra has two texts, too
+    # few for a 3-document n-gram, so it gets none.
+    vocab = chars.char_["hm"].vocabulary_
+    assert list(chars.char_) == ["hm"] and " gab" in vocab and "gabar" in vocab and not any("zzq" in g for g in vocab)
+    x_plain, _ = plain.transform_blocks(inputs)
+    x, _ = chars.transform_blocks(inputs)
+    width = x_plain.shape[1]
+    assert x.shape[1] == width + len(vocab)
+    assert (x[:, :width] != x_plain).nnz == 0  # the other columns are unchanged
+    extra = x[:, width:].getnnz(axis=1)
+    assert list(extra > 0) == [True, True, True, False, False, False, False, False]  # zero off H&M rows
+    # A listing routed to H&M gets its n-grams (a word seen in training in another context too).
+    listing = build_price_inputs(pd.DataFrame({"product_id": ["l"], "source": ["hm"], "title": ["gabardine skirt"]}))
+    assert chars.transform_blocks(listing)[0][:, width:].nnz > 0
+
+
+def test_train_price_models_gives_character_ngrams_to_the_named_forms_ridges_only():
+    kw = dict(models=("ridge", "lightgbm"), params={"lightgbm": {"n_estimators": 30}}, forms=("full", "sparse"),
+              chosen={"full": "blend", "sparse": "ridge"})
+    res = train_price_models(clean_sample(), None, **kw, char_ngrams={"full": ("hm",)})
+    ridge, lgbm = res.model.forms["full"].price_model.regressor.members
+    assert list(ridge.featurizer_.char_) == ["hm"] and list(lgbm.text_ridge_.featurizer_.char_) == ["hm"]
+    assert res.model.forms["sparse"].price_model.regressor.featurizer_.char_ == {}
+    with pytest.raises(ValueError, match=r"unknown listing forms \['photo'\]"):
+        train_price_models(clean_sample(), None, **kw, char_ngrams={"photo": ("hm",)})
+
+
 # ---- regressors ----------------------------------------------------------------------------------
 
 def _rmsle(y_log, p_log):
@@ -242,6 +278,8 @@ def test_a_warm_started_ridge_keeps_the_featurizer_and_solves_on_its_columns():
                                   "more than warm_max_growth 25% apart, the featurizer is refitted")
     assert RidgePriceRegressor(warm_max_growth=1.5).warm_start_refusal(small, tr) is None
     assert "use_embeddings=True" in RidgePriceRegressor(use_embeddings=False).warm_start_refusal(old, tr)
+    assert RidgePriceRegressor(char_sources=("hm",)).warm_start_refusal(old, tr) == (
+        "its featurizer has character n-grams for sources [], this fit asks for ['hm']")
     assert "not a fitted ridge" in RidgePriceRegressor().warm_start_refusal(LightGBMPriceRegressor(), tr)
     del old.featurizer_rows_  # a ridge stored by an older version
     assert RidgePriceRegressor().warm_start_refusal(old, tr) == "it records no featurizer_rows_ (trained by an older version)"

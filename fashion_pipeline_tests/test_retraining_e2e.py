@@ -145,6 +145,7 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     # Its title-only form was trained on title vectors, and says so for scoring; the retrain encoded only the
     # new products' titles, the others it read from the embedding stage's cache (the first run's).
     assert price_after["features_spec"]["sparse_text"] == "title embedding (features.title_texts)"
+    assert price_after["features_spec"]["char_ngrams"] == {"full": ["hm"]}  # the default config's
     titles = meta["regressor_metrics"]["price_training_title_vectors"].value
     assert titles["text_encoded"] <= N_NEW < titles["text_from_cache"], titles
     assert {(r["form"], r["model"]) for r in price_after["metrics"]["validation"]} == set(

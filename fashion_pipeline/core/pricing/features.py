@@ -325,17 +325,35 @@ def price_text_vectorizer(max_features: int = 50_000) -> TfidfVectorizer:
                            dtype=np.float32)
 
 
+def char_text_vectorizer(max_features: int = 30_000) -> TfidfVectorizer:
+    """Character 2- to 5-grams (within word boundaries) of the price text, unfitted: `PriceFeaturizer`'s
+    per-source block (``char_sources``)."""
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, max_features=max_features,
+                           sublinear_tf=True, dtype=np.float32)
+
+
 class PriceFeaturizer:
-    """Sparse design matrix for the linear model: TF-IDF(text) | one-hots | scaled embeddings."""
+    """Sparse design matrix for the linear model: TF-IDF(text) | one-hots | per-source copies of both |
+    character n-grams of the text for the ``char_sources`` | scaled embeddings.
+
+    ``char_sources``: sources whose rows also get a TF-IDF of the price text's character 2–5-grams
+    (`char_text_vectorizer`, fitted on those rows' texts only, at most ``char_max_features`` columns,
+    zero on every other row): word-part signals — fabric and cut words, compounds, inflections — that
+    the word TF-IDF splits or misses. Only those rows' texts are counted, so the columns cost little
+    next to the word block when the source is a small share of the rows (H&M's ~9% on the development
+    data; benchmarks/results/hm_price_cv.md gives the effect on its full-form listings)."""
 
     def __init__(self, max_features: int = 50_000, embedding_weight: float = 0.05, use_embeddings: bool = True,
-                 source_interactions: bool = True):
+                 source_interactions: bool = True, char_sources: tuple[str, ...] = (),
+                 char_max_features: int = 30_000):
         self.max_features = max_features
         self.embedding_weight = embedding_weight
         self.use_embeddings = use_embeddings
         # "Frustratingly easy" domain adaptation: text and metadata columns also get a copy per
         # source, so a word can price differently on Myntra (INR MRP) and at H&M.
         self.source_interactions = source_interactions
+        self.char_sources = tuple(char_sources)
+        self.char_max_features = char_max_features
 
     def fit(self, inputs: PriceInputs) -> "PriceFeaturizer":
         docs = inputs.frame["price_text"]
@@ -346,7 +364,16 @@ class PriceFeaturizer:
             tokens = inputs.tokens
             self.tfidf_ = tokens.fit(vec, docs) if tokens is not None and tokens.serves(vec) else vec.fit(docs)
         self.cats_ = CategoricalEncoder().fit(inputs.frame)
-        self.sources_ = sorted(set(clean_column(inputs.frame["source"])) - {""})
+        src = clean_column(inputs.frame["source"])
+        self.sources_ = sorted(set(src) - {""})
+        # {source: fitted character vectorizer}; a source with too few texts to keep a 3-document
+        # n-gram gets none (and no columns).
+        self.char_ = {}
+        has_text = (docs.str.len() > 0).to_numpy()
+        for s in self.char_sources if self.tfidf_ is not None else ():
+            rows = (src == s) & has_text
+            if rows.sum() >= 3:
+                self.char_[s] = char_text_vectorizer(self.char_max_features).fit(docs[rows])
         if self.use_embeddings:
             self.scaler_ = EmbeddingScaler().fit(inputs)
         return self
@@ -366,10 +393,12 @@ class PriceFeaturizer:
             parts.insert(0, tokens.transform(self.tfidf_, docs) if tokens is not None else tfidf_transform(self.tfidf_, docs))
         base = sp.hstack(parts, format="csr")
         blocks = [base]
+        src = clean_column(inputs.frame["source"])
         if self.source_interactions:
-            src = clean_column(inputs.frame["source"])
             for s in getattr(self, "sources_", []):
                 blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
+        for s, vec in getattr(self, "char_", {}).items():  # featurizers pickled before char_ have none
+            blocks.append(_rows_placed(vec, inputs.frame["price_text"], np.flatnonzero(src == s)))
         z = None
         if self.use_embeddings:
             z = self.scaler_.transform(inputs)
@@ -378,3 +407,15 @@ class PriceFeaturizer:
 
     def fit_transform(self, inputs: PriceInputs) -> sp.csr_matrix:
         return self.fit(inputs).transform(inputs)
+
+
+def _rows_placed(vectorizer: TfidfVectorizer, docs: pd.Series, rows: np.ndarray) -> sp.csr_matrix:
+    """``vectorizer``'s transform of ``docs`` at ``rows`` (positions), as a len(docs)-row matrix that is zero
+    elsewhere: only those rows' texts are counted."""
+    width = len(vectorizer.vocabulary_)
+    if len(rows) == 0:
+        return sp.csr_matrix((len(docs), width), dtype=np.float32)
+    sub = vectorizer.transform(docs.iloc[rows])
+    place = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))),
+                          shape=(len(docs), len(rows)))
+    return (place @ sub).tocsr()

@@ -67,11 +67,12 @@ class RidgePriceRegressor:
     name = "ridge"
 
     def __init__(self, alphas: tuple[float, ...] = (0.25, 0.5, 1.0), use_embeddings: bool = True,
-                 warm_max_growth: float = 0.25, n_threads: int | None = None):
+                 warm_max_growth: float = 0.25, n_threads: int | None = None, char_sources: tuple[str, ...] = ()):
         self.alphas = tuple(alphas)
         self.use_embeddings = use_embeddings
         self.warm_max_growth = warm_max_growth
         self.n_threads = n_threads  # BlockRidge's sparse products; None: the cores available
+        self.char_sources = tuple(char_sources)  # `PriceFeaturizer`'s character n-gram sources
 
     def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
         """Why ``warm_from`` cannot seed this fit on ``train`` (None when it can): it must be a fitted
@@ -86,6 +87,9 @@ class RidgePriceRegressor:
             return "it records no featurizer_rows_ (trained by an older version)"
         if warm_from.use_embeddings != self.use_embeddings:
             return f"it was fitted with use_embeddings={warm_from.use_embeddings}, this fit has {self.use_embeddings}"
+        refusal = char_refusal(warm_from.featurizer_, getattr(self, "char_sources", ()))
+        if refusal:
+            return refusal
         scaler = getattr(warm_from.featurizer_, "scaler_", None)
         width = train.text.shape[1] + train.image.shape[1] + 2
         if self.use_embeddings and len(scaler.mean_) != width:
@@ -99,7 +103,8 @@ class RidgePriceRegressor:
         """A fitted ridge from a fitted featurizer and a `BlockRidge` solved on its columns (the stacked
         TF-IDF ridge of `_text_ridge_oof`, whose folds share one featurizer); ``warm_started`` /
         ``warm_note`` as `fit` sets them."""
-        ridge = cls(alphas=(model.alpha,), use_embeddings=featurizer.use_embeddings, n_threads=n_threads)
+        ridge = cls(alphas=(model.alpha,), use_embeddings=featurizer.use_embeddings, n_threads=n_threads,
+                    char_sources=getattr(featurizer, "char_sources", ()))
         ridge.featurizer_, ridge.featurizer_rows_, ridge.model_, ridge.alpha_ = featurizer, featurizer_rows, model, model.alpha
         ridge.warm_started_, ridge.warm_note_ = warm_started, warm_note
         return ridge
@@ -127,7 +132,8 @@ class RidgePriceRegressor:
             self.featurizer_, self.featurizer_rows_ = warm_from.featurizer_, warm_from.featurizer_rows_
             x0 = warm_from.model_.coef_
         else:
-            self.featurizer_ = PriceFeaturizer(use_embeddings=self.use_embeddings).fit(train)
+            self.featurizer_ = PriceFeaturizer(use_embeddings=self.use_embeddings,
+                                               char_sources=getattr(self, "char_sources", ())).fit(train)
             self.featurizer_rows_ = len(train)
         x = self.featurizer_.transform_blocks(train)
         best = None
@@ -287,13 +293,26 @@ def stacking_folds(groups: np.ndarray, folds: int) -> np.ndarray:
     return fold
 
 
-def stacking_warm_refusal(warm_from, train: PriceInputs, folds: int, alpha: float, max_growth: float) -> str | None:
+def char_refusal(featurizer: PriceFeaturizer, char_sources: tuple[str, ...]) -> str | None:
+    """Why a fitted ``featurizer`` cannot be kept by a fit asked for character n-grams of ``char_sources``
+    (None when it can): it must have been asked for the same ones."""
+    kept = tuple(getattr(featurizer, "char_sources", ()))
+    if kept != tuple(char_sources):
+        return f"its featurizer has character n-grams for sources {list(kept)}, this fit asks for {list(char_sources)}"
+    return None
+
+
+def stacking_warm_refusal(warm_from, train: PriceInputs, folds: int, alpha: float, max_growth: float,
+                          char_sources: tuple[str, ...] = ()) -> str | None:
     """Why ``warm_from`` (the stacked TF-IDF ridge of the model a retrain continues) cannot seed
     `_text_ridge_oof` on ``train`` (None when it can)."""
     if max_growth <= 0:
         return "warm_max_growth is 0"
     if not isinstance(warm_from, RidgePriceRegressor) or getattr(warm_from, "fold_coefs_", None) is None:
         return "it keeps no fold coefficients (trained by older code)"
+    refusal = char_refusal(warm_from.featurizer_, char_sources)
+    if refusal:
+        return refusal
     if (len(warm_from.fold_coefs_), warm_from.alpha_, getattr(warm_from, "folds_salt_", None)) != (
             folds, alpha, STACKING_SALT):
         return "its folds or alpha differ from this fit's"
@@ -303,7 +322,7 @@ def stacking_warm_refusal(warm_from, train: PriceInputs, folds: int, alpha: floa
 
 def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: float = 1.0,
                     n_threads: int | None = None, warm_from: "RidgePriceRegressor | None" = None,
-                    max_growth: float = 0.25):
+                    max_growth: float = 0.25, char_sources: tuple[str, ...] = ()):
     """Out-of-fold predictions of a TF-IDF ridge (folds by group, `stacking_folds`) plus the ridge fit on
     all rows, which also keeps each fold's coefficients (``fold_coefs_``).
 
@@ -313,16 +332,19 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
     ``warm_from`` (the stacked ridge of the model a retrain continues, `stacking_warm_refusal`): its
     featurizer is kept and each fold's LSQR, and the full fit's, starts from its coefficients: the same
     ridge problems, to LSQR's tolerance, in fewer iterations. ``stacking_note_`` on the returned ridge
-    says how it started."""
+    says how it started. ``char_sources``: `PriceFeaturizer`'s character n-gram sources."""
+    char_sources = tuple(char_sources)
     cached = train.cache.get("text_ridge_oof")
-    if cached is not None and len(cached[0]) == len(y) and np.array_equal(cached[2], y):
+    if (cached is not None and len(cached[0]) == len(y) and np.array_equal(cached[2], y)
+            and cached[3] == char_sources):
         return cached[0], cached[1]  # the tree and neural models share one stacking fit
-    refusal = None if warm_from is None else stacking_warm_refusal(warm_from, train, folds, alpha, max_growth)
+    refusal = None if warm_from is None else stacking_warm_refusal(warm_from, train, folds, alpha, max_growth,
+                                                                   char_sources)
     warm = warm_from is not None and refusal is None
     if warm:
         featurizer, rows = warm_from.featurizer_, warm_from.featurizer_rows_
     else:
-        featurizer, rows = PriceFeaturizer(use_embeddings=False).fit(train), len(train)
+        featurizer, rows = PriceFeaturizer(use_embeddings=False, char_sources=char_sources).fit(train), len(train)
     xs, xd = featurizer.transform_blocks(train)
     fold = stacking_folds(_groups(train), folds)
     oof = np.zeros(len(train), dtype=np.float64)
@@ -347,7 +369,7 @@ def _text_ridge_oof(train: PriceInputs, y: np.ndarray, folds: int = 3, alpha: fl
     full.stacking_note_ = f"{how} ({iterations} fold and {model.n_iter_} full LSQR iterations)"
     if refusal is not None:
         log.warning("stacked TF-IDF ridge: cold start instead of the warm start asked for: %s", refusal)
-    train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy())
+    train.cache["text_ridge_oof"] = (oof, full, np.asarray(y).copy(), char_sources)
     return oof, full
 
 
@@ -380,6 +402,7 @@ class LightGBMPriceRegressor:
         num_threads: int = 2,
         warm_rounds: int = 40,
         warm_max_growth: float = 0.25,
+        char_sources: tuple[str, ...] = (),
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -389,6 +412,7 @@ class LightGBMPriceRegressor:
         self.num_threads = num_threads
         self.warm_rounds = warm_rounds
         self.warm_max_growth = warm_max_growth
+        self.char_sources = tuple(char_sources)  # the stacked ridge's (`PriceFeaturizer`)
 
     def warm_start_refusal(self, warm_from, train: PriceInputs) -> str | None:
         """Why ``warm_from`` cannot seed this fit on ``train`` (None when it can): it must be a fitted
@@ -460,7 +484,7 @@ class LightGBMPriceRegressor:
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
         oof, self.text_ridge_ = _text_ridge_oof(
             train, y, n_threads=self.num_threads, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
-            max_growth=self.warm_max_growth)
+            max_growth=self.warm_max_growth, char_sources=getattr(self, "char_sources", ()))
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(
@@ -526,6 +550,8 @@ class MLPConfig:
     # A warm start keeps the stacked TF-IDF ridge's featurizer (and starts its LSQR from the retrained
     # model's coefficients) while the train split is within this share of the rows it was fitted on.
     warm_max_growth: float = 0.25
+    # The stacked ridge's character n-gram sources (`PriceFeaturizer`).
+    char_sources: tuple[str, ...] = ()
 
 
 def _build_net(n_dense: int, cards: list[int], cfg: MLPConfig):
@@ -624,7 +650,7 @@ class MLPPriceRegressor:
         if cfg.stack_text_ridge:
             ridge_tr, self.text_ridge_ = _text_ridge_oof(
                 train, y, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
-                max_growth=cfg.warm_max_growth)
+                max_growth=cfg.warm_max_growth, char_sources=tuple(getattr(cfg, "char_sources", ())))
         x = torch.from_numpy(self._dense(train, ridge_tr)).to(device)
         c = torch.from_numpy(self.cats_.codes(train.frame)).to(device)
         t = torch.from_numpy(((y - self.y_mean_) / self.y_std_).astype(np.float32)).to(device)

@@ -36,6 +36,8 @@ DEFAULT_MODELS = ("ridge", "lightgbm", "mlp", "knn")
 WARM_CLASSES = {"mlp": MLPPriceRegressor, "lightgbm": LightGBMPriceRegressor, "ridge": RidgePriceRegressor,
                 "knn": KNNPriceRegressor}
 WARM_KINDS = (*WARM_CLASSES, "router")
+# The kinds with a TF-IDF ridge (their own, or stacked) that ``char_ngrams`` reaches.
+CHAR_KINDS = ("ridge", "lightgbm", "mlp")
 
 
 @dataclass
@@ -108,6 +110,7 @@ def train_price_models(
     warm: dict[str, object] | None = None,
     warm_kinds: tuple[str, ...] = WARM_KINDS,
     encode_titles=None,
+    char_ngrams: dict[str, tuple[str, ...]] | None = None,
     progress=log.info,
 ) -> TrainingResult:
     """One regressor per listing form, chosen on validation among ``models`` (+ their blend);
@@ -132,6 +135,9 @@ def train_price_models(
     ``encode_titles`` (texts -> [n, d] vectors, e.g. `scoring.encoder_embedder`'s ``encode_texts``): the
     encoder of the sparse form's title vectors (`features.title_texts`); without it that form has no text
     vector, and scoring must not give it one (``features_spec["sparse_text"]``).
+    ``char_ngrams`` ({form: sources}): the TF-IDF ridges of that form (the ridge member and the ridge
+    stacked into LightGBM and the MLP) add character n-grams of those sources' price texts
+    (`PriceFeaturizer`'s ``char_sources``); other forms have none.
     Inside a `token_caches` block, the price text's and the router's TF-IDF count each text through
     that block's memos (a text its files hold is not tokenised again); the same models either way."""
     params = params or {}
@@ -141,7 +147,7 @@ def train_price_models(
     bad = {k for k in chosen.values() if k != "blend" and k not in models}
     if bad:
         raise ValueError(f"chosen model kinds {sorted(bad)} are not among the models to train {list(models)}")
-    unknown = set(forms) - set(FORMS)
+    unknown = (set(forms) | set(char_ngrams or {})) - set(FORMS)
     if unknown:
         raise ValueError(f"unknown listing forms {sorted(unknown)}; expected some of {list(FORMS)}")
     rows, counts = priced_rows(products)
@@ -189,9 +195,12 @@ def train_price_models(
             reuse = _within_limits(tuned.get(form, {}).get(kind, {}) if form in chosen else {}, params.get(kind, {}))
             start = (_member(warm.get(form), WARM_CLASSES[kind])
                      if kind in WARM_CLASSES and kind in warm_kinds and form in chosen else None)
+            chars = {"char_sources": tuple(char_ngrams[form])} if kind in CHAR_KINDS and (char_ngrams or {}).get(form) else {}
             progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else "")
-                     + (f" continuing the retrained model's {kind}" if start is not None else ""))
-            reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, warm_from=start, **{**params.get(kind, {}), **reuse})
+                     + (f" continuing the retrained model's {kind}" if start is not None else "")
+                     + (f" (character n-grams of {list(chars['char_sources'])} texts)" if chars else ""))
+            reg, secs = train_regressor(kind, ftr, y_tr, fva, y_va, warm_from=start,
+                                        **{**params.get(kind, {}), **reuse, **chars})
             cands[kind] = reg
             seconds[f"{form}/{kind}"] = round(secs, 2)
             if start is not None:

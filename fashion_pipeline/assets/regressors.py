@@ -64,10 +64,12 @@ class RegressorConfig(dg.Config):
     char_ngram_sources: list[str] = Field(default=["hm"], description=(
         "Sources whose price texts also get a TF-IDF of character 2- to 5-grams (fitted on those rows only) in the "
         "TF-IDF ridges (the ridge member, and the ridge stacked into LightGBM and the MLP) of the listing forms in "
-        "`char_ngram_forms`. benchmarks/results/hm_price_cv.md (5-fold grouped CV over the 2,929 priced H&M products): full-form H&M listings 0.352 against 0.354 without, the title + photo and photo forms unchanged (0.395 / 0.438), ~5 s more per training on 2 cores. Empty: none."))
+        "`char_ngram_forms`. benchmarks/results/hm_price_cv.md (5-fold grouped CV over the 2,929 priced H&M "
+        "products): full-form H&M listings 0.352 against 0.354 without, the title + photo and photo forms "
+        "unchanged (0.395 / 0.438), ~3 s more per training on 2 cores. Empty: none."))
     char_ngram_forms: list[str] = Field(default=["full"], description=(
-        "The listing forms (of full, sparse) whose TF-IDF ridges get `char_ngram_sources`' character n-grams (the photo-only form "
-        "has no text, so none there)."))
+        "The listing forms (of full, sparse) whose TF-IDF ridges get `char_ngram_sources`' character n-grams "
+        "(the photo-only form has no text, so none there)."))
     knn_neighbours: int = Field(default=8, ge=1, description="Neighbours the knn regressor averages.")
     lightgbm_estimators: int = Field(default=400, ge=10,
                                      description="Maximum boosting rounds (early stopping on validation picks fewer).")
@@ -175,7 +177,8 @@ def training_options(config: RegressorConfig) -> dict:
         },
         "blend": config.blend, "coverage": config.interval_coverage, "train_fraction": config.train_fraction,
         "max_interval_ratio": config.max_interval_ratio, "warm_kinds": warm_kinds(config),
-        "char_ngrams": {f: tuple(config.char_ngram_sources) for f in config.char_ngram_forms if config.char_ngram_sources},
+        "char_ngrams": {f: tuple(config.char_ngram_sources) for f in config.char_ngram_forms
+                        if config.char_ngram_sources},
     }
 
 

@@ -195,7 +195,8 @@ def train_price_models(
             reuse = _within_limits(tuned.get(form, {}).get(kind, {}) if form in chosen else {}, params.get(kind, {}))
             start = (_member(warm.get(form), WARM_CLASSES[kind])
                      if kind in WARM_CLASSES and kind in warm_kinds and form in chosen else None)
-            chars = {"char_sources": tuple(char_ngrams[form])} if kind in CHAR_KINDS and (char_ngrams or {}).get(form) else {}
+            chars = ({"char_sources": tuple(char_ngrams[form])}
+                     if kind in CHAR_KINDS and (char_ngrams or {}).get(form) else {})
             progress(f"{form}: training {kind} on {len(ftr)} rows" + (f" with the tuned {reuse}" if reuse else "")
                      + (f" continuing the retrained model's {kind}" if start is not None else "")
                      + (f" (character n-grams of {list(chars['char_sources'])} texts)" if chars else ""))

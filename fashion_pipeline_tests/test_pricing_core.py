@@ -361,6 +361,11 @@ def test_the_stacked_ridge_folds_follow_the_product_group_and_a_retrain_continue
     _, refused = _text_ridge_oof(tr.subset(np.ones(len(tr), bool)), y, warm_from=first, max_growth=0.05)
     assert not refused.warm_started_ and refused.featurizer_ is not first.featurizer_
     assert "more than warm_max_growth 5% apart" in refused.stacking_note_
+    # Asked for character n-grams its featurizer lacks (a model published before them): fitted afresh with them.
+    _, chars = _text_ridge_oof(tr.subset(np.ones(len(tr), bool)), y, warm_from=first, char_sources=("hm",))
+    assert not chars.warm_started_ and list(chars.featurizer_.char_) == ["hm"]
+    assert chars.stacking_note_.startswith("cold: its featurizer has character n-grams for sources [], this fit asks "
+                                           "for ['hm']")
 
 
 @pytest.mark.parametrize("warm_patience", [1, 2])

@@ -338,9 +338,9 @@ class PriceFeaturizer:
 
     ``char_sources``: sources whose rows also get a TF-IDF of the price text's character 2–5-grams
     (`char_text_vectorizer`, fitted on those rows' texts only, at most ``char_max_features`` columns,
-    zero on every other row): word-part signals — fabric and cut words, compounds, inflections — that
-    the word TF-IDF splits or misses. Only those rows' texts are counted, so the columns cost little
-    next to the word block when the source is a small share of the rows (H&M's ~9% on the development
+    zero on every other row), for what a word TF-IDF cannot share between forms of a word (compounds,
+    inflections, spellings). Only those rows' texts are counted, so the columns cost little
+    next to the word block when the source is a small share of the rows (H&M: ~9% of the priced development
     data; benchmarks/results/hm_price_cv.md gives the effect on its full-form listings)."""
 
     def __init__(self, max_features: int = 50_000, embedding_weight: float = 0.05, use_embeddings: bool = True,

@@ -120,7 +120,7 @@ def test_character_ngrams_are_fitted_on_and_given_to_the_named_sources_rows_only
     assert (x[:, :width] != x_plain).nnz == 0  # the other columns are unchanged
     extra = x[:, width:].getnnz(axis=1)
     assert list(extra > 0) == [True, True, True, False, False, False, False, False]  # zero off H&M rows
-    # A listing routed to H&M gets its n-grams (a word seen in training in another context too).
+    # A listing (routed to) H&M gets the n-grams its new text shares with H&M's training texts ("gabardine").
     listing = build_price_inputs(pd.DataFrame({"product_id": ["l"], "source": ["hm"], "title": ["gabardine skirt"]}))
     assert chars.transform_blocks(listing)[0][:, width:].nnz > 0
 

@@ -322,11 +322,12 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
         title_encoder = listing_embedder(context, encoder_rec, encoder) if catalogue is not None else None
         # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
         # The price text's and the router's TF-IDF count a text the last training counted from its files.
+        options = training_options(config)
         with token_caches(token_cache_dir(), "price_training") as train_tokens:
             res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,
                                      chosen=chosen, tuned=tuned, warm=warm, progress=context.log.info,
                                      encode_titles=title_encoder.encode_texts if title_encoder is not None else None,
-                                     **training_options(config))
+                                     **options)
         model = res.model
         features_spec = {"target": "log1p(price_usd)", "embeddings": emb_note, "uses_attributes": config.use_attributes,
                          "listing_fields": ["title", "description", "image", "brand", "colour", "source"],
@@ -336,7 +337,7 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
                          "mlp_precision": mlp_precisions(model),
                          "encoder": encoder_rec,
                          "sparse_text": SPARSE_TEXT if title_encoder is not None else None,
-                         "char_ngrams": {f: list(s) for f, s in training_options(config)["char_ngrams"].items()},
+                         "char_ngrams": {f: list(s) for f, s in options["char_ngrams"].items()},
                          "featurizer": "fashion_pipeline.core.pricing.features.build_price_inputs + regime_view"}
         version = store.save(PRICE_MODEL_NAME, model, {"kind": model.name, "validation": res.selection.to_dict("records"),
                                                        "counts": res.counts, "intervals": model.describe()}, features_spec)

@@ -87,7 +87,7 @@ class RidgePriceRegressor:
             return "it records no featurizer_rows_ (trained by an older version)"
         if warm_from.use_embeddings != self.use_embeddings:
             return f"it was fitted with use_embeddings={warm_from.use_embeddings}, this fit has {self.use_embeddings}"
-        refusal = char_refusal(warm_from.featurizer_, getattr(self, "char_sources", ()))
+        refusal = char_refusal(warm_from.featurizer_, self.char_sources)
         if refusal:
             return refusal
         scaler = getattr(warm_from.featurizer_, "scaler_", None)
@@ -133,7 +133,7 @@ class RidgePriceRegressor:
             x0 = warm_from.model_.coef_
         else:
             self.featurizer_ = PriceFeaturizer(use_embeddings=self.use_embeddings,
-                                               char_sources=getattr(self, "char_sources", ())).fit(train)
+                                               char_sources=self.char_sources).fit(train)
             self.featurizer_rows_ = len(train)
         x = self.featurizer_.transform_blocks(train)
         best = None
@@ -484,7 +484,7 @@ class LightGBMPriceRegressor:
             self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
         oof, self.text_ridge_ = _text_ridge_oof(
             train, y, n_threads=self.num_threads, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
-            max_growth=self.warm_max_growth, char_sources=getattr(self, "char_sources", ()))
+            max_growth=self.warm_max_growth, char_sources=self.char_sources)
         x = self._design(train, oof)
         n_cat = len(self.cats_.cardinalities())
         params = dict(
@@ -650,7 +650,7 @@ class MLPPriceRegressor:
         if cfg.stack_text_ridge:
             ridge_tr, self.text_ridge_ = _text_ridge_oof(
                 train, y, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
-                max_growth=cfg.warm_max_growth, char_sources=tuple(getattr(cfg, "char_sources", ())))
+                max_growth=cfg.warm_max_growth, char_sources=tuple(cfg.char_sources))
         x = torch.from_numpy(self._dense(train, ridge_tr)).to(device)
         c = torch.from_numpy(self.cats_.codes(train.frame)).to(device)
         t = torch.from_numpy(((y - self.y_mean_) / self.y_std_).astype(np.float32)).to(device)

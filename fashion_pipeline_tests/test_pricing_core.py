@@ -115,14 +115,21 @@ def test_character_ngrams_are_fitted_on_and_given_to_the_named_sources_rows_only
     assert list(chars.char_) == ["hm"] and " gab" in vocab and "gabar" in vocab and not any("zzq" in g for g in vocab)
     x_plain, _ = plain.transform_blocks(inputs)
     x, _ = chars.transform_blocks(inputs)
-    width = x_plain.shape[1]
-    assert x.shape[1] == width + len(vocab)
-    assert (x[:, :width] != x_plain).nnz == 0  # the other columns are unchanged
-    extra = x[:, width:].getnnz(axis=1)
+    # plain: [shared words + one-hots | H&M's copy | kaggle's copy | myntra's copy]; with n-grams, H&M's copy
+    # gives way to them: [shared | kaggle's copy | myntra's copy | H&M's n-grams].
+    b = x_plain.shape[1] // 4
+    assert x.shape[1] == 3 * b + len(vocab)
+    assert list(x_plain[:, b:2 * b].getnnz(axis=1) > 0) == [True] * 3 + [False] * 5  # the copy dropped: H&M rows'
+    assert (x[:, :3 * b] != x_plain[:, [*range(b), *range(2 * b, 4 * b)]]).nnz == 0  # the rest unchanged
+    extra = x[:, 3 * b:].getnnz(axis=1)
     assert list(extra > 0) == [True, True, True, False, False, False, False, False]  # zero off H&M rows
     # A listing (routed to) H&M gets the n-grams its new text shares with H&M's training texts ("gabardine").
     listing = build_price_inputs(pd.DataFrame({"product_id": ["l"], "source": ["hm"], "title": ["gabardine skirt"]}))
-    assert chars.transform_blocks(listing)[0][:, width:].nnz > 0
+    assert chars.transform_blocks(listing)[0][:, 3 * b:].nnz > 0
+    # A featurizer pickled by stop 58's version (no copied_sources_) still transforms as it was fitted: the
+    # n-grams beside every source's copy.
+    del chars.copied_sources_
+    assert chars.transform_blocks(inputs)[0].shape[1] == 4 * b + len(vocab)
 
 
 def test_train_price_models_gives_character_ngrams_to_the_named_forms_ridges_only():
@@ -280,6 +287,12 @@ def test_a_warm_started_ridge_keeps_the_featurizer_and_solves_on_its_columns():
     assert "use_embeddings=True" in RidgePriceRegressor(use_embeddings=False).warm_start_refusal(old, tr)
     assert RidgePriceRegressor(char_sources=("hm",)).warm_start_refusal(old, tr) == (
         "its featurizer has character n-grams for sources [], this fit asks for ['hm']")
+    with_chars = RidgePriceRegressor(alphas=(0.5,), char_sources=("hm",)).fit(tr, y)
+    assert RidgePriceRegressor(char_sources=("hm",)).warm_start_refusal(with_chars, tr) is None
+    del with_chars.featurizer_.copied_sources_  # fitted by stop 58's version: H&M's copy beside its n-grams
+    assert RidgePriceRegressor(char_sources=("hm",)).warm_start_refusal(with_chars, tr) == (
+        "its featurizer gives sources ['hm'] their character n-grams beside a per-source copy of the word columns "
+        "(fitted by an older version), this fit gives them instead of it")
     assert "not a fitted ridge" in RidgePriceRegressor().warm_start_refusal(LightGBMPriceRegressor(), tr)
     del old.featurizer_rows_  # a ridge stored by an older version
     assert RidgePriceRegressor().warm_start_refusal(old, tr) == "it records no featurizer_rows_ (trained by an older version)"

@@ -62,11 +62,12 @@ class RegressorConfig(dg.Config):
         "blend member whose errors differ from the others')."))
     blend: bool = Field(default=True, description="Also evaluate a validation-weighted blend of the models.")
     char_ngram_sources: list[str] = Field(default=["hm"], description=(
-        "Sources whose price texts also get a TF-IDF of character 2- to 5-grams (fitted on those rows only) in the "
-        "TF-IDF ridges (the ridge member, and the ridge stacked into LightGBM and the MLP) of the listing forms in "
-        "`char_ngram_forms`. benchmarks/results/hm_price_cv.md (5-fold grouped CV over the 2,929 priced H&M "
-        "products): full-form H&M listings 0.352 against 0.354 without, the title + photo and photo forms "
-        "unchanged (0.395 / 0.438), ~3 s more per training on 2 cores. Empty: none."))
+        "Sources whose price texts get a TF-IDF of character 2- to 5-grams (fitted on those rows only) in place of "
+        "their per-source copy of the word and one-hot columns, in the TF-IDF ridges (the ridge member, and the "
+        "ridge stacked into LightGBM and the MLP) of the listing forms in `char_ngram_forms`. "
+        "benchmarks/results/hm_price_cv.md (5-fold grouped CV over the 2,929 priced H&M products): full-form H&M "
+        "listings 0.351 against 0.354 without n-grams (0.352 with them beside H&M's copy), the title + photo and "
+        "photo forms unchanged (0.395 / 0.438), ~3 s more per training on 2 cores. Empty: none."))
     char_ngram_forms: list[str] = Field(default=["full"], description=(
         "The listing forms (of full, sparse) whose TF-IDF ridges get `char_ngram_sources`' character n-grams "
         "(the photo-only form has no text, so none there)."))

@@ -336,12 +336,14 @@ class PriceFeaturizer:
     """Sparse design matrix for the linear model: TF-IDF(text) | one-hots | per-source copies of both |
     character n-grams of the text for the ``char_sources`` | scaled embeddings.
 
-    ``char_sources``: sources whose rows also get a TF-IDF of the price text's character 2–5-grams
+    ``char_sources``: sources whose rows get a TF-IDF of the price text's character 2–5-grams
     (`char_text_vectorizer`, fitted on those rows' texts only, at most ``char_max_features`` columns,
-    zero on every other row), for what a word TF-IDF cannot share between forms of a word (compounds,
-    inflections, spellings). Only those rows' texts are counted, so the columns cost little
-    next to the word block when the source is a small share of the rows (H&M: ~9% of the priced development
-    data; benchmarks/results/hm_price_cv.md gives the effect on its full-form listings)."""
+    zero on every other row) **instead of** their per-source copy of the word and one-hot columns, for
+    what a word TF-IDF cannot share between forms of a word (compounds, inflections, spellings); the
+    shared word and one-hot columns (the source's own level among them) still serve those rows. Only those
+    rows' texts are counted, so the columns cost little next to the word block when the source is a small
+    share of the rows (H&M: ~9% of the priced development data; benchmarks/results/hm_price_cv.md gives the
+    effect on its full-form listings)."""
 
     def __init__(self, max_features: int = 50_000, embedding_weight: float = 0.05, use_embeddings: bool = True,
                  source_interactions: bool = True, char_sources: tuple[str, ...] = (),
@@ -374,6 +376,8 @@ class PriceFeaturizer:
             rows = (src == s) & has_text
             if rows.sum() >= 3:
                 self.char_[s] = char_text_vectorizer(self.char_max_features).fit(docs[rows])
+        # The sources that keep a per-source copy: a source with character n-grams has them instead.
+        self.copied_sources_ = [s for s in self.sources_ if s not in self.char_]
         if self.use_embeddings:
             self.scaler_ = EmbeddingScaler().fit(inputs)
         return self
@@ -395,7 +399,8 @@ class PriceFeaturizer:
         blocks = [base]
         src = clean_column(inputs.frame["source"])
         if self.source_interactions:
-            for s in getattr(self, "sources_", []):
+            # Featurizers pickled before copied_sources_ copied every source (stop-58 ones beside their n-grams).
+            for s in getattr(self, "copied_sources_", getattr(self, "sources_", [])):
                 blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
         for s, vec in getattr(self, "char_", {}).items():  # featurizers pickled before char_ have none
             blocks.append(_rows_placed(vec, inputs.frame["price_text"], np.flatnonzero(src == s)))

@@ -295,10 +295,17 @@ def stacking_folds(groups: np.ndarray, folds: int) -> np.ndarray:
 
 def char_refusal(featurizer: PriceFeaturizer, char_sources: tuple[str, ...]) -> str | None:
     """Why a fitted ``featurizer`` cannot be kept by a fit asked for character n-grams of ``char_sources``
-    (None when it can): it must have been asked for the same ones."""
+    (None when it can): it must have been asked for the same ones, and give them in place of those
+    sources' per-source copies (a featurizer fitted before that layout gives them beside the copies)."""
     kept = tuple(getattr(featurizer, "char_sources", ()))
     if kept != tuple(char_sources):
         return f"its featurizer has character n-grams for sources {list(kept)}, this fit asks for {list(char_sources)}"
+    copied = (getattr(featurizer, "copied_sources_", getattr(featurizer, "sources_", []))
+              if getattr(featurizer, "source_interactions", True) else [])
+    doubled = sorted(set(getattr(featurizer, "char_", {})) & set(copied))
+    if doubled:
+        return (f"its featurizer gives sources {doubled} their character n-grams beside a per-source copy of the "
+                "word columns (fitted by an older version), this fit gives them instead of it")
     return None
 
 

@@ -126,7 +126,7 @@ def test_character_ngrams_are_fitted_on_and_given_to_the_named_sources_rows_only
     # A listing (routed to) H&M gets the n-grams its new text shares with H&M's training texts ("gabardine").
     listing = build_price_inputs(pd.DataFrame({"product_id": ["l"], "source": ["hm"], "title": ["gabardine skirt"]}))
     assert chars.transform_blocks(listing)[0][:, 3 * b:].nnz > 0
-    # A featurizer pickled by stop 58's version (no copied_sources_) still transforms as it was fitted: the
+    # A featurizer pickled by an older version (no copied_sources_) still transforms as it was fitted: the
     # n-grams beside every source's copy.
     del chars.copied_sources_
     assert chars.transform_blocks(inputs)[0].shape[1] == 4 * b + len(vocab)
@@ -289,7 +289,7 @@ def test_a_warm_started_ridge_keeps_the_featurizer_and_solves_on_its_columns():
         "its featurizer has character n-grams for sources [], this fit asks for ['hm']")
     with_chars = RidgePriceRegressor(alphas=(0.5,), char_sources=("hm",)).fit(tr, y)
     assert RidgePriceRegressor(char_sources=("hm",)).warm_start_refusal(with_chars, tr) is None
-    del with_chars.featurizer_.copied_sources_  # fitted by stop 58's version: H&M's copy beside its n-grams
+    del with_chars.featurizer_.copied_sources_  # an older version's: H&M's copy beside its n-grams
     assert RidgePriceRegressor(char_sources=("hm",)).warm_start_refusal(with_chars, tr) == (
         "its featurizer gives sources ['hm'] their character n-grams beside a per-source copy of the word columns "
         "(fitted by an older version), this fit gives them instead of it")

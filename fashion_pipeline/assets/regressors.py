@@ -67,7 +67,7 @@ class RegressorConfig(dg.Config):
         "ridge stacked into LightGBM and the MLP) of the listing forms in `char_ngram_forms`. "
         "benchmarks/results/hm_price_cv.md (5-fold grouped CV over the 2,929 priced H&M products): full-form H&M "
         "listings 0.351 against 0.354 without n-grams (0.352 with them beside H&M's copy), the title + photo and "
-        "photo forms unchanged (0.395 / 0.438), ~3 s more per training on 2 cores. Empty: none."))
+        "photo forms unchanged (0.395 / 0.438); ~3 s more per training on 2 cores, measured beside the copy. Empty: none."))
     char_ngram_forms: list[str] = Field(default=["full"], description=(
         "The listing forms (of full, sparse) whose TF-IDF ridges get `char_ngram_sources`' character n-grams "
         "(the photo-only form has no text, so none there)."))

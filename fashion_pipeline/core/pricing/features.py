@@ -399,7 +399,7 @@ class PriceFeaturizer:
         blocks = [base]
         src = clean_column(inputs.frame["source"])
         if self.source_interactions:
-            # Featurizers pickled before copied_sources_ copied every source (stop-58 ones beside their n-grams).
+            # Featurizers pickled before copied_sources_ copied every source (beside any n-grams they had).
             for s in getattr(self, "copied_sources_", getattr(self, "sources_", [])):
                 blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
         for s, vec in getattr(self, "char_", {}).items():  # featurizers pickled before char_ have none

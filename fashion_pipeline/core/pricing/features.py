@@ -398,10 +398,8 @@ class PriceFeaturizer:
         base = sp.hstack(parts, format="csr")
         blocks = [base]
         src = clean_column(inputs.frame["source"])
-        if self.source_interactions:
-            # Featurizers pickled before copied_sources_ copied every source (beside any n-grams they had).
-            for s in getattr(self, "copied_sources_", getattr(self, "sources_", [])):
-                blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
+        for s in self.copied_sources():
+            blocks.append(sp.diags((src == s).astype(np.float32)) @ base)
         for s, vec in getattr(self, "char_", {}).items():  # featurizers pickled before char_ have none
             blocks.append(_rows_placed(vec, inputs.frame["price_text"], np.flatnonzero(src == s)))
         z = None
@@ -412,6 +410,13 @@ class PriceFeaturizer:
 
     def fit_transform(self, inputs: PriceInputs) -> sp.csr_matrix:
         return self.fit(inputs).transform(inputs)
+
+    def copied_sources(self) -> list[str]:
+        """The sources whose rows get a per-source copy of the word and one-hot columns. Featurizers pickled
+        before ``copied_sources_`` copied every source (beside any n-grams they had)."""
+        if not self.source_interactions:
+            return []
+        return list(getattr(self, "copied_sources_", getattr(self, "sources_", [])))
 
 
 def _rows_placed(vectorizer: TfidfVectorizer, docs: pd.Series, rows: np.ndarray) -> sp.csr_matrix:

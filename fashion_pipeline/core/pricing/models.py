@@ -300,9 +300,7 @@ def char_refusal(featurizer: PriceFeaturizer, char_sources: tuple[str, ...]) -> 
     kept = tuple(getattr(featurizer, "char_sources", ()))
     if kept != tuple(char_sources):
         return f"its featurizer has character n-grams for sources {list(kept)}, this fit asks for {list(char_sources)}"
-    copied = (getattr(featurizer, "copied_sources_", getattr(featurizer, "sources_", []))
-              if getattr(featurizer, "source_interactions", True) else [])
-    doubled = sorted(set(getattr(featurizer, "char_", {})) & set(copied))
+    doubled = sorted(set(getattr(featurizer, "char_", {})) & set(featurizer.copied_sources()))
     if doubled:
         return (f"its featurizer gives sources {doubled} their character n-grams beside a per-source copy of the "
                 "word columns (fitted by an older version), this fit gives them instead of it")

@@ -177,6 +177,42 @@ def _embedded_splits():
     return tr, va, log_target(tr.frame["price_usd"]), log_target(va.frame["price_usd"])
 
 
+def test_the_source_balanced_validation_score_averages_the_sources_with_enough_rows():
+    """Worked by hand: 300 rows of "a" off by 0.1 and 200 of "b" off by 0.3 score (0.1 + 0.3) / 2; the 10
+    rows without a source count in neither. With one source short of the minimum it is the pooled RMSE."""
+    from fashion_pipeline.core.pricing.models import source_balanced_rmse
+
+    frame = pd.DataFrame({"source": ["a"] * 300 + ["b"] * 200 + [None] * 10})
+    err = np.array([0.1] * 300 + [-0.3] * 200 + [1.0] * 10)
+    score, by_source = source_balanced_rmse(err, np.zeros(510), frame)
+    assert by_source == pytest.approx({"a": 0.1, "b": 0.3})
+    assert score == pytest.approx(0.2)
+    score, by_source = source_balanced_rmse(err, np.zeros(510), frame, min_source_rows=201)
+    pooled = math.sqrt((300 * 0.01 + 200 * 0.09 + 10 * 1.0) / 510)
+    assert score == pytest.approx(pooled) and by_source == {"all": pytest.approx(pooled)}
+
+
+def test_the_ridge_alpha_is_chosen_by_the_mean_of_the_sources_validation_rmse_not_the_pooled_one():
+    """Validation rows whose H&M prices are what alpha=1 predicts: each source counted once, alpha=1 wins;
+    pooled (the Kaggle rows outnumber H&M's), alpha=0.3 would — the case tells the two rules apart. With
+    fewer than ``min_source_rows`` H&M validation rows the ridge falls back to the pooled RMSE."""
+    tr, va, _ = sample_splits()
+    y = log_target(tr.frame["price_usd"])
+    single = {a: RidgePriceRegressor(alphas=(a,)).fit(tr, y).predict_log(va) for a in (0.3, 1.0)}
+    hm = va.frame["source"].to_numpy() == "hm"
+    y_va = np.where(hm, single[1.0], log_target(va.frame["price_usd"]))
+
+    def rmse(p, rows):
+        return float(np.sqrt(np.mean((p[rows] - y_va[rows]) ** 2)))
+
+    pooled = {a: rmse(p, np.ones(len(p), dtype=bool)) for a, p in single.items()}
+    balanced = {a: (rmse(p, hm) + rmse(p, ~hm)) / 2 for a, p in single.items()}
+    assert min(pooled, key=pooled.get) == 0.3 and min(balanced, key=balanced.get) == 1.0
+    assert 20 <= hm.sum() < 200 and (~hm).sum() >= 20
+    assert RidgePriceRegressor(alphas=(0.3, 1.0), min_source_rows=20).fit(tr, y, va, y_va).alpha_ == 1.0
+    assert RidgePriceRegressor(alphas=(0.3, 1.0)).fit(tr, y, va, y_va).alpha_ == 0.3
+
+
 @pytest.mark.parametrize("use_embeddings", [True, False])
 def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
     """BlockRidge on the price featurizer's (sparse, dense) blocks: solved tightly it is the exact ridge

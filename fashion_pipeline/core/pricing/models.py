@@ -30,6 +30,10 @@ from .features import CATEGORICAL_COLUMNS, MISSING, CategoricalEncoder, Embeddin
 
 log = logging.getLogger(__name__)
 
+# A source needs this many validation rows to get its own blend weights (`BlendPriceRegressor`) or its own
+# say in choosing a hyper-parameter (`source_balanced_rmse`).
+MIN_SOURCE_ROWS = 200
+
 
 def _groups(inputs: PriceInputs) -> np.ndarray:
     f = inputs.frame
@@ -59,7 +63,9 @@ def start_from(model, warm_from, train: PriceInputs, name: str) -> bool:
 class RidgePriceRegressor:
     """Linear baseline: ridge on TF-IDF + metadata one-hots (+ scaled embeddings).
 
-    ``alpha`` is picked from ``alphas`` on the validation split. A retrain may continue a fitted
+    ``alpha`` is picked from ``alphas`` on the validation split by `source_balanced_rmse` (each source with
+    ``min_source_rows`` validation rows counts once: Myntra's rows, ~90% of them, would otherwise choose H&M's
+    alpha too). A retrain may continue a fitted
     ridge (`fit`'s ``warm_from``) while its train split is within ``warm_max_growth`` of the rows
     its featurizer was fitted on.
     """
@@ -67,8 +73,10 @@ class RidgePriceRegressor:
     name = "ridge"
 
     def __init__(self, alphas: tuple[float, ...] = (0.25, 0.5, 1.0), use_embeddings: bool = True,
-                 warm_max_growth: float = 0.25, n_threads: int | None = None, char_sources: tuple[str, ...] = ()):
+                 warm_max_growth: float = 0.25, n_threads: int | None = None, char_sources: tuple[str, ...] = (),
+                 min_source_rows: int = MIN_SOURCE_ROWS):
         self.alphas = tuple(alphas)
+        self.min_source_rows = min_source_rows  # a source's validation rows for its own say in the alpha
         self.use_embeddings = use_embeddings
         self.warm_max_growth = warm_max_growth
         self.n_threads = n_threads  # BlockRidge's sparse products; None: the cores available
@@ -140,9 +148,11 @@ class RidgePriceRegressor:
         xv = self.featurizer_.transform_blocks(val) if val is not None and len(val) else None
         for a in self.alphas if xv is not None else self.alphas[:1]:
             m = BlockRidge(alpha=a, n_threads=getattr(self, "n_threads", None)).fit(*x, y, x0=x0)
-            score = float(np.sqrt(np.mean((m.predict(*xv) - y_val) ** 2))) if xv is not None else 0.0
+            score = 0.0
             if xv is not None:
-                log.info("ridge alpha=%s validation rmse(log)=%.4f", a, score)
+                score, by_source = source_balanced_rmse(m.predict(*xv), y_val, val.frame, self.min_source_rows)
+                log.info("ridge alpha=%s validation rmse(log) %.4f (%s)", a, score,
+                         ", ".join(f"{s} {v:.4f}" for s, v in by_source.items()))
             if best is None or score < best[0]:
                 best = (score, a, m)
         self.alpha_, self.model_ = best[1], best[2]
@@ -894,6 +904,26 @@ class KNNPriceRegressor:
         return out
 
 
+def source_balanced_rmse(pred: np.ndarray, y: np.ndarray, frame: pd.DataFrame,
+                         min_source_rows: int = MIN_SOURCE_ROWS) -> tuple[float, dict[str, float]]:
+    """(the validation score that chooses a hyper-parameter, {source: RMSE} of the sources it averages).
+
+    The score is the mean of the per-source RMSEs over the sources with at least ``min_source_rows`` rows,
+    so each market counts once, as in the listing targets; with fewer than two such sources it is the
+    pooled RMSE over every row (and the dict holds "all")."""
+    err = np.square(np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64))
+    src = _source_codes(frame)
+    by_source = {}
+    for s in sorted(set(src) - {""}):
+        rows = src == s
+        if rows.sum() >= min_source_rows:
+            by_source[s] = float(np.sqrt(err[rows].mean()))
+    if len(by_source) < 2:
+        pooled = float(np.sqrt(err.mean()))
+        return pooled, {"all": pooled}
+    return float(np.mean(list(by_source.values()))), by_source
+
+
 def _source_codes(frame: pd.DataFrame) -> np.ndarray:
     if "source" not in frame:
         return np.array([""] * len(frame), dtype=object)
@@ -910,7 +940,7 @@ class BlendPriceRegressor:
 
     name = "blend"
 
-    def __init__(self, members: list, min_source_rows: int = 200):
+    def __init__(self, members: list, min_source_rows: int = MIN_SOURCE_ROWS):
         self.members = members
         self.min_source_rows = min_source_rows
 

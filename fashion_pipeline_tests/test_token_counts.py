@@ -13,8 +13,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from fashion_pipeline.core.pricing.features import (PriceFeaturizer, build_price_inputs, mask_stated,
-                                                    price_text_vectorizer, regime_view)
+from fashion_pipeline.core.pricing.features import (PriceFeaturizer, build_price_inputs, char_text_vectorizer,
+                                                    mask_stated, price_text_vectorizer, regime_view)
 from fashion_pipeline.core.token_counts import TokenCounts, TransformMemo, tfidf_transform, transform_memo
 from fashion_pipeline.core.pricing.training import train_price_models
 
@@ -110,6 +110,32 @@ def test_the_price_featurizer_gives_the_same_matrix_with_and_without_the_memo():
         for part in (tr, va, tr.subset(np.arange(len(tr)) % 3 == 0)):
             _same(memo.transform(part), plain.transform(part))
         assert tr.tokens.counts["texts_tokenised"] > 0
+
+
+def test_the_character_ngram_block_is_sklearns_inside_the_runs_memos_and_counted_through_them(tmp_path):
+    from fashion_pipeline.core.token_counts import token_caches
+
+    df = clean_sample()
+    base = regime_view(build_price_inputs(df[df["price_status"] == "ok"]), "full")
+    split = base.frame["split"].to_numpy()
+    tr, va = base.subset(split == "train"), base.subset(split == "validation")
+    assert (tr.frame["source"] == "hm").sum() >= 20  # the sample has H&M texts for the block
+    plain = PriceFeaturizer(use_embeddings=False, char_sources=("hm",)).fit(tr)
+    expected = {name: plain.transform(part) for name, part in (("train", tr), ("validation", va))}
+    for _ in range(2):  # the second block reads the first one's files
+        with token_caches(tmp_path, "price_training") as caches, transform_memo() as memo:
+            counted = PriceFeaturizer(use_embeddings=False, char_sources=("hm",)).fit(tr)
+            assert counted.char_["hm"].vocabulary_ == plain.char_["hm"].vocabulary_
+            np.testing.assert_array_equal(counted.char_["hm"].idf_, plain.char_["hm"].idf_)
+            for name, part in (("train", tr), ("validation", va), ("validation", va)):
+                _same(counted.transform(part), expected[name])
+        # The block's memo for the character analyser (a file of its own) counted the H&M texts, and the
+        # transform memo served the repeated validation rows.
+        counts = caches.memo_for(char_text_vectorizer()).counts
+        assert counts["texts_requested"] >= (tr.frame["source"] == "hm").sum()
+        assert len(caches.describe()) == 2  # the word TF-IDF's memo and the character one's
+        assert memo.counts["texts_requested"] > memo.counts["texts_transformed"] > 0
+    assert counts["texts_tokenised"] == 0 < counts["texts_from_cache"]
 
 
 def test_price_training_tokenises_through_the_memo_and_pickles_none_of_it(tmp_path):

@@ -382,6 +382,13 @@ def memo_for(vectorizer: TfidfVectorizer) -> TokenCounts:
     return memo if memo is not None else TokenCounts(vectorizer)
 
 
+def counted_fit(vectorizer: TfidfVectorizer, docs) -> TfidfVectorizer:
+    """``vectorizer.fit(docs)``, counting the texts through the active `token_caches` memo for its analyser
+    if there is one (the same fitted vectorizer either way; a fit outside a block tokenises as sklearn)."""
+    memo = _active_memo(vectorizer)
+    return memo.fit(vectorizer, docs) if memo is not None else vectorizer.fit(docs)
+
+
 def _counted_transform(vectorizer: TfidfVectorizer, docs):
     """``vectorizer.transform(docs)``, counting the texts through the active `token_caches` memo for its
     analyser if there is one."""

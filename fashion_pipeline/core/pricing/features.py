@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from fashion_pipeline.core.sparse_blocks import dense_csr
-from fashion_pipeline.core.token_counts import TokenCounts, tfidf_transform
+from fashion_pipeline.core.token_counts import TokenCounts, counted_fit, tfidf_transform
 
 # Stated listing fields used as one-hot / categorical features. brand and colour are optional in a
 # listing (null becomes its own level "<missing>", and training masks them so the models learn
@@ -375,7 +375,9 @@ class PriceFeaturizer:
         for s in self.char_sources if self.tfidf_ is not None else ():
             rows = (src == s) & has_text
             if rows.sum() >= 3:
-                self.char_[s] = char_text_vectorizer(self.char_max_features).fit(docs[rows])
+                # Through the run's memo for the character analyser when there is one: a training fits this
+                # block five times per form on the same texts, and a retrain finds their counts in its file.
+                self.char_[s] = counted_fit(char_text_vectorizer(self.char_max_features), docs[rows])
         # The sources that keep a per-source copy: a source with character n-grams has them instead.
         self.copied_sources_ = [s for s in self.sources_ if s not in self.char_]
         if self.use_embeddings:
@@ -421,11 +423,11 @@ class PriceFeaturizer:
 
 def _rows_placed(vectorizer: TfidfVectorizer, docs: pd.Series, rows: np.ndarray) -> sp.csr_matrix:
     """``vectorizer``'s transform of ``docs`` at ``rows`` (positions), as a len(docs)-row matrix that is zero
-    elsewhere: only those rows' texts are counted."""
+    elsewhere: only those rows' texts are counted (through the active token memos, `tfidf_transform`)."""
     width = len(vectorizer.vocabulary_)
     if len(rows) == 0:
         return sp.csr_matrix((len(docs), width), dtype=np.float32)
-    sub = vectorizer.transform(docs.iloc[rows])
+    sub = tfidf_transform(vectorizer, docs.iloc[rows])
     place = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))),
                           shape=(len(docs), len(rows)))
     return (place @ sub).tocsr()

@@ -322,7 +322,8 @@ def regressor_metrics(context: dg.AssetExecutionContext, config: RegressorConfig
     else:
         title_encoder = listing_embedder(context, encoder_rec, encoder) if catalogue is not None else None
         # Handed over, not shared: training frees the file's matrices once it has aligned its rows.
-        # The price text's and the router's TF-IDF count a text the last training counted from its files.
+        # The price text's, its character n-grams' and the router's TF-IDF count a text the last training counted
+        # from its files.
         options = training_options(config)
         with token_caches(token_cache_dir(), "price_training") as train_tokens:
             res = train_price_models(clean_products, catalogue.release() if catalogue is not None else None, attributes,

@@ -138,8 +138,9 @@ def train_price_models(
     ``char_ngrams`` ({form: sources}): the TF-IDF ridges of that form (the ridge member and the ridge
     stacked into LightGBM and the MLP) add character n-grams of those sources' price texts
     (`PriceFeaturizer`'s ``char_sources``); other forms have none.
-    Inside a `token_caches` block, the price text's and the router's TF-IDF count each text through
-    that block's memos (a text its files hold is not tokenised again); the same models either way."""
+    Inside a `token_caches` block, the price text's TF-IDF, its ``char_ngrams`` block and the router's TF-IDF
+    count each text through that block's memos (a text its files hold is not tokenised again); the same models
+    either way."""
     params = params or {}
     tuned = tuned or {}
     warm = warm or {}

@@ -21,6 +21,8 @@ from fashion_pipeline.assets.regressors import RECIPES_NAME
 from fashion_pipeline.core import scoring
 from fashion_pipeline.core.encoders.io import read_embedding_metadata, read_embeddings
 from fashion_pipeline.core.model_store import ModelStore
+from fashion_pipeline.core.pricing.features import char_text_vectorizer, price_text_vectorizer
+from fashion_pipeline.core.token_counts import TokenCaches
 from fashion_pipeline.definitions import all_asset_checks, all_assets
 from fashion_pipeline.jobs import ALL_JOBS
 from fashion_pipeline.resources.encoders import EncoderResource
@@ -126,12 +128,21 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     meta = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
     assert meta["regressor_metrics"]["mode"].value.startswith("retrain: retraining the published")
     # The retrain's TF-IDF read the first run's term counts: only texts it had not seen were tokenised (the
-    # new products', and for the price text the brand-hidden views its random masks drew anew).
-    for asset, key, share in (("regressor_metrics", "price_training_tokens", 4), ("attribute_extractor", "text_tokenisation", 20)):
+    # new products', and for the price text the brand-hidden views its random masks drew anew). The price
+    # training's files, by analyser: the price text's words (which the new Kaggle products reach), H&M's
+    # character n-grams (no new H&M product: only redrawn masks, a larger share of H&M's few texts) and the
+    # source router's words.
+    namer = TokenCaches(tmp_path / "token_names", "price_training")
+    word_file, char_file = (namer.memo_for(v)._cache.name for v in (price_text_vectorizer(), char_text_vectorizer()))
+    assert word_file != char_file
+    for asset, key, share in (("regressor_metrics", "price_training_tokens", {word_file: 4}),
+                              ("attribute_extractor", "text_tokenisation", {})):
         files = meta[asset][key].value
-        assert files and all("counts read" in t["cache"] and t["texts_tokenised"] < t["texts_from_cache"] / share
-                             for t in files.values()), (asset, files)
+        default = 1 if asset == "regressor_metrics" else 20
+        assert files and all("counts read" in t["cache"] and t["texts_tokenised"] < t["texts_from_cache"] / share.get(f, default)
+                             for f, t in files.items()), (asset, files)
         assert sum(t["texts_tokenised"] for t in files.values()) > 0, asset  # the new products' texts
+    assert {word_file, char_file} <= set(meta["regressor_metrics"]["price_training_tokens"].value)
     # The extractor's prepared catalogue texts came from the first run's file too (the new products' are added).
     assert re.fullmatch(r"extractor_prepared_texts\.pkl: [1-9]\d* prepared texts read",
                         str(meta["attribute_extractor"]["prepared_texts"].value))

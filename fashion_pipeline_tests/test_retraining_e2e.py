@@ -129,16 +129,15 @@ def test_weekly_retraining_retrains_republishes_and_scores_new_products(sample_c
     assert meta["regressor_metrics"]["mode"].value.startswith("retrain: retraining the published")
     # The retrain's TF-IDF read the first run's term counts: only texts it had not seen were tokenised (the
     # new products', and for the price text the brand-hidden views its random masks drew anew). The price
-    # training's files, by analyser: the price text's words (which the new Kaggle products reach), H&M's
-    # character n-grams (no new H&M product: only redrawn masks, a larger share of H&M's few texts) and the
-    # source router's words.
+    # training's files, by analyser: the price text's words and the source router's (under a quarter of their
+    # texts new), and H&M's character n-grams (no new H&M product, only redrawn masks: a larger share of H&M's
+    # few texts, but still fewer than the file gave).
     namer = TokenCaches(tmp_path / "token_names", "price_training")
     word_file, char_file = (namer.memo_for(v)._cache.name for v in (price_text_vectorizer(), char_text_vectorizer()))
     assert word_file != char_file
-    for asset, key, share in (("regressor_metrics", "price_training_tokens", {word_file: 4}),
-                              ("attribute_extractor", "text_tokenisation", {})):
+    for asset, key, share, default in (("regressor_metrics", "price_training_tokens", {char_file: 1}, 4),
+                                       ("attribute_extractor", "text_tokenisation", {}, 20)):
         files = meta[asset][key].value
-        default = 1 if asset == "regressor_metrics" else 20
         assert files and all("counts read" in t["cache"] and t["texts_tokenised"] < t["texts_from_cache"] / share.get(f, default)
                              for f, t in files.items()), (asset, files)
         assert sum(t["texts_tokenised"] for t in files.values()) > 0, asset  # the new products' texts

@@ -14,7 +14,7 @@
   on validation, the full leaderboard rewritten; the clusterings fitted afresh), then everything downstream of them: attributes, embeddings, the gates, publishing and
   scoring. The retraining and refresh jobs run them in their default ``mode="retrain"``: only the
   model each task/regime or listing form has published is retrained, with the hyper-parameters its
-  selection tuned (the extractor's C, ridge's alpha and source weights, LightGBM's rounds), the price MLP and image_cnn
+  selection tuned (the extractor's C, ridge's alpha, LightGBM's rounds), the price MLP and image_cnn
   fine-tuned from the weights they retrain, the clusterings continued from the stored clusterer.
 
 A job includes the asset checks of the assets it selects, so the blocking checks

@@ -213,39 +213,6 @@ def test_the_ridge_alpha_is_chosen_by_the_mean_of_the_sources_validation_rmse_no
     assert RidgePriceRegressor(alphas=(0.3, 1.0)).fit(tr, y, va, y_va).alpha_ == 0.3
 
 
-def test_the_ridge_chooses_its_rows_source_weights_with_alpha_on_validation(monkeypatch):
-    """Validation targets that are what the ridge with H&M's rows weighted 0.4 predicts: that map is chosen
-    (its fit is `BlockRidge`'s with those weights); targets from the unweighted ridge: every row weighs 1.
-    A map that only names a source absent from train is the unweighted fit and is not solved twice; a
-    weight that is not positive is refused."""
-    from fashion_pipeline.core.pricing import models
-    from fashion_pipeline.core.pricing.models import BlockRidge
-
-    tr, va, _ = sample_splits()
-    y = log_target(tr.frame["price_usd"])
-    hm_tr = tr.frame["source"].to_numpy() == "hm"
-    assert 0 < hm_tr.sum() < len(hm_tr)
-    grid = ({}, {"hm": 0.4})
-    weighted = RidgePriceRegressor(alphas=(0.5,), source_weights=(grid[1],)).fit(tr, y)
-    plain = RidgePriceRegressor(alphas=(0.5,)).fit(tr, y)
-    blocks = weighted.featurizer_.transform_blocks(tr)
-    direct = BlockRidge(alpha=0.5).fit(*blocks, y, sample_weight=np.where(hm_tr, 0.4, 1.0))
-    np.testing.assert_array_equal(weighted.model_.coef_, direct.coef_)
-    assert weighted.source_weight_ == {"hm": 0.4} and plain.source_weight_ == {}
-    for truth, expected in ((weighted, {"hm": 0.4}), (plain, {})):
-        y_va = truth.predict_log(va)
-        chosen = RidgePriceRegressor(alphas=(0.5,), source_weights=grid, min_source_rows=20).fit(tr, y, va, y_va)
-        assert chosen.source_weight_ == expected
-
-    fits = []
-    real_fit = BlockRidge.fit
-    monkeypatch.setattr(models.BlockRidge, "fit", lambda self, *a, **k: fits.append(k.get("sample_weight")) or real_fit(self, *a, **k))
-    RidgePriceRegressor(alphas=(0.5, 1.0), source_weights=({}, {"nowhere": 0.5})).fit(tr, y, va, log_target(va.frame["price_usd"]))
-    assert fits == [None, None]  # two alphas, one weighting
-    with pytest.raises(ValueError, match="positive and finite"):
-        RidgePriceRegressor(source_weights=({"hm": 0.0},))
-
-
 @pytest.mark.parametrize("use_embeddings", [True, False])
 def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
     """BlockRidge on the price featurizer's (sparse, dense) blocks: solved tightly it is the exact ridge
@@ -280,45 +247,6 @@ def test_the_block_ridge_solves_sklearns_ridge_problem(use_embeddings):
     np.testing.assert_array_equal(reg.predict_log(va), BlockRidge(alpha=alpha).fit(*blocks, y).predict(*blocks_va))
     reg.model_ = sk  # as unpickled from a store written before BlockRidge
     np.testing.assert_array_equal(reg.predict_log(va), p_sk)
-
-
-@pytest.mark.parametrize("use_embeddings", [True, False])
-def test_a_weighted_block_ridge_solves_sklearns_weighted_ridge_problem(use_embeddings):
-    """With ``sample_weight`` BlockRidge minimises sum_i w_i (y_i - x_i b - c)^2 + alpha |b|^2: solved tightly
-    its coefficients and intercept are sklearn's exact ``Ridge(sample_weight=...)`` on the same columns as one
-    dense matrix; a weight of 2 is the row given twice; weights all 1 are the unweighted fit; a weight that
-    is not positive is refused."""
-    import scipy.sparse as sp
-    from sklearn.linear_model import Ridge
-
-    from fashion_pipeline.core.pricing.models import BlockRidge
-
-    tr, va, y, _ = _embedded_splits()
-    fz = PriceFeaturizer(use_embeddings=use_embeddings).fit(tr)
-    blocks, blocks_va = fz.transform_blocks(tr), fz.transform_blocks(va)
-    dense_x = fz.transform(tr).toarray().astype(np.float64)
-    w = np.where(np.arange(len(y)) % 3 == 0, 0.5, 1.0)
-    w[1::7] = 2.0
-    alpha = 0.5
-    sk = Ridge(alpha=alpha, solver="cholesky").fit(dense_x, y, sample_weight=w)
-    tight = BlockRidge(alpha=alpha, tol=1e-12).fit(*blocks, y, sample_weight=w)
-    np.testing.assert_allclose(tight.coef_, sk.coef_, atol=1e-6)
-    assert tight.intercept_ == pytest.approx(float(sk.intercept_), abs=1e-6)
-    np.testing.assert_allclose(tight.predict(*blocks_va), sk.predict(fz.transform(va).toarray()), atol=1e-5)
-    unweighted = BlockRidge(alpha=alpha, tol=1e-12).fit(*blocks, y)
-    assert np.abs(unweighted.coef_ - tight.coef_).max() > 1e-3  # the weights matter on these rows
-
-    twice = np.flatnonzero(w == 2.0)
-    rows = np.concatenate([np.arange(len(y)), twice])
-    dup_blocks = (sp.csr_matrix(blocks[0])[rows], None if blocks[1] is None else blocks[1][rows])
-    halves = np.where(w == 0.5, 0.5, 1.0)[rows]
-    duplicated = BlockRidge(alpha=alpha, tol=1e-12).fit(*dup_blocks, y[rows], sample_weight=halves)
-    np.testing.assert_allclose(duplicated.coef_, tight.coef_, atol=1e-6)
-
-    ones = BlockRidge(alpha=alpha, tol=1e-12).fit(*blocks, y, sample_weight=np.ones(len(y)))
-    np.testing.assert_allclose(ones.coef_, unweighted.coef_, atol=1e-6)
-    with pytest.raises(ValueError, match="finite positive weights"):
-        BlockRidge(alpha=alpha).fit(*blocks, y, sample_weight=np.where(w == 2.0, 0.0, w))
 
 
 def test_a_block_ridge_started_from_x0_solves_the_same_ridge_problem():
@@ -656,8 +584,7 @@ def test_a_retrain_trains_only_the_chosen_kind_per_form_even_when_another_valida
 def test_a_retrain_reuses_what_selection_tuned_instead_of_searching_again():
     from fashion_pipeline.core.pricing.training import tuned_params
 
-    grid = ({}, {"hm": 0.5})
-    params = {"lightgbm": {"n_estimators": 60}, "ridge": {"source_weights": grid}}
+    params = {"lightgbm": {"n_estimators": 60}}
     select = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"), params=params,
                                 forms=("full", "sparse"))
     tuned = tuned_params(select.model)
@@ -665,10 +592,8 @@ def test_a_retrain_reuses_what_selection_tuned_instead_of_searching_again():
                for f, fm in select.model.forms.items() if fm.chosen == "blend"}
     assert members, "expected a blend on the sample"
     for form, by_kind in members.items():
-        ridge = by_kind["RidgePriceRegressor"]
-        assert tuned[form]["ridge"] == {"alphas": [ridge.alpha_], "source_weights": [ridge.source_weight_]}
+        assert tuned[form]["ridge"] == {"alphas": [by_kind["RidgePriceRegressor"].alpha_]}
         assert tuned[form]["ridge"]["alphas"][0] in (0.25, 0.5, 1.0)  # searched on validation
-        assert tuned[form]["ridge"]["source_weights"][0] in grid
         assert tuned[form]["lightgbm"] == {"n_estimators": by_kind["LightGBMPriceRegressor"].best_iteration_}
     # A retrain of 'full' takes the recorded values (here ones outside the search grid); 'sparse',
     # selected anew, searches as usual.
@@ -676,18 +601,15 @@ def test_a_retrain_reuses_what_selection_tuned_instead_of_searching_again():
     res = train_price_models(clean_sample(), None, models=("ridge", "lightgbm"),
                              params={"lightgbm": {"n_estimators": 5000}},
                              forms=("full", "sparse"), chosen={"full": "blend"},
-                             tuned={"full": {"ridge": {"alphas": [7.0], "source_weights": [{"hm": 3.0}]},
-                                             "lightgbm": {"n_estimators": 3000}},
+                             tuned={"full": {"ridge": {"alphas": [7.0]}, "lightgbm": {"n_estimators": 3000}},
                                     "sparse": {"ridge": {"alphas": [9.0]}}})
     full = {type(m).__name__: m for m in res.model.forms["full"].price_model.regressor.members}
     assert full["RidgePriceRegressor"].alpha_ == 7.0
-    assert full["RidgePriceRegressor"].source_weight_ == {"hm": 3.0}
     assert full["LightGBMPriceRegressor"].model_.n_estimators == 3000
     assert full["LightGBMPriceRegressor"].best_iteration_ < 3000  # early stopping cut it short here
     # Recorded for the next retrain: the values it was given, not re-derived from the refit (rounds
     # an early stop cut short would otherwise shrink retrain after retrain); 'sparse' what it found.
-    assert res.tuned["full"] == {"ridge": {"alphas": [7.0], "source_weights": [{"hm": 3.0}]},
-                                 "lightgbm": {"n_estimators": 3000}}
+    assert res.tuned["full"] == {"ridge": {"alphas": [7.0]}, "lightgbm": {"n_estimators": 3000}}
     assert res.tuned["sparse"] == tuned_params(res.model)["sparse"]
     assert res.tuned["sparse"]["ridge"]["alphas"][0] in (0.25, 0.5, 1.0)
 

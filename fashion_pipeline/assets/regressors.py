@@ -47,7 +47,7 @@ class RegressorConfig(dg.Config):
     mode: Literal["retrain", "select"] = Field(default="retrain", description=(
         "retrain (the weekly schedule, the sensor): each listing form retrains only the model kind the published "
         "price model chose for it (the latest candidate's, when the gate has refused every one so far), on fresh "
-        "data, with the hyper-parameters that model's selection tuned (ridge's alpha and source weights; LightGBM's rounds, at most "
+        "data, with the hyper-parameters that model's selection tuned (ridge's alpha; LightGBM's rounds, at most "
         "`lightgbm_estimators`); a form it lacks, or a store with no price model, is selected as in 'select'. "
         "select (model_selection_job, on demand): every kind in `models` (+ the blend) is trained and the best per form "
         "chosen on validation."))
@@ -71,11 +71,6 @@ class RegressorConfig(dg.Config):
     char_ngram_forms: list[str] = Field(default=["full"], description=(
         "The listing forms (of full, sparse) whose TF-IDF ridges get `char_ngram_sources`' character n-grams "
         "(the photo-only form has no text, so none there)."))
-    ridge_source_weights: list[dict[str, float]] = Field(default=[{}, {"hm": 0.5}], description=(
-        "Candidate weights of each source's rows in the ridge member's loss ({source: weight}; a source not named "
-        "weighs 1), chosen on validation together with its alpha (by the mean of the per-source RMSLE) in mode "
-        "select; a retrain keeps the chosen one. H&M's few rows prefer a stronger penalty than Myntra's: weighting "
-        "them down gives them that while Myntra's rows keep their alpha. [{}]: every row weighs 1."))
     knn_neighbours: int = Field(default=8, ge=1, description="Neighbours the knn regressor averages.")
     lightgbm_estimators: int = Field(default=400, ge=10,
                                      description="Maximum boosting rounds (early stopping on validation picks fewer).")
@@ -177,8 +172,7 @@ def training_options(config: RegressorConfig) -> dict:
             "mlp": {"epochs": config.mlp_epochs, "hidden": config.mlp_hidden, "device": config.mlp_device,
                     "mixed_precision": config.mixed_precision, "warm_epochs": config.mlp_warm_epochs,
                     "warm_patience": config.mlp_warm_patience, "warm_max_growth": config.warm_max_growth},
-            "ridge": {"warm_max_growth": config.warm_max_growth, "n_threads": resolve_threads(config.threads),
-                      "source_weights": tuple(dict(w) for w in config.ridge_source_weights)},
+            "ridge": {"warm_max_growth": config.warm_max_growth, "n_threads": resolve_threads(config.threads)},
             "knn": {"k": config.knn_neighbours, "warm_max_growth": config.warm_max_growth},
             "router": {"warm_max_growth": config.warm_max_growth},
         },

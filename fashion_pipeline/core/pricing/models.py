@@ -65,10 +65,7 @@ class RidgePriceRegressor:
 
     ``alpha`` is picked from ``alphas`` on the validation split by `source_balanced_rmse` (each source with
     ``min_source_rows`` validation rows counts once: Myntra's rows, ~90% of them, would otherwise choose H&M's
-    alpha too), together with the rows' weights in the loss from ``source_weights`` (candidate
-    {source: weight} maps, a source not named weighing 1; `BlockRidge`'s ``sample_weight``): H&M's few rows
-    prefer a stronger penalty than Myntra's, and weighting them down gives them that without taking it from
-    Myntra's. A retrain may continue a fitted
+    alpha too). A retrain may continue a fitted
     ridge (`fit`'s ``warm_from``) while its train split is within ``warm_max_growth`` of the rows
     its featurizer was fitted on.
     """
@@ -77,12 +74,8 @@ class RidgePriceRegressor:
 
     def __init__(self, alphas: tuple[float, ...] = (0.25, 0.5, 1.0), use_embeddings: bool = True,
                  warm_max_growth: float = 0.25, n_threads: int | None = None, char_sources: tuple[str, ...] = (),
-                 min_source_rows: int = MIN_SOURCE_ROWS, source_weights: tuple[dict[str, float], ...] = ({},)):
+                 min_source_rows: int = MIN_SOURCE_ROWS):
         self.alphas = tuple(alphas)
-        self.source_weights = tuple(dict(w) for w in source_weights) or ({},)
-        bad = [w for w in self.source_weights for v in w.values() if not (np.isfinite(v) and v > 0)]
-        if bad:
-            raise ValueError(f"source_weights must be positive and finite, got {bad}")
         self.min_source_rows = min_source_rows  # a source's validation rows for its own say in the alpha
         self.use_embeddings = use_embeddings
         self.warm_max_growth = warm_max_growth
@@ -121,7 +114,6 @@ class RidgePriceRegressor:
         ridge = cls(alphas=(model.alpha,), use_embeddings=featurizer.use_embeddings, n_threads=n_threads,
                     char_sources=getattr(featurizer, "char_sources", ()))
         ridge.featurizer_, ridge.featurizer_rows_, ridge.model_, ridge.alpha_ = featurizer, featurizer_rows, model, model.alpha
-        ridge.source_weight_ = {}
         ridge.warm_started_, ridge.warm_note_ = warm_started, warm_note
         return ridge
 
@@ -154,27 +146,16 @@ class RidgePriceRegressor:
         x = self.featurizer_.transform_blocks(train)
         best = None
         xv = self.featurizer_.transform_blocks(val) if val is not None and len(val) else None
-        searched = xv is not None
-        sources = _source_codes(train.frame)
-        present, tried = sorted(set(sources)), set()
-        for weights in self.source_weights if searched else self.source_weights[:1]:
-            key = tuple(weights.get(s, 1.0) for s in present)
-            if key in tried:  # the same rows' weights as a map already fitted (e.g. a source absent from train)
-                continue
-            tried.add(key)
-            w = np.array([weights.get(s, 1.0) for s in sources], dtype=np.float64)
-            sample_weight = w if np.any(w != 1.0) else None  # the unweighted solve when no row is reweighted
-            for a in self.alphas if searched else self.alphas[:1]:
-                m = BlockRidge(alpha=a, n_threads=getattr(self, "n_threads", None)).fit(*x, y, x0=x0,
-                                                                                      sample_weight=sample_weight)
-                score = 0.0
-                if searched:
-                    score, by_source = source_balanced_rmse(m.predict(*xv), y_val, val.frame, self.min_source_rows)
-                    log.info("ridge alpha=%s source weights %s validation rmse(log) %.4f (%s)", a, weights or "none",
-                             score, ", ".join(f"{s} {v:.4f}" for s, v in by_source.items()))
-                if best is None or score < best[0]:
-                    best = (score, a, m, weights)
-        self.alpha_, self.model_, self.source_weight_ = best[1], best[2], dict(best[3])
+        for a in self.alphas if xv is not None else self.alphas[:1]:
+            m = BlockRidge(alpha=a, n_threads=getattr(self, "n_threads", None)).fit(*x, y, x0=x0)
+            score = 0.0
+            if xv is not None:
+                score, by_source = source_balanced_rmse(m.predict(*xv), y_val, val.frame, self.min_source_rows)
+                log.info("ridge alpha=%s validation rmse(log) %.4f (%s)", a, score,
+                         ", ".join(f"{s} {v:.4f}" for s, v in by_source.items()))
+            if best is None or score < best[0]:
+                best = (score, a, m)
+        self.alpha_, self.model_ = best[1], best[2]
         return self
 
     def predict_log(self, inputs: PriceInputs) -> np.ndarray:
@@ -217,16 +198,12 @@ class BlockRidge:
         self.n_threads = n_threads
 
     def fit(self, sparse: sp.csr_matrix, dense: np.ndarray | None, y: np.ndarray,
-            x0: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "BlockRidge":
+            x0: np.ndarray | None = None) -> "BlockRidge":
         """``x0``: coefficients to start LSQR from (a retrain's previous solution on the same columns).
         scipy's LSQR started from ``x0`` would shrink the *correction* towards zero (the solution towards
         ``x0``); the same ridge problem is solved instead as the undamped least squares of the augmented
         design ``[X; sqrt(alpha) I]`` (column-scaled, see the class docstring) against ``[y; 0]``, which
-        LSQR may start anywhere.
-        ``sample_weight`` (one positive weight per row): minimises ``sum_i w_i (y_i - x_i b - c)^2 + alpha |b|^2``
-        as sklearn's ``Ridge(sample_weight=...)`` does — the implicit centring uses the weighted column and
-        target means, and each centred row and target is scaled by ``sqrt(w_i)``. None: every row counts once
-        (the unweighted code path, unchanged)."""
+        LSQR may start anywhere."""
         from scipy.sparse.linalg import LinearOperator, lsqr
 
         # In float64 once: a float32 CSR times a float64 vector is ~2x slower per product (measured on the
@@ -241,22 +218,9 @@ class BlockRidge:
             if len(x0) != k + d:
                 raise ValueError(f"x0 has {len(x0)} coefficients for {k + d} columns")
         y = np.asarray(y, dtype=np.float64)
-        root_w = None
-        if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight, dtype=np.float64).ravel()
-            if len(sample_weight) != n or not np.all(np.isfinite(sample_weight)) or np.any(sample_weight <= 0):
-                raise ValueError(f"sample_weight needs {n} finite positive weights, got {len(sample_weight)} "
-                                 f"(min {sample_weight.min() if len(sample_weight) else 'none'})")
-            root_w = np.sqrt(sample_weight)
-            total = float(sample_weight.sum())
-            offset = np.concatenate([np.asarray(sparse.T @ sample_weight, dtype=np.float64).ravel() / total,
-                                     (sum((sample_weight[s : s + 4096] @ np.asarray(dense[s : s + 4096], np.float64)
-                                           for s in range(0, n, 4096))) / total) if dense is not None else np.zeros(0)])
-            y_offset = float(sample_weight @ y / total)
-        else:
-            offset = np.concatenate([np.asarray(sparse.mean(axis=0), dtype=np.float64).ravel(),
-                                     dense.mean(axis=0, dtype=np.float64) if dense is not None else np.zeros(0)])
-            y_offset = float(y.mean())
+        offset = np.concatenate([np.asarray(sparse.mean(axis=0), dtype=np.float64).ravel(),
+                                 dense.mean(axis=0, dtype=np.float64) if dense is not None else np.zeros(0)])
+        y_offset = float(y.mean())
         # A sparse-only design (the stacked TF-IDF ridges) multiplies on this fit's threads, with BLAS on one
         # (its idle workers spin and took the second core from the products: no gain measured on 2 cores); a
         # dense block keeps BLAS's threads for its own products, and the sparse ones stay on this thread.
@@ -264,15 +228,9 @@ class BlockRidge:
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
         product, product_t = _row_split_product(sparse, threads, pool), _row_split_product(sparse_t, threads, pool)
         # Jacobi scaling (class docstring): the columns' sums of squares (centred below, with the damping's alpha).
-        # Weighted: |sqrt(w) (x_j - o_j)|^2 = sum_i w_i x_ij^2 - W o_j^2 with o the weighted means.
-        if root_w is None:
-            sq = np.bincount(sparse.indices, weights=np.square(sparse.data), minlength=k)
-        else:
-            sq = np.bincount(sparse.indices, weights=np.square(sparse.data) * np.repeat(sample_weight, np.diff(sparse.indptr)),
-                             minlength=k)
+        sq = np.bincount(sparse.indices, weights=np.square(sparse.data), minlength=k)
         if dense is not None:
-            sq = np.concatenate([sq, sum((np.square(dense[s : s + 4096], dtype=np.float64).sum(axis=0) if root_w is None
-                                          else sample_weight[s : s + 4096] @ np.square(dense[s : s + 4096], dtype=np.float64)
+            sq = np.concatenate([sq, sum((np.square(dense[s : s + 4096], dtype=np.float64).sum(axis=0)
                                           for s in range(0, n, 4096)), np.zeros(d))])
         del sparse, sparse_t  # held by the products (whole, or as their row blocks), not twice
 
@@ -281,20 +239,16 @@ class BlockRidge:
             out = product(b[:k])
             if dense is not None:
                 out += dense @ b[k:].astype(np.float32)
-            out -= b.dot(offset)
-            return out if root_w is None else root_w * out
+            return out - b.dot(offset)
 
         def rmatvec(r):
             r = np.asarray(r, dtype=np.float64).ravel()
-            if root_w is not None:
-                r = root_w * r
             parts = [product_t(r)]
             if dense is not None:
                 parts.append((dense.T @ r.astype(np.float32)).astype(np.float64))
             return np.concatenate(parts) - offset * r.sum()
 
-        weight_total = n if root_w is None else total
-        scale = 1.0 / np.sqrt(np.maximum(sq - weight_total * np.square(offset), 0.0) + self.alpha)
+        scale = 1.0 / np.sqrt(np.maximum(sq - n * np.square(offset), 0.0) + self.alpha)
         root = float(np.sqrt(self.alpha))
         def scaled_matvec(v):
             w = scale * np.asarray(v, dtype=np.float64).ravel()
@@ -309,8 +263,7 @@ class BlockRidge:
             with threadpool_limits(limits=1, user_api="blas") if dense is None else contextlib.nullcontext():
                 # Undamped least squares of the augmented design (the damping rows are in it), which LSQR may
                 # start anywhere: from x0 scaled to v, the solution is still the ridge's (not shrunk towards x0).
-                target = y - y_offset if root_w is None else root_w * (y - y_offset)
-                info = lsqr(op, np.concatenate([target, np.zeros(k + d)]), atol=self.tol, btol=self.tol,
+                info = lsqr(op, np.concatenate([y - y_offset, np.zeros(k + d)]), atol=self.tol, btol=self.tol,
                             x0=None if x0 is None else x0 / scale)
         finally:
             if pool is not None:

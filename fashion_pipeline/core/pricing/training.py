@@ -120,7 +120,7 @@ def train_price_models(
     each form named there trains only its kind ("blend": the blend of ``models``); other forms
     are selected among ``models`` as usual.
     ``tuned`` ({form: {kind: params}}, ``tuned_params`` of the model being retrained): what selection
-    searched on validation (ridge's alpha and source weights, LightGBM's rounds), reused by a retrain of a form named in
+    searched on validation (ridge's alpha, LightGBM's rounds), reused by a retrain of a form named in
     ``chosen`` instead of searched again; over ``params``, except that LightGBM's reused rounds stay
     within the configured ``n_estimators`` (a maximum: a user who lowers it gets what they asked for;
     the tuned value is still recorded for the next retrain).
@@ -257,9 +257,7 @@ def train_price_models(
     recorded = tuned_params(model)
     for form, by_kind in tuned.items():
         if form in chosen and form in recorded:
-            # The values given, over what the refit reports (a parameter it searched because the retrained
-            # model recorded none, e.g. the ridge's source weights of an older model, keeps what it found).
-            recorded[form].update({k: {**recorded[form][k], **p} for k, p in by_kind.items() if k in recorded[form]})
+            recorded[form].update({k: p for k, p in by_kind.items() if k in recorded[form]})
     return TrainingResult(model, pd.DataFrame(selection), seconds, counts, recorded, warm_starts)
 
 
@@ -298,16 +296,14 @@ def _within_limits(reuse: dict, configured: dict) -> dict:
 
 def tuned_params(model: ListingPriceModel) -> dict[str, dict[str, dict]]:
     """{form: {kind: params}}: the hyper-parameters the model's regressors found on validation
-    (ridge's alpha and source weights; LightGBM's early-stopped number of rounds), alone or inside a blend, in the form
+    (ridge's alpha; LightGBM's early-stopped number of rounds), alone or inside a blend, in the form
     ``train_price_models(tuned=...)`` reuses when it retrains those forms."""
     out: dict[str, dict[str, dict]] = {}
     for form, fm in model.forms.items():
         reg = fm.price_model.regressor
         for member in getattr(reg, "members", [reg]):
             if isinstance(member, RidgePriceRegressor):
-                # A ridge fitted before source weights existed weighed every row once.
-                out.setdefault(form, {})["ridge"] = {"alphas": [float(member.alpha_)],
-                                                     "source_weights": [dict(getattr(member, "source_weight_", {}))]}
+                out.setdefault(form, {})["ridge"] = {"alphas": [float(member.alpha_)]}
             elif isinstance(member, LightGBMPriceRegressor):
                 out.setdefault(form, {})["lightgbm"] = {"n_estimators": int(member.best_iteration_)}
     return out

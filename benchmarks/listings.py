@@ -61,8 +61,11 @@ def machine() -> str:
 
     from fashion_pipeline.core.encoders.base import cpu_has_native_bf16
 
+    from pipeline import machine_info  # benchmarks/pipeline.py: the CPU's model name, as its report gives it
+
     bf16 = "native bf16, encoders in bf16" if cpu_has_native_bf16() else "no native bf16, encoders in fp32"
-    return (f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}; {bf16}), load average at start "
+    return (f"{os.cpu_count()} CPU cores ({machine_info()['cpu']}, {platform.machine()}, {platform.system()}; {bf16}), "
+            f"load average at start "
             f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, torch {torch.__version__}, "
             f"scikit-learn {sklearn.__version__}, lightgbm {lightgbm.__version__}")
 

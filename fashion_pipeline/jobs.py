@@ -10,7 +10,7 @@
   ingestion, then the same chain as the retraining job.
 - ``model_selection_job`` (on demand, never scheduled): the model-selection experiment. The
   attribute extractor, classifier, clustering and price model assets run in ``mode="select"`` (C searched per
-  attribute; every model family trained — multimodal_cnn and clip_fusion only here —, the serving one chosen
+  attribute; every model family trained — multimodal_cnn, clip_fusion and the classical LightGBM only here —, the serving one chosen
   on validation, the full leaderboard rewritten; the clusterings fitted afresh), then everything downstream of them: attributes, embeddings, the gates, publishing and
   scoring. The retraining and refresh jobs run them in their default ``mode="retrain"``: only the
   model each task/regime or listing form has published is retrained, with the hyper-parameters its
@@ -26,6 +26,7 @@ named here that disappears makes the code location fail to load.
 
 import dagster as dg
 
+from fashion_pipeline.assets.classifiers import FIRST_RUN_CLASSICAL, SELECTION_ONLY_CLASSICAL
 from fashion_pipeline.core.models.fusion import ARCHITECTURES
 
 # The assets that read the raw dataset folders (fashion_pipeline/assets/ingest.py).
@@ -59,12 +60,15 @@ MODEL_ASSETS = ("attribute_extractor", "classifier_leaderboard", "regressor_metr
 # attribute_classifiers is classifier_leaderboard's sibling output (one op): select both.
 model_selection_selection = dg.AssetSelection.assets(*MODEL_ASSETS, "attribute_classifiers").downstream()
 
-SELECTION_EXTRA = {"classifier_leaderboard": {"neural_models": list(ARCHITECTURES)}}
+SELECTION_EXTRA = {"classifier_leaderboard": {
+    "neural_models": list(ARCHITECTURES),
+    "classical_models": [*FIRST_RUN_CLASSICAL, *SELECTION_ONLY_CLASSICAL]}}
 
 model_selection_job = dg.define_asset_job(
     "model_selection_job", selection=model_selection_selection,
-    # multimodal_cnn and clip_fusion compete only here (the default list, image_cnn alone, leaves them out of a
-    # first run: minutes of training on a CPU for models that win nothing on test on the development data).
+    # multimodal_cnn, clip_fusion and the classical LightGBM compete only here (the default lists leave them out
+    # of a first run: training on a CPU for models that win nothing on the development data; see
+    # fashion_pipeline/assets/classifiers.py).
     config={"ops": {name: {"config": {"mode": "select", **SELECTION_EXTRA.get(name, {})}} for name in MODEL_ASSETS}},
     description="On demand: select models anew — the attribute extractor's C searched, every classifier and price "
                 "model family trained and the serving one chosen on validation, the clusterings fitted afresh (mode "

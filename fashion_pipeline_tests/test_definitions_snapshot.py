@@ -52,7 +52,8 @@ SELECTION = ["attribute_classifiers", "attribute_extractor", "classifier_leaderb
              "published_classifiers", "published_price_regressor", "regressor_metrics", "scored_listings"]
 SELECT_MODE = {"ops": {"attribute_extractor": {"config": {"mode": "select"}},
                        "classifier_leaderboard": {"config": {"mode": "select", "neural_models": [
-                           "image_cnn", "multimodal_cnn", "clip_fusion"]}},
+                           "image_cnn", "multimodal_cnn", "clip_fusion"], "classical_models": [
+                           "linear_svc", "logreg", "complement_nb", "lightgbm"]}},
                        "regressor_metrics": {"config": {"mode": "select"}},
                        "product_clusters": {"config": {"mode": "select"}}}}
 EXPECTED_JOBS = {

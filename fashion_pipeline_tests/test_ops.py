@@ -129,12 +129,15 @@ def test_a_retrain_keeps_each_classifiers_choice_published_or_refused(tmp_path):
     # The default config leaves clip_fusion out (it competes only in model_selection_job), yet a clip_fusion
     # choice is what the retrain trains: the lists say what competes in a selection, not what is kept.
     assert "clip_fusion" not in ClassifierConfig().neural_models
+    assert "lightgbm" not in ClassifierConfig().classical_models  # likewise: model_selection_job adds it
     chosen, note = retrain_choice(store, ClassifierConfig(regimes=["full"]))
     assert chosen == {("category", "full"): "logreg", ("usage", "full"): "clip_fusion"}
     assert "usage/full" in note and "gender/full" in note  # gender: nothing stored, so it selects
     # ... and the leaderboard is handed that neural model to train, beside the configured lists.
     assert models_to_train(ClassifierConfig(), chosen) == {
-        "classical": ("linear_svc", "logreg", "complement_nb", "lightgbm"), "neural": ("image_cnn", "clip_fusion")}
+        "classical": ("linear_svc", "logreg", "complement_nb"), "neural": ("image_cnn", "clip_fusion")}
+    lgbm = {**chosen, ("category", "full"): "lightgbm"}  # a published LightGBM is retrained all the same
+    assert models_to_train(ClassifierConfig(), lgbm)["classical"] == ("linear_svc", "logreg", "complement_nb", "lightgbm")
     assert models_to_train(ClassifierConfig(classical_models=["linear_svc"]), chosen)["classical"] == (
         "linear_svc", "logreg")
     # A model this code does not know (an older release's) is selected anew; 'select' mode ignores the store.

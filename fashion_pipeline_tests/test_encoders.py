@@ -438,6 +438,26 @@ def test_offline_text_embeddings_are_semantic(offline):
     assert _cos(v[0], v[1]) > _cos(v[0], v[2]) + 0.2
 
 
+def test_short_texts_batch_wider_and_encode_as_they_do_one_at_a_time(offline, monkeypatch):
+    """Titles go to sentence-transformers in wider batches than descriptions (fewer, bigger forward
+    passes), and a text's vector does not depend on the batch it was encoded in."""
+    import fashion_pipeline.core.encoders.offline as offline_module
+
+    titles = ["Men Navy Blue Slim Fit Jeans", "Women Red Floral Dress", "Unisex Black Sports Cap",
+              "Girls White Sneakers"] * 40
+    descriptions = ["Loose-fitting top in a soft cotton jersey with a rounded neckline, dropped shoulders "
+                    "and long sleeves with ribbed cuffs. " * 6] * 40
+    sizes = []
+    real_encode = offline._text_model.encode
+    monkeypatch.setattr(offline._text_model, "encode",
+                        lambda texts, batch_size, **kw: sizes.append(batch_size) or real_encode(texts, batch_size=batch_size, **kw))
+    wide = offline.encode_text_batch(titles)
+    offline.encode_text_batch(descriptions)
+    assert sizes[0] >= 4 * sizes[1] and sizes[1] == offline_module._TEXT_INNER_BATCH
+    alone = np.vstack([offline.encode_text_batch([t]) for t in titles[:4]])
+    assert min(_cos(a, b) for a, b in zip(wide[:4], alone)) > 0.999
+
+
 def test_embed_products_counts_every_kind_of_bad_input(offline, catalogue, tmp_path):
     out = tmp_path / "out" / "e.parquet"
     rep = embed_products(catalogue, offline, out, tmp_path / "cache", image_batch_size=4, loader_workers=1, chunk_rows=5)

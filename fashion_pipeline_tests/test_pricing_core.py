@@ -981,3 +981,26 @@ def test_a_blend_weights_each_source_with_the_members_that_price_it_best():
     assert set(few.source_weights_) == {"kaggle"}
     other = PriceInputs(frame.assign(source="elsewhere"), val.text, val.image)
     np.testing.assert_allclose(few.predict_log(other), np.stack([good_for_kaggle, good_for_hm], 1) @ few.weights_)
+
+
+def test_members_projecting_the_same_photo_rows_share_one_pca_fit_equal_to_a_fresh_one():
+    from sklearn.decomposition import PCA
+
+    from fashion_pipeline.core.pricing.features import fit_pca
+
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(400, 48)).astype(np.float32)
+    first = fit_pca(rows, 8, 0)
+    again = fit_pca(rows.copy(), 8, 0)  # another array with the same bytes: the same fit
+    assert again is first
+    fresh = PCA(8, random_state=0).fit(rows)
+    np.testing.assert_array_equal(first.components_, fresh.components_)
+    np.testing.assert_array_equal(first.mean_, fresh.mean_)
+    # Other rows, components, seed or solver: a fit of its own.
+    other_rows = rows.copy()
+    other_rows[0, 0] += 1.0
+    for other in (fit_pca(other_rows, 8, 0), fit_pca(rows, 6, 0), fit_pca(rows, 8, 1),
+                  fit_pca(rows, 8, 0, "randomized")):
+        assert other is not first
+    np.testing.assert_array_equal(fit_pca(rows, 8, 1, "randomized").components_,
+                                  PCA(8, svd_solver="randomized", random_state=1).fit(rows).components_)

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from fashion_pipeline.core.sparse_blocks import dense_csr
 from fashion_pipeline.core.token_counts import memo_for, tfidf_transform
 
-from .features import PriceInputs, _clean_str, clean_column, regime_view, zero_nans_
+from .features import PriceInputs, _clean_str, clean_column, fit_pca, regime_view, zero_nans_
 from .models import PriceModel, growth_refusal, start_from
 
 FORMS = ("full", "sparse", "image")
@@ -107,7 +107,6 @@ class SourceRouter:
         """``warm_from`` (the retrained model's router, see `warm_start_refusal`): keep its TF-IDF and
         photo PCA and start the logistic regression (lbfgs, a convex problem solved to its tolerance)
         from its coefficients. ``warm_started_`` / ``warm_note_`` say whether it did and why not."""
-        from sklearn.decomposition import PCA
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -128,7 +127,7 @@ class SourceRouter:
             self.tfidf_ = memo_for(vec).fit(vec, docs) if (docs.str.len() > 0).sum() >= 2 else None
             have = ~inputs.missing()[1]
             k = min(self.image_components, inputs.image.shape[1], int(have.sum()) - 1)
-            self.pca_ = PCA(k, random_state=self.seed).fit(inputs.image[have]) if k >= 1 else None
+            self.pca_ = fit_pca(inputs.image[have], k, self.seed) if k >= 1 else None
             self.fitted_rows_ = len(inputs)
         self.model_ = lr.fit(self._x(inputs), y)
         return self

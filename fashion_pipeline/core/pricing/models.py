@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
 from fashion_pipeline.core.split import grew_beyond, group_unit
 from fashion_pipeline.core.threads import resolve_threads
 
-from .features import CATEGORICAL_COLUMNS, MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs
+from .features import (CATEGORICAL_COLUMNS, MISSING, CategoricalEncoder, EmbeddingScaler, PriceFeaturizer, PriceInputs,
+                       fit_pca)
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +496,7 @@ class LightGBMPriceRegressor:
             have = ~train.missing()[1]
             n_comp = min(self.image_components, int(have.sum()) - 1, train.image.shape[1])
             # No (or too few) images in training: the image block is left out entirely.
-            self.pca_ = PCA(n_components=n_comp, random_state=0).fit(train.image[have]) if n_comp >= 1 else None
+            self.pca_ = fit_pca(train.image[have], n_comp, 0) if n_comp >= 1 else None
         oof, self.text_ridge_ = _text_ridge_oof(
             train, y, n_threads=self.num_threads, warm_from=warm_from.text_ridge_ if self.warm_started_ else None,
             max_growth=self.warm_max_growth, char_sources=self.char_sources)
@@ -836,7 +836,7 @@ class KNNPriceRegressor:
                 have = ~missing
                 k = min(self.components, m.shape[1], int(have.sum()) - 1)
                 if k >= 1:
-                    self.pca_[name] = PCA(k, svd_solver="randomized", random_state=self.seed).fit(m[have])
+                    self.pca_[name] = fit_pca(m[have], k, self.seed, "randomized")
         self.vectors_, self.y_, self.sources_ = self._stored(train, y)
         self.fallback_ = {s: float(np.mean(self.y_[self.sources_ == s])) for s in np.unique(self.sources_)}
         self.mean_ = float(np.mean(y))

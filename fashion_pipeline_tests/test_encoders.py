@@ -458,6 +458,27 @@ def test_short_texts_batch_wider_and_encode_as_they_do_one_at_a_time(offline, mo
     assert min(_cos(a, b) for a, b in zip(wide[:4], alone)) > 0.999
 
 
+def test_the_listing_embedder_encodes_short_titles_in_wider_chunks_than_long_texts(monkeypatch):
+    from fashion_pipeline.core import scoring
+    from fashion_pipeline.core.encoders.offline import OfflineBackend
+
+    chunks = []
+    real = OfflineBackend.encode_text_batch
+    monkeypatch.setattr(OfflineBackend, "encode_text_batch",
+                        lambda self, texts: chunks.append(len(texts)) or real(self, texts))
+    embed = scoring.encoder_embedder("offline", batch_size=32)
+    titles = [f"Men Navy Blue Slim Fit Jeans {i}" for i in range(150)]
+    long_texts = [f"Loose-fitting top in a soft cotton jersey, number {i}. " * 8 for i in range(64)]
+    chunks.clear()
+    titles_vecs = embed.encode_texts(titles)
+    title_chunks = list(chunks)
+    chunks.clear()
+    embed.encode_texts(long_texts)
+    assert max(title_chunks) > 32 and len(title_chunks) < 150 / 32  # fewer, wider calls for titles
+    assert chunks == [32, 32]  # long texts keep the configured batch
+    assert np.isfinite(titles_vecs).all() and titles_vecs.shape == (150, 384)
+
+
 def test_embed_products_counts_every_kind_of_bad_input(offline, catalogue, tmp_path):
     out = tmp_path / "out" / "e.parquet"
     rep = embed_products(catalogue, offline, out, tmp_path / "cache", image_batch_size=4, loader_workers=1, chunk_rows=5)

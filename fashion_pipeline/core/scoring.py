@@ -436,6 +436,7 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
     import torch
 
     from .encoders import build_backend
+    from .encoders.base import short_text_batch
     from .encoders.images import ImageBytes, decode_image, read_image_bytes
     from .encoders.record import EncoderMismatchError, check_encoder, encoder_record
     from .encoders.product_text import build_texts, text_sha256
@@ -493,8 +494,11 @@ def encoder_embedder(backend: str | None = None, batch_size: int = 32, record: d
             text_memo.update({t: hits[k] for t, k in key_of.items() if k in hits})
             embed_counts["text_from_cache"] += len(hits)
             todo = [t for t in todo if t not in text_memo]
-        for s in range(0, len(todo), batch_size):
-            chunk = todo[s : s + batch_size]
+        s = 0
+        while s < len(todo):
+            # Short texts (titles) in wider chunks: their cost is mostly per call (`short_text_batch`).
+            chunk = todo[s : s + short_text_batch(len(todo[s]), base=batch_size)]
+            s += len(chunk)
             vecs = be.encode_text_batch(chunk)
             text_memo.update(zip(chunk, vecs))
             if caches is not None:

@@ -22,6 +22,7 @@ from .base import (
     file_sha256,
     resolve_device,
     resolve_precision,
+    short_text_batch,
 )
 
 IMAGE_MODEL = "efficientnet-lite0"
@@ -37,22 +38,14 @@ DEFAULT_RESOLUTION = 112
 # the 128-token embedding on the sample). Text encoding dominates the full pipeline on CPU.
 DEFAULT_TEXT_MAX_TOKENS = 64
 # Inner batch for sentence-transformers: it sorts a call's texts by length, so small inner batches
-# pad little; one big padded batch of long descriptions was ~10x slower here. Short texts (titles:
-# the price model's title vectors, title + photo listings) go in bigger inner batches, sized so a
-# batch holds about as many characters as 32 texts at the 64-word-piece cap: on an Intel Xeon with
-# AMX (2 threads, bf16), 6,000 distinct Kaggle titles encoded at ~1,000 titles/s in batches of 32
-# and ~1,500/s in batches of 128-256 (cosine to the batch-32 vectors >= 0.99998), while 3,000 H&M
-# descriptions moved by less than the run-to-run noise (470-580 texts/s) between 32 and 128.
+# pad little; one big padded batch of long descriptions was ~10x slower here. Short texts go in
+# wider ones (`base.short_text_batch`).
 _TEXT_INNER_BATCH = 32
-_TEXT_INNER_BATCH_MAX = 256
-_TEXT_INNER_BATCH_CHARS = 32 * 256
 
 
 def text_inner_batch(texts: Sequence[str]) -> int:
-    """sentence-transformers' batch size for one call: 32 for long texts, up to 256 for short ones
-    (``_TEXT_INNER_BATCH_CHARS`` characters over the longest text's)."""
-    longest = max((len(t) for t in texts), default=0)
-    return int(min(_TEXT_INNER_BATCH_MAX, max(_TEXT_INNER_BATCH, _TEXT_INNER_BATCH_CHARS // max(longest, 1))))
+    """sentence-transformers' batch size for one call: 32 for long texts, up to 256 for short ones."""
+    return short_text_batch(max((len(t) for t in texts), default=0), base=_TEXT_INNER_BATCH)
 
 
 def _pkg_version(name: str) -> str:

@@ -55,13 +55,13 @@ GROUP = "models"
 
 
 # The classical families a first run selects among (`classical_models`' default), and the ones only
-# model_selection_job adds (fashion_pipeline/jobs.py): LightGBM's boosted trees on the SVD / PCA
-# block. On the full development data (pipeline benchmark, stop 63) LightGBM's validation macro-F1
-# trailed the chosen model in all nine task x regime pairs — full: category 0.979 vs 0.988, gender
-# 0.926 vs 0.960, usage 0.644 vs 0.863; sparse (photo + title): 0.954 vs 0.971, 0.900 vs 0.933,
-# 0.702 vs 0.714; photo-only: second to image_cnn, chosen for all three — while its fits (9.3 /
-# 4.8 / 5.4, 6.7 / 3.5 / 4.8, 4.2 / 1.8 / 2.3 s) and the TruncatedSVD only it reads were ~20% of the
-# leaderboard's time.
+# model_selection_job adds (fashion_pipeline/jobs.py): LightGBM's boosted trees on the SVD / PCA block.
+# In the pipeline benchmark's first run on the full development data (2026-12-07), LightGBM's
+# validation macro-F1 trailed the chosen model in all nine task x regime pairs — full: category 0.979
+# vs 0.988, gender 0.926 vs 0.960, usage 0.644 vs 0.863; sparse (photo + title): 0.954 vs 0.971,
+# 0.900 vs 0.933, 0.702 vs 0.714; photo-only: second to image_cnn, chosen for all three — while its
+# fits (9.3 / 4.8 / 5.4, 6.7 / 3.5 / 4.8, 4.2 / 1.8 / 2.3 s) and the TruncatedSVD only it reads were
+# ~20% of the leaderboard's time (218 s; 167-172 s without them).
 FIRST_RUN_CLASSICAL = ("linear_svc", "logreg", "complement_nb")
 SELECTION_ONLY_CLASSICAL = ("lightgbm",)
 

@@ -561,3 +561,54 @@ def test_a_retrain_keeps_a_regimes_featurizer_only_while_every_task_retrains_wit
     assert fzs == {} and linear == {} and notes["full"] == "fitted (a task selects here)"
     fzs, _, notes = kept_featurizers(store, chosen, ClassifierConfig(warm_max_growth=0), enc, 1000)
     assert fzs == {} and set(notes.values()) == {"fitted (warm_max_growth 0)"}
+
+
+def test_fit_on_lanes_keeps_liblinear_fits_on_one_thread_and_returns_results_in_job_order():
+    import threading
+
+    from fashion_pipeline.core.models.classifiers import fit_on_lanes
+
+    jobs = [("category", "linear_svc"), ("category", "logreg"), ("category", "lightgbm"), ("gender", "linear_svc"),
+            ("gender", "complement_nb"), ("usage", "ridge"), ("usage", "linear_svc")]
+    ran = []  # (job, thread), appended as each fit runs
+
+    def fit(task, name):
+        ran.append(((task, name), threading.current_thread().name))
+        return f"{task}/{name}"
+
+    out, how = fit_on_lanes(fit, jobs, n_threads=2)
+    assert out == [f"{t}/{n}" for t, n in jobs]
+    thread = dict(ran)
+    svc_threads = {thread[j] for j in jobs if j[1] == "linear_svc"}
+    other_threads = {thread[j] for j in jobs if j[1] in ("logreg", "complement_nb", "ridge")}
+    assert len(svc_threads) == 1 and len(other_threads) == 1 and svc_threads != other_threads
+    assert thread[("category", "lightgbm")] == threading.main_thread().name  # its own threads: alone, afterwards
+    assert ran[-1][0] == ("category", "lightgbm")
+    assert how == "two lanes: 3 liblinear fits beside 3 other single-threaded ones, then 1 alone"
+    # one thread, or nothing to overlap: every fit in order, in the caller's thread
+    for n_threads, js in ((1, jobs), (2, [j for j in jobs if j[1] == "linear_svc"])):
+        ran.clear()
+        out, how = fit_on_lanes(fit, js, n_threads=n_threads)
+        assert [j for j, _ in ran] == js and {t for _, t in ran} == {threading.main_thread().name}
+        assert how == "one after another"
+
+
+def test_linear_fits_on_two_lanes_are_the_fits_one_after_another(frame):
+    """Two threads run liblinear beside lbfgs / Complement NB: every model, prediction and choice is what
+    one thread gives (a liblinear fit overlapping another would draw from its generator and differ)."""
+    kw = dict(regimes=("full",), classical=("linear_svc", "logreg", "complement_nb"), neural=())
+    one = run_leaderboard(frame, _cfg(n_threads=1, **kw))
+    two = run_leaderboard(frame, _cfg(n_threads=2, **kw))
+    assert one.timings["classical_fit_lanes"] == {"full": "one after another"}
+    assert two.timings["classical_fit_lanes"] == {
+        "full": "two lanes: 3 liblinear fits beside 6 other single-threaded ones"}
+    assert set(one.test_predictions) == set(two.test_predictions) and len(one.test_predictions) == 9
+    for key, pred in one.test_predictions.items():
+        assert pred["y_pred"].tolist() == two.test_predictions[key]["y_pred"].tolist(), key
+    cols = ["task", "model", "regime", "source", "accuracy", "macro_f1", "serving"]
+    pd.testing.assert_frame_equal(one.leaderboard[cols], two.leaderboard[cols])
+    for key, clf in one.serving.items():
+        a, b = clf.estimator, two.serving[key].estimator
+        a, b = getattr(a, "estimator", a), getattr(b, "estimator", b)
+        coef = "coef_" if hasattr(a, "coef_") else "feature_log_prob_"
+        np.testing.assert_array_equal(getattr(a, coef), getattr(b, coef))

@@ -242,3 +242,52 @@ def encode_labels(y: pd.Series) -> tuple[LabelEncoder, np.ndarray]:
 
 __all__ = ["CLASSICAL", "ClassicalSpec", "TaskClassifier", "fit_classical", "estimator_proba", "softmax",
            "encode_labels", "ProductFeaturizer"]
+
+
+# Models whose fit runs on one thread and may share a process with another fit (`fit_on_lanes`): liblinear's
+# (LinearSVC) and lbfgs / conjugate gradients / counting on sparse rows, all of which release the GIL for
+# their numeric work. liblinear draws its coordinate order from a process-global generator (seeded by each
+# fit), so two liblinear fits must never overlap: they share one lane.
+LIBLINEAR_MODELS = ("linear_svc",)
+SINGLE_THREADED_MODELS = ("logreg", "ridge", "complement_nb")
+
+
+def fit_on_lanes(fit: Callable, jobs: list[tuple], n_threads: int) -> tuple[list, str]:
+    """``[fit(*job) for job in jobs]`` (in job order; ``job[1]`` is the model name), and how they ran.
+
+    With two or more threads and both kinds present, the liblinear fits run one after another on one thread
+    while the other single-threaded ones run on a second, so the two lanes overlap; every other model (those
+    with their own threads: LightGBM, XGBoost, extra trees, k-NN) fits afterwards, alone. Each fit is what it
+    would be alone: the lanes share no generator and no output. On the full development data's first run (2
+    cores) the 27 linear fits took ~90 s one after another (benchmarks/results/pipeline.md)."""
+    out: list = [None] * len(jobs)
+    lanes = ([i for i, j in enumerate(jobs) if j[1] in LIBLINEAR_MODELS],
+             [i for i, j in enumerate(jobs) if j[1] in SINGLE_THREADED_MODELS])
+    rest = list(range(len(jobs)))
+    how = "one after another"
+    if n_threads >= 2 and all(lanes):
+        import threading
+
+        errors: list[BaseException] = []
+
+        def run(lane: list[int]) -> None:
+            try:
+                for i in lane:
+                    out[i] = fit(*jobs[i])
+            except BaseException as e:  # raised in the caller's thread below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(lane,), name=f"fit-lane-{what}")
+                   for lane, what in zip(lanes, ("liblinear", "other"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        rest = [i for i in rest if i not in lanes[0] and i not in lanes[1]]
+        how = (f"two lanes: {len(lanes[0])} liblinear fits beside {len(lanes[1])} other single-threaded ones"
+               + (f", then {len(rest)} alone" if rest else ""))
+    for i in rest:
+        out[i] = fit(*jobs[i])
+    return out, how

@@ -18,7 +18,7 @@ import pandas as pd
 from fashion_pipeline.core.features import ProductFeaturizer, TokenSequencer
 from fashion_pipeline.core.label_metrics import classification_metrics
 from fashion_pipeline.core.models.classifiers import (CLASSICAL, WARM_STARTABLE_CLASSICAL, TaskClassifier, estimator_proba,
-                                                      fit_classical)
+                                                      fit_classical, fit_on_lanes)
 from fashion_pipeline.core.models.fusion import (
     ARCHITECTURES,
     NeuralConfig,
@@ -229,6 +229,9 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
         image_only = not (fz.regime_.title or fz.regime_.description or fz.regime_.brand)
         if image_only:
             timings.setdefault("train_rows_without_image_excluded", {})[regime] = int((~has_img["train"]).sum())
+        # The classical fits: planned in order, fitted (two single-threaded solvers at a time where there are
+        # cores for it: `fit_on_lanes`), then judged on validation in that same order (a tie keeps the first).
+        planned: list[tuple[str, str, np.ndarray]] = []
         for task in cfg.tasks:
             tr = masks[task]["train"] & (codes[task]["train"] >= 0)
             if image_only:
@@ -236,42 +239,51 @@ def run_leaderboard(frame: pd.DataFrame, cfg: LeaderboardConfig | None = None, l
             if len(np.unique(codes[task]["train"][tr])) < 2:
                 say(f"[{regime}] {task}: fewer than two classes among {int(tr.sum())} training rows; skipped")
                 continue
-            for name in cfg.classical:
-                if not cfg.trains(task, regime, name):
-                    continue
-                spec = CLASSICAL[name]
-                y_tr = codes[task]["train"][tr]
-                sub = _sample_rows(len(y_tr), cfg.max_train_rows.get(name), cfg.seed)
-                # One row selection (none when every row trains): a copy of a wide CSR block is hundreds
-                # of MB beside the solver's own copy of it.
-                rows_used = np.flatnonzero(tr)[sub]
-                x_fit = feats[spec.kind]["train"]
-                if len(rows_used) < x_fit.shape[0]:
-                    x_fit = x_fit[rows_used]
-                warm_from = None
-                if (name in WARM_STARTABLE_CLASSICAL and (task, regime) in cfg.warm_linear and fz is kept
-                        and cfg.chosen.get((task, regime)) == name):
-                    warm_from, why = _warm_linear(cfg.warm_linear[(task, regime)], classes[task], y_tr[sub], x_fit)
-                    linear_starts[f"{task}/{regime}"] = why
-                elif (task, regime) in cfg.warm_linear and cfg.chosen.get((task, regime)) == name:
-                    linear_starts[f"{task}/{regime}"] = f"cold: {featurizer_starts[regime]} (other columns)"
-                est, secs = fit_classical(name, x_fit, y_tr[sub], cfg.seed, cfg.n_threads, warm_from=warm_from)
-                if warm_from is not None:
-                    linear_starts[f"{task}/{regime}"] = f"warm: {est.estimator.n_iter_.max()} lbfgs iterations"
-                del x_fit
+            planned.extend((task, name, tr) for name in cfg.classical if cfg.trains(task, regime, name))
 
-                def full_proba(s, est=est, spec=spec, task=task):
-                    p = estimator_proba(est, feats[spec.kind][s])
-                    out = np.zeros((p.shape[0], len(classes[task])))
-                    out[:, np.asarray(est.classes_, int)] = p
-                    return out
+        def fit_one(task, name, tr, fz=fz, feats=feats):
+            spec = CLASSICAL[name]
+            y_tr = codes[task]["train"][tr]
+            sub = _sample_rows(len(y_tr), cfg.max_train_rows.get(name), cfg.seed)
+            # One row selection (none when every row trains): a copy of a wide CSR block is hundreds
+            # of MB beside the solver's own copy of it.
+            rows_used = np.flatnonzero(tr)[sub]
+            x_fit = feats[spec.kind]["train"]
+            if len(rows_used) < x_fit.shape[0]:
+                x_fit = x_fit[rows_used]
+            warm_from = None
+            if (name in WARM_STARTABLE_CLASSICAL and (task, regime) in cfg.warm_linear and fz is kept
+                    and cfg.chosen.get((task, regime)) == name):
+                warm_from, why = _warm_linear(cfg.warm_linear[(task, regime)], classes[task], y_tr[sub], x_fit)
+                linear_starts[f"{task}/{regime}"] = why
+            elif (task, regime) in cfg.warm_linear and cfg.chosen.get((task, regime)) == name:
+                linear_starts[f"{task}/{regime}"] = f"cold: {featurizer_starts[regime]} (other columns)"
+            est, secs = fit_classical(name, x_fit, y_tr[sub], cfg.seed, cfg.n_threads, warm_from=warm_from)
+            if warm_from is not None:
+                linear_starts[f"{task}/{regime}"] = f"warm: {est.estimator.n_iter_.max()} lbfgs iterations"
+            return est, secs, len(sub)
 
-                vf1 = record(task, name, "classical", regime, full_proba("validation"), full_proba("test"), secs,
-                             len(sub), lambda est=est, spec=spec, task=task, name=name: TaskClassifier(
-                                 task, name, fz, classes[task], est, spec.kind))
-                say(f"[{regime}] {task} {name}: {secs:.1f} s, val macro-F1 {vf1:.3f}")
-                if name in cfg.baselines:
-                    baselines[(task, regime)] = TaskClassifier(task, name, fz, classes[task], est, spec.kind)
+        t_fits = time.perf_counter()
+        fitted, lanes = fit_on_lanes(fit_one, planned, cfg.n_threads)
+        if planned:
+            timings.setdefault("classical_fit_seconds", {})[regime] = round(time.perf_counter() - t_fits, 2)
+            timings.setdefault("classical_fit_lanes", {})[regime] = lanes
+        for (task, name, _), (est, secs, n_fit) in zip(planned, fitted):
+            spec = CLASSICAL[name]
+
+            def full_proba(s, est=est, spec=spec, task=task):
+                p = estimator_proba(est, feats[spec.kind][s])
+                out = np.zeros((p.shape[0], len(classes[task])))
+                out[:, np.asarray(est.classes_, int)] = p
+                return out
+
+            vf1 = record(task, name, "classical", regime, full_proba("validation"), full_proba("test"), secs,
+                         n_fit, lambda est=est, spec=spec, task=task, name=name: TaskClassifier(
+                             task, name, fz, classes[task], est, spec.kind))
+            say(f"[{regime}] {task} {name}: {secs:.1f} s, val macro-F1 {vf1:.3f}")
+            if name in cfg.baselines:
+                baselines[(task, regime)] = TaskClassifier(task, name, fz, classes[task], est, spec.kind)
+        del fitted
 
         # The neural heads read only the wide block: the classical blocks are freed before they train.
         feats = {k: v for k, v in feats.items() if k == "wide"}

@@ -28,7 +28,7 @@ REUSE_ENV = "FASHION_REUSE"
 _OFF = ("false", "0", "no", "off")
 FINGERPRINT_KEY = "input_fingerprint"
 REUSED_FROM_KEY = "reused_from_run"
-# Added again by the IO manager when the reused table is written back.
+# Added again by the IO manager when it re-emits the reused table (without writing it back).
 _IO_MANAGER_KEYS = ("dagster/row_count", "dagster/column_schema", "dagster/table_name", "warehouse")
 
 

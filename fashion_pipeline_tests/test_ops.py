@@ -324,3 +324,27 @@ def test_the_io_manager_records_table_and_column_lineage_in_sql(tmp_path):
         ("lineage_dst", "price_x2", "lineage_src", "price", run),
         ("lineage_dst", None, "lineage_src", None, run),
     ]
+
+
+def test_a_reemitted_table_is_not_written_back_and_keeps_the_lineage_of_the_run_that_wrote_it(tmp_path):
+    """reuse.reused_table re-emits the table it just read (unchanged inputs): the IO manager neither writes
+    it again nor re-records its lineage. The re-emitting asset below hands over another frame on purpose:
+    the warehouse must still hold the first run's."""
+    from fashion_pipeline.reuse import REUSED_FROM_KEY
+
+    path = str(tmp_path / "wh.duckdb")
+    io = {"io_manager": LineageWarehouseIOManager(path=path)}
+    first = dg.materialize([lineage_src, lineage_dst], resources=io)
+
+    @dg.asset(name="lineage_dst", deps=["lineage_src"])
+    def reemitted_dst():
+        return dg.Output(pd.DataFrame({"id": [9]}), metadata={REUSED_FROM_KEY: first.run_id})
+
+    second = dg.materialize([reemitted_dst], resources=io)
+    assert second.success
+    with duckdb.connect(path, read_only=True) as con:
+        assert con.execute("select id, price_x2 from lineage_dst order by id").fetchall() == [(1, 6.0), (2, 8.0)]
+        runs = con.execute("select distinct asset, run_id from _lineage order by all").fetchall()
+    assert runs == [("lineage_dst", first.run_id)]  # (lineage_src has no upstream: no rows)
+    meta = second.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["dagster/row_count"].value == 1 and meta[REUSED_FROM_KEY].value == first.run_id

@@ -8,6 +8,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from fashion_pipeline.core import warehouse as wh
 from fashion_pipeline.core.fingerprint import combine, frame_digest
 from fashion_pipeline.reuse import REUSE_ENV, REUSE_TAG
 from fashion_pipeline_tests.conftest import KAGGLE
@@ -52,9 +53,16 @@ def test_ingestion_reuses_its_tables_until_a_raw_file_changes(sample_copy, tmp_p
         assert "reused_from_run" not in meta1["kaggle_products_raw"]
         before = prices()
 
+        written = []  # the tables the IO manager writes into the warehouse
+        real_write = wh.write_table
+        monkeypatch.setattr(wh, "write_table", lambda path, name, df, **kw: written.append(name) or real_write(
+            path, name, df, **kw))
         _, meta2 = _ingest(instance, sample_copy, var)
+        monkeypatch.setattr(wh, "write_table", real_write)
         for asset in ("kaggle_products_raw", "hm_articles_raw"):
             assert meta2[asset]["reused_from_run"].value == first.run_id, asset
+            assert meta2[asset]["dagster/row_count"].value == meta1[asset]["dagster/row_count"].value, asset
+        assert written == []  # re-emitted, not written back
         # the UI keeps the computed run's metadata (counts, preview), marked as reused
         assert meta2["kaggle_products_raw"]["json_status"] == meta1["kaggle_products_raw"]["json_status"]
         pd.testing.assert_frame_equal(prices(), before)

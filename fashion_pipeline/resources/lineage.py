@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from fashion_pipeline.core.lineage import lineage_rows, record_lineage
-from fashion_pipeline.resources.warehouse import WarehouseIOManager, warehouse_file
+from fashion_pipeline.resources.warehouse import WarehouseIOManager, reemitted, warehouse_file
 
 COLUMN_LINEAGE_KEY = "dagster/column_lineage"
 
@@ -20,11 +20,12 @@ def _column_deps(metadata) -> dict[str, list[tuple[str, str]]]:
 
 class LineageWarehouseIOManager(WarehouseIOManager):
     """Stores the table like WarehouseIOManager, then replaces its rows in ``_lineage``:
-    upstream assets from the asset graph, columns from the output's dagster/column_lineage."""
+    upstream assets from the asset graph, columns from the output's dagster/column_lineage. A re-emitted
+    table (`reemitted`: unchanged inputs) keeps the rows of the run that wrote it (their ``run_id``)."""
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | None) -> None:
         super().handle_output(context, obj)
-        if obj is None or not context.has_asset_key:
+        if obj is None or not context.has_asset_key or reemitted(context) is not None:
             return
         key = context.asset_key
         try:

@@ -96,6 +96,14 @@ def test_materialize_clustering_and_classifiers_on_the_sample(tmp_path):
     meta = {k: v for m in mat for k, v in m.metadata.items()}
     assert "confusion/category" in meta and "data:image/png;base64," in meta["confusion/category"].value
     assert meta["excluded_null_label/usage"].value == int(products["usage"].isna().sum())
+    # how each regime's classical fits ran: LinearSVC beside Complement NB where there are two cores, LightGBM
+    # (its own threads) after them
+    from fashion_pipeline.core.threads import available_cores
+
+    fits = meta["classical_fits"].value  # (attribute_classifiers' metadata: an output of the same node)
+    assert {r: f["how"] for r, f in fits.items()} == {r: (
+        "two lanes: 3 liblinear fits beside 3 other single-threaded ones, then 3 alone" if available_cores() >= 2
+        else "one after another") for r in ("full", "sparse", "image")}
 
     # The gate compared each candidate with the linear baseline (nothing published before); those it
     # accepted are published, a refused one (if any) is not, and the check says which and why.

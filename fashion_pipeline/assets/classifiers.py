@@ -141,6 +141,10 @@ class ClassifierConfig(dg.Config):
         "which it was per regime, `linear_start` how each logreg started."))
     threads: int | None = Field(default=None, ge=1, description=(
         "Threads for torch, BLAS and the tree libraries; default: the cores available to the run's process. "
+        "With two or more, a regime's single-threaded linear fits run two at a time (the LinearSVC ones one "
+        "after another beside the logreg / Complement NB ones: core.models.classifiers.fit_on_lanes; the same "
+        "models as one thread gives, each fit's train_seconds measured beside the other's; metadata "
+        "`classical_fits`). "
         "On a CPU shared with other busy processes, spinning threads were measured up to 5x slower: set 1 there."))
     embeddings_path: str | None = Field(default=None, description=(
         "product_embeddings Parquet; default: the path recorded by the product_embeddings asset."))
@@ -472,6 +476,9 @@ def classifier_leaderboard(context: dg.AssetExecutionContext, config: Classifier
         })
     yield dg.Output(stored_df, output_name="attribute_classifiers", metadata={
         "models": _table_md(stored_df), "model_store": dg.MetadataValue.path(str(store.root)),
+        "classical_fits": dg.MetadataValue.json({
+            r: {"seconds": secs, "how": result.timings.get("classical_fit_lanes", {}).get(r)}
+            for r, secs in result.timings.get("classical_fit_seconds", {}).items()}),
         "gate_preview": dg.MetadataValue.md(decision.markdown()),
         "mode": f"{config.mode}: {mode_note}",
         "baselines": dg.MetadataValue.json(baseline_notes),

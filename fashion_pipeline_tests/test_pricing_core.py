@@ -268,6 +268,28 @@ def test_a_block_ridge_started_from_x0_solves_the_same_ridge_problem():
         BlockRidge(alpha=0.5).fit(*blocks, y, x0=np.zeros(3))
 
 
+def test_the_ridge_alpha_path_starts_each_alpha_from_the_last_and_solves_the_same_problems():
+    """The alphas are solved from the largest down, each LSQR started from the previous solution: every
+    alpha's validation prices are a cold solve's to LSQR's tolerance, the later ones in fewer iterations,
+    and the choice is the cold path's."""
+    from fashion_pipeline.core.pricing.models import BlockRidge
+
+    tr, va, y, y_va = _embedded_splits()
+    alphas = (0.25, 0.5, 1.0)
+    reg = RidgePriceRegressor(alphas=alphas).fit(tr, y, va, y_va)
+    assert list(reg.path_iterations_) == [1.0, 0.5, 0.25]
+    blocks, blocks_va = reg.featurizer_.transform_blocks(tr), reg.featurizer_.transform_blocks(va)
+    cold = {a: BlockRidge(alpha=a).fit(*blocks, y) for a in alphas}
+    assert reg.path_iterations_[1.0] == cold[1.0].n_iter_  # the first from zero, as cold
+    for a in (0.5, 0.25):
+        assert reg.path_iterations_[a] < cold[a].n_iter_
+    cold_rmse = {a: _rmsle(y_va, m.predict(*blocks_va)) for a, m in cold.items()}
+    assert reg.alpha_ == min(cold_rmse, key=cold_rmse.get)
+    p = reg.predict_log(va)
+    assert np.abs(p - cold[reg.alpha_].predict(*blocks_va)).max() < 0.02
+    assert abs(_rmsle(y_va, p) - cold_rmse[reg.alpha_]) < 1e-3
+
+
 def test_the_ridge_solver_on_several_threads_gives_the_one_thread_solution_bit_for_bit():
     """BlockRidge splits a sparse-only design's products by rows over threads: each entry is still one
     row's dot product, so coefficients and iterations are those of one thread exactly (cold and warm).

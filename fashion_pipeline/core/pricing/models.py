@@ -146,12 +146,19 @@ class RidgePriceRegressor:
         x = self.featurizer_.transform_blocks(train)
         best = None
         xv = self.featurizer_.transform_blocks(val) if val is not None and len(val) else None
-        for a in self.alphas if xv is not None else self.alphas[:1]:
+        # The alphas from the largest (fewest LSQR iterations from zero) down, each solve started from the last
+        # one's coefficients (a cold fit: x0 is None at first), the same ridge problems to LSQR's tolerance.
+        path = sorted(self.alphas, reverse=True) if xv is not None else self.alphas[:1]
+        self.path_iterations_ = {}  # alpha -> LSQR iterations
+        for a in path:
             m = BlockRidge(alpha=a, n_threads=getattr(self, "n_threads", None)).fit(*x, y, x0=x0)
+            self.path_iterations_[a] = m.n_iter_
+            if not self.warm_started_:
+                x0 = m.coef_
             score = 0.0
             if xv is not None:
                 score, by_source = source_balanced_rmse(m.predict(*xv), y_val, val.frame, self.min_source_rows)
-                log.info("ridge alpha=%s validation rmse(log) %.4f (%s)", a, score,
+                log.info("ridge alpha=%s (%d LSQR iterations) validation rmse(log) %.4f (%s)", a, m.n_iter_, score,
                          ", ".join(f"{s} {v:.4f}" for s, v in by_source.items()))
             if best is None or score < best[0]:
                 best = (score, a, m)

@@ -240,14 +240,11 @@ def encode_labels(y: pd.Series) -> tuple[LabelEncoder, np.ndarray]:
     return le, le.transform(y.astype(str))
 
 
-__all__ = ["CLASSICAL", "ClassicalSpec", "TaskClassifier", "fit_classical", "estimator_proba", "softmax",
-           "encode_labels", "ProductFeaturizer"]
-
-
 # Models whose fit runs on one thread and may share a process with another fit (`fit_on_lanes`): liblinear's
-# (LinearSVC) and lbfgs / conjugate gradients / counting on sparse rows, all of which release the GIL for
-# their numeric work. liblinear draws its coordinate order from a process-global generator (seeded by each
-# fit), so two liblinear fits must never overlap: they share one lane.
+# (LinearSVC) and lbfgs / conjugate gradients / counting on sparse rows, whose numeric work releases the GIL
+# (measured for LinearSVC beside a logreg: two threads took about the longer fit's time). liblinear draws its
+# coordinate order from a process-global generator (seeded by each fit), so two liblinear fits must never
+# overlap: they share one lane.
 LIBLINEAR_MODELS = ("linear_svc",)
 SINGLE_THREADED_MODELS = ("logreg", "ridge", "complement_nb")
 
@@ -259,7 +256,8 @@ def fit_on_lanes(fit: Callable, jobs: list[tuple], n_threads: int) -> tuple[list
     while the other single-threaded ones run on a second, so the two lanes overlap; every other model (those
     with their own threads: LightGBM, XGBoost, extra trees, k-NN) fits afterwards, alone. Each fit is what it
     would be alone: the lanes share no generator and no output. On the full development data's first run (2
-    cores) the 27 linear fits took ~90 s one after another (benchmarks/results/pipeline.md)."""
+    cores) the 27 linear fits took ~90 s one after another; on two lanes classifier_leaderboard took 144–154 s
+    instead of 166–172 s (benchmarks/results/pipeline.md), each fit ~25% slower beside the other."""
     out: list = [None] * len(jobs)
     lanes = ([i for i, j in enumerate(jobs) if j[1] in LIBLINEAR_MODELS],
              [i for i, j in enumerate(jobs) if j[1] in SINGLE_THREADED_MODELS])
@@ -291,3 +289,8 @@ def fit_on_lanes(fit: Callable, jobs: list[tuple], n_threads: int) -> tuple[list
     for i in rest:
         out[i] = fit(*jobs[i])
     return out, how
+
+
+__all__ = ["CLASSICAL", "ClassicalSpec", "TaskClassifier", "fit_classical", "fit_on_lanes", "estimator_proba",
+           "softmax", "encode_labels", "ProductFeaturizer"]
+

@@ -21,6 +21,7 @@ decision scores into a softmax. Those are *uncalibrated* confidence scores, docu
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -256,16 +257,15 @@ def fit_on_lanes(fit: Callable, jobs: list[tuple], n_threads: int) -> tuple[list
     while the other single-threaded ones run on a second, so the two lanes overlap; every other model (those
     with their own threads: LightGBM, XGBoost, extra trees, k-NN) fits afterwards, alone. Each fit is what it
     would be alone: the lanes share no generator and no output. On the full development data's first run (2
-    cores) the 27 linear fits took ~90 s one after another; on two lanes classifier_leaderboard took 144–154 s
-    instead of 166–172 s (benchmarks/results/pipeline.md), each fit ~25% slower beside the other."""
+    cores) the 27 linear fits took ~90 s one after another; on two lanes classifier_leaderboard took 144 and 154 s
+    in two benchmark runs against 166 and 172 s before (benchmarks/results/pipeline.md holds the 154 s one), each
+    fit ~25% slower beside the other."""
     out: list = [None] * len(jobs)
     lanes = ([i for i, j in enumerate(jobs) if j[1] in LIBLINEAR_MODELS],
              [i for i, j in enumerate(jobs) if j[1] in SINGLE_THREADED_MODELS])
     rest = list(range(len(jobs)))
     how = "one after another"
     if n_threads >= 2 and all(lanes):
-        import threading
-
         errors: list[BaseException] = []
 
         def run(lane: list[int]) -> None:
@@ -293,4 +293,3 @@ def fit_on_lanes(fit: Callable, jobs: list[tuple], n_threads: int) -> tuple[list
 
 __all__ = ["CLASSICAL", "ClassicalSpec", "TaskClassifier", "fit_classical", "fit_on_lanes", "estimator_proba",
            "softmax", "encode_labels", "ProductFeaturizer"]
-
